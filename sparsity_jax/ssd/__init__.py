@@ -1,0 +1,1 @@
+"""sparsity_jax.ssd"""
