@@ -1,0 +1,84 @@
+"""The LM: activation ratio at init, packed segments, GQA, tied/untied heads, config checks."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sparsity_jax.metrics.activation import activation_ratio
+from sparsity_jax.nn.model import LM, ModelConfig
+
+TINY = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+
+
+def tokens(b=4, t=24, seed=0, vocab=61):
+    return jax.random.randint(jax.random.key(seed), (b, t), 0, vocab)
+
+
+def test_fresh_relu_model_activates_half_the_units():
+    """SSD §3: ReLU sparsity ≈ 0.5 at initialisation."""
+    cfg = ModelConfig(vocab_size=259, d_model=128, num_layers=4, num_heads=4, d_ff=512, activation="relu")
+    model = LM(cfg, rngs=nnx.Rngs(0))
+    _, rec = model.apply(tokens(8, 64, vocab=259), record="mask")
+    ratio = np.asarray(activation_ratio(rec["mask"]))
+    assert rec["mask"].shape == (4, 8, 64, 512) and rec["mask"].dtype == jnp.bool_
+    assert np.all(np.abs(ratio - 0.5) <= 0.05), ratio
+    assert abs(ratio.mean() - 0.5) <= 0.05
+
+
+def test_packed_segments_do_not_see_each_other():
+    model = LM(TINY, rngs=nnx.Rngs(1))
+    a, b = tokens(1, 10, seed=1), tokens(1, 14, seed=2)
+    packed = jnp.concatenate([a, b], axis=1)
+    seg = jnp.concatenate([jnp.ones((1, 10), jnp.int32), 2 * jnp.ones((1, 14), jnp.int32)], axis=1)
+    pos = jnp.concatenate([jnp.arange(10), jnp.arange(14)])[None]
+    out = model(packed, seg, pos)
+    np.testing.assert_allclose(np.asarray(out[:, :10]), np.asarray(model(a)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out[:, 10:]), np.asarray(model(b)), atol=1e-5)
+
+
+def test_causality():
+    model = LM(TINY, rngs=nnx.Rngs(1))
+    x = tokens(2, 16)
+    y = x.at[:, 10:].set(3)
+    np.testing.assert_allclose(np.asarray(model(x)[:, :10]), np.asarray(model(y)[:, :10]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(num_kv_heads=2), dict(num_kv_heads=1), dict(tie_embeddings=False),
+                                dict(activation="swiglu"), dict(dtype="bfloat16")])
+def test_variants_run_and_record(kw):
+    cfg = dataclasses.replace(TINY, **kw)
+    model = LM(cfg, rngs=nnx.Rngs(0))
+    logits, rec = model.apply(tokens(), record="both")
+    assert logits.shape == (4, 24, 61) and logits.dtype == jnp.float32
+    assert rec["scores"].shape == (2, 4, 24, 64) and rec["scores"].dtype == jnp.dtype(cfg.dtype)
+    assert np.isfinite(np.asarray(logits)).all()
+    if kw.get("tie_embeddings") is False:
+        assert "head" in nnx.state(model, nnx.Param)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    gqa = LM(dataclasses.replace(TINY, num_kv_heads=2), rngs=nnx.Rngs(0))
+    mha = LM(TINY, rngs=nnx.Rngs(0))
+    for blk_g, blk_m in zip(gqa.blocks, mha.blocks):
+        blk_m.attn.wk[...] = jnp.repeat(blk_g.attn.wk[...], 2, axis=1)
+        blk_m.attn.wv[...] = jnp.repeat(blk_g.attn.wv[...], 2, axis=1)
+        blk_m.attn.wq[...] = blk_g.attn.wq[...]
+        blk_m.attn.wo[...] = blk_g.attn.wo[...]
+        blk_m.ffn.w_in[...] = blk_g.ffn.w_in[...]
+        blk_m.ffn.w_out[...] = blk_g.ffn.w_out[...]
+    mha.embed[...] = gqa.embed[...]
+    np.testing.assert_allclose(np.asarray(gqa(tokens())), np.asarray(mha(tokens())), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(num_heads=5), "must divide model.d_model"),
+    (dict(d_model=-8), "must be positive"),
+    (dict(num_kv_heads=3), "must divide model.num_heads"),
+    (dict(activation="tanh"), "is not one of"),
+])
+def test_bad_config_names_the_problem(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        dataclasses.replace(TINY, **kw).validate()
