@@ -8,3 +8,7 @@ with status 2, never a traceback; library code raises it and never calls sys.exi
 
 class UserError(ValueError):
     """Bad input; the message is one sentence that names the fix."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss or gradient norm; the message names the step."""

@@ -23,8 +23,8 @@ MoE mode (experts = contiguous blocks of a permuted F axis) replaces `hidden`/`p
 with per-expert blocks of the same kernels; `MODES` is the one place modes are dispatched.
 
 Recording: with `record` in {'mask', 'scores', 'both'} the FFN sows `mask` (bool, B×T×F,
-the hidden-unit use after sparsification: a_i != 0 and ‖n_i‖ > record_threshold, which
-is `a != 0` for the default record_threshold 0) and/or `scores` (a, compute dtype) as nnx.Intermediate.
+the hidden-unit use after sparsification: a_i != 0, and ‖n_i‖ > record_threshold when a
+record threshold is given — needed for activations without exact zeros) and/or `scores` (a, compute dtype) as nnx.Intermediate.
 With record=None nothing is sown and nothing extra is computed. Collect records with
 `nnx.capture(module, nnx.Intermediate)` (what `LM.apply` does).
 """
@@ -51,8 +51,8 @@ class Sparsify:
 
     `mode` is one mode for all layers or a tuple with one mode per layer. `threshold`
     is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` (static)
-    and `eps` serve `topk` and `fat`. `record_threshold` (scalar or (L,)) defines the
-    recorded hidden-unit mask for activations without exact zeros.
+    and `eps` serve `topk` and `fat`. `record_threshold` (None, scalar or (L,)) defines the
+    recorded hidden-unit mask for activations without exact zeros (None: `a != 0`).
     """
 
     mode: str | tuple[str, ...] = struct.field(pytree_node=False, default="dense")
@@ -60,7 +60,7 @@ class Sparsify:
     threshold: Array | float = 0.0
     eps: Array | float = 0.0
     unit_mask: Array | None = None
-    record_threshold: Array | float = 0.0
+    record_threshold: Array | float | None = None
 
     def for_layer(self, i: int, num_layers: int) -> "Sparsify":
         """The settings of layer i (per-layer arrays sliced, per-layer modes picked)."""
@@ -163,14 +163,14 @@ class FFN(nnx.Module):
             raise ValueError(f"record must be one of {RECORD}, got {record!r}")
         s, a = self.hidden(x_BxTxD)
         keep_fn = KEEP[sp.mode]
-        needs_mag = sp.mode == "threshold" or record in ("mask", "both")
+        needs_mag = sp.mode == "threshold" or (record in ("mask", "both") and sp.record_threshold is not None)
         mag = jnp.abs(a).astype(jnp.float32) * self.out_norms() if needs_mag else None
         if keep_fn is not None:
             a = jnp.where(keep_fn(s, a, mag, sp), a, jnp.zeros_like(a))
         if sp.unit_mask is not None:
             a = a * sp.unit_mask.astype(a.dtype)
         if record in ("mask", "both"):
-            used = (a != 0) & (mag > sp.record_threshold)
+            used = a != 0 if sp.record_threshold is None else (a != 0) & (mag > sp.record_threshold)
             self.sow(nnx.Intermediate, "mask", used)
         if record in ("scores", "both"):
             self.sow(nnx.Intermediate, "scores", a)

@@ -1,0 +1,25 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   create .venv, install, train the default model offline, write its sparsity report
+#   make test   create .venv, install with test extras, run the suite on CPU with 8 fake devices
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sparsity-jax train --config configs/default.py --workdir $(WORKDIR)
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) workdirs

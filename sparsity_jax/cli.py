@@ -1,0 +1,90 @@
+"""`sparsity-jax`: the one console script.
+
+  sparsity-jax train    [--config FILE] [--workdir DIR] [--config.a.b=V ...]
+  sparsity-jax evaluate --workdir DIR [--eval-batches N] [--config.a.b=V ...]
+
+User errors (bad config key, impossible sizes, missing or unreadable checkpoints, empty
+data) print one sentence and exit 2; a non-finite loss exits 3; nothing in the workdir
+is overwritten by a failed start.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsity-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train a model (resumes from the workdir's latest checkpoint)"),
+                        ("evaluate", "evaluate every checkpoint in a workdir")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", default=None, help="config file (default: configs/default.py, or the workdir's for evaluate)")
+        s.add_argument("--workdir", default=None, help="run directory (checkpoints, metrics.jsonl, tensorboard/)")
+        s.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
+        s.add_argument("--num-processes", type=int, default=None)
+        s.add_argument("--process-id", type=int, default=None)
+        s.add_argument("--distributed", action="store_true", help="initialise jax.distributed from the environment (TPU pods)")
+    sub.choices["evaluate"].add_argument("--eval-batches", type=int, default=None)
+    sub.choices["evaluate"].add_argument("--output", default=None, help="JSON path (default: WORKDIR/eval.json)")
+    return p
+
+
+def _run(argv: list[str]) -> int:
+    from sparsity_jax.config import apply_overrides, default_workdir, load_config, split_override_args
+
+    rest, overrides = split_override_args(argv)
+    args = _parser().parse_args(rest)
+    from sparsity_jax.train import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    if args.command == "train":
+        path = args.config or "configs/default.py"
+        cfg = apply_overrides(load_config(path), overrides)
+        workdir = args.workdir or default_workdir(path)
+        from sparsity_jax.train.trainer import train
+
+        summary = train(cfg, workdir)
+        import jax
+
+        from sparsity_jax.report.summary import print_summary
+
+        if jax.process_index() == 0:
+            print_summary(summary)
+        return 0
+    from sparsity_jax.train.evaluate import evaluate_workdir
+
+    if not args.workdir:
+        raise_user("evaluate needs --workdir DIR, the directory of a trained run")
+    evaluate_workdir(args.workdir, config_path=args.config, overrides=overrides,
+                     eval_batches=args.eval_batches, output=args.output)
+    return 0
+
+
+def raise_user(msg: str):
+    from sparsity_jax.errors import UserError
+
+    raise UserError(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sparsity_jax.errors import NonFiniteLoss, UserError
+
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except NonFiniteLoss as e:
+        print(f"sparsity-jax: stopped: {e}; the last good checkpoint is kept", file=sys.stderr)
+        return 3
+    except UserError as e:
+        print(f"sparsity-jax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsity-jax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

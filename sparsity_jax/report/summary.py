@@ -1,0 +1,27 @@
+"""A short per-layer sparsity summary printed at the end of training."""
+from __future__ import annotations
+
+import os
+
+
+def format_summary(summary: dict) -> str:
+    ratios = summary.get("act_ratio") or []
+    lines = [
+        f"trained to step {summary['step']}: validation loss {summary['loss']:.4f}, "
+        f"perplexity {summary['perplexity']:.3f}",
+        "layer  activation ratio  sparsity",
+    ]
+    lines += [f"{i:>5d}  {r:>16.3f}  {1 - r:>8.3f}" for i, r in enumerate(ratios)]
+    wd = summary.get("workdir", ".")
+    lines += [
+        f"outputs in {wd}:",
+        f"  checkpoints  {os.path.join(wd, 'checkpoints')}",
+        f"  metrics      {os.path.join(wd, 'metrics.jsonl')}",
+        f"  tensorboard  {os.path.join(wd, 'tensorboard')}  (tensorboard --logdir {os.path.join(wd, 'tensorboard')})",
+        f"  summary      {os.path.join(wd, 'summary.json')}",
+    ]
+    return "\n".join(lines)
+
+
+def print_summary(summary: dict) -> None:
+    print(format_summary(summary), flush=True)

@@ -1,0 +1,82 @@
+"""Orbax checkpoints: async, keep-N, atomic; restorable onto any mesh.
+
+A checkpoint (directory `<workdir>/checkpoints/<step>/`) holds two items:
+  state  the train-state pytree (params, optimizer state, step, RNG key data, and any
+         extra state a feature adds, e.g. unit masks), saved with StandardSave;
+  meta   JSON: data position (global batches consumed), the full config, and
+         feature metadata.
+Orbax writes each step to a temporary directory and renames it when complete, so a run
+killed mid-save leaves no partial checkpoint behind: `latest_step` only sees finished
+ones. Restoring takes an abstract target whose leaves carry the *current* mesh's
+shardings, which is how a checkpoint written on one mesh restores onto another.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from sparsity_jax.errors import UserError
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with user-facing errors."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        self.directory = checkpoint_dir(workdir)
+        if read_only and not os.path.isdir(self.directory):
+            raise UserError(f"no checkpoints in {workdir}: train first or pass the workdir of a trained run")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
+        try:
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # orbax raises many types for unreadable/incompatible files
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"checkpoint step {step} in {self.directory} cannot be restored ({reason}); "
+                "delete that step directory or use the matching config"
+            ) from e
+        return out["state"], dict(out["meta"])
+
+    def restore_meta(self, step: int) -> dict:
+        try:
+            return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception as e:
+            raise UserError(f"checkpoint step {step} in {self.directory} has no readable metadata; delete it") from e
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree` (arrays or structs) carrying `shardings`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

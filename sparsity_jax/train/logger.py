@@ -1,0 +1,74 @@
+"""Metrics logging: `metrics.jsonl` + TensorBoard events, process 0 only, and a progress line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _plain(v: Any):
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+
+
+class MetricsWriter:
+    """Appends `{"step": s, "split": ..., **metrics}` lines to metrics.jsonl and TB scalars.
+
+    Array-valued metrics of shape (L,) are per-layer: TensorBoard gets `name/layer_i`.
+    Only the process with `enabled=True` (process 0) writes anything.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, Any], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in record.items():
+            if name in ("step", "split"):
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    if isinstance(v, (int, float)):
+                        self._tb.add_scalar(f"{split}/{name}/layer_{i}", v, step)
+            elif isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def progress_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+    """One line: step, loss, tokens/s, MFU and per-layer activation ratio."""
+    parts = [f"step {step:>6d}/{total}", f"loss {float(metrics['loss']):.4f}"]
+    if "tokens_per_sec" in metrics:
+        parts.append(f"{metrics['tokens_per_sec']:,.0f} tok/s")
+    if metrics.get("mfu") is not None:
+        parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
+    if "act_ratio" in metrics:
+        ratios = " ".join(f"{r:.3f}" for r in np.asarray(metrics["act_ratio"]).ravel())
+        parts.append(f"act ratio/layer [{ratios}]")
+    return " | ".join(parts)
+
+
+def log_print(msg: str, enabled: bool = True) -> None:
+    if enabled:
+        print(msg, file=sys.stdout, flush=True)

@@ -1,0 +1,139 @@
+"""Builds everything a run needs from a config: mesh, model graph, shardings, jitted steps.
+
+`build(cfg, vocab_size)` returns a `Run`; the trainer, `evaluate` and the searches use
+it, so there is one place that decides shapes, shardings and compiled functions.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.model import LM, ModelConfig
+from sparsity_jax.train import sharding as shd
+from sparsity_jax.train.checkpoint import abstract_with_shardings
+from sparsity_jax.train.optimizer import make_optimizer
+from sparsity_jax.train.step import make_eval_step, make_train_step, summarize
+
+# Peak dense bf16 FLOP/s per chip, for the MFU estimate (None: unknown device).
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if kind.startswith(prefix):
+            return flops
+    return None
+
+
+def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """ModelConfig from `cfg.model` (vocab_size 0 = the data vocabulary's size)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    kwargs = {k: v for k, v in cfg.model.to_dict().items() if k in fields}
+    kwargs["vocab_size"] = kwargs.get("vocab_size") or vocab_size
+    try:
+        return ModelConfig(**kwargs).validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def validate_train_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+    t = cfg.train
+    for name in ("steps", "global_batch_size", "seq_len", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[name] <= 0:
+            raise UserError(f"train.{name} must be positive, got {t[name]}")
+    if t.global_batch_size % t.grad_accum:
+        raise UserError(f"train.grad_accum={t.grad_accum} must divide train.global_batch_size={t.global_batch_size}")
+    if t.record not in ("none", "mask", "scores", "both"):
+        raise UserError(f"train.record={t.record!r} is not one of none, mask, scores, both")
+
+
+@dataclasses.dataclass
+class Run:
+    """A built run: everything with a shape or a sharding, plus the compiled steps."""
+
+    cfg: ml_collections.ConfigDict
+    model_cfg: ModelConfig
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    state_shardings: Any
+    abstract_state: Any
+    batch_sharding: jax.sharding.NamedSharding
+    init_state: Callable[[jax.Array], Any]
+    train_step: Callable
+    eval_step: Callable
+
+    def device_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Process-local numpy rows → global arrays sharded over (data, fsdp)."""
+        out = {}
+        for k, v in local.items():
+            global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+            out[k] = jax.make_array_from_process_local_data(self.batch_sharding, v, global_shape)
+        return out
+
+    def evaluate(self, params, batches: list[dict[str, jax.Array]], sparsify: Sparsify = Sparsify()) -> dict:
+        """Token-weighted validation loss / perplexity / per-layer activation ratio."""
+        total = None
+        for batch in batches:
+            out = self.eval_step(params, batch, sparsify)
+            total = out if total is None else jax.tree.map(jnp.add, total, out)
+        metrics = jax.device_get(summarize(total))
+        metrics["perplexity"] = float(np.exp(metrics["loss"]))
+        return metrics
+
+
+def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> Run:
+    validate_train_config(cfg, len(devices or jax.devices()))
+    mcfg = model_config(cfg, vocab_size)
+    try:
+        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    data_par = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = cfg.train.global_batch_size // cfg.train.grad_accum
+    if micro % data_par:
+        raise UserError(
+            f"the micro-batch of {micro} rows must be divisible by mesh data×fsdp={data_par}; change train.global_batch_size"
+        )
+    abstract_model = nnx.eval_shape(lambda: LM(mcfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    param_sh = shd.param_shardings(abstract_params, mesh)
+    tx = make_optimizer(cfg.optimizer, cfg.train.steps)
+    repl = shd.replicated(mesh)
+
+    def init_state(key: jax.Array):
+        params = nnx.to_pure_dict(nnx.state(LM(mcfg, rngs=nnx.Rngs(params=key)), nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abstract["opt_state"], param_sh, transform_non_params=lambda _: repl
+    )
+    state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
+    bsh = shd.batch_sharding(mesh)
+    record = None if cfg.train.record == "none" else cfg.train.record
+    train_step = jax.jit(
+        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record),
+        in_shardings=(state_sh, bsh, repl), out_shardings=(state_sh, repl), donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(graphdef, record="mask"), in_shardings=(param_sh, bsh, repl), out_shardings=repl)
+    return Run(
+        cfg=cfg, model_cfg=mcfg, mesh=mesh, graphdef=graphdef, tx=tx, state_shardings=state_sh,
+        abstract_state=abstract_with_shardings(abstract, state_sh), batch_sharding=bsh,
+        init_state=jax.jit(init_state, out_shardings=state_sh), train_step=train_step, eval_step=eval_step,
+    )

@@ -1,0 +1,83 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Parameters carry logical axis names (`axes` metadata, see `nn.layers.param`);
+activations use 'batch'. Mesh axes: `data` (pure data parallel), `fsdp` (data parallel
+with parameters sharded along 'embed', as MaxText's fsdp), `tensor` (Megatron-style
+sharding of 'mlp', 'heads', 'vocab'). A dimension that a mesh axis does not divide stays
+replicated along that axis, so any model runs on any mesh (at some memory cost).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "embed": ("fsdp",),
+    "mlp": ("tensor",),
+    "heads": ("tensor",),
+    "vocab": ("tensor",),
+    "expert": (),
+    "seq": (),
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (= the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes must be positive with at most one -1, got data={data}, fsdp={fsdp}, tensor={tensor}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh fsdp×tensor×data={known} does not divide the {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh data×fsdp×tensor = {math.prod(sizes)} but there are {len(devices)} devices; set mesh.data=-1 to fill"
+        )
+    dev = np.asarray(devices).reshape(sizes)
+    return Mesh(dev, MESH_AXES)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
+    """PartitionSpec for a value with logical `axes`; skips mesh axes that don't divide."""
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(axes, shape):
+        chosen = []
+        for mesh_axis in LOGICAL_RULES.get(name, ()) if name else ():
+            size = mesh.shape[mesh_axis]
+            if mesh_axis in used or size == 1 or dim % (math.prod(mesh.shape[a] for a in chosen) * size):
+                continue
+            chosen.append(mesh_axis)
+            used.add(mesh_axis)
+        spec.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+    return P(*spec)
+
+
+def param_shardings(abstract_params: nnx.State, mesh: Mesh) -> dict:
+    """NamedShardings for a params State (Variables with `axes` metadata), as a pure dict."""
+    def one(var):
+        axes = var.get_metadata().get("axes") or (None,) * len(var.get_value().shape)
+        return NamedSharding(mesh, logical_to_spec(axes, var.get_value().shape, mesh))
+
+    shardings = jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.to_pure_dict(shardings)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batch-major arrays sharded over (data, fsdp), other dims replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

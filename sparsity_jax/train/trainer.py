@@ -1,0 +1,158 @@
+"""The training loop: data → jitted train step → logs, evaluation and checkpoints.
+
+Exactness of resume: the checkpoint holds the train state and the data position (global
+batches consumed); the data iterator is deterministic and restarts at that position, and
+the compiled step is the same, so a resumed run reproduces the uninterrupted losses.
+Metrics of step s are fetched after step s+1 is dispatched (no pipeline stall); before a
+checkpoint they are checked synchronously, so a checkpoint is only written after a
+finite loss and gradient norm. NaN/inf stops the run with the step number (exit 3) and
+keeps the last good checkpoint. SIGTERM (preemption) saves at the current step and exits 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from sparsity_jax.errors import NonFiniteLoss, UserError
+from sparsity_jax.train.checkpoint import Checkpointer
+from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
+from sparsity_jax.train.setup import Run, build, peak_flops_per_device
+
+
+
+def _data():
+    from sparsity_jax import data  # imports TensorFlow: only where data is needed
+
+    return data
+
+
+def validation_batches(run: Run, workdir: str) -> list[dict[str, jax.Array]]:
+    cfg = run.cfg
+    it = _data().get_batches(
+        cfg.data, split="validation", global_batch_size=cfg.train.global_batch_size, seq_len=cfg.train.seq_len,
+        process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir,
+        max_batches=cfg.train.eval_batches,
+    )
+    batches = [run.device_batch(b) for b in it]
+    if not batches:
+        raise UserError("the validation split is empty; use a larger corpus or raise data.val_permille")
+    return batches
+
+
+def build_run(cfg, workdir: str) -> Run:
+    vocab = _data().vocab_size(cfg.data, cache_dir=workdir)
+    return build(cfg, vocab)
+
+
+def _meta(run: Run, step: int) -> dict:
+    return {"data_position": int(step), "step": int(step), "config": json.loads(run.cfg.to_json_best_effort())}
+
+
+def _step_flops(run: Run, state, batch) -> float | None:
+    try:
+        cost = run.train_step.lower(state, batch, run_sparsify()).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is best effort on some backends
+        return None
+
+
+def run_sparsify():
+    from sparsity_jax.nn.ffn import Sparsify
+
+    return Sparsify()
+
+
+def train(cfg, workdir: str) -> dict[str, Any]:
+    """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the final summary."""
+    main = jax.process_index() == 0
+    run = build_run(cfg, workdir)
+    val = validation_batches(run, workdir)  # bad data input fails here, before anything is written
+    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoints)
+    total = cfg.train.steps
+    start = ckpt.latest_step()
+    if start is None:
+        state, start = run.init_state(jax.random.key(cfg.seed)), 0
+    else:
+        state, meta = ckpt.restore(start, run.abstract_state)
+        start = int(meta["data_position"])
+        log_print(f"resumed from {ckpt.directory} at step {start}", main)
+    writer = MetricsWriter(workdir, enabled=main)
+    if main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(run.cfg.to_json_best_effort(indent=2))
+    if start == 0:
+        writer.write(0, run.evaluate(state["params"], val), split="eval")
+    if start >= total:
+        log_print(f"already trained to step {start} of {total}; nothing to do", main)
+    train_it = _data().get_batches(
+        cfg.data, split="train", global_batch_size=cfg.train.global_batch_size, seq_len=cfg.train.seq_len,
+        process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start, cache_dir=workdir,
+    )
+    stop = {"signal": None}
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    peak = peak_flops_per_device()
+    flops, pending, t0, tokens = None, None, time.perf_counter(), 0.0
+
+    def check(step: int, m) -> dict:
+        host = jax.device_get(m)
+        if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+            raise NonFiniteLoss(f"loss became {host['loss']} (grad norm {host['grad_norm']}) at step {step}")
+        return host
+
+    def report(step: int, host: dict) -> None:
+        nonlocal t0, tokens
+        tokens += float(host["tokens"])
+        if step % cfg.train.log_every and step != total:
+            return
+        dt = time.perf_counter() - t0
+        host["tokens_per_sec"] = tokens / max(dt, 1e-9)
+        host["step_time"] = dt * cfg.train.global_batch_size * cfg.train.seq_len / max(tokens, 1.0)
+        if flops and peak:
+            host["mfu"] = flops / host["step_time"] / (peak * jax.device_count())
+        writer.write(step, host)
+        log_print(progress_line(step, total, host), main)
+        t0, tokens = time.perf_counter(), 0.0
+
+    try:
+        step = start
+        for step in range(start, total):
+            batch = run.device_batch(next(train_it))
+            if flops is None and step == start:
+                flops = _step_flops(run, state, batch)
+                t0 = time.perf_counter()
+            state, metrics = run.train_step(state, batch, run_sparsify())
+            if pending is not None:
+                report(pending[0], check(*pending))
+            pending = (step + 1, metrics)
+            done = step + 1
+            if done % cfg.train.checkpoint_every == 0 or done == total or stop["signal"]:
+                report(done, check(*pending))
+                pending = None
+                ckpt.save(done, state, _meta(run, done))
+            if done % cfg.train.eval_every == 0 and done != total:
+                writer.write(done, run.evaluate(state["params"], val), split="eval")
+            if stop["signal"]:
+                log_print(f"received signal {stop['signal']}: saved step {done}, exiting", main)
+                break
+        if pending is not None:
+            report(pending[0], check(*pending))
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        ckpt.close()
+        writer.flush()
+    final = run.evaluate(state["params"], val)
+    summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
+    summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
+    writer.write(summary["step"], final, split="eval")
+    writer.close()
+    if main:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
