@@ -26,7 +26,7 @@ def make(overrides: dict, vocab: int = 259):
 
 
 def compiled_stats(run, state, batch) -> dict:
-    compiled = run.train_step.lower(state, batch, Sparsify()).compile()
+    compiled = run.train_step.lower(state, batch, Sparsify(), False).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()

@@ -33,7 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
         log_every=25, eval_every=100, eval_batches=8,
         checkpoint_every=100, keep_checkpoints=3, async_checkpoints=True,
         record="mask",         # what the FFNs record during training: none | mask | scores | both
+        metrics_every=50,      # per-layer hidden-unit use + percentiles every N steps (0 = off)
+        record_threshold=0.0,  # used = |a|·‖W_out,i‖ > t (0: a != 0, for exact-zero activations)
+        metrics_batch_groups=1,  # "per-batch" granularity: 1 = global batch, -1 = per device (paper)
     ))
+
+    # Dead-unit masking (layer-patterns §4.1): at step S mask units unused over the last
+    # `window` batches for the rest of training; `random` masks as many random units.
+    c.unit_mask = ml_collections.ConfigDict(dict(at_step=0, window=1, random=False))
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=3e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,

@@ -2,6 +2,7 @@
 
   sparsity-jax train    [--config FILE] [--workdir DIR] [--config.a.b=V ...]
   sparsity-jax evaluate --workdir DIR [--eval-batches N] [--config.a.b=V ...]
+  sparsity-jax report   --workdir DIR [--compare DIR ...]
 
 User errors (bad config key, impossible sizes, missing or unreadable checkpoints, empty
 data) print one sentence and exit 2; a non-finite loss exits 3; nothing in the workdir
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--num-processes", type=int, default=None)
         s.add_argument("--process-id", type=int, default=None)
         s.add_argument("--distributed", action="store_true", help="initialise jax.distributed from the environment (TPU pods)")
+    rep = sub.add_parser("report", help="tables and figures from a run's metrics (hidden-unit use per layer, ...)")
+    rep.add_argument("--workdir", required=True)
+    rep.add_argument("--compare", nargs="*", default=[], help="other workdirs whose loss curves go on one figure")
     sub.choices["evaluate"].add_argument("--eval-batches", type=int, default=None)
     sub.choices["evaluate"].add_argument("--output", default=None, help="JSON path (default: WORKDIR/eval.json)")
     return p
@@ -38,6 +42,8 @@ def _run(argv: list[str]) -> int:
 
     rest, overrides = split_override_args(argv)
     args = _parser().parse_args(rest)
+    if args.command == "report":
+        return _report(args)
     from sparsity_jax.train import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
@@ -61,6 +67,24 @@ def _run(argv: list[str]) -> int:
         raise_user("evaluate needs --workdir DIR, the directory of a trained run")
     evaluate_workdir(args.workdir, config_path=args.config, overrides=overrides,
                      eval_batches=args.eval_batches, output=args.output)
+    return 0
+
+
+def _report(args) -> int:
+    import json
+
+    from sparsity_jax.report.layer_patterns import compare_losses, layer_patterns_report
+
+    out_dir = os.path.join(args.workdir, "report")
+    result = layer_patterns_report(args.workdir, out_dir)
+    print(f"wrote {out_dir}/layer_patterns.{{json,md}} and use_over_training.png (steps {result['first_step']}..{result['last_step']})")
+    if args.compare:
+        runs = {os.path.basename(os.path.normpath(w)): w for w in [args.workdir, *args.compare]}
+        cfg_path = os.path.join(args.workdir, "config.json")
+        at = json.load(open(cfg_path)).get("unit_mask", {}).get("at_step") if os.path.isfile(cfg_path) else None
+        finals = compare_losses(runs, os.path.join(out_dir, "loss_comparison.png"), at or None)
+        print(f"wrote {out_dir}/loss_comparison.png; final training loss: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in finals.items()))
     return 0
 
 

@@ -20,7 +20,31 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import tensorflow as tf  # noqa: E402
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow (and tensorflow_text, which seqio loads) with the C++ start-up
+    banner (oneDNN / CUDA-stub lines that TF_CPP_MIN_LOG_LEVEL no longer silences) sent
+    to /dev/null; errors still propagate after stderr is restored."""
+    import sys
+
+    sys.stderr.flush()
+    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+        try:
+            import tensorflow_text  # noqa: F401
+        except ImportError:
+            pass
+        return tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+tf = _import_tensorflow_quietly()
 
 for _kind in ("GPU", "TPU"):
     try:

@@ -22,6 +22,7 @@ from sparsity_jax.train import sharding as shd
 from sparsity_jax.train.checkpoint import abstract_with_shardings
 from sparsity_jax.train.optimizer import make_optimizer
 from sparsity_jax.train.step import make_eval_step, make_train_step, summarize
+from sparsity_jax.train.units import UnitConfig, init_units
 
 # Peak dense bf16 FLOP/s per chip, for the MFU estimate (None: unknown device).
 PEAK_FLOPS = {
@@ -59,6 +60,29 @@ def validate_train_config(cfg: ml_collections.ConfigDict, num_devices: int) -> N
         raise UserError(f"train.grad_accum={t.grad_accum} must divide train.global_batch_size={t.global_batch_size}")
     if t.record not in ("none", "mask", "scores", "both"):
         raise UserError(f"train.record={t.record!r} is not one of none, mask, scores, both")
+    if t.metrics_every < 0 or cfg.unit_mask.at_step < 0 or cfg.unit_mask.window <= 0:
+        raise UserError("train.metrics_every and unit_mask.at_step must be >= 0 and unit_mask.window > 0")
+    if (t.metrics_every or cfg.unit_mask.at_step) and t.record not in ("mask", "both"):
+        raise UserError("hidden-unit metrics and unit masking need train.record=mask (or both)")
+    if cfg.unit_mask.at_step > t.steps:
+        raise UserError(f"unit_mask.at_step={cfg.unit_mask.at_step} is beyond train.steps={t.steps}")
+
+
+def unit_config(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh) -> "UnitConfig | None":
+    """Hidden-unit tracking settings, or None when the run records no masks."""
+    if cfg.train.record not in ("mask", "both"):
+        return None
+    groups = cfg.train.metrics_batch_groups
+    if groups == -1:
+        groups = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = cfg.train.global_batch_size // cfg.train.grad_accum
+    if groups <= 0 or micro % groups:
+        raise UserError(f"train.metrics_batch_groups={groups} must divide the micro-batch of {micro} rows (or be -1)")
+    return UnitConfig(
+        num_layers=mcfg.num_layers, d_ff=mcfg.d_ff, record_threshold=float(cfg.train.record_threshold),
+        batch_groups=groups, mask_at_step=cfg.unit_mask.at_step, mask_window=cfg.unit_mask.window,
+        mask_random=cfg.unit_mask.random,
+    )
 
 
 @dataclasses.dataclass
@@ -74,8 +98,9 @@ class Run:
     abstract_state: Any
     batch_sharding: jax.sharding.NamedSharding
     init_state: Callable[[jax.Array], Any]
-    train_step: Callable
+    train_step: Callable  # (state, batch, sparsify, detailed: bool) -> (state, metrics)
     eval_step: Callable
+    units: UnitConfig | None = None
 
     def device_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Process-local numpy rows → global arrays sharded over (data, fsdp)."""
@@ -115,25 +140,34 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
     tx = make_optimizer(cfg.optimizer, cfg.train.steps)
     repl = shd.replicated(mesh)
 
+    ucfg = unit_config(cfg, mcfg, mesh)
+
     def init_state(key: jax.Array):
         params = nnx.to_pure_dict(nnx.state(LM(mcfg, rngs=nnx.Rngs(params=key)), nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                 "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+        if ucfg is not None:
+            state["units"] = init_units(ucfg)
+        return state
 
     abstract = jax.eval_shape(init_state, jax.random.key(0))
     opt_sh = optax.tree_map_params(
         tx, lambda _, s: s, abstract["opt_state"], param_sh, transform_non_params=lambda _: repl
     )
     state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
+    if ucfg is not None:
+        state_sh["units"] = jax.tree.map(lambda _: repl, abstract["units"])
     bsh = shd.batch_sharding(mesh)
     record = None if cfg.train.record == "none" else cfg.train.record
     train_step = jax.jit(
-        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record),
+        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record, units=ucfg),
         in_shardings=(state_sh, bsh, repl), out_shardings=(state_sh, repl), donate_argnums=0,
+        static_argnums=3,
     )
     eval_step = jax.jit(make_eval_step(graphdef, record="mask"), in_shardings=(param_sh, bsh, repl), out_shardings=repl)
     return Run(
         cfg=cfg, model_cfg=mcfg, mesh=mesh, graphdef=graphdef, tx=tx, state_shardings=state_sh,
         abstract_state=abstract_with_shardings(abstract, state_sh), batch_sharding=bsh,
         init_state=jax.jit(init_state, out_shardings=state_sh), train_step=train_step, eval_step=eval_step,
+        units=ucfg,
     )

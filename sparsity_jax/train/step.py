@@ -16,7 +16,9 @@ import optax
 from flax import nnx
 
 from sparsity_jax.metrics.activation import activation_ratio
+from sparsity_jax.metrics.hidden_units import units_used
 from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.train.units import UnitConfig, detailed_stats, sparsify_for, update_units
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -45,34 +47,59 @@ def _split_micro(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int = 1, record: str | None = "mask") -> Callable:
-    """Returns train_step(state, batch, sparsify) -> (state, metrics)."""
+def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int = 1,
+                    record: str | None = "mask", units: UnitConfig | None = None) -> Callable:
+    """Returns train_step(state, batch, sparsify, detailed=False) -> (state, metrics).
 
-    def micro(params, batch, sparsify):
+    With `units` (needs record ∈ {mask, both}) the state carries `units` (turn-on/off
+    tracking, dead-unit mask; see `train.units`); `detailed=True` (static) adds the
+    per-layer hidden-unit use and percentiles to the metrics.
+    """
+
+    def micro(params, batch, sparsify, detailed):
         def loss_fn(p):
-            out, _ = forward(graphdef, p, batch, sparsify, record)
-            return out["loss_sum"], out
+            out, records = forward(graphdef, p, batch, sparsify, record)
+            extra = {}
+            if units is not None:
+                token_mask = batch["loss_weights"] > 0
+                extra["used"] = units_used(records["mask"], token_mask)
+                if detailed:
+                    extra["detailed"] = detailed_stats(records["mask"], token_mask, units)
+            return out["loss_sum"], (out, extra)
 
-        return jax.grad(loss_fn, has_aux=True)(params)
+        grads, (sums, extra) = jax.grad(loss_fn, has_aux=True)(params)
+        return grads, sums, extra
 
-    def train_step(state: State, batch: Batch, sparsify: Sparsify = Sparsify()):
+    def train_step(state: State, batch: Batch, sparsify: Sparsify = Sparsify(), detailed: bool = False):
         params = state["params"]
+        sparsify = sparsify_for(state.get("units"), units, sparsify)
         if grad_accum == 1:
-            grads, sums = micro(params, batch, sparsify)
+            grads, sums, extra = micro(params, batch, sparsify, detailed)
         else:
-            def body(carry, mb):
-                g, s = micro(params, mb, sparsify)
-                return jax.tree.map(jnp.add, carry, (g, s)), None
+            micro_batches = _split_micro(batch, grad_accum)
 
-            zero = jax.eval_shape(micro, params, jax.tree.map(lambda x: x[0], _split_micro(batch, grad_accum)), sparsify)
+            def body(carry, mb):
+                g, s, e = micro(params, mb, sparsify, detailed)
+                acc_g, acc_s, acc_e = jax.tree.map(jnp.add, carry[:2], (g, s)) + (e,)
+                if "used" in e:
+                    acc_e = dict(e, used=carry[2]["used"] | e["used"])
+                return (acc_g, acc_s, acc_e), None
+
+            first = jax.tree.map(lambda x: x[0], micro_batches)
+            zero = jax.eval_shape(lambda p, b, sp: micro(p, b, sp, detailed), params, first, sparsify)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
-            (grads, sums), _ = jax.lax.scan(body, zero, _split_micro(batch, grad_accum))
+            (grads, sums, extra), _ = jax.lax.scan(body, zero, micro_batches)
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, step=state["step"] + 1)
+        step = state["step"] + 1
+        new_state = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, step=step)
         metrics = summarize(sums)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if units is not None:
+            new_state["units"], unit_stats = update_units(state["units"], extra["used"], step, state["rng"], units)
+            metrics.update(unit_stats)
+            metrics.update(extra.get("detailed", {}))
         return new_state, metrics
 
     return train_step

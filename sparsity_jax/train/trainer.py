@@ -20,10 +20,14 @@ import jax
 import numpy as np
 
 from sparsity_jax.errors import NonFiniteLoss, UserError
+from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
 from sparsity_jax.train.setup import Run, build, peak_flops_per_device
 
+
+
+DENSE = Sparsify()
 
 
 def _data():
@@ -56,17 +60,11 @@ def _meta(run: Run, step: int) -> dict:
 
 def _step_flops(run: Run, state, batch) -> float | None:
     try:
-        cost = run.train_step.lower(state, batch, run_sparsify()).compile().cost_analysis()
+        cost = run.train_step.lower(state, batch, DENSE, False).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best effort on some backends
         return None
-
-
-def run_sparsify():
-    from sparsity_jax.nn.ffn import Sparsify
-
-    return Sparsify()
 
 
 def train(cfg, workdir: str) -> dict[str, Any]:
@@ -127,7 +125,11 @@ def train(cfg, workdir: str) -> dict[str, Any]:
             if flops is None and step == start:
                 flops = _step_flops(run, state, batch)
                 t0 = time.perf_counter()
-            state, metrics = run.train_step(state, batch, run_sparsify())
+            every = cfg.train.metrics_every
+            detailed = bool(run.units is not None and every and (step + 1) % every == 0)
+            state, metrics = run.train_step(state, batch, DENSE, detailed)
+            if detailed:
+                writer.write(step + 1, metrics, split="units")
             if pending is not None:
                 report(pending[0], check(*pending))
             pending = (step + 1, metrics)

@@ -22,9 +22,9 @@ def patch_step(monkeypatch, at_step, effect):
         step_fn, calls = run.train_step, {"n": 0}
 
         class Wrapped:
-            def __call__(self, state, batch, sparsify):
+            def __call__(self, *args):
                 calls["n"] += 1
-                state, m = step_fn(state, batch, sparsify)
+                state, m = step_fn(*args)
                 return state, (effect(m) if calls["n"] >= at_step else m)
 
             def lower(self, *a):

@@ -1,0 +1,123 @@
+"""Report of hidden-unit use over training, in the shape of the layer-patterns paper
+(W&A Tables 1–3 and Figures 1–2, 5–9): per-layer per-token / per-sequence / per-batch
+use (% of F), their ratios, within-sequence use percentiles and turn-on / turn-off, as
+JSON + Markdown; PNGs of the three use levels per layer over training; and the loss
+curves of several runs on one figure (the dead-unit vs random masking experiment, §4.1).
+Reads only `metrics.jsonl`, so it works on any run's workdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from sparsity_jax.errors import UserError
+
+USE = ("use_per_token", "use_per_sequence", "use_per_batch")
+TABLE_COLUMNS = (
+    ("per-token %", "use_per_token", 100), ("per-seq %", "use_per_sequence", 100),
+    ("per-batch %", "use_per_batch", 100), ("token/seq", "use_token_over_sequence", 1),
+    ("seq/batch", "use_sequence_over_batch", 1), ("p50 %", "seq_use_p50", 100), ("p75 %", "seq_use_p75", 100),
+    ("p90 %", "seq_use_p90", 100), ("on in batch 0 %", "on_in_first", 100), ("turned on %", "turned_on", 100),
+    ("turned off %", "turned_off", 100), ("ever used %", "ever_used", 100), ("masked %", "masked_fraction", 100),
+)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"no metrics.jsonl in {workdir}; pass the workdir of a training run")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_per_step(records: list[dict], split: str) -> list[dict]:
+    """Records of one split, the last one per step (a resumed run logs some steps twice)."""
+    by_step = {r["step"]: r for r in records if r.get("split") == split}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def layer_table(record: dict) -> list[dict[str, float]]:
+    n = len(record["use_per_token"])
+    rows = []
+    for layer in range(n):
+        row = {"layer": layer}
+        for title, key, scale in TABLE_COLUMNS:
+            if key in record:
+                row[title] = round(scale * record[key][layer], 3)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_use(units: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in units]
+    n_layers = len(units[0]["use_per_token"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)
+    for ax, key in zip(axes, USE):
+        for layer in range(n_layers):
+            ax.plot(steps, [100 * r[key][layer] for r in units], label=f"layer {layer}")
+        ax.set_title(key.replace("use_", "").replace("_", "-") + " use (% of F)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, train in runs.items():
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
+    if mask_step:
+        ax.axvline(mask_step, color="gray", ls="--", label=f"mask applied (step {mask_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
+    """Writes layer_patterns.{json,md} and use_over_training.png; returns the table."""
+    units = last_per_step(read_metrics(workdir), "units")
+    if not units:
+        raise UserError(f"{workdir} has no hidden-unit metrics; train with train.metrics_every > 0")
+    out_dir = out_dir or os.path.join(workdir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    first, last = layer_table(units[0]), layer_table(units[-1])
+    result = {"workdir": os.path.abspath(workdir), "first_step": units[0]["step"], "last_step": units[-1]["step"],
+              "first": first, "last": last}
+    with open(os.path.join(out_dir, "layer_patterns.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out_dir, "layer_patterns.md"), "w") as f:
+        f.write(f"# Hidden-unit use per layer ({workdir})\n\n## Step {units[-1]['step']} (last)\n\n")
+        f.write(markdown(last) + f"\n\n## Step {units[0]['step']} (first metrics step)\n\n" + markdown(first) + "\n")
+    plot_use(units, os.path.join(out_dir, "use_over_training.png"))
+    return result
+
+
+def compare_losses(workdirs: dict[str, str], path: str, mask_step: int | None = None) -> dict[str, float]:
+    """One PNG with the training-loss curves of several runs; returns each run's final loss."""
+    runs = {name: last_per_step(read_metrics(wd), "train") for name, wd in workdirs.items()}
+    plot_losses(runs, path, mask_step)
+    return {name: train[-1]["loss"] for name, train in runs.items() if train}
