@@ -17,7 +17,7 @@ def main(argv):
     overrides = dict(a.split("=", 1) for a in argv)
     results = {}
     for record in ("none", "mask"):
-        cfg, run, state, batch = make({**overrides, "train.record": record})
+        cfg, run, state, batch = make({**overrides, "train.record": record, "train.metrics_every": 0})
         results[record] = {"run": run, "state": state, "batch": batch, "times": [], **compiled_stats(run, state, batch)}
     for _ in range(5):
         for record, r in results.items():
