@@ -40,7 +40,7 @@ def evaluate_workdir(workdir: str, *, config_path: str | None = None, overrides:
     results = []
     for step in steps:
         state, _ = ckpt.restore(step, run.abstract_state)
-        m = run.evaluate(state["params"], val)
+        m = run.evaluate(state["params"], val, run.sparsify(state))
         row = {"step": step, **{k: np.asarray(v).tolist() for k, v in m.items()}}
         results.append(row)
         log_print(f"step {step}: loss {row['loss']:.4f}, perplexity {row['perplexity']:.3f}, "

@@ -22,7 +22,7 @@ from sparsity_jax.train import sharding as shd
 from sparsity_jax.train.checkpoint import abstract_with_shardings
 from sparsity_jax.train.optimizer import make_optimizer
 from sparsity_jax.train.step import make_eval_step, make_train_step, summarize
-from sparsity_jax.train.units import UnitConfig, init_units
+from sparsity_jax.train.units import UnitConfig, init_units, sparsify_for
 
 # Peak dense bf16 FLOP/s per chip, for the MFU estimate (None: unknown device).
 PEAK_FLOPS = {
@@ -109,6 +109,10 @@ class Run:
             global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
             out[k] = jax.make_array_from_process_local_data(self.batch_sharding, v, global_shape)
         return out
+
+    def sparsify(self, state) -> Sparsify:
+        """The run's own FFN settings for `state` (e.g. its dead-unit mask)."""
+        return sparsify_for(state.get("units"), self.units, Sparsify())
 
     def evaluate(self, params, batches: list[dict[str, jax.Array]], sparsify: Sparsify = Sparsify()) -> dict:
         """Token-weighted validation loss / perplexity / per-layer activation ratio."""

@@ -86,7 +86,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(run.cfg.to_json_best_effort(indent=2))
     if start == 0:
-        writer.write(0, run.evaluate(state["params"], val), split="eval")
+        writer.write(0, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
     if start >= total:
         log_print(f"already trained to step {start} of {total}; nothing to do", main)
     train_it = _data().get_batches(
@@ -139,7 +139,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
                 pending = None
                 ckpt.save(done, state, _meta(run, done))
             if done % cfg.train.eval_every == 0 and done != total:
-                writer.write(done, run.evaluate(state["params"], val), split="eval")
+                writer.write(done, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
             if stop["signal"]:
                 log_print(f"received signal {stop['signal']}: saved step {done}, exiting", main)
                 break
@@ -149,7 +149,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, previous_handler)
         ckpt.close()
         writer.flush()
-    final = run.evaluate(state["params"], val)
+    final = run.evaluate(state["params"], val, run.sparsify(state))
     summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
     summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
     writer.write(summary["step"], final, split="eval")

@@ -33,8 +33,8 @@ def test_default_config_learns_local_code(tmp_path):
 
 
 def test_resume_after_sigkill_reproduces_losses(tmp_path):
-    steps = 30
-    args = tiny_args(**{"train.steps": steps, "train.checkpoint_every": 5})
+    steps = 120  # long enough that the kill lands well before the end on a fast machine
+    args = tiny_args(**{"train.steps": steps, "train.checkpoint_every": 10})
     ref = tmp_path / "ref"
     subprocess.run(CLI + ["train", "--workdir", str(ref)] + args, env=ENV, check=True, capture_output=True)
     run = tmp_path / "killed"
