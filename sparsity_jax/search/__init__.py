@@ -1,1 +1,13 @@
-"""sparsity_jax.search"""
+"""Model-level sparsity searches: per-layer CETT thresholds of a model on validation
+batches, PPL-p% sparsity over checkpoints (Sparsing Law App. C) with the stabilising
+strategy (App. B), baselines' Pareto curves and neuron statistics."""
+from sparsity_jax.search.ppl import PplResult, PplSearch, find_crossing, ppl_p_sparsity
+from sparsity_jax.search.sweep import stabilised_sweep
+from sparsity_jax.search.thresholds import (
+    CettThresholds, DenseCache, dense_pass, sparse_pass, thresholds_for_cett,
+)
+
+__all__ = [
+    "CettThresholds", "DenseCache", "PplResult", "PplSearch", "dense_pass", "find_crossing", "ppl_p_sparsity",
+    "sparse_pass", "stabilised_sweep", "thresholds_for_cett",
+]

@@ -122,7 +122,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         step = start
         for step in range(start, total):
             batch = run.device_batch(next(train_it))
-            if flops is None and step == start:
+            if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
                 flops = _step_flops(run, state, batch)
                 t0 = time.perf_counter()
             every = cfg.train.metrics_every
