@@ -13,14 +13,16 @@ parameter shapes and optimizer state / checkpoints survive a switch:
   topk       per token, keep the k largest |s_i| of the gate score s (Sparsing Law §4.1).
   fat        drop |s_i| < ε (FAT-ε baseline, Sparsing Law §4.1).
   unit_mask  dense with a fixed 0/1 mask over the F units (layer-patterns §4.1).
+  moe        SSD's sparse mode: experts = contiguous blocks of the (permuted) F axis,
+             top-K by importance x·c_n, real sparse compute (`nn/moe.py`).
 
 s is the gate score σ(W_gate x) for gated FFNs and a itself otherwise. A `unit_mask`, when
 given, is applied in every mode (forward and gradient: masked units contribute exactly 0
 and their parameters receive exactly 0 gradient through this path).
 
-MoE seam: `FFN.hidden` computes (s, a) and `FFN.project` maps a to the output. The SSD
-MoE mode (experts = contiguous blocks of a permuted F axis) replaces `hidden`/`project`
-with per-expert blocks of the same kernels; `MODES` is the one place modes are dispatched.
+MoE: `FFN.hidden` computes (s, a) and `FFN.project` maps a to the output; the `moe` mode
+(`nn/moe.py`) computes per-expert blocks of the same kernels instead, records no mask,
+and sows the dropped-token count as `moe_dropped` when recording.
 
 Recording: with `record` in {'mask', 'scores', 'both'} the FFN sows `mask` (bool, B×T×F,
 the hidden-unit use after sparsification: a_i != 0, and ‖n_i‖ > record_threshold when a
@@ -38,10 +40,11 @@ from flax import nnx, struct
 
 from sparsity_jax.nn.activations import get_activation
 from sparsity_jax.nn.layers import get_initializer, param
+from sparsity_jax.nn.moe import MoESpec, moe_ffn
 
 Array = jax.Array
 
-MODES = ("dense", "threshold", "topk", "fat", "unit_mask")
+MODES = ("dense", "threshold", "topk", "fat", "unit_mask", "moe")
 RECORD = (None, "mask", "scores", "both")
 
 
@@ -61,6 +64,7 @@ class Sparsify:
     eps: Array | float = 0.0
     unit_mask: Array | None = None
     record_threshold: Array | float | None = None
+    moe: MoESpec | None = None
 
     def for_layer(self, i: int, num_layers: int) -> "Sparsify":
         """The settings of layer i (per-layer arrays sliced, per-layer modes picked)."""
@@ -75,6 +79,7 @@ class Sparsify:
             eps=pick(self.eps, 1),
             unit_mask=pick(self.unit_mask, 2),
             record_threshold=pick(self.record_threshold, 1),
+            moe=None if self.moe is None else self.moe.for_layer(i),
         )
 
 
@@ -101,6 +106,7 @@ KEEP: dict[str, Callable | None] = {
     "threshold": _keep_threshold,
     "topk": _keep_topk,
     "fat": _keep_fat,
+    "moe": None,  # routed to `moe_ffn` before any keep mask
 }
 
 
@@ -161,6 +167,13 @@ class FFN(nnx.Module):
             raise ValueError(f"unknown FFN mode {sp.mode!r}; choose one of {', '.join(MODES)}")
         if record not in RECORD:
             raise ValueError(f"record must be one of {RECORD}, got {record!r}")
+        if sp.mode == "moe":
+            if sp.moe is None:
+                raise ValueError("moe mode needs Sparsify(moe=MoESpec(...))")
+            y, aux = moe_ffn(self, x_BxTxD, sp.moe.centres, **sp.moe.options())
+            if record is not None:
+                self.sow(nnx.Intermediate, "moe_dropped", aux["dropped"])
+            return y
         s, a = self.hidden(x_BxTxD)
         keep_fn = KEEP[sp.mode]
         needs_mag = sp.mode == "threshold" or (record in ("mask", "both") and sp.record_threshold is not None)

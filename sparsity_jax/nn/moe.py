@@ -1,0 +1,215 @@
+"""SSD's sparse (MoE) mode of the FFN: the SAME kernels, computed per expert (SSD §4.1–4.2).
+
+Experts are contiguous blocks of the (already permuted, see `ssd/convert.py`) F axis:
+expert n owns neurons [n·E, (n+1)·E) with E = F/N, i.e. w_in[:, block] (d, E), w_gate
+likewise, w_out[block, :] (E, d). No new trainable parameters:
+
+  α_n   = x · c_n                         (SSD Eq. 4; c_n = mean of expert n's W_i rows)
+  sel   = top-K of α per token            (the remaining experts get α = 0)
+  α_sel ← 1 + (α − stop_gradient(α))      (App. A: exactly 1 forward, router grads kept)
+  y     = Σ_sel α_n · W_out,n σ(W_in,n x) (Eq. 2; gated: σ(W_gate,n x) ⊙ W_in,n x)
+
+With K = N this is the dense FFN (up to summation order). `1 + (α − sg(α))` is written
+with the inner difference first so the forward value is exactly 1.0 (`1 + α − sg(α)` in
+float rounds to 1 ± ulp(α)).
+
+Router centres: c_n = mean over the expert's E columns of w_in (Eq. 4), passed in as a
+non-trained input (`MoESpec.centres`, made by `ssd.convert`). For gated FFNs we also use
+w_in (the up-projection, which is what the clustering groups), not w_gate: it keeps one
+rule for every FFN and matches the neurons the k-means saw; SSD App. E leaves GLUs open.
+
+Dispatch (real sparse compute, selected by `dispatch`):
+  capacity  gather each expert's tokens into (N, C, d) with C = ceil(cf · S · K / N)
+            (S = B·T tokens), batched matmuls with the (N, d, E) / (N, E, d) blocks,
+            scatter-add back weighted by α. Priority: all first choices (in token order),
+            then all second choices, ... (GShard/Switch convention); a (token, expert)
+            pair beyond the expert's C slots is dropped (counted in aux["dropped"]).
+  ragged    dropless grouped matmuls with `jax.lax.ragged_dot` on the (token, expert)
+            pairs sorted by expert. Note: on CPU XLA lowers ragged_dot to a dense
+            product over all groups (N× the FLOPs); it is a grouped GEMM on TPU/GPU.
+  masked    reference only: the dense FFN with the unselected experts' units zeroed.
+
+Dynamic top-k (SSD §5.3, inference): with `drop_share` > 0 the S·K candidate pairs of
+the whole call are ranked by α and the lowest `drop_share` of them are dropped, so
+important tokens keep more experts than unimportant ones (ties broken by position).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+if TYPE_CHECKING:  # ffn.py may import this module; avoid a cycle at runtime
+    from sparsity_jax.nn.ffn import FFN
+
+Array = jax.Array
+DISPATCH = ("capacity", "ragged", "masked")
+
+
+@struct.dataclass
+class MoESpec:
+    """MoE settings for `Sparsify(mode="moe", moe=...)`: static options, per-layer centres.
+
+    centres: (L, N, d) for the whole LM (or (N, d) for one layer), non-trained.
+    """
+
+    centres: Array
+    num_experts: int = struct.field(pytree_node=False, default=32)
+    top_k: int = struct.field(pytree_node=False, default=6)
+    dispatch: str = struct.field(pytree_node=False, default="capacity")
+    capacity_factor: float = struct.field(pytree_node=False, default=1.25)
+    drop_share: float = struct.field(pytree_node=False, default=0.0)
+
+    def for_layer(self, i: int) -> "MoESpec":
+        """The spec of layer i (centres (L, N, d) → (N, d))."""
+        return self.replace(centres=self.centres[i]) if jnp.ndim(self.centres) == 3 else self
+
+    def options(self) -> dict:
+        """Keyword arguments of `moe_ffn`."""
+        return dict(num_experts=self.num_experts, top_k=self.top_k, dispatch=self.dispatch,
+                    capacity_factor=self.capacity_factor, drop_share=self.drop_share)
+
+
+def centres_from_kernel(w_in_DxF: Array, num_experts: int) -> Array:
+    """Router centres (N, d): c_n = mean of expert n's W_i rows = w_in[:, block_n].mean(1)."""
+    d, f = w_in_DxF.shape
+    return jnp.mean(w_in_DxF.reshape(d, num_experts, f // num_experts), axis=-1).T
+
+
+def route(x_SxD: Array, centres_NxD: Array, top_k: int, drop_share: float = 0.0):
+    """Top-K routing: (experts_SxK int32, gates_SxK (1.0 forward, α gradient), keep_SxK).
+
+    keep_SxK is False for pairs removed by dynamic top-k (their gate is also 0).
+    """
+    alpha_SxN = x_SxD @ centres_NxD.astype(x_SxD.dtype).T
+    val_SxK, experts_SxK = jax.lax.top_k(alpha_SxN, top_k)
+    gates_SxK = 1.0 + (val_SxK - jax.lax.stop_gradient(val_SxK))
+    keep_SxK = jnp.ones(val_SxK.shape, bool)
+    if drop_share > 0.0:
+        n_pairs = val_SxK.size
+        n_keep = n_pairs - int(math.floor(drop_share * n_pairs))
+        order_P = jnp.argsort(-jax.lax.stop_gradient(val_SxK).reshape(-1), stable=True)
+        rank_P = jnp.zeros(n_pairs, jnp.int32).at[order_P].set(jnp.arange(n_pairs, dtype=jnp.int32))
+        keep_SxK = (rank_P < n_keep).reshape(val_SxK.shape)
+        gates_SxK = jnp.where(keep_SxK, gates_SxK, 0.0)
+    return experts_SxK.astype(jnp.int32), gates_SxK, keep_SxK
+
+
+def expert_kernels(ffn: "FFN", num_experts: int) -> dict[str, Array]:
+    """Per-expert blocks of the FFN kernels: in/gate (N, d, E), out (N, E, d)."""
+    w_in = ffn.w_in[...].astype(ffn.dtype)
+    d, f = w_in.shape
+    e = f // num_experts
+    split_in = lambda w: w.reshape(d, num_experts, e).transpose(1, 0, 2)  # noqa: E731
+    out = {"in": split_in(w_in), "out": ffn.w_out[...].astype(ffn.dtype).reshape(num_experts, e, d)}
+    if ffn.act.gated:
+        out["gate"] = split_in(ffn.w_gate[...].astype(ffn.dtype))
+    return out
+
+
+def _expert_act(ffn: "FFN", h_in: Array, h_gate: Array | None) -> Array:
+    """Activation scores of expert units from the in (and gate) pre-activations."""
+    return ffn.sigma(h_gate) * h_in if ffn.act.gated else ffn.sigma(h_in)
+
+
+def _capacity(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w, capacity_factor):
+    s, k = experts_SxK.shape
+    n, _, e = w["in"].shape
+    cap = max(1, math.ceil(capacity_factor * s * k / n))
+    # pairs in priority order: choice rank major, then token (P = K·S)
+    exp_P = jnp.where(keep_SxK, experts_SxK, n).T.reshape(-1)
+    tok_P = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (k, s)).reshape(-1)
+    gate_P = gates_SxK.T.reshape(-1)
+    order_P = jnp.argsort(exp_P, stable=True)
+    counts_N1 = jnp.bincount(exp_P, length=n + 1)
+    starts_N1 = jnp.cumsum(counts_N1) - counts_N1
+    pos_P = jnp.zeros_like(exp_P).at[order_P].set(jnp.arange(exp_P.size, dtype=jnp.int32) - starts_N1[exp_P[order_P]])
+    fits_P = (exp_P < n) & (pos_P < cap)
+    slot_P = jnp.where(fits_P, exp_P * cap + pos_P, n * cap)  # n·cap = out of range → dropped
+    tok_of_slot = jnp.full(n * cap, s, jnp.int32).at[slot_P].set(tok_P, mode="drop")
+    gate_of_slot = jnp.zeros(n * cap, gates_SxK.dtype).at[slot_P].set(gate_P, mode="drop")
+    x_pad = jnp.concatenate([x_SxD, jnp.zeros((1, x_SxD.shape[1]), x_SxD.dtype)])
+    x_NxCxD = x_pad[tok_of_slot].reshape(n, cap, -1)
+    h_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["in"])
+    g_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["gate"]) if "gate" in w else None
+    y_NxCxD = jnp.einsum("nce,ned->ncd", _expert_act(ffn, h_NxCxE, g_NxCxE), w["out"])
+    y_CNxD = y_NxCxD.reshape(n * cap, -1) * gate_of_slot[:, None].astype(y_NxCxD.dtype)
+    y_SxD = jnp.zeros_like(x_pad).at[tok_of_slot].add(y_CNxD)[:s]
+    dropped = jnp.sum((exp_P < n) & ~fits_P)
+    return y_SxD, {"dropped": dropped, "capacity": cap}
+
+
+def _ragged(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
+    s, k = experts_SxK.shape
+    n = w["in"].shape[0]
+    exp_P = jnp.where(keep_SxK, experts_SxK, n).reshape(-1)  # dynamic-top-k drops sort last
+    order_P = jnp.argsort(exp_P, stable=True)
+    tok_P = (jnp.arange(s * k, dtype=jnp.int32) // k)[order_P]
+    gate_P = gates_SxK.reshape(-1)[order_P]
+    sizes_N = jnp.bincount(exp_P, length=n + 1)[:n].astype(jnp.int32)  # rows past Σ → 0
+    xs_PxD = x_SxD[tok_P]
+    h_PxE = jax.lax.ragged_dot(xs_PxD, w["in"], sizes_N)
+    g_PxE = jax.lax.ragged_dot(xs_PxD, w["gate"], sizes_N) if "gate" in w else None
+    y_PxD = jax.lax.ragged_dot(_expert_act(ffn, h_PxE, g_PxE), w["out"], sizes_N)
+    y_SxD = jnp.zeros_like(x_SxD).at[tok_P].add(y_PxD * gate_P[:, None].astype(y_PxD.dtype))
+    return y_SxD, {"dropped": jnp.zeros((), jnp.int32)}
+
+
+def _masked(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
+    n, _, e = w["in"].shape
+    _, a_SxF = ffn.hidden(x_SxD)
+    weight_SxN = jnp.zeros((x_SxD.shape[0], n), a_SxF.dtype)
+    weight_SxN = weight_SxN.at[jnp.arange(x_SxD.shape[0])[:, None], experts_SxK].add(gates_SxK.astype(a_SxF.dtype))
+    return ffn.project(a_SxF * jnp.repeat(weight_SxN, e, axis=1)), {"dropped": jnp.zeros((), jnp.int32)}
+
+
+def moe_ffn(
+    ffn: "FFN",
+    x_BxTxD: Array,
+    centres_NxD: Array,
+    *,
+    num_experts: int,
+    top_k: int,
+    dispatch: str = "capacity",
+    capacity_factor: float = 1.25,
+    drop_share: float = 0.0,
+) -> tuple[Array, dict[str, Array]]:
+    """The FFN's MoE forward (SSD Eq. 2 with the Eq. 4 router and App. A gates).
+
+    Args:
+      ffn: the dense FFN whose F axis is already permuted into N contiguous experts.
+      x_BxTxD: input (any leading shape (..., d)).
+      centres_NxD: router centres (non-trained; gradients still flow to it and to x).
+      num_experts: N, must divide F. top_k: K in [1, N].
+      dispatch: 'capacity' | 'ragged' | 'masked' (see module docstring).
+      capacity_factor: capacity path only; C = ceil(cf · tokens · K / N).
+      drop_share: dynamic top-k (SSD §5.3): drop this share of the tokens·K candidates
+        with the lowest α (0 = fixed top-K).
+
+    Returns:
+      y: same shape as x, compute dtype.
+      aux: dropped (int, pairs over capacity), load_N (pairs routed to each expert,
+        before capacity), plus capacity (int) for the capacity path.
+    """
+    f = ffn.w_in.shape[1]
+    if num_experts < 1 or f % num_experts:
+        raise ValueError(f"num_experts={num_experts} must divide d_ff={f}")
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch={dispatch!r} is not one of {', '.join(DISPATCH)}")
+    if not 0.0 <= drop_share < 1.0 or capacity_factor <= 0:
+        raise ValueError(f"need 0 <= drop_share < 1 and capacity_factor > 0, got {drop_share}, {capacity_factor}")
+    lead, d = x_BxTxD.shape[:-1], x_BxTxD.shape[-1]
+    x_SxD = x_BxTxD.astype(ffn.dtype).reshape(-1, d)
+    experts_SxK, gates_SxK, keep_SxK = route(x_SxD, centres_NxD, top_k, drop_share)
+    w = expert_kernels(ffn, num_experts)
+    if dispatch == "capacity":
+        y_SxD, aux = _capacity(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w, capacity_factor)
+    else:
+        y_SxD, aux = (_ragged if dispatch == "ragged" else _masked)(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w)
+    aux["load_N"] = jnp.bincount(jnp.where(keep_SxK, experts_SxK, num_experts).reshape(-1), length=num_experts + 1)[:-1]
+    return y_SxD.reshape(*lead, d), aux
