@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.nn.ffn import FFN, Sparsify
-from sparsity_jax.nn.moe import MoESpec, centres_from_kernel, moe_ffn, route
+from sparsity_jax.nn.moe import MoESpec, moe_ffn, route
 from sparsity_jax.ssd.convert import block_labels, centres_from_params, dense_to_moe, permute_state
 from sparsity_jax.ssd.kmeans import inverse_permutation
 from sparsity_jax.train.setup import build
