@@ -48,5 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
         warmup_steps=20, min_lr_ratio=0.1, decay_fraction=0.1,
     ))
 
+    # SSD (switchable sparse-dense training, SSD §4): off by default.
+    c.ssd = ml_collections.ConfigDict(dict(
+        enabled=False, num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
+        sparse_share=0.5, final_dense_share=0.1, dispatch="capacity", capacity_factor=1.25, kmeans_iters=50,
+    ))
+
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

@@ -1,7 +1,7 @@
 """SSD GPT-base (SSD §5, App. A): 12 layers, d = 768, 12 heads, F = 6144, ReLU, no bias,
-batch 512, Adam with the Noam schedule (2000 warm-up steps). Dense training for now;
-the SSD switching settings (N = 32, K = 6, τ = 0.9, M = 3000, r = 0.5, l = 0.1) arrive
-with the SSD trainer.
+batch 512, Adam with the Noam schedule (2000 warm-up steps), and SSD's switching
+settings: N = 32 experts, K = 6, τ = 0.9, monitoring every M = 3000 steps, sparse share
+r = 0.5, final dense share l = 0.1. `:dense` gives the dense baseline.
 
     sparsity-jax train --config configs/ssd/gpt_base.py --workdir runs/ssd_gpt_base
 """
@@ -12,7 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from default import get_config as base  # noqa: E402
 
 
-def get_config():
+def get_config(variant: str = "ssd"):
+    if variant not in ("ssd", "dense"):
+        raise ValueError(f"variant must be ssd or dense, got {variant!r}")
     c = base()
     c.model.update(dict(d_model=768, num_layers=12, num_heads=12, d_ff=6144, activation="relu",
                         tie_embeddings=False, dtype="bfloat16"))
@@ -20,4 +22,6 @@ def get_config():
     c.train.update(dict(steps=200_000, global_batch_size=512, seq_len=512, log_every=100, eval_every=3000,
                         checkpoint_every=3000, keep_checkpoints=10))
     c.optimizer.update(dict(lr=1e-3, schedule="noam", warmup_steps=2000, weight_decay=0.0, b2=0.98))
+    c.ssd.update(dict(enabled=variant == "ssd", num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
+                      sparse_share=0.5, final_dense_share=0.1))
     return c

@@ -170,10 +170,17 @@ class FFN(nnx.Module):
         if sp.mode == "moe":
             if sp.moe is None:
                 raise ValueError("moe mode needs Sparsify(moe=MoESpec(...))")
-            y, aux = moe_ffn(self, x_BxTxD, sp.moe.centres, **sp.moe.options())
+            # Route each sequence separately (GShard-style groups): capacity is per
+            # sequence and the batch axis stays the sharded axis, so data-parallel
+            # meshes partition the dispatch instead of replicating it.
+            def one_row(x_TxD):
+                y, aux = moe_ffn(self, x_TxD[None], sp.moe.centres, **sp.moe.options())
+                return y[0], aux["dropped"]
+
+            y_BxTxD, dropped_B = jax.vmap(one_row)(x_BxTxD)
             if record is not None:
-                self.sow(nnx.Intermediate, "moe_dropped", aux["dropped"])
-            return y
+                self.sow(nnx.Intermediate, "moe_dropped", jnp.sum(dropped_B))
+            return y_BxTxD
         s, a = self.hidden(x_BxTxD)
         keep_fn = KEEP[sp.mode]
         needs_mag = sp.mode == "threshold" or (record in ("mask", "both") and sp.record_threshold is not None)

@@ -18,6 +18,8 @@ from flax import nnx
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.model import LM, ModelConfig
+from sparsity_jax.nn.moe import MoESpec
+from sparsity_jax.ssd.controller import initial_labels
 from sparsity_jax.train import sharding as shd
 from sparsity_jax.train.checkpoint import abstract_with_shardings
 from sparsity_jax.train.optimizer import make_optimizer
@@ -66,6 +68,20 @@ def validate_train_config(cfg: ml_collections.ConfigDict, num_devices: int) -> N
         raise UserError("hidden-unit metrics and unit masking need train.record=mask (or both)")
     if cfg.unit_mask.at_step > t.steps:
         raise UserError(f"unit_mask.at_step={cfg.unit_mask.at_step} is beyond train.steps={t.steps}")
+
+
+def moe_spec(cfg: ml_collections.ConfigDict, mcfg: ModelConfig) -> MoESpec | None:
+    """Static MoE options of SSD's sparse phase (centres are filled in per step)."""
+    s = cfg.ssd
+    if not s.enabled:
+        return None
+    if s.num_experts <= 0 or mcfg.d_ff % s.num_experts or not 0 < s.top_k <= s.num_experts:
+        raise UserError(f"ssd.num_experts={s.num_experts} must divide model.d_ff={mcfg.d_ff} and "
+                        f"0 < ssd.top_k={s.top_k} <= num_experts")
+    if s.dispatch not in ("capacity", "ragged"):
+        raise UserError(f"ssd.dispatch={s.dispatch!r} is not one of capacity, ragged")
+    return MoESpec(centres=jnp.zeros((0,)), num_experts=s.num_experts, top_k=s.top_k, dispatch=s.dispatch,
+                   capacity_factor=s.capacity_factor)
 
 
 def unit_config(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh) -> "UnitConfig | None":
@@ -152,6 +168,8 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
         if ucfg is not None:
             state["units"] = init_units(ucfg)
+        if cfg.ssd.enabled:
+            state["ssd_labels"] = initial_labels(mcfg.num_layers, mcfg.d_ff, cfg.ssd.num_experts)
         return state
 
     abstract = jax.eval_shape(init_state, jax.random.key(0))
@@ -161,12 +179,14 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
     state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
     if ucfg is not None:
         state_sh["units"] = jax.tree.map(lambda _: repl, abstract["units"])
+    if cfg.ssd.enabled:
+        state_sh["ssd_labels"] = repl
     bsh = shd.batch_sharding(mesh)
     record = None if cfg.train.record == "none" else cfg.train.record
     train_step = jax.jit(
-        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record, units=ucfg),
+        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record, units=ucfg, moe=moe_spec(cfg, mcfg)),
         in_shardings=(state_sh, bsh, repl), out_shardings=(state_sh, repl), donate_argnums=0,
-        static_argnums=3,
+        static_argnums=(3, 4),
     )
     eval_step = jax.jit(make_eval_step(graphdef, record="mask"), in_shardings=(param_sh, bsh, repl), out_shardings=repl)
     return Run(

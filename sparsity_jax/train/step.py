@@ -8,6 +8,7 @@ and divides once by the total weight, so it equals the full-batch gradient exact
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -18,6 +19,8 @@ from flax import nnx
 from sparsity_jax.metrics.activation import activation_ratio
 from sparsity_jax.metrics.hidden_units import units_used
 from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.moe import MoESpec
+from sparsity_jax.ssd.convert import centres_from_params
 from sparsity_jax.train.units import UnitConfig, detailed_stats, sparsify_for, update_units
 
 Array = jax.Array
@@ -48,16 +51,25 @@ def _split_micro(batch: Batch, n: int) -> Batch:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int = 1,
-                    record: str | None = "mask", units: UnitConfig | None = None) -> Callable:
-    """Returns train_step(state, batch, sparsify, detailed=False) -> (state, metrics).
+                    record: str | None = "mask", units: UnitConfig | None = None,
+                    moe: MoESpec | None = None) -> Callable:
+    """Returns train_step(state, batch, sparsify, detailed=False, sparse=False) -> (state, metrics).
 
     With `units` (needs record ∈ {mask, both}) the state carries `units` (turn-on/off
     tracking, dead-unit mask; see `train.units`); `detailed=True` (static) adds the
-    per-layer hidden-unit use and percentiles to the metrics.
+    per-layer hidden-unit use and percentiles to the metrics. `sparse=True` (static,
+    SSD's sparse phase) runs every FFN in MoE mode with the options of `moe` and router
+    centres recomputed from the current W_in (gradients flow through them, SSD §4.1);
+    it records nothing and leaves the unit state unchanged.
     """
 
-    def micro(params, batch, sparsify, detailed):
+    def micro(params, batch, sparsify, detailed, sparse):
         def loss_fn(p):
+            if sparse:
+                sp = dataclasses.replace(sparsify, mode="moe", moe=moe.replace(
+                    centres=centres_from_params(p, moe.num_experts)))
+                out, records = forward(graphdef, p, batch, sp, None)
+                return out["loss_sum"], (out, {})
             out, records = forward(graphdef, p, batch, sparsify, record)
             extra = {}
             if units is not None:
@@ -70,23 +82,24 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
         grads, (sums, extra) = jax.grad(loss_fn, has_aux=True)(params)
         return grads, sums, extra
 
-    def train_step(state: State, batch: Batch, sparsify: Sparsify = Sparsify(), detailed: bool = False):
+    def train_step(state: State, batch: Batch, sparsify: Sparsify = Sparsify(), detailed: bool = False,
+                   sparse: bool = False):
         params = state["params"]
         sparsify = sparsify_for(state.get("units"), units, sparsify)
         if grad_accum == 1:
-            grads, sums, extra = micro(params, batch, sparsify, detailed)
+            grads, sums, extra = micro(params, batch, sparsify, detailed, sparse)
         else:
             micro_batches = _split_micro(batch, grad_accum)
 
             def body(carry, mb):
-                g, s, e = micro(params, mb, sparsify, detailed)
+                g, s, e = micro(params, mb, sparsify, detailed, sparse)
                 acc_g, acc_s, acc_e = jax.tree.map(jnp.add, carry[:2], (g, s)) + (e,)
                 if "used" in e:
                     acc_e = dict(e, used=carry[2]["used"] | e["used"])
                 return (acc_g, acc_s, acc_e), None
 
             first = jax.tree.map(lambda x: x[0], micro_batches)
-            zero = jax.eval_shape(lambda p, b, sp: micro(p, b, sp, detailed), params, first, sparsify)
+            zero = jax.eval_shape(lambda p, b, sp: micro(p, b, sp, detailed, sparse), params, first, sparsify)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
             (grads, sums, extra), _ = jax.lax.scan(body, zero, micro_batches)
         weight = jnp.maximum(sums["weight"], 1.0)
@@ -96,7 +109,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
         new_state = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, step=step)
         metrics = summarize(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        if units is not None:
+        if units is not None and not sparse:
             new_state["units"], unit_stats = update_units(state["units"], extra["used"], step, state["rng"], units)
             metrics.update(unit_stats)
             metrics.update(extra.get("detailed", {}))

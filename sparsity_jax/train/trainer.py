@@ -21,6 +21,7 @@ import numpy as np
 
 from sparsity_jax.errors import NonFiniteLoss, UserError
 from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.ssd.controller import SSDRun
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
 from sparsity_jax.train.setup import Run, build, peak_flops_per_device
@@ -54,13 +55,19 @@ def build_run(cfg, workdir: str) -> Run:
     return build(cfg, vocab)
 
 
-def _meta(run: Run, step: int) -> dict:
-    return {"data_position": int(step), "step": int(step), "config": json.loads(run.cfg.to_json_best_effort())}
+def _meta(run: Run, step: int, ssd=None) -> dict:
+    meta = {"data_position": int(step), "step": int(step), "config": json.loads(run.cfg.to_json_best_effort())}
+    if ssd is not None:
+        meta["ssd"] = ssd.meta()
+    return meta
 
 
-def _step_flops(run: Run, state, batch) -> float | None:
+def _step_flops(run: Run, state, batch, sparse: bool = False) -> float | None:
+    """FLOPs of one compiled train step (XLA cost analysis); shapes only, no execution."""
+    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # noqa: E731
     try:
-        cost = run.train_step.lower(state, batch, DENSE, False).compile().cost_analysis()
+        lowered = run.train_step.lower(run.abstract_state, jax.tree.map(spec, batch), DENSE, False, sparse)
+        cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best effort on some backends
@@ -75,12 +82,14 @@ def train(cfg, workdir: str) -> dict[str, Any]:
     ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoints)
     total = cfg.train.steps
     start = ckpt.latest_step()
+    meta = None
     if start is None:
         state, start = run.init_state(jax.random.key(cfg.seed)), 0
     else:
         state, meta = ckpt.restore(start, run.abstract_state)
         start = int(meta["data_position"])
         log_print(f"resumed from {ckpt.directory} at step {start}", main)
+    ssd = SSDRun(cfg, run, meta) if cfg.ssd.enabled else None
     writer = MetricsWriter(workdir, enabled=main)
     if main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -126,10 +135,15 @@ def train(cfg, workdir: str) -> dict[str, Any]:
                 flops = _step_flops(run, state, batch)
                 t0 = time.perf_counter()
             every = cfg.train.metrics_every
-            detailed = bool(run.units is not None and every and (step + 1) % every == 0)
-            state, metrics = run.train_step(state, batch, DENSE, detailed)
+            sparse = bool(ssd is not None and ssd.sparse)
+            detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not sparse)
+            state, metrics = run.train_step(state, batch, DENSE, detailed, sparse)
             if detailed:
                 writer.write(step + 1, metrics, split="units")
+            if ssd is not None:
+                state, ssd_metrics = ssd.after_step(state, step + 1, lambda sp: _step_flops(run, state, batch, sp))
+                if "ssd_ari" in ssd_metrics or "ssd_switch" in ssd_metrics or (step + 1) % cfg.train.log_every == 0:
+                    writer.write(step + 1, ssd_metrics, split="ssd")
             if pending is not None:
                 report(pending[0], check(*pending))
             pending = (step + 1, metrics)
@@ -137,7 +151,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
             if done % cfg.train.checkpoint_every == 0 or done == total or stop["signal"]:
                 report(done, check(*pending))
                 pending = None
-                ckpt.save(done, state, _meta(run, done))
+                ckpt.save(done, state, _meta(run, done, ssd))
             if done % cfg.train.eval_every == 0 and done != total:
                 writer.write(done, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
             if stop["signal"]:

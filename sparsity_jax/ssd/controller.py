@@ -1,0 +1,103 @@
+"""SSD in the trainer: monitoring, switching and FLOPs accounting (SSD §4, App. A/C).
+
+`SSDRun` is the host-side glue the trainer calls once per step:
+  * in dense phases, every `ssd.monitor_every` steps from the phase start, it clusters
+    every layer's neurons (rows of W_in, warm-started from the previous clustering,
+    `moefy_clustering`: random and warm start, lower WCSS kept) and measures the mean
+    adjusted Rand index over layers against the previous clustering;
+  * `ssd.schedule.decide` turns that into switches; dense → sparse permutes the F axis
+    of the parameters, Adam moments and unit state so each expert is a contiguous block
+    (`ssd.convert.permute_state`); sparse → dense changes nothing (order stays permuted);
+  * the sparse phase runs the train step's MoE variant (router centres = means of the
+    experts' W_in columns, recomputed from the current parameters every step);
+  * FLOPs per step of the compiled dense and sparse steps (XLA cost analysis) give the
+    cumulative FLOPs and the speed-up over all-dense training; wall-clock per phase.
+The previous clustering lives in the train state (`ssd_labels`, (L, F) int32) and the
+controller state in the checkpoint metadata, so a resumed run keeps the same schedule.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsity_jax.ssd.ari import adjusted_rand_index
+from sparsity_jax.ssd.convert import block_labels, ffn_params, permute_state
+from sparsity_jax.ssd.kmeans import moefy_clustering, permutation_from_labels
+from sparsity_jax.ssd.schedule import SPARSE, SwitchConfig, decide, initial_state, is_monitor_step
+
+
+def switch_config(cfg) -> SwitchConfig:
+    s = cfg.ssd
+    return SwitchConfig(total_steps=cfg.train.steps, monitor_every=s.monitor_every, ari_threshold=s.ari_threshold,
+                        sparse_share=s.sparse_share, final_dense_share=s.final_dense_share)
+
+
+def initial_labels(num_layers: int, d_ff: int, num_experts: int) -> jax.Array:
+    return jnp.tile(block_labels(d_ff, num_experts)[None], (num_layers, 1))
+
+
+class SSDRun:
+    """Per-run SSD state on the host; `meta()` goes into the checkpoint metadata."""
+
+    def __init__(self, cfg, run, meta: dict | None):
+        self.cfg, self.run = cfg, run
+        self.switch = switch_config(cfg)
+        saved = (meta or {}).get("ssd") or {}
+        self.state = saved.get("controller") or initial_state()
+        self.clustered = bool(saved.get("clustered", False))
+        self.flops = {"dense": None, "sparse": None}
+        self.cum = saved.get("cum", {"flops": 0.0, "dense_equiv_flops": 0.0, "seconds": {"dense": 0.0, "sparse": 0.0}})
+        self._t = time.perf_counter()
+
+    @property
+    def sparse(self) -> bool:
+        return self.state["phase"] == SPARSE
+
+    def meta(self) -> dict:
+        return {"controller": self.state, "clustered": self.clustered, "cum": self.cum}
+
+    def _cluster(self, state, step: int):
+        s = self.cfg.ssd
+        key = jax.random.fold_in(jax.random.key(self.cfg.seed + 17), step)
+        labels, aris = [], []
+        for i, ffn in enumerate(ffn_params(state["params"])):
+            prev = state["ssd_labels"][i]
+            lab, _, _ = moefy_clustering(ffn["w_in"].T, s.num_experts, key=jax.random.fold_in(key, i),
+                                         prev_labels=prev if self.clustered else None, n_iter=s.kmeans_iters)
+            labels.append(lab)
+            aris.append(float(adjusted_rand_index(prev, lab, s.num_experts)))
+        return jnp.stack(labels), float(np.mean(aris))
+
+    def after_step(self, state, step: int, step_flops) -> tuple[dict, dict]:
+        """Accounting for the finished `step`, then monitoring/switching; returns (state, metrics)."""
+        phase = "sparse" if self.sparse else "dense"
+        if self.flops[phase] is None:
+            self.flops[phase] = step_flops(phase == "sparse")
+        now = time.perf_counter()
+        self.cum["seconds"][phase] += now - self._t
+        self.cum["flops"] += self.flops[phase] or 0.0
+        if self.flops["dense"] is None:
+            self.flops["dense"] = step_flops(False)
+        self.cum["dense_equiv_flops"] += self.flops["dense"] or 0.0
+        metrics = {"ssd_sparse": float(self.sparse), "ssd_cum_flops": self.cum["flops"],
+                   "ssd_flops_speedup": self.cum["dense_equiv_flops"] / max(self.cum["flops"], 1.0)}
+        ari = None
+        if is_monitor_step(self.switch, self.state, step):
+            labels, mean_ari = self._cluster(state, step)
+            ari = mean_ari if self.clustered else None
+            self.clustered = True
+            state = dict(state, ssd_labels=labels)
+            metrics["ssd_ari"] = mean_ari
+        self.state, action = decide(self.switch, self.state, step, ari)
+        if action == "to_sparse":
+            perms = jnp.stack([permutation_from_labels(lab, self.cfg.ssd.num_experts) for lab in state["ssd_labels"]])
+            state = permute_state(state, perms)
+            state["ssd_labels"] = initial_labels(*perms.shape, self.cfg.ssd.num_experts)
+            state = jax.device_put(state, self.run.state_shardings)
+        if action:
+            metrics["ssd_switch"] = 1.0 if action == "to_sparse" else -1.0
+        self._t = time.perf_counter()
+        return state, metrics

@@ -1,0 +1,51 @@
+"""SSD in the trainer: switches happen, sparse phases run the MoE step, FLOPs drop, and
+resuming in the middle of a sparse phase reproduces the uninterrupted losses."""
+import json
+import os
+import signal
+
+import pytest
+
+from sparsity_jax.train import trainer
+from tests.train.helpers import read_losses, tiny_config
+from tests.train.test_trainer import patch_step
+
+SSD = {"ssd.enabled": True, "model.d_ff": 256, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 4,
+       "ssd.ari_threshold": -1.0, "ssd.kmeans_iters": 10, "train.steps": 40, "train.checkpoint_every": 100}
+
+
+def ssd_records(workdir):
+    return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if '"ssd"' in l]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("ssd_ref"))
+    trainer.train(tiny_config(**SSD), wd)
+    return wd
+
+
+def test_switches_and_flops(reference):
+    recs = ssd_records(reference)
+    switches = [(r["step"], r["ssd_switch"]) for r in recs if "ssd_switch" in r]
+    # τ = -1: the second monitor step (8) switches; sparse lasts 1.25 × 8 = 10 steps; back at 18
+    assert switches[:2] == [(8, 1.0), (18, -1.0)]
+    assert all(step <= 36 for step, _ in switches)        # the final 10% (steps 36..40) stays dense
+    last = recs[-1]
+    assert last["ssd_flops_speedup"] > 1.0                # sparse steps cost fewer FLOPs
+    assert any(r["ssd_sparse"] == 1.0 for r in recs)
+
+
+def test_resume_mid_sparse_phase_reproduces_losses(reference, tmp_path, monkeypatch):
+    def term(m):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return m
+
+    patch_step(monkeypatch, 12, term)  # step 12 lies inside the first sparse phase (8..18)
+    trainer.train(tiny_config(**SSD), str(tmp_path))
+    monkeypatch.undo()
+    trainer.train(tiny_config(**SSD), str(tmp_path))
+    want, got = read_losses(os.path.join(reference, "metrics.jsonl")), read_losses(str(tmp_path / "metrics.jsonl"))
+    assert sorted(got) == sorted(want) == list(range(1, 41))
+    for s in want:
+        assert abs(want[s] - got[s]) <= 1e-6, (s, want[s], got[s])
