@@ -3,6 +3,8 @@
   sparsity-jax train    [--config FILE] [--workdir DIR] [--config.a.b=V ...]
   sparsity-jax evaluate --workdir DIR [--eval-batches N] [--config.a.b=V ...]
   sparsity-jax report   --workdir DIR [--compare DIR ...]
+  sparsity-jax cett     --workdir DIR --cett 0.2 [--step N]
+  sparsity-jax ppl      --workdir DIR --ppl-p 1,5,10
 
 User errors (bad config key, impossible sizes, missing or unreadable checkpoints, empty
 data) print one sentence and exit 2; a non-finite loss exits 3; nothing in the workdir
@@ -32,7 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and figures from a run's metrics (hidden-unit use per layer, ...)")
     rep.add_argument("--workdir", required=True)
     rep.add_argument("--compare", nargs="*", default=[], help="other workdirs whose loss curves go on one figure")
+    from sparsity_jax.search.commands import add_commands
+
+    add_commands(sub)
     sub.choices["evaluate"].add_argument("--eval-batches", type=int, default=None)
+    sub.choices["evaluate"].add_argument("--ppl-p", default=None,
+                                         help="also PPL-p%% sparsity of every checkpoint, e.g. 1,5,10")
     sub.choices["evaluate"].add_argument("--output", default=None, help="JSON path (default: WORKDIR/eval.json)")
     return p
 
@@ -44,6 +51,10 @@ def _run(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     if args.command == "report":
         return _report(args)
+    if args.command in ("cett", "ppl"):
+        from sparsity_jax.search.commands import run_command
+
+        return run_command(args)
     from sparsity_jax.train import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
@@ -67,6 +78,10 @@ def _run(argv: list[str]) -> int:
         raise_user("evaluate needs --workdir DIR, the directory of a trained run")
     evaluate_workdir(args.workdir, config_path=args.config, overrides=overrides,
                      eval_batches=args.eval_batches, output=args.output)
+    if args.ppl_p:
+        from sparsity_jax.search.commands import ppl_workdir
+
+        ppl_workdir(args.workdir, args.ppl_p, eval_batches=args.eval_batches)
     return 0
 
 

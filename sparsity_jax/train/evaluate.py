@@ -19,8 +19,21 @@ from sparsity_jax.train.logger import log_print
 from sparsity_jax.train.trainer import build_run, validation_batches
 
 
-def evaluate_workdir(workdir: str, *, config_path: str | None = None, overrides: dict | None = None,
-                     eval_batches: int | None = None, output: str | None = None) -> list[dict]:
+def _merged(defaults: dict, saved: dict) -> dict:
+    """`saved` over `defaults`, recursively: configs written before a field existed still load."""
+    out = dict(defaults)
+    for k, v in saved.items():
+        out[k] = _merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+    return out
+
+
+def open_workdir(workdir: str, *, config_path: str | None = None, overrides: dict | None = None,
+                 eval_batches: int | None = None):
+    """(checkpointer, run, validation batches, checkpoint steps) of a trained workdir.
+
+    The config is the run's own (from the latest checkpoint's metadata, over the current
+    defaults) unless `config_path` is given; `overrides` (`a.b` → string) apply on top.
+    """
     if not os.path.isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist; pass the workdir of a trained run")
     ckpt = Checkpointer(workdir, read_only=True)
@@ -30,12 +43,21 @@ def evaluate_workdir(workdir: str, *, config_path: str | None = None, overrides:
     if config_path:
         cfg = load_config(config_path)
     else:
-        cfg = config_from_json(json.dumps(ckpt.restore_meta(steps[-1])["config"]))
+        saved = ckpt.restore_meta(steps[-1])["config"]
+        cfg = config_from_json(json.dumps(_merged(load_config().to_dict(), saved)))
     if eval_batches is not None:
+        if eval_batches <= 0:
+            raise UserError(f"--eval-batches must be positive, got {eval_batches}")
         overrides = dict(overrides or {}, **{"train.eval_batches": str(eval_batches)})
     cfg = apply_overrides(cfg, overrides or {})
     run = build_run(cfg, workdir)
-    val = validation_batches(run, workdir)
+    return ckpt, run, validation_batches(run, workdir), steps
+
+
+def evaluate_workdir(workdir: str, *, config_path: str | None = None, overrides: dict | None = None,
+                     eval_batches: int | None = None, output: str | None = None) -> list[dict]:
+    ckpt, run, val, steps = open_workdir(workdir, config_path=config_path, overrides=overrides,
+                                         eval_batches=eval_batches)
     main = jax.process_index() == 0
     results = []
     for step in steps:

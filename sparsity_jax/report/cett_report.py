@@ -1,0 +1,112 @@
+"""JSON + PNG report of a PPL-p% sweep (`search.sweep.stabilised_sweep`).
+
+Files under the output directory (WORKDIR/report/ by default):
+  ppl.json                   search results, per-checkpoint rows, Pareto points, and
+                             the last checkpoint's per-layer neuron statistics
+  activation_over_training.png  activation ratio (1 − sparsity) vs training tokens per p,
+                             warm-up points hollow (Sparsing Law Fig. 4 style)
+  layer_ratios.png           per-layer activation ratio at each p (last checkpoint)
+  pareto.png                 PPL vs activation ratio: PPL-p%, top-k, FAT-ε (Fig. 3)
+  neuron_frequency.png       per-layer histograms of neuron activation frequency and the
+                             hot-neuron CDF (last checkpoint)
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FILES = ("ppl.json", "activation_over_training.png", "layer_ratios.png", "pareto.png", "neuron_frequency.png")
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _over_training(result: dict, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = result["checkpoints"]
+    for j, s in enumerate(result["search"]):
+        x = np.array([r["tokens"] for r in rows], float)
+        y = np.array([r["ppl_p"][j]["activation_ratio"] for r in rows])
+        warm = np.array([r["warmup"] for r in rows])
+        line, = ax.plot(x, y, "-", label=f"PPL-{s['p']:g}% (CETT {s['cett']:.3f})")
+        ax.plot(x[~warm], y[~warm], "o", color=line.get_color())
+        ax.plot(x[warm], y[warm], "o", mfc="none", color=line.get_color())
+    ax.set(xlabel="training tokens", ylabel="activation ratio", title="activation ratio over training (hollow: warm-up)")
+    ax.legend()
+    _save(fig, path)
+
+
+def _layer_ratios(result: dict, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    last = result["checkpoints"][-1]
+    for q in last["ppl_p"]:
+        r = 1 - np.asarray(q["sparsity"])
+        ax.plot(np.arange(len(r)), r, "o-", label=f"PPL-{q['p']:g}%")
+    ax.plot(np.arange(len(last["stats"]["dead_ratio"])), last["stats"]["dead_ratio"], "k--", label="dead ratio")
+    ax.set(xlabel="layer", ylabel="ratio", title=f"per-layer activation ratio, step {last['step']}")
+    ax.legend()
+    _save(fig, path)
+
+
+def _pareto(result: dict, path: str) -> None:
+    front = result["pareto"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, key, pts in (("PPL-p%", "p", front["ppl_p"]), ("top-k", "k", front["topk"]), ("FAT-ε", "eps", front["fat"])):
+        if not pts:
+            continue
+        pts = sorted(pts, key=lambda q: q["activation_ratio"])
+        ax.plot([q["activation_ratio"] for q in pts], [q["ppl"] for q in pts], "o-", label=name)
+        for q in pts:
+            ax.annotate(f"{q[key]:g}", (q["activation_ratio"], q["ppl"]), fontsize=7)
+    ax.axhline(front["dense"]["ppl"], color="k", ls=":", label="dense")
+    ax.set(xlabel="activation ratio (recorded mask)", ylabel="validation PPL", title="PPL vs activation ratio")
+    ax.legend()
+    _save(fig, path)
+
+
+def _frequency(arrays: dict, path: str) -> None:
+    freq, cdf = np.asarray(arrays["neuron_frequency"]), np.asarray(arrays["hot_cdf"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for layer in range(freq.shape[0]):
+        ax1.hist(freq[layer], bins=40, range=(0, 1), histtype="step", label=f"layer {layer}")
+        ax2.plot(np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf[layer], label=f"layer {layer}")
+    ax1.set(xlabel="activation frequency", ylabel="neurons", title="neuron activation frequency")
+    ax2.set(xlabel="fraction of neurons (most frequent first)", ylabel="share of activations", title="hot-neuron CDF")
+    ax1.legend()
+    ax2.legend()
+    _save(fig, path)
+
+
+def _json_ready(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if k != "arrays"}
+    arrays = result["arrays"]
+    out["last_checkpoint"] = {
+        "neuron_frequency": np.asarray(arrays["neuron_frequency"]).round(6).tolist(),
+        "hot_cdf": np.asarray(arrays["hot_cdf"]).round(6).tolist(),
+    }
+    if "per_token_id" in arrays:
+        out["last_checkpoint"]["per_token_id_activation_ratio"] = np.asarray(arrays["per_token_id"]["ratio"]).round(6).tolist()
+        out["last_checkpoint"]["per_token_id_count"] = np.asarray(arrays["per_token_id"]["count"]).tolist()
+    return out
+
+
+def write_ppl_report(result: dict, out_dir: str, meta: dict | None = None) -> list[str]:
+    """Writes ppl.json and the PNGs; returns the written paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f) for f in FILES]
+    with open(paths[0], "w") as f:
+        json.dump({**(meta or {}), **_json_ready(result)}, f, indent=1)
+    _over_training(result, paths[1])
+    _layer_ratios(result, paths[2])
+    _pareto(result, paths[3])
+    _frequency(result["arrays"], paths[4])
+    return paths

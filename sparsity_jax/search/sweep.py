@@ -1,0 +1,180 @@
+"""PPL-p% over a run's checkpoints (Sparsing Law App. B), baselines' Pareto curves, statistics.
+
+Stabilising strategy (App. B): CETT_p is searched once over the LAST `last` checkpoints
+jointly (`ppl.PplSearch`), then applied to every checkpoint: per checkpoint one dense
+pass, the exact thresholds of all p in one `find_threshold` call, one sparse pass per p
+(its PPL ratio). Activation ratio = 1 − sparsity (the dense activations' fraction of
+token×neuron pairs above the threshold, mean over layers) against training tokens
+(step × global batch × sequence length); steps ≤ warm-up are flagged (dropped before
+fitting curves).
+
+Pareto curves on the last checkpoint (Figure 3): PPL vs activation ratio for PPL-p%
+(each p), top-k (each k, `Sparsify(mode="topk")`) and FAT-ε (each ε). For all three the
+activation ratio here is measured from the sparse pass's recorded mask (a ≠ 0 after
+dropping), so the methods are compared on one footing.
+
+Statistics per checkpoint, on the neurons active at the first p's thresholds
+(|a_i|·‖W_out,i‖ ≥ t_l): per-layer activation ratio, dead-neuron ratio (< 0.1% of
+tokens), per-neuron frequency and hot-neuron CDF (full arrays for the last checkpoint,
+the CDF's share covered by the top 10/20/50% neurons for every checkpoint); for the last
+checkpoint also the activation ratio per vocabulary id (input token).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from sparsity_jax.metrics.cett import neuron_magnitudes
+from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf, neuron_frequency, per_token_id_activation_ratio
+from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.search.ppl import PplSearch, check_p
+from sparsity_jax.search.thresholds import (
+    Batch, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
+)
+
+HOT_SHARES = (0.1, 0.2, 0.5)
+
+
+def _tolist(x):
+    return np.asarray(x, np.float64).round(7).tolist()
+
+
+def default_topk(d_ff: int) -> list[int]:
+    """k = F/2, F/4, …, F/32 (at least 1), distinct."""
+    return sorted({max(1, d_ff >> j) for j in range(1, 6)}, reverse=True)
+
+
+def default_fat_eps(cache: DenseCache) -> list[float]:
+    """Quantiles 0.25/0.5/0.75/0.9 of the non-zero |a| of the last checkpoint (all layers).
+
+    For gated FFNs FAT-ε thresholds the gate score, so these are only a rough scale there.
+    """
+    a = np.abs(np.asarray(cache.a_LxNxF)).ravel()
+    a = a[a > 0]
+    return [] if a.size == 0 else np.quantile(a, [0.25, 0.5, 0.75, 0.9]).round(6).tolist()
+
+
+def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int | None = None) -> dict:
+    """Neuron statistics from a dense pass with neurons active where ‖n_i‖ ≥ t_l."""
+    mag = neuron_magnitudes(cache.a_LxNxF, cache.w_out_LxFxD)
+    active = mag >= jnp.asarray(threshold_L, jnp.float32)[:, None, None]
+    freq_LxF = neuron_frequency(active, layer_axes=1)
+    cdf_LxF = np.asarray(hot_neuron_cdf(freq_LxF))
+    F = cdf_LxF.shape[-1]
+    out = {
+        "activation_ratio": _tolist(jnp.mean(freq_LxF, axis=-1)),
+        "dead_ratio": _tolist(dead_ratio(freq_LxF)),
+        "hot_share": {str(s): _tolist(cdf_LxF[:, max(1, round(s * F)) - 1]) for s in HOT_SHARES},
+        "neuron_frequency": np.asarray(freq_LxF),
+        "hot_cdf": cdf_LxF,
+    }
+    if vocab_size:
+        ratio_LxV, count_V = per_token_id_activation_ratio(active, cache.ids_N, vocab_size, layer_axes=1)
+        out["per_token_id"] = {"ratio": np.asarray(ratio_LxV), "count": np.asarray(count_V)}
+    return out
+
+
+def pareto(graphdef, params, batches: Sequence[Batch], dense_loss: float, ppl_points: list[dict],
+           topk: Sequence[int], fat_eps: Sequence[float], log: Callable[[str], None]) -> dict:
+    """PPL vs activation ratio (mask-measured, mean over layers) per method."""
+    def point(sp: Sparsify, **key):
+        ev = sparse_pass(graphdef, params, batches, sp)
+        log(f"  pareto {key}: PPL {np.exp(ev.loss):.4f}, activation ratio {ev.act_ratio.mean():.4f}")
+        return {**key, "ppl": float(np.exp(ev.loss)), "activation_ratio": float(ev.act_ratio.mean())}
+
+    dense = sparse_pass(graphdef, params, batches, Sparsify())
+    return {
+        "dense": {"ppl": float(np.exp(dense_loss)), "activation_ratio": float(dense.act_ratio.mean())},
+        "ppl_p": ppl_points,
+        "topk": [point(Sparsify(mode="topk", k=int(k)), k=int(k)) for k in topk],
+        "fat": [point(Sparsify(mode="fat", eps=float(e)), eps=float(e)) for e in fat_eps],
+    }
+
+
+def stabilised_sweep(
+    graphdef,
+    steps: Sequence[int],
+    load_params: Callable[[int], object],
+    batches: Sequence[Batch],
+    ps: Sequence[float],
+    *,
+    tokens_per_step: int,
+    warmup_steps: int,
+    last: int = 5,
+    tol: float = 1e-3,
+    topk: Sequence[int] | None = None,
+    fat_eps: Sequence[float] | None = None,
+    vocab_size: int | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """The whole App. B analysis of one run; returns a JSON-ready dict plus array stats.
+
+    Args:
+      steps: checkpoint steps, ascending; load_params(step) -> params.
+      ps: p values (percent), each > 0.
+      tokens_per_step: global batch size × sequence length.
+      warmup_steps: steps ≤ this are flagged `warmup`.
+      last: checkpoints searched jointly (the last ones).
+      topk, fat_eps: baseline grids (None: `default_topk`, `default_fat_eps`).
+    Returns:
+      {"search": [...per p...], "checkpoints": [...per step...], "pareto": {...},
+       "arrays": {"neuron_frequency": (L, F), "hot_cdf": (L, F), "per_token_id": ...}}
+      (arrays: of the last checkpoint, for the figures).
+    """
+    ps = [float(p) for p in ps]
+    for p in ps:
+        check_p(p)
+    steps = sorted(steps)
+    joint = steps[-last:]
+    log(f"dense passes of the last {len(joint)} checkpoints {joint}")
+    params = {s: load_params(s) for s in joint}
+    search = PplSearch(graphdef, [params[s] for s in joint], batches, log=log)
+    caches = dict(zip(joint, search.caches))
+    results = []
+    for p in ps:
+        log(f"searching CETT for PPL-{p:g}% over steps {joint}")
+        r = search.search(p, tol)
+        log(f"PPL-{p:g}%: CETT {r.cett:.5f} (PPL ratio {r.ratio:.5f}), "
+            f"sparsity {r.overall_sparsity:.4f}, {r.evaluations} sparse evaluations")
+        results.append(r)
+    cetts = [r.cett for r in results]
+    rows, stats_last = [], None
+    for s in steps:
+        prm = params[s] if s in params else load_params(s)
+        cache = caches[s] if s in caches else dense_pass(graphdef, prm, batches)
+        thr = cache_thresholds(cache, cetts)  # fields (L, K)
+        row = {"step": int(s), "tokens": int(s) * int(tokens_per_step), "warmup": bool(s <= warmup_steps),
+               "dense_loss": cache.loss, "ppl_p": []}
+        for j, p in enumerate(ps):
+            ev = sparse_pass(graphdef, prm, batches, threshold_sparsify(thr.threshold[:, j]))
+            row["ppl_p"].append({
+                "p": p, "cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
+                "realised_cett": _tolist(thr.cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
+                "activation_ratio": float(1 - thr.sparsity[:, j].mean()), "ppl_ratio": float(np.exp(ev.loss - cache.loss)),
+                "sparse_run_activation_ratio": _tolist(ev.act_ratio),
+            })
+        st = checkpoint_stats(cache, thr.threshold[:, 0], vocab_size if s == steps[-1] else None)
+        row["stats"] = {k: st[k] for k in ("activation_ratio", "dead_ratio", "hot_share")}
+        rows.append(row)
+        log(f"step {s}: activation ratio " + ", ".join(f"PPL-{q['p']:g}% {q['activation_ratio']:.4f}"
+                                                       for q in row["ppl_p"]))
+        if s == steps[-1]:
+            stats_last, last_cache, last_params = st, cache, prm
+    last_row = rows[-1]
+    ppl_points = [{"p": q["p"], "cett": q["cett"], "ppl": float(np.exp(last_cache.loss) * q["ppl_ratio"]),
+                   "activation_ratio": float(np.mean(q["sparse_run_activation_ratio"]))} for q in last_row["ppl_p"]]
+    log(f"Pareto curves on step {steps[-1]}")
+    d_ff = last_cache.a_LxNxF.shape[-1]
+    front = pareto(graphdef, last_params, batches, last_cache.loss, ppl_points,
+                   default_topk(d_ff) if topk is None else topk,
+                   default_fat_eps(last_cache) if fat_eps is None else fat_eps, log)
+    search_json = [{"p": r.p, "cett": r.cett, "cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
+                    "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
+                    "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
+                    "evaluations": r.evaluations, "converged": r.converged, "steps": joint} for r in results]
+    arrays = {"neuron_frequency": stats_last["neuron_frequency"], "hot_cdf": stats_last["hot_cdf"]}
+    if "per_token_id" in stats_last:
+        arrays["per_token_id"] = stats_last["per_token_id"]
+    return {"search": search_json, "checkpoints": rows, "pareto": front, "arrays": arrays}

@@ -1,0 +1,227 @@
+"""Model-level CETT thresholds, the PPL-p% search, the stabilised sweep and the commands.
+
+One tiny ReLU model is trained once per session (30 steps, checkpoints 10/20/30).
+"""
+import argparse
+import functools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.metrics.threshold_search import find_threshold
+from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.search import PplSearch, find_crossing, thresholds_for_cett
+from sparsity_jax.search.commands import add_commands, cett_workdir, load_workdir, ppl_workdir, run_command
+from sparsity_jax.search.thresholds import sparse_pass, threshold_sparsify
+from tests.train.helpers import tiny_config
+
+STEPS = 30
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    from sparsity_jax.train.trainer import train
+
+    wd = str(tmp_path_factory.mktemp("search_run"))
+    train(tiny_config(**{"train.steps": STEPS, "train.checkpoint_every": 10, "train.log_every": 30}), wd)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def loaded(workdir):
+    """(run, validation batches of 8 × 16 × 32 tokens, {step: params})."""
+    ckpt, run, val, steps = load_workdir(workdir, eval_batches=8)
+    params = {s: ckpt.restore(s, run.abstract_state)[0]["params"] for s in steps}
+    ckpt.close()
+    assert steps == [10, 20, 30]
+    return run, val, params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef, params, batch, sp):
+    """(logits, recorded scores) of one batch."""
+    logits, rec = nnx.merge(graphdef, params).apply(
+        batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sp, record="scores")
+    return logits, rec["scores"]
+
+
+def _real_scores(run, params, batches):
+    """Dense scores of the real tokens, concatenated by hand: (L, N, F), and w_out."""
+    parts = []
+    for b in batches:
+        s = np.asarray(_apply(run.graphdef, params, b, Sparsify())[1])
+        parts.append(s[:, np.asarray(b["loss_weights"]) > 0])
+    return jnp.asarray(np.concatenate(parts, axis=1)), nnx.merge(run.graphdef, params).w_out()
+
+
+def test_thresholds_equal_find_threshold_on_concatenated_real_tokens(loaded):
+    run, val, params = loaded
+    # Mark the tail of every row of one batch as padding (loss weight 0): it must not count.
+    batches = [val[0], dict(val[1], loss_weights=val[1]["loss_weights"].at[:, -7:].set(0.0)), val[2]]
+    got = thresholds_for_cett((run.graphdef, params[30]), batches, 0.2)
+    a, w = _real_scores(run, params[30], batches)
+    assert a.shape[1] == sum(int(np.sum(np.asarray(b["loss_weights"]) > 0)) for b in batches)
+    want = find_threshold(a, w, 0.2)
+    np.testing.assert_allclose(got.threshold, np.asarray(want.threshold), rtol=1e-6)
+    np.testing.assert_allclose(got.cett, np.asarray(want.cett), atol=1e-6)
+    np.testing.assert_allclose(got.sparsity, np.asarray(want.sparsity), atol=1e-7)
+    assert np.all(got.cett <= 0.2 + 1e-6) and np.all(got.cett > 0.19)
+    assert got.threshold.shape == (2,) and np.all((got.sparsity > 0.3) & (got.sparsity < 0.99))
+    # An LM instance works too.
+    inst = thresholds_for_cett(nnx.merge(run.graphdef, params[30]), batches, 0.2)
+    np.testing.assert_allclose(inst.threshold, got.threshold, rtol=1e-6)
+
+
+def test_threshold_mode_drops_exactly_the_small_neurons(loaded):
+    run, val, params = loaded
+    model = nnx.merge(run.graphdef, params[30])
+    b = val[0]
+    thr = thresholds_for_cett(model, val, 0.2).threshold
+    norms_LxF = np.linalg.norm(np.asarray(model.w_out()), axis=-1)
+    a0 = np.asarray(_apply(run.graphdef, params[30], b, Sparsify())[1][0])
+    # Threshold in layer 0 only: its recorded scores are the dense ones masked by hand.
+    sp0 = Sparsify(mode="threshold", threshold=jnp.asarray([thr[0], 0.0], jnp.float32))
+    want = np.where(np.abs(a0) * norms_LxF[0] < thr[0], 0.0, a0)
+    np.testing.assert_array_equal(np.asarray(_apply(run.graphdef, params[30], b, sp0)[1][0]), want)
+    assert 0.3 < np.mean(want == 0) < 0.99
+    # Both layers: every kept neuron has |a|·‖W_out,i‖ ≥ t, every dropped one is exactly 0.
+    s = np.asarray(_apply(run.graphdef, params[30], b, threshold_sparsify(thr))[1])
+    mag = np.abs(s) * norms_LxF[:, None, None, :]
+    assert np.all((s == 0) | (mag >= thr[:, None, None, None]))
+    # sparse_pass agrees with the trainer's evaluation under the same Sparsify.
+    ev = sparse_pass(run.graphdef, params[30], val, threshold_sparsify(thr))
+    ref = run.evaluate(params[30], val, threshold_sparsify(thr))
+    assert abs(ev.loss - float(ref["loss"])) < 1e-5
+    np.testing.assert_allclose(ev.act_ratio, np.asarray(ref["act_ratio"]), atol=1e-5)
+
+
+def _z(c):
+    return 0.3 * c**1.5 + 0.2 * c**3.5
+
+
+@pytest.mark.parametrize("p", [1, 5, 10])
+def test_find_crossing_brackets_a_smooth_curve_in_few_evaluations(p):
+    zt = math.log1p(p / 100)
+    r = find_crossing(_z, zt, first_guess=0.2 * p**0.3)
+    assert r.converged and r.hi - r.lo <= 1e-3
+    assert _z(r.lo) <= zt < _z(r.hi)
+    assert r.evaluations <= 6, r.evaluations  # plain bisection on [0, 1] needs 10
+
+
+def test_find_crossing_noisy_curve_falls_back_and_reuses_points():
+    f = lambda c: _z(c) * (1 + 0.08 * math.sin(400 * c))  # noqa: E731  non-monotone
+    zt = math.log1p(0.05)
+    known = {}
+    r = find_crossing(f, zt, known=known)
+    assert r.converged and r.hi - r.lo <= 1e-3 and f(r.lo) <= zt < f(r.hi)
+    assert r.evaluations <= 14
+    again = find_crossing(f, zt, known=known)
+    assert again.evaluations == 0 and (again.lo, again.hi) == (r.lo, r.hi)
+
+
+def _loss(graphdef, params, batches, sp):
+    total = weight = 0.0
+    for b in batches:
+        logits = np.asarray(_apply(graphdef, params, b, sp)[0], np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, np.asarray(b["targets"])[..., None], -1)[..., 0]
+        total += float(np.sum(nll * b["loss_weights"]))
+        weight += float(np.sum(b["loss_weights"]))
+    return total / weight
+
+
+def test_ppl_search_brackets_the_target_ratio(loaded):
+    run, val, params = loaded
+    chosen = [params[20], params[30]]
+    search = PplSearch(run.graphdef, chosen, val)
+    r = search.search(1.0)
+    print(f"PPL-1%: CETT {r.cett:.5f}..{r.cett_upper:.5f}, ratio {r.ratio:.5f}..{r.ratio_upper:.5f}, "
+          f"{r.evaluations} sparse evaluations")
+    assert r.converged and 0 < r.cett_upper - r.cett <= 1e-3
+    assert r.ratio <= 1.01 < r.ratio_upper
+    assert r.evaluations <= 8  # reference bisection: 10 (measured here: see the print)
+    assert 0.05 < r.cett < 0.6 and 0.3 < r.overall_sparsity < 0.99
+    # Independent recomputation: thresholds from scratch, the loss by hand from the logits.
+    np.testing.assert_allclose(r.threshold[1], thresholds_for_cett((run.graphdef, chosen[1]), val, r.cett).threshold,
+                               rtol=1e-6)
+    dense = [_loss(run.graphdef, prm, val, Sparsify()) for prm in chosen]
+    for c, want_ratio in ((r.cett, r.ratio), (r.cett_upper, r.ratio_upper)):
+        ratios = [math.exp(_loss(run.graphdef, prm, val, threshold_sparsify(pt.thresholds.threshold)) - d)
+                  for prm, pt, d in zip(chosen, search.point(c), dense)]
+        assert abs(np.mean(ratios) - want_ratio) < 1e-4  # float32 losses, other reduction order
+    # A second p reuses the evaluated points: the target sits between the known ones.
+    r10 = search.search(10.0)
+    assert r10.ratio <= 1.10 < r10.ratio_upper and r10.cett > r.cett
+
+
+def test_cett_command_writes_json_and_table(workdir, capsys):
+    out = cett_workdir(workdir, 0.2, step=20, eval_batches=2)
+    data = json.load(open(os.path.join(workdir, "cett.json")))
+    assert data["step"] == 20 and len(data["threshold"]) == 2
+    assert np.all(np.asarray(data["cett"]) <= 0.2 + 1e-6) and data["activation_ratio"] == out["activation_ratio"]
+    assert "layer  threshold" in capsys.readouterr().out
+
+
+def test_ppl_command_writes_report(workdir, tmp_path):
+    res = ppl_workdir(workdir, "5", last=2, topk=[16], fat_eps=[0.5], output_dir=str(tmp_path), eval_batches=2)
+    for f in ("ppl.json", "activation_over_training.png", "layer_ratios.png", "pareto.png", "neuron_frequency.png"):
+        assert os.path.getsize(tmp_path / f) > 1000, f
+    data = json.load(open(tmp_path / "ppl.json"))
+    (s,) = data["search"]
+    assert s["steps"] == [20, 30] and s["ppl_ratio"] <= 1.05 < s["ppl_ratio_upper"]
+    rows = data["checkpoints"]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert [r["tokens"] for r in rows] == [10 * 16 * 32, 20 * 16 * 32, 30 * 16 * 32]
+    assert [r["warmup"] for r in rows] == [True, True, False]  # optimizer.warmup_steps = 20
+    for r in rows:
+        (q,) = r["ppl_p"]
+        assert q["cett"] == s["cett"] and abs(q["activation_ratio"] - (1 - np.mean(q["sparsity"]))) < 1e-6
+        assert np.all(np.asarray(q["realised_cett"]) <= s["cett"] + 1e-6)
+        np.testing.assert_allclose(r["stats"]["activation_ratio"], 1 - np.asarray(q["sparsity"]), atol=1e-6)
+    front = res["pareto"]
+    assert [p["k"] for p in front["topk"]] == [16] and front["topk"][0]["activation_ratio"] <= 16 / 64 + 1e-6
+    assert len(front["fat"]) == 1 and len(front["ppl_p"]) == 1
+    last = data["last_checkpoint"]
+    assert np.asarray(last["neuron_frequency"]).shape == (2, 64) and np.asarray(last["hot_cdf"])[:, -1] == pytest.approx(1)
+    assert len(last["per_token_id_activation_ratio"][0]) == len(last["per_token_id_count"])
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    add_commands(p.add_subparsers(dest="command"))
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["cett", "--workdir", "WD", "--cett", "1.5"],
+    ["cett", "--workdir", "WD", "--cett", "-0.1"],
+    ["ppl", "--workdir", "WD", "--ppl-p", "0"],
+    ["ppl", "--workdir", "WD", "--ppl-p", "1,-5"],
+    ["ppl", "--workdir", "WD", "--ppl-p", "one"],
+    ["cett", "--workdir", "EMPTY", "--cett", "0.2"],
+    ["ppl", "--workdir", "MISSING", "--ppl-p", "1"],
+])
+def test_bad_input_is_a_user_error(workdir, tmp_path, argv):
+    (tmp_path / "checkpoints").mkdir()
+    subs = {"WD": workdir, "EMPTY": str(tmp_path), "MISSING": str(tmp_path / "nope")}
+    with pytest.raises(UserError) as e:
+        run_command(_parse([subs.get(a, a) for a in argv]))
+    assert "\n" not in str(e.value)
+
+
+def test_bad_library_input_is_a_user_error(loaded):
+    run, val, params = loaded
+    with pytest.raises(UserError):
+        thresholds_for_cett((run.graphdef, params[30]), val, 1.01)
+    with pytest.raises(UserError):
+        PplSearch(run.graphdef, [params[30]], val[:1]).search(0.0)
+    with pytest.raises(UserError):
+        thresholds_for_cett((run.graphdef, params[30]), [], 0.2)
