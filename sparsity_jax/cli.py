@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run(argv: list[str]) -> int:
     from sparsity_jax.config import apply_overrides, default_workdir, load_config, split_override_args
 
+    import absl.logging  # orbax logs routine notices (read-only options, ...) as warnings
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
     rest, overrides = split_override_args(argv)
     args = _parser().parse_args(rest)
     if args.command == "report":
