@@ -78,7 +78,9 @@ def _run(argv: list[str]) -> int:
     from sparsity_jax.train.evaluate import evaluate_workdir
 
     if not args.workdir:
-        raise_user("evaluate needs --workdir DIR, the directory of a trained run")
+        from sparsity_jax.errors import UserError
+
+        raise UserError("evaluate needs --workdir DIR, the directory of a trained run")
     evaluate_workdir(args.workdir, config_path=args.config, overrides=overrides,
                      eval_batches=args.eval_batches, output=args.output)
     if args.ppl_p:
@@ -104,12 +106,6 @@ def _report(args) -> int:
         print(f"wrote {out_dir}/loss_comparison.png; final training loss: "
               + ", ".join(f"{k} {v:.4f}" for k, v in finals.items()))
     return 0
-
-
-def raise_user(msg: str):
-    from sparsity_jax.errors import UserError
-
-    raise UserError(msg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig
         raise UserError(str(e)) from None
 
 
-def validate_train_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
     t = cfg.train
     for name in ("steps", "global_batch_size", "seq_len", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t[name] <= 0:
@@ -142,7 +142,7 @@ class Run:
 
 
 def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> Run:
-    validate_train_config(cfg, len(devices or jax.devices()))
+    validate_train_config(cfg)
     mcfg = model_config(cfg, vocab_size)
     try:
         mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
