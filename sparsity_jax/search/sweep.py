@@ -51,9 +51,9 @@ def default_fat_eps(cache: DenseCache) -> list[float]:
 
     For gated FFNs FAT-ε thresholds the gate score, so these are only a rough scale there.
     """
-    a = np.abs(np.asarray(cache.a_LxNxF)).ravel()
-    a = a[a > 0]
-    return [] if a.size == 0 else np.quantile(a, [0.25, 0.5, 0.75, 0.9]).round(6).tolist()
+    a = jnp.abs(cache.a_LxNxF).ravel()
+    q = np.asarray(jnp.nanquantile(jnp.where(a > 0, a, jnp.nan), jnp.array([0.25, 0.5, 0.75, 0.9])))
+    return [] if np.isnan(q).any() else q.round(6).tolist()  # computed on device; 4 numbers come back
 
 
 def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int | None = None) -> dict:

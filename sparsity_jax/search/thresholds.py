@@ -103,7 +103,7 @@ def dense_pass(graphdef, params, batches: Sequence[Batch]) -> DenseCache:
     """
     _check_batches(batches)
     dev = jax.local_devices()[0]
-    a, ids, loss_sum, weight = [], [], 0.0, 0.0
+    a, ids, sums = [], [], []
     for batch in batches:
         l_sum, w, s_LxBxTxF = _dense_step(graphdef, params, batch)
         real_M = np.asarray(batch["loss_weights"]).reshape(-1) > 0
@@ -111,7 +111,8 @@ def dense_pass(graphdef, params, batches: Sequence[Batch]) -> DenseCache:
         s_LxMxF = jax.device_put(s_LxBxTxF, dev).reshape(L, B * T, F)
         a.append(s_LxMxF[:, real_M].astype(jnp.float32))
         ids.append(jax.device_put(batch["inputs"], dev).reshape(-1)[real_M])
-        loss_sum, weight = loss_sum + float(l_sum), weight + float(w)
+        sums.append((l_sum, w))
+    loss_sum, weight = (float(x) for x in np.sum(jax.device_get(sums), axis=0))  # one host sync
     if weight <= 0:
         raise UserError("The validation batches hold no real tokens; use a larger validation split.")
     w_out = jax.device_put(_w_out(graphdef, params), dev)
