@@ -48,10 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
         warmup_steps=20, min_lr_ratio=0.1, decay_fraction=0.1,
     ))
 
-    # SSD (switchable sparse-dense training, SSD §4): off by default.
+    # SSD (switchable sparse-dense training, SSD §4) and its baselines (SSD §5, App. A):
+    # method = dense | ssd | smoe | moe_dropout | pld (sparsity_jax/ssd/baselines.py).
+    # num_experts / top_k: N and K of ssd's sparse phase and of smoe; N and K0 of moe_dropout.
     c.ssd = ml_collections.ConfigDict(dict(
-        enabled=False, num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
+        method="dense", num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
         sparse_share=0.5, final_dense_share=0.1, dispatch="capacity", capacity_factor=1.25, kmeans_iters=50,
+        pld_drop_rate=0.25, pld_gamma=0.001,
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -5,6 +5,9 @@
 The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.__call__`
 passes one `Sparsify` (sliced per layer) and the recording flag down, and `LM.apply`
 returns what the FFNs sowed stacked over layers, e.g. mask (L, B, T, F).
+`layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He 2020):
+a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs (forward
+and backward) are really skipped; None (eval) runs every block.
 Layers are a Python list (unrolled under jit): simple and exact; compile time grows
 with depth, which is fine for the model sizes this library trains on CPU and small pods.
 """
@@ -117,6 +120,7 @@ class LM(nnx.Module):
         *,
         sparsify: Sparsify = Sparsify(),
         record: str | None = None,
+        layer_keep: Array | None = None,
     ) -> Array:
         b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
@@ -126,8 +130,14 @@ class LM(nnx.Module):
         dtype = DTYPES[self.cfg.dtype]
         x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
         n = self.cfg.num_layers
+        if layer_keep is not None and record is not None:
+            raise ValueError("layer_keep (dropped layers) cannot be combined with recording activations")
         for i, block in enumerate(self.blocks):
-            x_BxTxD = block(x_BxTxD, segment_ids_BxT, positions_BxT, sparsify.for_layer(i, n), record)
+            run = lambda x, blk=block, sp=sparsify.for_layer(i, n): blk(x, segment_ids_BxT, positions_BxT, sp, record)  # noqa: E731
+            if layer_keep is None:
+                x_BxTxD = run(x_BxTxD)
+            else:
+                x_BxTxD = jax.lax.cond(layer_keep[i], run, lambda x: x, x_BxTxD)
         x_BxTxD = self.final_norm(x_BxTxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
@@ -137,13 +147,15 @@ class LM(nnx.Module):
         return jnp.stack([blk.ffn.w_out[...] for blk in self.blocks])
 
     def apply(self, tokens_BxT: Array, segment_ids_BxT: Array | None = None, positions_BxT: Array | None = None,
-              *, sparsify: Sparsify = Sparsify(), record: str | None = None) -> tuple[Array, dict[str, Array]]:
+              *, sparsify: Sparsify = Sparsify(), record: str | None = None,
+              layer_keep: Array | None = None) -> tuple[Array, dict[str, Array]]:
         """Forward pass returning (logits, records); records are what the FFNs sowed,
-        stacked over layers: `mask` bool (L, B, T, F) and/or `scores` (L, B, T, F)."""
+        stacked over layers: `mask` bool (L, B, T, F) and/or `scores` (L, B, T, F).
+        `layer_keep` (L,) bool drops blocks (see the module docstring; needs record=None)."""
         if record is None:
-            return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify), {}
+            return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep), {}
         logits, inter = nnx.capture(self, nnx.Intermediate)(
-            tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record
+            tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record, layer_keep=layer_keep
         )
         out: dict[str, list] = {}
         for i in range(self.cfg.num_layers):

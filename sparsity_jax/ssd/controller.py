@@ -11,19 +11,19 @@
   * the sparse phase runs the train step's MoE variant (router centres = means of the
     experts' W_in columns, recomputed from the current parameters every step);
   * FLOPs per step of the compiled dense and sparse steps (XLA cost analysis) give the
-    cumulative FLOPs and the speed-up over all-dense training; wall-clock per phase.
+    cumulative FLOPs and the speed-up over all-dense training; wall-clock per phase and
+    of the monitoring (clustering, switches) (`ssd.baselines.Accounting`).
 The previous clustering lives in the train state (`ssd_labels`, (L, F) int32) and the
 controller state in the checkpoint metadata, so a resumed run keeps the same schedule.
 """
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sparsity_jax.ssd.ari import adjusted_rand_index
+from sparsity_jax.ssd.baselines import Accounting
 from sparsity_jax.ssd.convert import block_labels, ffn_params, permute_state
 from sparsity_jax.ssd.kmeans import moefy_clustering, permutation_from_labels
 from sparsity_jax.ssd.schedule import SPARSE, SwitchConfig, decide, initial_state, is_monitor_step
@@ -49,15 +49,18 @@ class SSDRun:
         self.state = saved.get("controller") or initial_state()
         self.clustered = bool(saved.get("clustered", False))
         self.flops = {"dense": None, "sparse": None}
-        self.cum = saved.get("cum", {"flops": 0.0, "dense_equiv_flops": 0.0, "seconds": {"dense": 0.0, "sparse": 0.0}})
-        self._t = time.perf_counter()
+        self.account = Accounting(saved.get("cum"))
 
     @property
     def sparse(self) -> bool:
         return self.state["phase"] == SPARSE
 
+    def top_k(self, step: int) -> int:
+        """K of the MoE step that trains step `step` + 1 (0: the dense step)."""
+        return self.cfg.ssd.top_k if self.sparse else 0
+
     def meta(self) -> dict:
-        return {"controller": self.state, "clustered": self.clustered, "cum": self.cum}
+        return {"method": "ssd", "controller": self.state, "clustered": self.clustered, "cum": self.account.cum}
 
     def _cluster(self, state, step: int):
         s = self.cfg.ssd
@@ -72,18 +75,15 @@ class SSDRun:
         return jnp.stack(labels), float(np.mean(aris))
 
     def after_step(self, state, step: int, step_flops) -> tuple[dict, dict]:
-        """Accounting for the finished `step`, then monitoring/switching; returns (state, metrics)."""
+        """Accounting for the finished `step`, then monitoring/switching; `step_flops(top_k)`
+        is the compiled step's FLOPs. Returns (state, metrics)."""
         phase = "sparse" if self.sparse else "dense"
-        if self.flops[phase] is None:
-            self.flops[phase] = step_flops(phase == "sparse")
-        now = time.perf_counter()
-        self.cum["seconds"][phase] += now - self._t
-        self.cum["flops"] += self.flops[phase] or 0.0
-        if self.flops["dense"] is None:
-            self.flops["dense"] = step_flops(False)
-        self.cum["dense_equiv_flops"] += self.flops["dense"] or 0.0
-        metrics = {"ssd_sparse": float(self.sparse), "ssd_cum_flops": self.cum["flops"],
-                   "ssd_flops_speedup": self.cum["dense_equiv_flops"] / max(self.cum["flops"], 1.0)}
+        self.account.lap(phase)
+        for name in {phase, "dense"}:
+            if self.flops[name] is None:
+                self.flops[name] = step_flops(self.cfg.ssd.top_k if name == "sparse" else 0)
+        self.account.add_step(phase, self.flops[phase], self.flops["dense"])
+        metrics = {"ssd_sparse": float(self.sparse), **self.account.metrics()}
         ari = None
         if is_monitor_step(self.switch, self.state, step):
             labels, mean_ari = self._cluster(state, step)
@@ -99,5 +99,5 @@ class SSDRun:
             state = jax.device_put(state, self.run.state_shardings)
         if action:
             metrics["ssd_switch"] = 1.0 if action == "to_sparse" else -1.0
-        self._t = time.perf_counter()
+        self.account.lap("monitor")
         return state, metrics

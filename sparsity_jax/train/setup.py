@@ -19,6 +19,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.moe import MoESpec
+from sparsity_jax.ssd.baselines import MOE_METHODS, check_method, pld_schedule
 from sparsity_jax.ssd.controller import initial_labels
 from sparsity_jax.train import sharding as shd
 from sparsity_jax.train.checkpoint import abstract_with_shardings
@@ -71,15 +72,11 @@ def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 def moe_spec(cfg: ml_collections.ConfigDict, mcfg: ModelConfig) -> MoESpec | None:
-    """Static MoE options of SSD's sparse phase (centres are filled in per step)."""
+    """Static MoE options of the MoE steps of ssd / smoe / moe_dropout (centres are
+    filled in per step, K per compiled step)."""
     s = cfg.ssd
-    if not s.enabled:
+    if check_method(cfg, mcfg) not in MOE_METHODS:
         return None
-    if s.num_experts <= 0 or mcfg.d_ff % s.num_experts or not 0 < s.top_k <= s.num_experts:
-        raise UserError(f"ssd.num_experts={s.num_experts} must divide model.d_ff={mcfg.d_ff} and "
-                        f"0 < ssd.top_k={s.top_k} <= num_experts")
-    if s.dispatch not in ("capacity", "ragged"):
-        raise UserError(f"ssd.dispatch={s.dispatch!r} is not one of capacity, ragged")
     return MoESpec(centres=jnp.zeros((0,)), num_experts=s.num_experts, top_k=s.top_k, dispatch=s.dispatch,
                    capacity_factor=s.capacity_factor)
 
@@ -114,7 +111,7 @@ class Run:
     abstract_state: Any
     batch_sharding: jax.sharding.NamedSharding
     init_state: Callable[[jax.Array], Any]
-    train_step: Callable  # (state, batch, sparsify, detailed: bool) -> (state, metrics)
+    train_step: Callable  # (state, batch, sparsify, detailed: bool, top_k: int) -> (state, metrics)
     eval_step: Callable
     units: UnitConfig | None = None
 
@@ -161,6 +158,7 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
     repl = shd.replicated(mesh)
 
     ucfg = unit_config(cfg, mcfg, mesh)
+    method = check_method(cfg, mcfg)
 
     def init_state(key: jax.Array):
         params = nnx.to_pure_dict(nnx.state(LM(mcfg, rngs=nnx.Rngs(params=key)), nnx.Param))
@@ -168,7 +166,7 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
         if ucfg is not None:
             state["units"] = init_units(ucfg)
-        if cfg.ssd.enabled:
+        if method == "ssd":
             state["ssd_labels"] = initial_labels(mcfg.num_layers, mcfg.d_ff, cfg.ssd.num_experts)
         return state
 
@@ -179,12 +177,13 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, *, devices=None) -> R
     state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
     if ucfg is not None:
         state_sh["units"] = jax.tree.map(lambda _: repl, abstract["units"])
-    if cfg.ssd.enabled:
+    if method == "ssd":
         state_sh["ssd_labels"] = repl
     bsh = shd.batch_sharding(mesh)
     record = None if cfg.train.record == "none" else cfg.train.record
     train_step = jax.jit(
-        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record, units=ucfg, moe=moe_spec(cfg, mcfg)),
+        make_train_step(graphdef, tx, cfg.train.grad_accum, record=record, units=ucfg, moe=moe_spec(cfg, mcfg),
+                        pld=pld_schedule(cfg, mcfg) if method == "pld" else None),
         in_shardings=(state_sh, bsh, repl), out_shardings=(state_sh, repl), donate_argnums=0,
         static_argnums=(3, 4),
     )

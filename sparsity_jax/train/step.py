@@ -17,22 +17,23 @@ import optax
 from flax import nnx
 
 from sparsity_jax.metrics.activation import activation_ratio
-from sparsity_jax.metrics.hidden_units import units_used
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.moe import MoESpec
+from sparsity_jax.ssd.baselines import PLDSchedule
 from sparsity_jax.ssd.convert import centres_from_params
-from sparsity_jax.train.units import UnitConfig, detailed_stats, sparsify_for, update_units
+from sparsity_jax.train.units import UnitConfig, mask_stats, sparsify_for, update_units
 
 Array = jax.Array
 Batch = dict[str, Array]
 State = dict[str, Any]
 
 
-def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None):
+def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None, layer_keep=None):
     """Summed cross-entropy, token weight and per-layer activation-ratio sums."""
     model = nnx.merge(graphdef, params)
     logits_BxTxV, records = model.apply(
-        batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sparsify, record=record
+        batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sparsify, record=record,
+        layer_keep=layer_keep,
     )
     w_BxT = batch["loss_weights"].astype(jnp.float32)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
@@ -52,54 +53,62 @@ def _split_micro(batch: Batch, n: int) -> Batch:
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int = 1,
                     record: str | None = "mask", units: UnitConfig | None = None,
-                    moe: MoESpec | None = None) -> Callable:
-    """Returns train_step(state, batch, sparsify, detailed=False, sparse=False) -> (state, metrics).
+                    moe: MoESpec | None = None, pld: PLDSchedule | None = None) -> Callable:
+    """Returns train_step(state, batch, sparsify, detailed=False, top_k=0) -> (state, metrics).
 
     With `units` (needs record ∈ {mask, both}) the state carries `units` (turn-on/off
     tracking, dead-unit mask; see `train.units`); `detailed=True` (static) adds the
-    per-layer hidden-unit use and percentiles to the metrics. `sparse=True` (static,
-    SSD's sparse phase) runs every FFN in MoE mode with the options of `moe` and router
-    centres recomputed from the current W_in (gradients flow through them, SSD §4.1);
-    it records nothing and leaves the unit state unchanged.
+    per-layer hidden-unit use and percentiles to the metrics. `top_k=K > 0` (static; SSD's
+    sparse phase, SMoE, MoE-Dropout) runs every FFN in MoE mode with the options of `moe`,
+    K of its N experts, and router centres recomputed from the current W_in (gradients
+    flow through them, SSD §4.1); it records nothing and leaves the unit state unchanged.
+    With `pld` (progressive layer dropping) each step drops blocks with the schedule's
+    keep probabilities at the state's step, drawn from the state's rng folded with the
+    step (the same on resume); it records nothing and logs `layers_kept`.
     """
 
-    def micro(params, batch, sparsify, detailed, sparse):
+    def micro(params, batch, sparsify, detailed, top_k, keep_L):
         def loss_fn(p):
-            if sparse:
-                sp = dataclasses.replace(sparsify, mode="moe", moe=moe.replace(
-                    centres=centres_from_params(p, moe.num_experts)))
-                out, records = forward(graphdef, p, batch, sp, None)
+            if top_k or keep_L is not None:
+                sp = sparsify
+                if top_k:
+                    sp = dataclasses.replace(sparsify, mode="moe", moe=moe.replace(
+                        top_k=top_k, centres=centres_from_params(p, moe.num_experts)))
+                out, records = forward(graphdef, p, batch, sp, None, keep_L)
                 return out["loss_sum"], (out, {})
             out, records = forward(graphdef, p, batch, sparsify, record)
             extra = {}
             if units is not None:
                 token_mask = batch["loss_weights"] > 0
-                extra["used"] = units_used(records["mask"], token_mask)
-                if detailed:
-                    extra["detailed"] = detailed_stats(records["mask"], token_mask, units)
+                stats = mask_stats(records["mask"], token_mask, units, detailed)
+                extra = {k: stats[k] for k in ("used", "detailed") if k in stats}
             return out["loss_sum"], (out, extra)
 
         grads, (sums, extra) = jax.grad(loss_fn, has_aux=True)(params)
         return grads, sums, extra
 
     def train_step(state: State, batch: Batch, sparsify: Sparsify = Sparsify(), detailed: bool = False,
-                   sparse: bool = False):
+                   top_k: int = 0):
         params = state["params"]
         sparsify = sparsify_for(state.get("units"), units, sparsify)
+        keep_L = None
+        if pld is not None:
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0x91D), state["step"])
+            keep_L = jax.random.uniform(key, (pld.num_layers,)) < pld.keep_probs(state["step"], jnp)
         if grad_accum == 1:
-            grads, sums, extra = micro(params, batch, sparsify, detailed, sparse)
+            grads, sums, extra = micro(params, batch, sparsify, detailed, top_k, keep_L)
         else:
             micro_batches = _split_micro(batch, grad_accum)
 
             def body(carry, mb):
-                g, s, e = micro(params, mb, sparsify, detailed, sparse)
+                g, s, e = micro(params, mb, sparsify, detailed, top_k, keep_L)
                 acc_g, acc_s, acc_e = jax.tree.map(jnp.add, carry[:2], (g, s)) + (e,)
                 if "used" in e:
                     acc_e = dict(e, used=carry[2]["used"] | e["used"])
                 return (acc_g, acc_s, acc_e), None
 
             first = jax.tree.map(lambda x: x[0], micro_batches)
-            zero = jax.eval_shape(lambda p, b, sp: micro(p, b, sp, detailed, sparse), params, first, sparsify)
+            zero = jax.eval_shape(lambda p, b, sp, k: micro(p, b, sp, detailed, top_k, k), params, first, sparsify, keep_L)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
             (grads, sums, extra), _ = jax.lax.scan(body, zero, micro_batches)
         weight = jnp.maximum(sums["weight"], 1.0)
@@ -109,7 +118,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
         new_state = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, step=step)
         metrics = summarize(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        if units is not None and not sparse:
+        if keep_L is not None:
+            metrics["layers_kept"] = jnp.sum(keep_L).astype(jnp.float32)
+        if units is not None and not top_k:
             new_state["units"], unit_stats = update_units(state["units"], extra["used"], step, state["rng"], units)
             metrics.update(unit_stats)
             metrics.update(extra.get("detailed", {}))

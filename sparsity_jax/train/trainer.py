@@ -21,6 +21,7 @@ import numpy as np
 
 from sparsity_jax.errors import NonFiniteLoss, UserError
 from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.ssd.baselines import BaselineRun, method_of
 from sparsity_jax.ssd.controller import SSDRun
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
@@ -55,18 +56,18 @@ def build_run(cfg, workdir: str) -> Run:
     return build(cfg, vocab)
 
 
-def _meta(run: Run, step: int, ssd=None) -> dict:
+def _meta(run: Run, step: int, method: SSDRun | BaselineRun | None = None) -> dict:
     meta = {"data_position": int(step), "step": int(step), "config": json.loads(run.cfg.to_json_best_effort())}
-    if ssd is not None:
-        meta["ssd"] = ssd.meta()
+    if method is not None:
+        meta["ssd"] = method.meta()
     return meta
 
 
-def _step_flops(run: Run, state, batch, sparse: bool = False) -> float | None:
+def _step_flops(run: Run, batch, top_k: int = 0) -> float | None:
     """FLOPs of one compiled train step (XLA cost analysis); shapes only, no execution."""
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # noqa: E731
     try:
-        lowered = run.train_step.lower(run.abstract_state, jax.tree.map(spec, batch), DENSE, False, sparse)
+        lowered = run.train_step.lower(run.abstract_state, jax.tree.map(spec, batch), DENSE, False, top_k)
         cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) or None
@@ -89,7 +90,9 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         state, meta = ckpt.restore(start, run.abstract_state)
         start = int(meta["data_position"])
         log_print(f"resumed from {ckpt.directory} at step {start}", main)
-    ssd = SSDRun(cfg, run, meta) if cfg.ssd.enabled else None
+    # ssd.method: which step variant runs each step (SSD or a baseline), FLOPs accounting
+    name = method_of(cfg)
+    method = None if name == "dense" else (SSDRun if name == "ssd" else BaselineRun)(cfg, run, meta)
     writer = MetricsWriter(workdir, enabled=main)
     if main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -132,17 +135,18 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         for step in range(start, total):
             batch = run.device_batch(next(train_it))
             if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
-                flops = _step_flops(run, state, batch)
+                flops = _step_flops(run, batch)
                 t0 = time.perf_counter()
             every = cfg.train.metrics_every
-            sparse = bool(ssd is not None and ssd.sparse)
-            detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not sparse)
-            state, metrics = run.train_step(state, batch, DENSE, detailed, sparse)
+            top_k = method.top_k(step) if method is not None else 0
+            detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not top_k)
+            state, metrics = run.train_step(state, batch, DENSE, detailed, top_k)
             if detailed:
                 writer.write(step + 1, metrics, split="units")
-            if ssd is not None:
-                state, ssd_metrics = ssd.after_step(state, step + 1, lambda sp: _step_flops(run, state, batch, sp))
-                if "ssd_ari" in ssd_metrics or "ssd_switch" in ssd_metrics or (step + 1) % cfg.train.log_every == 0:
+            if method is not None:
+                state, ssd_metrics = method.after_step(state, step + 1, lambda k: _step_flops(run, batch, k))
+                log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total
+                if "ssd_ari" in ssd_metrics or "ssd_switch" in ssd_metrics or log_now:
                     writer.write(step + 1, ssd_metrics, split="ssd")
             if pending is not None:
                 report(pending[0], check(*pending))
@@ -151,7 +155,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
             if done % cfg.train.checkpoint_every == 0 or done == total or stop["signal"]:
                 report(done, check(*pending))
                 pending = None
-                ckpt.save(done, state, _meta(run, done, ssd))
+                ckpt.save(done, state, _meta(run, done, method))
             if done % cfg.train.eval_every == 0 and done != total:
                 writer.write(done, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
             if stop["signal"]:
@@ -166,6 +170,8 @@ def train(cfg, workdir: str) -> dict[str, Any]:
     final = run.evaluate(state["params"], val, run.sparsify(state))
     summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
     summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
+    if method is not None:
+        summary["ssd"] = method.meta()
     writer.write(summary["step"], final, split="eval")
     writer.close()
     if main:

@@ -82,3 +82,24 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 def test_bad_config_names_the_problem(kw, msg):
     with pytest.raises(ValueError, match=msg):
         dataclasses.replace(TINY, **kw).validate()
+
+
+def test_dropped_block_is_identity_and_none_runs_all():
+    """PLD (Zhang & He 2020): a dropped block is skipped, i.e. the 3-layer LM with block 1
+    dropped equals the 2-layer LM made of blocks 0 and 2; layer_keep=None runs all."""
+    cfg3 = dataclasses.replace(TINY, num_layers=3)
+    model3 = LM(cfg3, rngs=nnx.Rngs(3))
+    model2 = LM(dataclasses.replace(TINY, num_layers=2), rngs=nnx.Rngs(4))
+    p3 = nnx.to_pure_dict(nnx.state(model3, nnx.Param))
+    p2 = dict(p3, blocks={0: p3["blocks"][0], 1: p3["blocks"][2]})
+    nnx.replace_by_pure_dict(state2 := nnx.state(model2, nnx.Param), p2)
+    nnx.update(model2, state2)
+    x = tokens(2, 12, seed=5)
+    keep = jnp.array([True, False, True])
+    dropped = jax.jit(lambda k: model3(x, layer_keep=k))(keep)
+    np.testing.assert_allclose(np.asarray(dropped), np.asarray(model2(x)), atol=1e-5)
+    all_kept = jax.jit(lambda k: model3(x, layer_keep=k))(jnp.ones(3, bool))
+    np.testing.assert_allclose(np.asarray(all_kept), np.asarray(model3(x)), atol=1e-5)
+    assert not np.allclose(np.asarray(dropped), np.asarray(model3(x)), atol=1e-3)
+    with pytest.raises(ValueError, match="layer_keep"):
+        model3.apply(x, record="mask", layer_keep=keep)

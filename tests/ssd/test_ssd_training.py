@@ -10,7 +10,7 @@ from sparsity_jax.train import trainer
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
 
-SSD = {"ssd.enabled": True, "model.d_ff": 256, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 4,
+SSD = {"ssd.method": "ssd", "model.d_ff": 256, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 4,
        "ssd.ari_threshold": -1.0, "ssd.kmeans_iters": 10, "train.steps": 40, "train.checkpoint_every": 100}
 
 
