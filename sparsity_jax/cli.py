@@ -5,6 +5,7 @@
   sparsity-jax report   --workdir DIR [--compare DIR ...]
   sparsity-jax cett     --workdir DIR --cett 0.2 [--step N]
   sparsity-jax ppl      --workdir DIR --ppl-p 1,5,10
+  sparsity-jax ssd      --workdir DIR [--compare DENSE_DIR] [--k 1,2,4|all] [--drop-share 0.5,0.75]
 
 User errors (bad config key, impossible sizes, missing or unreadable checkpoints, empty
 data) print one sentence and exit 2; a non-finite loss exits 3; nothing in the workdir
@@ -34,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and figures from a run's metrics (hidden-unit use per layer, ...)")
     rep.add_argument("--workdir", required=True)
     rep.add_argument("--compare", nargs="*", default=[], help="other workdirs whose loss curves go on one figure")
+    ssd = sub.add_parser("ssd", help="SSD report: PPL with sparse phases, ARI, speed-ups, sparse inference vs k")
+    ssd.add_argument("--workdir", required=True, help="the SSD run")
+    ssd.add_argument("--compare", default=None, help="a dense run of the same model, MoEfied for the PPL-vs-k curve")
+    ssd.add_argument("--k", default=None, help="experts per token to evaluate, e.g. 1,2,4,6 or all (default: 1,2,4,…,N and K)")
+    ssd.add_argument("--drop-share", default="0.75", help="dynamic top-k drop shares (SSD §5.3), e.g. 0.5,0.75; '' for none")
+    ssd.add_argument("--experts", type=int, default=None, help="N (default: the SSD run's ssd.num_experts)")
+    ssd.add_argument("--structure", default="auto", choices=("auto", "own", "moefy"),
+                     help="SSD run's experts: own blocks (auto when it trained sparsely) or MoEfied afresh")
+    ssd.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ssd.add_argument("--seed", type=int, default=0, help="clustering key of on-the-fly MoEfication")
+    ssd.add_argument("--eval-batches", type=int, default=None)
+    ssd.add_argument("--output", default=None, help="report directory (default: WORKDIR/report)")
     from sparsity_jax.search.commands import add_commands
 
     add_commands(sub)
@@ -54,6 +67,8 @@ def _run(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     if args.command == "report":
         return _report(args)
+    if args.command == "ssd":
+        return _ssd(args)
     if args.command in ("cett", "ppl"):
         from sparsity_jax.search.commands import run_command
 
@@ -105,6 +120,51 @@ def _report(args) -> int:
         finals = compare_losses(runs, os.path.join(out_dir, "loss_comparison.png"), at or None)
         print(f"wrote {out_dir}/loss_comparison.png; final training loss: "
               + ", ".join(f"{k} {v:.4f}" for k, v in finals.items()))
+    return 0
+
+
+def _ints(text: str | None):
+    """--k: None, 'all' or a list of ints."""
+    from sparsity_jax.errors import UserError
+
+    if text is None or text.strip() == "all":
+        return text and "all"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"Pass --k as comma-separated integers in 1..N or 'all'; got {text!r}.") from None
+
+
+def _ssd(args) -> int:
+    import json
+
+    from sparsity_jax.errors import UserError
+    from sparsity_jax.report.ssd_report import ssd_report
+    from sparsity_jax.train.evaluate import sparse_inference_workdir
+
+    if args.compare and not os.path.isdir(args.compare):
+        raise UserError(f"--compare workdir {args.compare} does not exist; pass the workdir of a dense run")
+    try:
+        shares = [float(x) for x in args.drop_share.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"Pass --drop-share as comma-separated numbers in [0, 1); got {args.drop_share!r}.") from None
+    opts = dict(ks=_ints(args.k), eval_batches=args.eval_batches, seed=args.seed)
+    ssd = sparse_inference_workdir(args.workdir, drop_shares=shares, step=args.step, structure=args.structure,
+                                   num_experts=args.experts, **opts)
+    inference = {"SSD": ssd}
+    if args.compare:  # the same N and ks as the SSD run
+        inference["dense, MoEfied"] = sparse_inference_workdir(
+            args.compare, structure="moefy", num_experts=ssd["num_experts"], **dict(opts, ks=ssd["ks"]))
+    out_dir = args.output or os.path.join(args.workdir, "report")
+    result = ssd_report(args.workdir, out_dir, inference=inference, compare=args.compare, tau=ssd["ari_threshold"])
+    s = result["ssd"]
+    print(f"wrote {out_dir}/ssd.json, ppl_over_training.png, ari.png, speedup.png, ppl_vs_k.png")
+    print(f"sparse share {s['sparse_share']:.2f}, FLOPs speed-up {s['flops']['speedup'] or float('nan'):.3f}, "
+          f"wall-clock speed-up (est.) {s['wall_clock'].get('run_speedup_vs_all_dense') or float('nan'):.3f}")
+    for name, res in inference.items():
+        print(f"{name} step {res['step']}: dense PPL {res['dense']['perplexity']:.3f}; "
+              + json.dumps({f"k={r['k']}" + (f"/drop{r['drop_share']:g}" if r["drop_share"] else ""):
+                            round(r["perplexity"], 3) for r in res["rows"]}))
     return 0
 
 

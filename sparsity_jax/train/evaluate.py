@@ -74,3 +74,52 @@ def evaluate_workdir(workdir: str, *, config_path: str | None = None, overrides:
             json.dump({"workdir": os.path.abspath(workdir), "checkpoints": results}, f, indent=2)
         log_print(f"wrote {output}", main)
     return results
+
+
+def sparse_inference_workdir(workdir: str, *, ks=None, drop_shares=(), step: int | None = None,
+                             structure: str = "auto", num_experts: int | None = None, seed: int = 0,
+                             eval_batches: int | None = None, dispatch: str | None = None,
+                             n_iter: int | None = None) -> dict:
+    """Validation PPL of one checkpoint (default: the latest) run as an MoE with k = 1 … N
+    experts and with dynamic top-k (SSD §5.2 Fig. 4a, §5.3; see `ssd.inference`).
+
+    N defaults to the run's `ssd.num_experts`; ks ("all" = 1 … N) to `inference.default_ks`. Dense
+    checkpoints (and any with structure="moefy") are MoEfied with a key from `seed`.
+    Returns a JSON-able dict: step, structure, num_experts, dense loss/PPL, rows.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from sparsity_jax.nn.ffn import Sparsify
+    from sparsity_jax.ssd import inference as inf
+
+    ckpt, run, val, steps = open_workdir(workdir, eval_batches=eval_batches)
+    try:
+        cfg = run.cfg
+        n = int(num_experts or cfg.ssd.num_experts)
+        ks = list(range(1, n + 1)) if ks == "all" else ks or inf.default_ks(n, cfg.ssd.top_k)
+        ks = inf.check_ks(ks, n)
+        drop_shares = inf.check_drop_shares(drop_shares)
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise UserError(f"no checkpoint at step {step} in {workdir}; available steps: {steps}")
+        state, meta = ckpt.restore(step, run.abstract_state)
+    finally:
+        ckpt.close()
+    sparse_trained = inf.was_sparse(meta)
+    labels = state.get("ssd_labels") if n == cfg.ssd.num_experts else None
+    params, centres, used = inf.inference_experts(
+        state["params"], n, structure=structure, sparse_trained=sparse_trained, key=jax.random.key(seed),
+        labels=labels, n_iter=n_iter or cfg.ssd.kmeans_iters)
+    params = jax.device_put(params, run.state_shardings["params"])
+    centres = jax.device_put(centres, NamedSharding(run.mesh, PartitionSpec()))
+    evaluate = lambda p, sp: run.evaluate(p, val, sp)  # noqa: E731
+    dense = evaluate(params, Sparsify())
+    rows = inf.sweep(evaluate, params, centres, n, ks, drop_shares, seq_len=cfg.train.seq_len, dispatch=dispatch)
+    main = jax.process_index() == 0
+    log_print(f"{workdir} step {step} ({used} experts, N={n}): dense PPL {dense['perplexity']:.3f}; "
+              + ", ".join(f"k={r['k']}" + (f"/drop {r['drop_share']:g}" if r["drop_share"] else "")
+                          + f" {r['perplexity']:.3f}" for r in rows), main)
+    return {"workdir": os.path.abspath(workdir), "step": step, "structure": used, "sparse_trained": sparse_trained,
+            "num_experts": n, "ks": ks, "ari_threshold": float(cfg.ssd.ari_threshold), "train_top_k": int(cfg.ssd.top_k) if cfg.ssd.enabled else None,
+            "dispatch": dispatch or inf.default_dispatch(), "seq_len": int(cfg.train.seq_len),
+            "dense": {"loss": float(dense["loss"]), "perplexity": float(dense["perplexity"])}, "rows": rows}
