@@ -11,7 +11,8 @@ Which experts (`structure`):
          each layer's W_i rows (`moefy_clustering`, deterministic for a key; warm-started
          from `labels` when given, e.g. an SSD checkpoint's last `ssd_labels`), F axis
          permuted into contiguous experts, centres from the permuted kernels.
-  auto   own for checkpoints that trained in a sparse phase, moefy otherwise.
+  auto   own for checkpoints that trained as an MoE (an SSD sparse phase, SMoE,
+         MoE-Dropout), moefy otherwise (dense, PLD, SSD runs that never switched).
 
 Dynamic top-k (§5.3): the top-k experts of every token are candidates; the
 `drop_share` of them with the lowest importance α within each sequence (the FFN routes
@@ -42,9 +43,12 @@ Evaluate = Callable[[dict, Sparsify], dict]
 
 
 def was_sparse(meta: dict | None) -> bool:
-    """Whether a checkpoint's SSD controller state (metadata key "ssd") shows a sparse phase."""
-    ctrl = ((meta or {}).get("ssd") or {}).get("controller") or {}
-    return ctrl.get("phase") == "sparse" or any(p[0] == "sparse" for p in ctrl.get("phases", []))
+    """Whether a checkpoint trained as an MoE: an SSD run whose controller state (metadata
+    key "ssd") shows a sparse phase, or an SMoE / MoE-Dropout baseline (`ssd.baselines`)."""
+    saved = (meta or {}).get("ssd") or {}
+    ctrl = saved.get("controller") or {}
+    return (saved.get("method") in ("smoe", "moe_dropout") or ctrl.get("phase") == "sparse"
+            or any(p[0] == "sparse" for p in ctrl.get("phases", [])))
 
 
 def moefy_params(params: dict, num_experts: int, *, key: Array, labels: Array | None = None,

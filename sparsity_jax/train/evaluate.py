@@ -120,6 +120,7 @@ def sparse_inference_workdir(workdir: str, *, ks=None, drop_shares=(), step: int
               + ", ".join(f"k={r['k']}" + (f"/drop {r['drop_share']:g}" if r["drop_share"] else "")
                           + f" {r['perplexity']:.3f}" for r in rows), main)
     return {"workdir": os.path.abspath(workdir), "step": step, "structure": used, "sparse_trained": sparse_trained,
-            "num_experts": n, "ks": ks, "ari_threshold": float(cfg.ssd.ari_threshold), "train_top_k": int(cfg.ssd.top_k) if cfg.ssd.enabled else None,
+            "num_experts": n, "ks": ks, "ari_threshold": float(cfg.ssd.ari_threshold),
+            "train_top_k": int(cfg.ssd.top_k) if sparse_trained else None,
             "dispatch": dispatch or inf.default_dispatch(), "seq_len": int(cfg.train.seq_len),
             "dense": {"loss": float(dense["loss"]), "perplexity": float(dense["perplexity"])}, "rows": rows}

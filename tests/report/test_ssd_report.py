@@ -9,7 +9,7 @@ from sparsity_jax.report.ssd_report import FILES, phases
 from sparsity_jax.train import trainer
 from tests.train.helpers import tiny_config
 
-SSD = {"ssd.enabled": True, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 2, "ssd.ari_threshold": -1.0,
+SSD = {"ssd.method": "ssd", "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 2, "ssd.ari_threshold": -1.0,
        "ssd.kmeans_iters": 5, "train.steps": 12, "train.eval_every": 4, "train.checkpoint_every": 100}
 
 
@@ -17,7 +17,7 @@ SSD = {"ssd.enabled": True, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_e
 def workdirs(tmp_path_factory):
     ssd, dense = str(tmp_path_factory.mktemp("ssd")), str(tmp_path_factory.mktemp("dense"))
     trainer.train(tiny_config(**SSD), ssd)
-    trainer.train(tiny_config(**dict(SSD, **{"ssd.enabled": False, "train.steps": 4})), dense)
+    trainer.train(tiny_config(**dict(SSD, **{"ssd.method": "dense", "train.steps": 4})), dense)
     return ssd, dense
 
 

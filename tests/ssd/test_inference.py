@@ -69,6 +69,7 @@ def test_own_structure_keeps_the_checkpoint_order(lm):
     _, params, _ = lm
     meta = {"ssd": {"controller": {"phase": "dense", "phases": [["dense", 0, 8], ["sparse", 8, 18]]}}}
     assert inf.was_sparse(meta) and not inf.was_sparse({}) and not inf.was_sparse({"ssd": {}})
+    assert inf.was_sparse({"ssd": {"method": "smoe"}}) and not inf.was_sparse({"ssd": {"method": "pld"}})
     got, centres, used = inf.inference_experts(params, N, sparse_trained=inf.was_sparse(meta))
     assert used == "own" and got is params
     np.testing.assert_array_equal(centres, centres_from_params(params, N))
