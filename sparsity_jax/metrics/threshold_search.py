@@ -156,8 +156,7 @@ def _build_context(layer: Layer) -> _Context:
     quantiles_S = jnp.sort(mag_PxF.reshape(-1))
     S = quantiles_S.shape[0]
     grid_Q = quantiles_S[np.linspace(0, S - 1, min(_PROXY_GRID, S)).astype(np.int32)]
-    k_PxQ = jax.vmap(lambda s_F: jnp.searchsorted(s_F, grid_Q, side="left", method="sort"))(sample_PxF)
-    proxy_Q = _proxy_from_counts(ratio_PxG1, weight_P, k_PxQ, F)
+    proxy_Q = _proxy_from_counts(ratio_PxG1, weight_P, _counts_below(sample_PxF, grid_Q), F)
     return _Context(
         sample_PxF=sample_PxF,
         ratio_PxG1=ratio_PxG1,
@@ -172,6 +171,19 @@ def _build_context(layer: Layer) -> _Context:
         pos_min=jnp.min(jnp.where(pos_NxF, layer.mag_NxF, jnp.inf)),
         pos_max=pos_max,
     )
+
+
+def _counts_below(sample_PxF: Array, grid_Q: Array) -> Array:
+    """k_PxQ[p, q] = #{f : sample_PxF[p, f] < grid_Q[q]} (grid_Q sorted), int32.
+
+    Each magnitude is located in the grid (P·F binary searches, "scan") and the counts
+    are a cumulative histogram; searching the grid in every row instead (Q binary
+    searches per row, or XLA's sort-based searchsorted) was 90% of the set-up on CPU.
+    """
+    P, Q = sample_PxF.shape[0], grid_Q.shape[0]
+    j_PxF = jnp.searchsorted(grid_Q, sample_PxF, side="right", method="scan")  # first q with s < grid_Q[q]
+    hist_PxQ1 = jnp.zeros((P, Q + 1), jnp.int32).at[jnp.arange(P)[:, None], j_PxF].add(1)
+    return jnp.cumsum(hist_PxQ1, axis=1)[:, :Q]
 
 
 def _proxy_from_counts(ratio_PxG1: Array, weight_P: Array, k_PxQ: Array, F: int) -> Array:
