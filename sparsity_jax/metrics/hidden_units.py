@@ -19,6 +19,13 @@ All three settings give the same numbers for the same arguments.
 
 Units: every returned use value is a fraction of F in [0, 1]; percentiles are
 fractions of a sequence's real length.
+
+One reduction: every metric here is a function of the per-sequence use counts
+`count_LxBxF` (how many real tokens of sequence b use unit f) and the real lengths
+`length_B`, which `sequence_unit_counts` computes in one pass over the (L, B, T, F)
+mask. The `*_from_counts` functions take those directly, so a train step that wants
+several metrics reads the mask once (`train/units.py`); `hidden_unit_use` and friends
+are the same functions behind that one reduction.
 """
 
 from __future__ import annotations
@@ -172,26 +179,66 @@ def hidden_unit_use(
       of Table 1 `token_over_sequence` = per_token / per_sequence and
       `sequence_over_batch` = per_sequence / per_batch (0 where the divisor is 0).
     """
+    count_LxBxF, length_B, has_layers = sequence_unit_counts(mask, token_mask, keep_layer_axis=True)
+    out = use_from_counts(count_LxBxF, length_B, axis_name, batch_groups=batch_groups)
+    return out if has_layers else {k: v[0] for k, v in out.items()}
+
+
+def _count_over_tokens(used_LxBxTxF: jax.Array) -> jax.Array:
+    """Sum over T in int32, computed in narrow integers first: exact, and it keeps the
+    (L, B, T, F) intermediate at one byte per entry where the backend materialises the
+    converted mask before reducing (XLA:CPU does; an int32 copy cost 4x the mask's bytes
+    and made metrics-every-step 7% slower). Chunks of c <= 127 tokens are summed in
+    int8, then the chunk sums in int32; without a divisor c >= 32 of T, in int16
+    (T < 2**15) or int32."""
+    num_layers, batch, seq_len, num_units = used_LxBxTxF.shape
+    chunk = max(c for c in range(1, 128) if seq_len % c == 0)
+    if chunk >= 32:
+        chunks = used_LxBxTxF.reshape(num_layers, batch, seq_len // chunk, chunk, num_units)
+        return jnp.sum(jnp.sum(chunks, axis=3, dtype=jnp.int8), axis=2, dtype=jnp.int32)
+    acc = jnp.int16 if seq_len <= jnp.iinfo(jnp.int16).max else jnp.int32
+    return jnp.sum(used_LxBxTxF, axis=2, dtype=acc).astype(jnp.int32)
+
+
+def sequence_unit_counts(
+    mask: jax.Array, token_mask: jax.Array | None = None, *, keep_layer_axis: bool = False
+):
+    """Per-sequence use counts: `count_LxBxF[l, b, f]` = real tokens of sequence b using
+    unit f (int32), and `length_B` = real tokens per sequence. The one pass over the mask
+    that every metric of this module needs (W&A A.6: `np.sum(seq, axis=0)` per sequence).
+
+    Returns (count_LxBxF or count_BxF for a 3-D mask, length_B); with
+    `keep_layer_axis=True` (count_LxBxF, length_B, has_layers).
+    """
     used_LxBxTxF, token_mask_BxT, has_layers = _as_layers(mask, token_mask)
-    num_units = used_LxBxTxF.shape[-1]
-    seq_used_LxBxF = jnp.any(used_LxBxTxF, axis=2)
-    seq_real_B = jnp.any(token_mask_BxT, axis=-1)
+    count_LxBxF = _count_over_tokens(used_LxBxTxF)
+    length_B = jnp.sum(token_mask_BxT, axis=-1, dtype=jnp.int32)
+    if keep_layer_axis:
+        return count_LxBxF, length_B, has_layers
+    return (count_LxBxF if has_layers else count_LxBxF[0]), length_B
+
+
+def use_from_counts(
+    count_LxBxF: jax.Array, length_B: jax.Array, axis_name: AxisName = None, *, batch_groups: int = 1
+) -> dict[str, jax.Array]:
+    """`hidden_unit_use` from `sequence_unit_counts` output ((L, B, F) counts); (L,) each."""
+    num_units = count_LxBxF.shape[-1]
+    seq_used_LxBxF = count_LxBxF > 0
+    seq_real_B = length_B > 0
     per_batch_L = _batch_use(seq_used_LxBxF, seq_real_B, batch_groups, axis_name)
     seq_frac_LxB = jnp.mean(seq_used_LxBxF, axis=-1, dtype=jnp.float32)
     per_sequence_L = _global_mean(seq_frac_LxB, seq_real_B, axis_name)
     # Per-sequence sums of per-token counts stay below T * F, exact in int32.
-    count_LxB = jnp.sum(used_LxBxTxF, axis=(2, 3), dtype=jnp.int32)
-    tokens = _psum(jnp.sum(token_mask_BxT, dtype=jnp.int32), axis_name)
+    count_LxB = jnp.sum(count_LxBxF, axis=-1, dtype=jnp.int32)
+    tokens = _psum(jnp.sum(length_B, dtype=jnp.int32), axis_name)
     per_token_L = _safe_div(_psum(jnp.sum(count_LxB / num_units, axis=-1), axis_name), tokens)
-
-    out = {
+    return {
         "per_token": per_token_L,
         "per_sequence": per_sequence_L,
         "per_batch": per_batch_L,
         "token_over_sequence": _safe_div(per_token_L, per_sequence_L),
         "sequence_over_batch": _safe_div(per_sequence_L, per_batch_L),
     }
-    return out if has_layers else {k: v[0] for k, v in out.items()}
 
 
 def _percentile_index(n_used: jax.Array, num_units: int, p: int) -> tuple[jax.Array, jax.Array]:
@@ -244,16 +291,22 @@ def sequence_use_percentiles(
     Returns:
       {p: fraction of tokens in [0, 1]}, each of shape (L,) or scalar.
     """
-    used_LxBxTxF, token_mask_BxT, has_layers = _as_layers(mask, token_mask)
-    num_units = used_LxBxTxF.shape[-1]
+    count_LxBxF, length_B, has_layers = sequence_unit_counts(mask, token_mask, keep_layer_axis=True)
+    out = percentiles_from_counts(count_LxBxF, length_B, percentiles, axis_name)
+    return out if has_layers else {p: v[0] for p, v in out.items()}
+
+
+def percentiles_from_counts(
+    count_LxBxF: jax.Array, length_B: jax.Array, percentiles: Sequence[int] = (50, 65, 75, 90),
+    axis_name: AxisName = None,
+) -> dict[int, jax.Array]:
+    """`sequence_use_percentiles` from `sequence_unit_counts` output; {p: (L,)}."""
+    num_units = count_LxBxF.shape[-1]
     if num_units > _MAX_F:
         raise UserError(f"sequence_use_percentiles supports F <= {_MAX_F}; got F = {num_units}.")
-    count_LxBxF = jnp.sum(used_LxBxTxF, axis=2, dtype=jnp.int32)
     sorted_LxBxF = jnp.sort(count_LxBxF, axis=-1)
     n_used_LxB = jnp.sum(count_LxBxF > 0, axis=-1, dtype=jnp.int32)
-    length_B = jnp.sum(token_mask_BxT, axis=-1, dtype=jnp.int32)
     seq_real_B = length_B > 0
-
     out = {}
     for p in percentiles:
         p = operator.index(p)
@@ -265,8 +318,7 @@ def sequence_use_percentiles(
         x_hi = jnp.take_along_axis(sorted_LxBxF, hi_LxB[..., None], axis=-1)[..., 0]
         value_LxB = x_lo + (x_hi - x_lo) * t_LxB
         frac_LxB = value_LxB / jnp.maximum(length_B, 1)
-        mean_L = _global_mean(frac_LxB, seq_real_B, axis_name)
-        out[p] = mean_L if has_layers else mean_L[0]
+        out[p] = _global_mean(frac_LxB, seq_real_B, axis_name)
     return out
 
 
@@ -277,11 +329,17 @@ def units_used(
 
     The per-batch "on" set of W&A §4.1 (dead-unit masking) and Table 2.
     """
-    used_LxBxTxF, _, has_layers = _as_layers(mask, token_mask)
-    used_LxF = jnp.any(used_LxBxTxF, axis=(1, 2))
+    count_LxBxF, _, has_layers = sequence_unit_counts(mask, token_mask, keep_layer_axis=True)
+    used_LxF = used_from_counts(count_LxBxF, axis_name)
+    return used_LxF if has_layers else used_LxF[0]
+
+
+def used_from_counts(count_LxBxF: jax.Array, axis_name: AxisName = None) -> jax.Array:
+    """`units_used` from `sequence_unit_counts` output: bool (L, F)."""
+    used_LxF = jnp.any(count_LxBxF > 0, axis=1)
     if axis_name is not None:
         used_LxF = jax.lax.pmax(used_LxF.astype(jnp.int32), axis_name) > 0
-    return used_LxF if has_layers else used_LxF[0]
+    return used_LxF
 
 
 def init_unit_tracking(used_LxF: jax.Array) -> dict[str, jax.Array]:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sparsity_jax.metrics.activation import activation_ratio
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.moe import MoESpec
 from sparsity_jax.ssd.baselines import PLDSchedule
@@ -28,8 +27,13 @@ Batch = dict[str, Array]
 State = dict[str, Any]
 
 
-def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None, layer_keep=None):
-    """Summed cross-entropy, token weight and per-layer activation-ratio sums."""
+def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None, layer_keep=None,
+            units: UnitConfig | None = None, detailed: bool = False):
+    """Summed cross-entropy, token weight and per-layer activation-ratio sums; with
+    `units`, also the batch's used units (and the detailed per-layer metrics), all from
+    one reduction of the recorded mask (`train.units.mask_stats`). Returns (sums, aux):
+    aux holds the records (`mask` / `scores`, (L, B, T, F)) and the unit statistics
+    (`used`, `detailed`)."""
     model = nnx.merge(graphdef, params)
     logits_BxTxV, records = model.apply(
         batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sparsify, record=record,
@@ -43,7 +47,9 @@ def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | No
         "correct_sum": jnp.sum((jnp.argmax(logits_BxTxV, -1) == batch["targets"]) * w_BxT),
     }
     if "mask" in records:
-        out["act_ratio_sum"] = activation_ratio(records["mask"], w_BxT > 0) * out["weight"]
+        stats = mask_stats(records["mask"], w_BxT > 0, units, detailed)
+        out["act_ratio_sum"] = stats.pop("act_ratio") * out["weight"]
+        records = dict(records, **stats)
     return out, records
 
 
@@ -76,13 +82,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
                         top_k=top_k, centres=centres_from_params(p, moe.num_experts)))
                 out, records = forward(graphdef, p, batch, sp, None, keep_L)
                 return out["loss_sum"], (out, {})
-            out, records = forward(graphdef, p, batch, sparsify, record)
-            extra = {}
-            if units is not None:
-                token_mask = batch["loss_weights"] > 0
-                stats = mask_stats(records["mask"], token_mask, units, detailed)
-                extra = {k: stats[k] for k in ("used", "detailed") if k in stats}
-            return out["loss_sum"], (out, extra)
+            out, aux = forward(graphdef, p, batch, sparsify, record, None, units, detailed)
+            return out["loss_sum"], (out, {k: aux[k] for k in ("used", "detailed") if k in aux})
 
         grads, (sums, extra) = jax.grad(loss_fn, has_aux=True)(params)
         return grads, sums, extra

@@ -12,7 +12,9 @@ layer instead (the paper's control, §4.1). All of it lives in the train state u
 
 Every `train.metrics_every` steps the step also returns per-layer per-token /
 per-sequence / per-batch use and the within-sequence percentiles (`detailed`), computed
-from the mask the forward pass already recorded. With gradient accumulation they
+from the mask the forward pass already recorded. Everything (the used set, the
+activation ratio, the detailed metrics) comes from ONE reduction of that mask, the
+per-sequence counts (L, B, F) (`mask_stats`), so the (L, B, T, F) mask is read once. With gradient accumulation they
 describe the last micro-batch (the "batch" granularity is then one micro-batch).
 """
 from __future__ import annotations
@@ -23,10 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from sparsity_jax.metrics.hidden_units import (
-    hidden_unit_use,
     init_unit_tracking,
-    sequence_use_percentiles,
+    percentiles_from_counts,
+    sequence_unit_counts,
     unit_tracking_update,
+    use_from_counts,
+    used_from_counts,
 )
 from sparsity_jax.nn.ffn import Sparsify
 
@@ -97,10 +101,20 @@ def update_units(units: dict[str, Array], used_LxF: Array, step_after: Array, rn
     return new, stats
 
 
-def detailed_stats(mask_LxBxTxF: Array, token_mask_BxT: Array, ucfg: UnitConfig) -> dict[str, Array]:
-    """Per-layer hidden-unit use (fractions of F) and within-sequence percentiles."""
-    use = hidden_unit_use(mask_LxBxTxF, token_mask_BxT, batch_groups=ucfg.batch_groups)
-    pct = sequence_use_percentiles(mask_LxBxTxF, ucfg.percentiles, token_mask_BxT)
-    out = {f"use_{k}": v for k, v in use.items()}
-    out.update({f"seq_use_p{p}": v for p, v in pct.items()})
+def mask_stats(mask_LxBxTxF: Array, token_mask_BxT: Array, ucfg: UnitConfig | None,
+               detailed: bool = False) -> dict[str, Array]:
+    """One pass over the recorded mask: `act_ratio` (L,) (mean over real tokens of the
+    used fraction of F), and with `ucfg` the batch's `used` units (L, F) and, when
+    `detailed`, the per-layer use fractions and percentiles under `detailed`."""
+    count_LxBxF, length_B = sequence_unit_counts(mask_LxBxTxF, token_mask_BxT)
+    use = use_from_counts(count_LxBxF, length_B, batch_groups=ucfg.batch_groups if ucfg else 1)
+    out = {"act_ratio": use["per_token"]}  # unused outputs are dropped by XLA
+    if ucfg is None:
+        return out
+    out["used"] = used_from_counts(count_LxBxF)
+    if detailed:
+        pct = percentiles_from_counts(count_LxBxF, length_B, ucfg.percentiles)
+        stats = {f"use_{k}": v for k, v in use.items()}
+        stats.update({f"seq_use_p{p}": v for p, v in pct.items()})
+        out["detailed"] = stats
     return out

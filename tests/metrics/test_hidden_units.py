@@ -159,6 +159,17 @@ def test_against_paper_pseudocode(with_layers):
     assert got_use["per_batch"].shape == ((3,) if with_layers else ())
 
 
+@pytest.mark.parametrize("seq_len", [37, 96, 254, 300])  # int16 path; int8 chunks of 96, 127, 100
+def test_sequence_counts_exact_for_every_chunking(seq_len):
+    mask, token_mask = random_batch(3, 2, 8, seq_len, 16)
+    mask[:, 0] = True  # a full-length sequence using every unit: counts reach T
+    count_LxBxF, length_B = hu.sequence_unit_counts(mask, token_mask)
+    want = np.sum(mask & token_mask[None, :, :, None], axis=2)
+    np.testing.assert_array_equal(np.asarray(count_LxBxF), want)
+    np.testing.assert_array_equal(np.asarray(length_B), token_mask.sum(-1))
+    assert count_LxBxF.dtype == np.int32 and int(count_LxBxF.max()) == seq_len
+
+
 def test_percentiles_at_paper_width():
     # F = 32768: the percentile index must be exact beyond float32 resolution.
     rng = np.random.default_rng(1)
