@@ -12,8 +12,11 @@ and the measured median wall-clock ratio of the two compiled steps on this machi
 (target: sparse faster). Rounds alternate between the variants so noise hits both.
 The ragged path's FLOPs are printed for information: on CPU XLA lowers ragged_dot to a
 dense product over all groups, so it is not a sparse path there (it is on TPU/GPU).
+Last, when the workdir `run` (default runs/ssd_tiny, trained with configs/ssd/tiny.py:ssd)
+exists, the whole-run FLOPs speed-up of that run from its logs (`bench/ssd_run.py`,
+target >= 1.4x at r = 0.5, K/N = 6/32; the paper's 1.44x).
 
-    .venv/bin/python bench/ssd_flops.py [d=128 F=1024 N=32 K=6 tokens=4096 cf=1.25 act=relu]
+    .venv/bin/python bench/ssd_flops.py [d=128 F=1024 N=32 K=6 tokens=4096 cf=1.25 act=relu run=runs/ssd_tiny]
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sparsity_jax.nn.ffn import FFN  # noqa: E402
 from sparsity_jax.nn.moe import centres_from_kernel, moe_ffn  # noqa: E402
 
-DEFAULTS = dict(d=128, F=1024, N=32, K=6, tokens=4096, cf=1.25, act="relu")
+DEFAULTS = dict(d=128, F=1024, N=32, K=6, tokens=4096, cf=1.25, act="relu", run="runs/ssd_tiny")
 
 
 def make_step(graphdef, mode: str, opts: dict):
@@ -102,6 +105,12 @@ def main(argv):
           f"(target <= 1.3 × K/N = {1.3 * kn:.4f}; ideal cf·K/N + router = {ideal:.4f})")
     print(f"step time  dense {1e3 * t_dense:.2f} ms   sparse {1e3 * t_sparse:.2f} ms")
     print(f"wall-clock ratio sparse/dense: {t_sparse / t_dense:.3f}   (target < 1; speed-up {t_dense / t_sparse:.2f}×)")
+    if os.path.isfile(os.path.join(cfg["run"], "metrics.jsonl")):
+        from bench.ssd_run import report
+
+        print(report(cfg["run"]))
+    else:
+        print(f"no run in {cfg['run']}: train configs/ssd/tiny.py:ssd there for the whole-run FLOPs speed-up")
 
 
 if __name__ == "__main__":
