@@ -25,15 +25,17 @@ def make(overrides: dict, vocab: int = 259):
     return cfg, run, state, batch
 
 
-def compiled_stats(run, state, batch) -> dict:
-    compiled = run.train_step.lower(state, batch, Sparsify(), False).compile()
+def compiled_stats(run, state, batch, detailed: bool = False) -> dict:
+    """FLOPs, bytes accessed (XLA cost analysis) and peak memory of the compiled step."""
+    compiled = run.train_step.lower(state, batch, Sparsify(), detailed).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
     peak = None
     if mem is not None:
         peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-    return {"flops": float(cost.get("flops", 0.0)), "peak_bytes": peak}
+    return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
+            "peak_bytes": peak}
 
 
 def time_steps(run, state, batch, steps: int = 20, warmup: int = 3) -> tuple[float, object]:
