@@ -149,7 +149,8 @@ def _speedup(summary: dict, path: str) -> None:
         ax1.plot(trace[:, 0], trace[:, 1], "-")
     ax1.set(xlabel="step", ylabel="dense FLOPs / actual FLOPs", title="cumulative FLOPs speed-up")
     secs = summary["wall_clock"]["seconds"] or {}
-    ax2.bar(list(secs), list(secs.values()), color=["C0", "0.6", "C1", "C2"][:len(secs)])
+    colors = {"dense": "C0", "sparse": "C1", "monitor": "0.6"}
+    ax2.bar(list(secs), list(secs.values()), color=[colors.get(k, "C2") for k in secs])
     sp = summary["wall_clock"].get("run_speedup_vs_all_dense")
     ax2.set(ylabel="seconds", title="wall-clock per phase" + (f" (est. speed-up {sp:.2f}×)" if sp else ""))
     _save(fig, path)
