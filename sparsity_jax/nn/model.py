@@ -14,6 +14,7 @@ with depth, which is fine for the model sizes this library trains on CPU and sma
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -133,10 +134,11 @@ class LM(nnx.Module):
         if layer_keep is not None and record is not None:
             raise ValueError("layer_keep (dropped layers) cannot be combined with recording activations")
         for i, block in enumerate(self.blocks):
-            run = lambda x, blk=block, sp=sparsify.for_layer(i, n): blk(x, segment_ids_BxT, positions_BxT, sp, record)  # noqa: E731
+            run = functools.partial(block, segment_ids=segment_ids_BxT, positions=positions_BxT,
+                                    sp=sparsify.for_layer(i, n), record=record)
             if layer_keep is None:
                 x_BxTxD = run(x_BxTxD)
-            else:
+            else:  # a dropped block is the identity; lax.cond skips its FLOPs
                 x_BxTxD = jax.lax.cond(layer_keep[i], run, lambda x: x, x_BxTxD)
         x_BxTxD = self.final_norm(x_BxTxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
