@@ -25,9 +25,8 @@ bench() {  # name seconds command...
   timeout "$secs" "$@" 2>&1 | grep -v -E "^(WARNING|I0000|W0000)" | tee "$OUT/$name.txt"
 }
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1 | tee "$OUT/versions.txt"
-bench cett_search 120 $PY bench/cett_search.py --layers 12 --tokens 65536 --ffn 3072 --d 768
-bench ssd_flops_tiny 60 $PY bench/ssd_flops.py
-bench ssd_flops_gpt_base 120 $PY bench/ssd_flops.py d=768 F=6144 N=32 K=6 tokens=16384
-bench train_throughput 90 $PY bench/train_throughput.py $LM
-bench instrumentation_overhead 120 $PY bench/instrumentation_overhead.py $LM
-bench metrics_overhead 120 $PY bench/metrics_overhead.py $LM
+bench cett_search 80 $PY bench/cett_search.py --layers 4 --tokens 16384 --ffn 3072 --d 768
+bench ssd_flops_gpt_base 90 $PY bench/ssd_flops.py d=768 F=6144 N=32 K=6 tokens=16384
+bench train_throughput 70 $PY bench/train_throughput.py $LM
+bench instrumentation_overhead 90 $PY bench/instrumentation_overhead.py $LM
+bench metrics_overhead 90 $PY bench/metrics_overhead.py $LM
