@@ -90,7 +90,8 @@ class SSDRun:
             ari = mean_ari if self.clustered else None
             self.clustered = True
             state = dict(state, ssd_labels=labels)
-            metrics["ssd_ari"] = mean_ari
+            if ari is not None:  # the first clustering has nothing to be compared with
+                metrics["ssd_ari"] = ari
         self.state, action = decide(self.switch, self.state, step, ari)
         if action == "to_sparse":
             perms = jnp.stack([permutation_from_labels(lab, self.cfg.ssd.num_experts) for lab in state["ssd_labels"]])
