@@ -71,7 +71,9 @@ def report(workdir: str, dense_workdir: str | None = None) -> str:
     per = {k: sec.get(k, 0.0) / n for k, n in r["steps"].items() if n}
     lines += [
         f"  steps per phase {r['steps']}  (non-dense share {r['sparse_share']:.3f})",
-        f"  one non-dense step / one dense step, FLOPs: {r['step_flops_ratio']:.3f}" if r["step_flops_ratio"] else "",
+        f"  one non-dense step / one dense step, FLOPs: s = {r['step_flops_ratio']:.3f}; at sparse share r = 0.5 the "
+        f"speed-up can be at most 1/(1 − r(1 − s)) = {1 / (1 - 0.5 * (1 - r['step_flops_ratio'])):.3f}x"
+        if r["step_flops_ratio"] else "",
         f"  wall-clock per phase [s] " + "  ".join(f"{k} {v:.1f}" for k, v in sorted(sec.items()))
         + f"  (total {sum(sec.values()):.1f}); per step " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(per.items())),
         f"  switches {r['switches']}" if r["switches"] else "",
