@@ -6,8 +6,9 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
 
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
-with the ideal split (experts: capacity_factor · K/N; router x·c fwd + dx: N/(3F) for a
-2-matrix FFN, 2N/(9F) gated),
+with the ideal split (experts: capacity_factor · K/N; router: x·c forward for all N
+experts plus the backward through the K selected, (N + K)/(3·n_mats·F) with n_mats = 2,
+or 3 gated),
 and the measured median wall-clock ratio of the two compiled steps on this machine
 (target: sparse faster). Rounds alternate between the variants so noise hits both.
 The ragged path's FLOPs are printed for information: on CPU XLA lowers ragged_dot to a
@@ -56,7 +57,8 @@ def ffn_gated(graphdef, params) -> bool:
 
 
 def flops(step, *args) -> float:
-    cost = step.lower(*args).compile().cost_analysis()
+    """XLA cost analysis of the lowered HLO (XLA:GPU's compiled analysis omits cuBLAS calls)."""
+    cost = step.lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
@@ -100,7 +102,7 @@ def main(argv):
           f"ragged {fl['ragged'] / 1e9:.3f} G (CPU lowers ragged_dot densely)")
     ratio = fl["capacity"] / fl["dense"]
     n_mats = 3 if ffn_gated(graphdef, params) else 2  # dense fwd+bwd = 6·n_mats·S·d·F FLOPs
-    ideal = cfg["cf"] * kn + 4 * n / (6 * n_mats * f)  # router: x·c forward + its dx
+    ideal = cfg["cf"] * kn + 2 * (n + k) / (6 * n_mats * f)  # router: x·c for N, backward for K
     print(f"FLOPs ratio sparse/dense: {ratio:.4f}   = {ratio / kn:.3f} × K/N   "
           f"(target <= 1.3 × K/N = {1.3 * kn:.4f}; ideal cf·K/N + router = {ideal:.4f})")
     print(f"step time  dense {1e3 * t_dense:.2f} ms   sparse {1e3 * t_sparse:.2f} ms")
