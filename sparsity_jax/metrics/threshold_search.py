@@ -376,14 +376,70 @@ def _search_one(layer: Layer, ctx: _Context, target: Array, window: int, max_eva
     return ThresholdResult(nan_if_invalid(threshold), nan_if_invalid(cett_value), nan_if_invalid(sparsity), s.evals)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "max_evaluations"))
-def _find_jit(a_LxNxF, w_out_LxFxD, mask_N, target_LxK, window: int, max_evaluations: int) -> ThresholdResult:
-    def one_layer(a_NxF, w_out_FxD, target_K):
+class PreparedSearch(NamedTuple):
+    """Target-independent set-up of `find_threshold` for L layers (leading L axis on every
+    field): reused by `find_prepared` for any number of later targets, so a caller that
+    asks for thresholds again and again on the same activations (the PPL-p% search, one
+    CETT per step) pays the set-up once. Holds the magnitudes: about 2× `a`'s memory."""
+
+    layer: Layer
+    ctx: _Context
+
+
+def _prepare(a_LxNxF, w_out_LxFxD, mask_N) -> PreparedSearch:
+    def one_layer(a_NxF, w_out_FxD):
         layer = prepare_layer(a_NxF, w_out_FxD, mask_N)
-        ctx = _build_context(layer)
+        return layer, _build_context(layer)
+
+    return PreparedSearch(*jax.vmap(one_layer)(a_LxNxF, w_out_LxFxD))
+
+
+def _search_prepared(prep: PreparedSearch, target_LxK, window: int, max_evaluations: int) -> ThresholdResult:
+    def one_layer(layer, ctx, target_K):
         return lax.map(lambda c: _search_one(layer, ctx, c, window, max_evaluations), target_K)
 
-    return jax.vmap(one_layer)(a_LxNxF, w_out_LxFxD, target_LxK)
+    return jax.vmap(one_layer)(prep.layer, prep.ctx, target_LxK)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "max_evaluations"))
+def _find_jit(a_LxNxF, w_out_LxFxD, mask_N, target_LxK, window: int, max_evaluations: int) -> ThresholdResult:
+    return _search_prepared(_prepare(a_LxNxF, w_out_LxFxD, mask_N), target_LxK, window, max_evaluations)
+
+
+_prepare_jit = jax.jit(_prepare)
+_search_prepared_jit = jax.jit(_search_prepared, static_argnames=("window", "max_evaluations"))
+
+
+def _default_window(n_tokens: int, n_neurons: int) -> int:
+    return int(np.clip(2 ** round(np.log2(max(n_tokens * n_neurons, 1) / 2048)), 4096, 32768))
+
+
+def prepare_search(a: Array, w_out: Array, token_mask: Array | None = None) -> PreparedSearch:
+    """The set-up of `find_threshold` on `a` (L, tokens..., F) and `w_out` (L, F, d), once.
+
+    For arrays on one device (no explicit-mesh sharding); `find_threshold` handles
+    sharded inputs. Use with `find_prepared`.
+    """
+    a_LxNxF, w_out_LxFxD, mask_N, layered = as_layers(a, w_out, token_mask)
+    if not layered:
+        raise UserError(f"Pass w_out with a layer axis (L, F, d) to prepare_search; got {jnp.shape(w_out)}.")
+    return _prepare_jit(a_LxNxF, w_out_LxFxD, mask_N)
+
+
+def find_prepared(prep: PreparedSearch, target, *, window: int | None = None,
+                  max_evaluations: int = 64) -> ThresholdResult:
+    """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
+    shared targets, or (L, K) → fields (L, K). The results of `find_threshold` up to
+    float32 rounding (other fusion of the sums)."""
+    _check_target(target)
+    L, N, F = prep.layer.a_NxF.shape
+    target = jnp.asarray(target, jnp.float32)
+    if target.ndim > 2 or (target.ndim == 2 and target.shape[0] not in (1, L)):
+        raise UserError(f"Pass target as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
+    target_LxK = jnp.broadcast_to(target.reshape((-1, target.shape[-1]) if target.ndim else (1, 1)),
+                                  (L, target.shape[-1] if target.ndim else 1))
+    res = _search_prepared_jit(prep, target_LxK, window or _default_window(N, F), max_evaluations)
+    return jax.tree.map(lambda x: x[:, 0], res) if target.ndim == 0 else res
 
 
 def _check_target(target) -> None:
@@ -439,8 +495,7 @@ def find_threshold(
 
     def run(a, w_out, token_mask, target_LxK):
         a_LxNxF, w_out_LxFxD, mask_N, _ = as_layers(a, w_out, token_mask)
-        pairs = a_LxNxF.shape[1] * a_LxNxF.shape[2]
-        window_ = window or int(np.clip(2 ** round(np.log2(max(pairs, 1) / 2048)), 4096, 32768))
+        window_ = window or _default_window(a_LxNxF.shape[1], a_LxNxF.shape[2])
         return tuple(_find_jit(a_LxNxF, w_out_LxFxD, mask_N, target_LxK, window_, max_evaluations))
 
     result = ThresholdResult(*run_auto(run, a, w_out, token_mask, target_LxK))

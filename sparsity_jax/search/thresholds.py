@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.metrics.threshold_search import find_threshold
+from sparsity_jax.metrics.threshold_search import PreparedSearch, find_prepared, find_threshold, prepare_search
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.train.step import forward
 
@@ -142,15 +142,24 @@ def check_cett(cett) -> None:
         raise UserError(f"Pass a CETT between 0 and 1; got {cett!r}.")
 
 
-def cache_thresholds(cache: DenseCache, cett) -> CettThresholds:
+def prepare_cache(cache: DenseCache) -> PreparedSearch:
+    """The threshold search's set-up on a cached dense pass, for many `cache_thresholds` calls."""
+    return prepare_search(cache.a_LxNxF, cache.w_out_LxFxD)
+
+
+def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
     """Exact per-layer thresholds for CETT value(s) on a cached dense pass.
 
     `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one call, the
-    layers' set-up shared by the K targets).
+    layers' set-up shared by the K targets). `prepared` (`prepare_cache(cache)`): reuse
+    that set-up across calls (same results up to float32 rounding).
     """
     check_cett(cett)
     c = jnp.asarray(cett, jnp.float32)
-    res = find_threshold(cache.a_LxNxF, cache.w_out_LxFxD, c[None] if c.ndim == 1 else c)
+    if prepared is not None:
+        res = find_prepared(prepared, c)
+    else:
+        res = find_threshold(cache.a_LxNxF, cache.w_out_LxFxD, c[None] if c.ndim == 1 else c)
     return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)))
 
 
