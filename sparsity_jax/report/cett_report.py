@@ -110,3 +110,34 @@ def write_ppl_report(result: dict, out_dir: str, meta: dict | None = None) -> li
     _pareto(result, paths[3])
     _frequency(result["arrays"], paths[4])
     return paths
+
+
+def write_compare_report(result: dict, out_dir: str) -> list[str]:
+    """compare.json, compare.png and compare.md of `search.compare` (ReLU² Fig. 3a style).
+
+    The figure: left, sparsity (mean over layers, dense activations) vs CETT per
+    activation with the PPL-p% point marked; right, PPL ratio vs sparsity along the same
+    CETT grid, with the 1 + p% line.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"compare.{ext}") for ext in ("json", "png", "md")]
+    with open(paths[0], "w") as f:
+        json.dump(result, f, indent=1)
+    p = result["p"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for act, r in result["models"].items():
+        c, q = r["curve"], r["ppl_p"]
+        line, = ax1.plot(c["cett"], c["sparsity"], "o-", ms=3, label=f"{act} (F={r['d_ff']})")
+        ax1.plot([q["cett"]], [q["sparsity"]], "*", ms=12, color=line.get_color())
+        ax2.plot(c["sparsity"], c["ppl_ratio"], "o-", ms=3, color=line.get_color(), label=act)
+        ax2.plot([q["sparsity"]], [q["ppl_ratio"]], "*", ms=12, color=line.get_color())
+    ax1.set(xlabel="CETT", ylabel="sparsity (mean over layers)", title=f"sparsity vs CETT (★ PPL-{p:g}%)")
+    ax2.axhline(1 + p / 100, color="k", ls=":", label=f"1 + {p:g}%")
+    ax2.set(xlabel="sparsity (mean over layers)", ylabel="PPL ratio (sparse / dense)", title="PPL ratio vs sparsity",
+            ylim=(0.995, max(1.08, 1 + 3 * p / 100)))
+    ax1.legend()
+    ax2.legend()
+    _save(fig, paths[1])
+    with open(paths[2], "w") as f:
+        f.write(f"# PPL-{p:g}% sparsity of the tiny models ({result['config']})\n\n{result['table']}\n")
+    return paths

@@ -1,0 +1,28 @@
+"""The activation comparison's report (search.compare → report.cett_report) on made-up results."""
+import json
+import os
+
+from sparsity_jax.report.cett_report import write_compare_report
+from sparsity_jax.search.compare import _final_step, parse_args, table
+
+
+def _model(d_ff, cett, sparsity):
+    grid = [0.0, 0.1, 0.2]
+    return {"d_ff": d_ff, "parameters": 1000, "dense_ppl": 5.0,
+            "ppl_p": {"cett": cett, "ppl_ratio": 1.0099, "sparsity": sparsity, "activation_ratio": 1 - sparsity,
+                      "evaluations": 5},
+            "curve": {"cett": grid, "sparsity": [0.5, sparsity, 0.9], "ppl_ratio": [1.0, 1.009, 1.05]}}
+
+
+def test_compare_report_files_and_table(tmp_path):
+    models = {"relu": _model(512, 0.11, 0.80), "swiglu": _model(336, 0.09, 0.60)}
+    result = {"config": "configs/relu2/tiny.py", "p": 1.0, "models": models, "table": table(models, 1.0)}
+    paths = write_compare_report(result, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["compare.json", "compare.png", "compare.md"]
+    assert os.path.getsize(paths[1]) > 10_000
+    assert json.load(open(paths[0]))["models"]["relu"]["ppl_p"]["cett"] == 0.11
+    rows = open(paths[2]).read().splitlines()
+    assert any(r.startswith("| relu | 512 |") and "| 0.8000 |" in r and "| 0.5000 |" in r for r in rows)
+    assert _final_step(str(tmp_path / "missing")) is None
+    args = parse_args(["--workdir", str(tmp_path), "--activations", "relu", "--set", "train.steps=5"])
+    assert args.activations == "relu" and args.set == ["train.steps=5"]
