@@ -4,9 +4,9 @@ Reference (Sparsing Law App. C Algorithm 1 as the public scripts run it): bisect
 CETT in [0, 1] until hi − lo ≤ tol (1e-3: 10 steps), and at EVERY step, per checkpoint,
 the dense forward pass again, per-layer thresholds by the 65,536-point linspace /
 16-step bisection (`bench/cett_search.py:reference_search`), then the sparse pass;
-returns the midpoint. Ours: one dense pass per checkpoint, exact thresholds on the
-cached scores, 4–8 sparse passes (module doc of `search/ppl.py`); returns the feasible
-bracket end. Same tiny trained model, same validation batches, same device; each
+returns the midpoint. Ours: one dense pass and one threshold-search set-up per
+checkpoint, exact thresholds on the cached scores, 3–7 sparse passes (module doc of
+`search/ppl.py`); returns the feasible bracket end. Same tiny trained model, same validation batches, same device; each
 search is run once to compile, then timed (median of --runs).
 
     .venv/bin/python bench/ppl_search.py [--size small|medium] [--workdir DIR] [--p 1] [--runs 1]
