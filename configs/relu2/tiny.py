@@ -1,9 +1,10 @@
 """ReLU² Wins at laptop scale: four tiny byte-level LMs on `local_code`, one per
 activation, parameter-matched as in App. A.3 (gated F = 0.65625 × non-gated F, the
 5376 / 8192 ratio of configs/relu2/1p3b.py). `:relu` | `:relu2` | `:silu` | `:swiglu`.
-Each is the default model's shape (300 steps of 32 × 128 tokens: ≈ 2 min at the
-README's 359 ms/step on 2 idle CPU cores; 9–10 min each on a loaded shared machine); the comparison (PPL-1% sparsity and
-CETT-vs-sparsity curves, ReLU² Fig. 3a / Sparsing Law Fig. 3) trains and evaluates them:
+Each is the default model's shape, 300 steps of 32 × 128 tokens: ≈ 2 min at the
+README's 359 ms/step on 2 idle CPU cores, 9–10 min each on a loaded shared machine.
+The comparison (PPL-1% sparsity and CETT-vs-sparsity curves, ReLU² Fig. 3a / Sparsing
+Law Fig. 3) trains and evaluates them:
 
     python -m sparsity_jax.search.compare --workdir runs/compare
     sparsity-jax train --config configs/relu2/tiny.py:relu2 --workdir runs/relu2_tiny   # one alone
