@@ -6,6 +6,7 @@
   sparsity-jax cett     --workdir DIR --cett 0.2 [--step N]
   sparsity-jax ppl      --workdir DIR --ppl-p 1,5,10
   sparsity-jax ssd      --workdir DIR [--compare DENSE_DIR] [--k 1,2,4|all] [--drop-share 0.5,0.75]
+  sparsity-jax compare  [--workdir runs/compare] [--activations relu,relu2,silu,swiglu] [--p 1]
 
 User errors (bad config key, impossible sizes, missing or unreadable checkpoints, empty
 data) print one sentence and exit 2; a non-finite loss exits 3; nothing in the workdir
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     ssd.add_argument("--seed", type=int, default=0, help="clustering key of on-the-fly MoEfication")
     ssd.add_argument("--eval-batches", type=int, default=None)
     ssd.add_argument("--output", default=None, help="report directory (default: WORKDIR/report)")
+    sub.add_parser("compare", add_help=False,
+                   help="train tiny ReLU/ReLU²/SiLU/SwiGLU models, compare PPL-1%% sparsity and CETT curves "
+                        "(`sparsity-jax compare --help`)")
     from sparsity_jax.search.commands import add_commands
 
     add_commands(sub)
@@ -63,6 +67,11 @@ def _run(argv: list[str]) -> int:
     import absl.logging  # orbax logs routine notices (read-only options, ...) as warnings
 
     absl.logging.set_verbosity(absl.logging.ERROR)
+    if argv[:1] == ["compare"]:  # its own argument parser (sparsity_jax/search/compare.py)
+        from sparsity_jax.search.compare import parse_args, run_compare
+
+        run_compare(parse_args(argv[1:]))
+        return 0
     rest, overrides = split_override_args(argv)
     args = _parser().parse_args(rest)
     if args.command == "report":
