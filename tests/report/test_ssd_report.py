@@ -32,7 +32,8 @@ def test_report_files_and_numbers(workdirs, tmp_path, capsys):
     s = r["ssd"]
     # τ = -1: switch at the 2nd monitor step (4), sparse for 1.25 × 4 = 5 steps
     assert s["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and s["phases"][-1][::2] == ["dense", 12]
-    assert s["flops"]["speedup"] > 1.0 and len(s["ari"]) >= 2 and s["eval"][-1]["step"] == 12
+    # the first clustering (step 2) has nothing to compare with: the first ARI is at step 4
+    assert s["flops"]["speedup"] > 1.0 and s["ari"][0]["step"] == 4 and s["eval"][-1]["step"] == 12
     assert s["wall_clock"]["seconds_per_step"]["sparse"] > 0 and s["wall_clock"]["run_speedup_vs_all_dense"] > 0
     assert r["dense"]["eval"][-1]["step"] == 4
     own, moefied = r["inference"]["SSD"], r["inference"]["dense, MoEfied"]
