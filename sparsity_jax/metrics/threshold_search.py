@@ -295,7 +295,9 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None,
                   max_evaluations: int = 64) -> ThresholdResult:
     """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
     shared targets, or (L, K) → fields (L, K). The results of `find_threshold` up to
-    float32 rounding (other fusion of the sums)."""
+    float32 rounding (other fusion of the sums). Unlike `find_threshold`, where a 1-D
+    target on layered input is one target per layer, a (K,) target here is K targets
+    shared by all layers; pass (L, 1) for per-layer targets."""
     _check_target(target)
     L, N, F = prep.layer.a_NxF.shape
     target = jnp.asarray(target, jnp.float32)

@@ -89,7 +89,7 @@ def analyse(workdir: str, p: float, cetts: Sequence[float], eval_batches: int | 
     t0 = time.perf_counter()
     r = search.search(p, tol)
     t_search = time.perf_counter() - t0
-    thr = cache_thresholds(cache, list(cetts))  # fields (L, K)
+    thr = cache_thresholds(cache, list(cetts), search.prepared[0])  # fields (L, K); set-up reused
     ratios = [math.exp(sparse_pass(run.graphdef, params, val, threshold_sparsify(thr.threshold[:, k])).loss - cache.loss)
               for k in range(len(cetts))]
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))

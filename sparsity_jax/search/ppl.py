@@ -28,7 +28,8 @@ zeros, which changes no output). The bracket [lo, hi] has Z(lo) ≤ Z* < Z(hi). 
     (finishes if that point lands on the other side), a bracket ≤ 1.9·tol is split so
     both parts are ≤ 0.95·tol (always finishes), otherwise the estimate ± 0.45·tol away
     from the last point; after three moves of the same end in a row the ± 0.95·tol step
-    doubles each time (the estimate is biased: walk faster);
+    grows to 4× and then doubles with every further such move (the estimate is biased:
+    walk faster);
   * bisects instead when the proposal leaves the bracket, repeats a point, or a wide
     bracket has not halved in two steps (exact bisection fallback).
 Points evaluated for one p serve the others (a shared cache of Z by c). It stops when
