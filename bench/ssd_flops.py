@@ -7,8 +7,11 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
 with the ideal split (experts: capacity_factor · K/N; router: x·c forward for all N
-experts plus the backward through the K selected, (N + K)/(3·n_mats·F) with n_mats = 2,
-or 3 gated),
+experts plus a backward of two (S, N) matmuls dx = G·c, dc = Gᵀ·x, together
+N/(n_mats·F) with n_mats = 2, or 3 gated; see `nn/moe.route` for why not through the
+K selected centres),
+the compiled memory of both steps (XLA's memory analysis: temp buffers, and peak =
+arguments + outputs + temp − aliased) with the sparse/dense peak-memory ratio,
 and the measured median wall-clock ratio of the two compiled steps on this machine
 (target: sparse faster). Rounds alternate between the variants so noise hits both.
 The ragged path's FLOPs are printed for information: on CPU XLA lowers ragged_dot to a
@@ -63,6 +66,14 @@ def flops(step, *args) -> float:
     return float(cost["flops"])
 
 
+def memory(step, *args) -> dict:
+    """Compiled memory of a step (XLA's memory analysis): temp buffers and the peak
+    estimate arguments + outputs + temp − aliased."""
+    m = step.lower(*args).compile().memory_analysis()
+    peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return {"temp": float(m.temp_size_in_bytes), "peak": float(peak)}
+
+
 def median_time(step, args, reps: int = 10) -> float:
     jax.block_until_ready(step(*args))
     times = []
@@ -86,6 +97,7 @@ def main(argv):
     args = (params, x_SxD, centres_NxD)
     steps = {mode: make_step(graphdef, mode, opts) for mode in ("dense", "capacity", "ragged")}
     fl = {mode: flops(step, *args) for mode, step in steps.items()}
+    mem = {mode: memory(steps[mode], *args) for mode in ("dense", "capacity")}
     _, aux = jax.jit(lambda p, x, c: moe_ffn(nnx.merge(graphdef, p), x, c, **opts))(*args)
 
     times = {"dense": [], "capacity": []}
@@ -102,9 +114,13 @@ def main(argv):
           f"ragged {fl['ragged'] / 1e9:.3f} G (CPU lowers ragged_dot densely)")
     ratio = fl["capacity"] / fl["dense"]
     n_mats = 3 if ffn_gated(graphdef, params) else 2  # dense fwd+bwd = 6·n_mats·S·d·F FLOPs
-    ideal = cfg["cf"] * kn + 2 * (n + k) / (6 * n_mats * f)  # router: x·c for N, backward for K
+    ideal = cfg["cf"] * kn + 2 * (n + 2 * n) / (6 * n_mats * f)  # router: x·c for N, backward dx, dc for N
     print(f"FLOPs ratio sparse/dense: {ratio:.4f}   = {ratio / kn:.3f} × K/N   "
           f"(target <= 1.3 × K/N = {1.3 * kn:.4f}; ideal cf·K/N + router = {ideal:.4f})")
+    print(f"compiled memory (fwd+bwd)  dense temp {mem['dense']['temp'] / 1e6:.2f} MB peak {mem['dense']['peak'] / 1e6:.2f} MB"
+          f"   capacity temp {mem['capacity']['temp'] / 1e6:.2f} MB peak {mem['capacity']['peak'] / 1e6:.2f} MB")
+    print(f"peak-memory ratio sparse/dense: {mem['capacity']['peak'] / mem['dense']['peak']:.3f}   "
+          f"temp-memory ratio: {mem['capacity']['temp'] / max(mem['dense']['temp'], 1.0):.3f}")
     print(f"step time  dense {1e3 * t_dense:.2f} ms   sparse {1e3 * t_sparse:.2f} ms")
     print(f"wall-clock ratio sparse/dense: {t_sparse / t_dense:.3f}   (target < 1; speed-up {t_dense / t_sparse:.2f}×)")
     if os.path.isfile(os.path.join(cfg["run"], "metrics.jsonl")):

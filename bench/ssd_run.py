@@ -21,23 +21,37 @@ import sys
 TARGET, PAPER = 1.4, 1.44
 
 
-def _records(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        sys.exit(f"{path} not found; train first (sparsity-jax train --config configs/ssd/tiny.py:ssd --workdir {workdir})")
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+def _records(workdir: str) -> dict[str, list[dict]]:
+    """{split: records sorted by step}, the last record of each step (a resumed run re-logs
+    the steps since its checkpoint); the same reader as `sparsity-jax ssd`."""
+    from sparsity_jax.errors import UserError
+    from sparsity_jax.report.ssd_report import read_metrics
+
+    try:
+        by_split = read_metrics(workdir)
+    except UserError:
+        sys.exit(f"{os.path.join(workdir, 'metrics.jsonl')} not found; train first "
+                 f"(sparsity-jax train --config configs/ssd/tiny.py:ssd --workdir {workdir})")
+    return {split: [recs[step] for step in sorted(recs)] for split, recs in by_split.items()}
+
+
+def train_seconds(train: list[dict]) -> float:
+    """Σ step_time · (step − previous logged step) over the train records sorted by step
+    (step_time is the mean over the steps since the previous log line)."""
+    prev, seconds = 0, 0.0
+    for r in train:
+        if "step_time" in r:
+            seconds, prev = seconds + r["step_time"] * (r["step"] - prev), r["step"]
+    return seconds
 
 
 def whole_run(workdir: str) -> dict:
     """Totals of a run: FLOPs speed-up, steps / seconds per phase, final eval, ARI trace."""
     recs = _records(workdir)
-    evals = [r for r in recs if r["split"] == "eval"]
-    train, prev, seconds = [r for r in recs if r["split"] == "train" and "step_time" in r], 0, 0.0
-    for r in train:  # step_time is the mean over the steps since the previous log line
-        seconds, prev = seconds + r["step_time"] * (r["step"] - prev), r["step"]
-    out = {"workdir": workdir, "final_eval": evals[-1] if evals else None, "train_seconds": seconds}
-    ssd = [r for r in recs if r["split"] == "ssd"]
+    evals = recs.get("eval", [])
+    out = {"workdir": workdir, "final_eval": evals[-1] if evals else None,
+           "train_seconds": train_seconds(recs.get("train", []))}
+    ssd = recs.get("ssd", [])
     if not ssd:
         return out
     last = ssd[-1]

@@ -13,7 +13,8 @@ step wins, so resumed runs read cleanly) and the sparse-inference results of
   ppl_vs_k.png          validation PPL vs experts per token: SSD's own experts vs the dense
                         run MoEfied (Fig. 4a), dynamic top-k points (Fig. 5)
 
-Phases come from the "ssd" records: `ssd_switch` +1 (to sparse) / −1 (to dense) after
+Only for ssd.method=ssd runs (`check_ssd_run`: baselines raise a UserError; their
+totals are in bench/ssd_run.py). Phases come from the "ssd" records: `ssd_switch` +1 (to sparse) / −1 (to dense) after
 the logged step, `ssd_sparse` for the phase of each logged step.
 """
 from __future__ import annotations
@@ -45,6 +46,28 @@ def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
                 rec = json.loads(line)
                 out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
     return out
+
+
+def run_method(workdir: str) -> str | None:
+    """The `ssd.method` a workdir was trained with (config.json; None without one)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    from types import SimpleNamespace
+
+    from sparsity_jax.ssd.baselines import method_of
+
+    with open(path) as f:
+        return method_of(SimpleNamespace(ssd=json.load(f).get("ssd") or {}))
+
+
+def check_ssd_run(workdir: str) -> None:
+    """UserError unless the workdir is an ssd.method=ssd run: phases, switches and the
+    sparse share come from SSD's switch records, which baselines do not log."""
+    method = run_method(workdir)
+    if method not in (None, "ssd"):
+        raise UserError(f"sparsity-jax ssd reports ssd.method=ssd runs; {workdir} was trained with "
+                        f"ssd.method={method} — use bench/ssd_run.py {workdir} for its FLOPs/wall-clock")
 
 
 def phases(ssd: dict[int, dict], last_step: int) -> list[list]:
@@ -178,8 +201,10 @@ def ssd_report(workdir: str, out_dir: str, *, inference: dict[str, dict] | None 
     """Writes `FILES` into out_dir; returns the JSON dict.
 
     inference: {run name: `sparse_inference_workdir` result} (SSD first, then the
-    MoEfied dense run); compare: the dense run's workdir for the PPL curve.
+    MoEfied dense run); compare: the dense run's workdir for the PPL curve. workdir must
+    be an ssd.method=ssd run (`check_ssd_run`); compare may be any run.
     """
+    check_ssd_run(workdir)
     summary = training_summary(workdir)
     dense = training_summary(compare) if compare else None
     os.makedirs(out_dir, exist_ok=True)

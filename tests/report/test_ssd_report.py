@@ -1,11 +1,14 @@
 """`sparsity-jax ssd`: the SSD report of a tiny SSD run vs a tiny dense run, and bad input."""
 import json
 import os
+import shutil
 
 import pytest
 
 from sparsity_jax.cli import main
-from sparsity_jax.report.ssd_report import FILES, phases
+from bench.ssd_run import whole_run
+from sparsity_jax.errors import UserError
+from sparsity_jax.report.ssd_report import FILES, phases, ssd_report
 from sparsity_jax.train import trainer
 from tests.train.helpers import tiny_config
 
@@ -34,7 +37,8 @@ def test_report_files_and_numbers(workdirs, tmp_path, capsys):
     assert s["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and s["phases"][-1][::2] == ["dense", 12]
     # the first clustering (step 2) has nothing to compare with: the first ARI is at step 4
     assert s["flops"]["speedup"] > 1.0 and s["ari"][0]["step"] == 4 and s["eval"][-1]["step"] == 12
-    assert s["wall_clock"]["seconds_per_step"]["sparse"] > 0 and s["wall_clock"]["run_speedup_vs_all_dense"] > 0
+    # steps per phase as logged by the FLOPs accounting: the phases above, 5 sparse + 7 dense
+    assert s["wall_clock"]["steps"] == {"dense": 7.0, "sparse": 5.0} and s["sparse_share"] == 5 / 12
     assert r["dense"]["eval"][-1]["step"] == 4
     own, moefied = r["inference"]["SSD"], r["inference"]["dense, MoEfied"]
     assert own["structure"] == "own" and moefied["structure"] == "moefy"
@@ -44,6 +48,43 @@ def test_report_files_and_numbers(workdirs, tmp_path, capsys):
         assert abs(fixed[8]["loss"] - res["dense"]["loss"]) <= 1e-5  # k = N is the dense model
     assert [(q["k"], q["experts_per_token"]) for q in own["rows"] if q["drop_share"] == 0.5] == [(1, 0.5), (2, 1.0), (8, 4.0)]
     assert not [q for q in moefied["rows"] if q["drop_share"]]
+
+
+@pytest.mark.parametrize("ssd_cfg,method", [({"method": "smoe"}, "smoe"), ({"method": "dense"}, "dense"),
+                                            ({"method": "pld"}, "pld"), ({"enabled": False}, "dense")])
+def test_non_ssd_run_is_refused(workdirs, tmp_path, ssd_cfg, method):
+    """A baseline's logs have no SSD switches: the report would say sparse share 0, so refuse."""
+    run = str(tmp_path / "run")
+    shutil.copytree(workdirs[0], run, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    cfg["ssd"] = {k: v for k, v in cfg["ssd"].items() if k not in ("method", "enabled")} | ssd_cfg
+    json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    with pytest.raises(UserError, match=f"was trained with ssd.method={method} — use bench/ssd_run.py {run}"):
+        ssd_report(run, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_old_config_enabled_means_ssd_and_dense_compare_is_fine(workdirs, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(workdirs[0], run, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    cfg["ssd"] = {k: v for k, v in cfg["ssd"].items() if k != "method"} | {"enabled": True}
+    json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    r = ssd_report(run, str(tmp_path / "out"), compare=workdirs[1])
+    assert r["ssd"]["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and r["dense"]["phases"] == [["dense", 0, 4]]
+
+
+def test_ssd_run_keeps_last_record_per_step_after_resume(tmp_path):
+    """A resumed run re-logs steps 3..4: time is Σ step_time·Δstep over unique sorted steps."""
+    recs = [{"split": "train", "step": 2, "step_time": 1.0}, {"split": "train", "step": 4, "step_time": 2.0},
+            {"split": "eval", "step": 4, "loss": 3.0, "perplexity": 20.0},
+            {"split": "train", "step": 3, "step_time": 5.0}, {"split": "train", "step": 4, "step_time": 3.0},
+            {"split": "train", "step": 6, "step_time": 0.5},
+            {"split": "eval", "step": 4, "loss": 2.5, "perplexity": 12.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    r = whole_run(str(tmp_path))
+    # steps 2, 3, 4, 6 with times 1, 5, 3, 0.5: 1·2 + 5·1 + 3·1 + 0.5·2 = 11 (file order gave 1·2 + 2·2 + 5·(−1) + …)
+    assert r["train_seconds"] == 11.0 and r["final_eval"]["loss"] == 2.5
 
 
 def test_phases_from_switch_records():
