@@ -7,7 +7,10 @@ passes one `Sparsify` (sliced per layer) and the recording flag down, and `LM.ap
 returns what the FFNs sowed stacked over layers, e.g. mask (L, B, T, F).
 `layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He 2020):
 a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs (forward
-and backward) are really skipped; None (eval) runs every block.
+and backward) are really skipped; None (eval) runs every block. `layer_scale` (L,)
+float (PLD: 1/p_i, p_i the keep probability) scales a kept block's residual update,
+x ↦ x + (block(x) − x)·scale_i, so the training forward equals the eval forward (all
+blocks, unscaled) in expectation (Zhang & He 2020; DeepSpeed's PLD).
 Layers are a Python list (unrolled under jit): simple and exact; compile time grows
 with depth, which is fine for the model sizes this library trains on CPU and small pods.
 """
@@ -122,6 +125,7 @@ class LM(nnx.Module):
         sparsify: Sparsify = Sparsify(),
         record: str | None = None,
         layer_keep: Array | None = None,
+        layer_scale: Array | None = None,
     ) -> Array:
         b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
@@ -131,7 +135,7 @@ class LM(nnx.Module):
         dtype = DTYPES[self.cfg.dtype]
         x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
         n = self.cfg.num_layers
-        if layer_keep is not None and record is not None:
+        if (layer_keep is not None or layer_scale is not None) and record is not None:
             raise ValueError("layer_keep (dropped layers) cannot be combined with recording activations")
         for i, block in enumerate(self.blocks):
             run = functools.partial(block, segment_ids=segment_ids_BxT, positions=positions_BxT,
@@ -139,7 +143,11 @@ class LM(nnx.Module):
             if layer_keep is None:
                 x_BxTxD = run(x_BxTxD)
             else:  # a dropped block is the identity; lax.cond skips its FLOPs
-                x_BxTxD = jax.lax.cond(layer_keep[i], run, lambda x: x, x_BxTxD)
+                kept = run
+                if layer_scale is not None:
+                    def kept(x, run=run, scale=layer_scale[i]):
+                        return x + ((run(x) - x) * scale).astype(x.dtype)
+                x_BxTxD = jax.lax.cond(layer_keep[i], kept, lambda x: x, x_BxTxD)
         x_BxTxD = self.final_norm(x_BxTxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
@@ -150,12 +158,14 @@ class LM(nnx.Module):
 
     def apply(self, tokens_BxT: Array, segment_ids_BxT: Array | None = None, positions_BxT: Array | None = None,
               *, sparsify: Sparsify = Sparsify(), record: str | None = None,
-              layer_keep: Array | None = None) -> tuple[Array, dict[str, Array]]:
+              layer_keep: Array | None = None, layer_scale: Array | None = None) -> tuple[Array, dict[str, Array]]:
         """Forward pass returning (logits, records); records are what the FFNs sowed,
         stacked over layers: `mask` bool (L, B, T, F) and/or `scores` (L, B, T, F).
-        `layer_keep` (L,) bool drops blocks (see the module docstring; needs record=None)."""
+        `layer_keep` (L,) bool drops blocks, `layer_scale` (L,) scales the kept blocks'
+        updates (see the module docstring; needs record=None)."""
         if record is None:
-            return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep), {}
+            return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep,
+                        layer_scale=layer_scale), {}
         logits, inter = nnx.capture(self, nnx.Intermediate)(
             tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record, layer_keep=layer_keep
         )

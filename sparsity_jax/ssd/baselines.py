@@ -11,7 +11,13 @@
                the dense step (MoE with K = N equals dense, SSD App. A).
   pld          progressive layer dropping (Zhang & He 2020): block i = 1..L of L is kept
                with p_i(t) = 1 − i/L · (1 − θ(t)), θ(t) = (1 − θ̄)·exp(−γ t) + θ̄; a dropped
-               block is the identity; evaluation runs every block.
+               block is the identity, a kept block's residual update is scaled by
+               1/p_i (x + (block(x) − x)/p_i, as DeepSpeed's PLD) so that evaluation,
+               which runs every block unscaled, matches training in expectation.
+
+Evaluation (`BaselineRun.eval_sparsify`): smoe and moe_dropout are evaluated as the MoE
+they train (K of N experts, the current step's K, exact "masked" dispatch; the dense
+network when moe_dropout's K reached N), dense and pld as the dense network.
 
 Router of smoe / moe_dropout: the SAME router as SSD's sparse phase, i.e. no trained
 gate: α_n = x · c_n with c_n the mean of expert n's W_in columns (SSD Eq. 4), experts
@@ -97,7 +103,8 @@ class Accounting:
 
     `cum` is JSON-able and lives in the checkpoint metadata, so the totals of a resumed
     run continue. Buckets: the phase of each step (dense / sparse / pld) and "monitor"
-    (SSD's clustering and switches, host work between steps)."""
+    (SSD's clustering and switches, host work between steps); the trainer's evaluations
+    and checkpoint saves go to "eval" and "checkpoint" (`aside`)."""
 
     def __init__(self, saved: dict | None = None):
         cum = saved or {}
@@ -110,6 +117,12 @@ class Accounting:
         now = time.perf_counter()
         self.cum["seconds"][bucket] = self.cum["seconds"].get(bucket, 0.0) + now - self._t
         self._t = now
+
+    def aside(self, bucket: str, seconds: float) -> None:
+        """Charges `seconds` (measured by the caller) to `bucket` and leaves them out of
+        the next lap, e.g. an evaluation between two steps."""
+        self.cum["seconds"][bucket] = self.cum["seconds"].get(bucket, 0.0) + seconds
+        self._t += seconds
 
     def add_step(self, phase: str, flops: float | None, dense_flops: float | None) -> None:
         """Counts one step of `phase` (charge its time with `lap(phase)` first)."""
@@ -155,19 +168,43 @@ class BaselineRun:
             self.flops[k] = step_flops(k)
         return self.flops[k]
 
+    def pld_dropped(self, step: int) -> float:
+        """Expected number of blocks PLD drops in the step after `step` completed steps."""
+        return float(np.sum(1.0 - self.pld.keep_probs(step)))
+
+    def step_flops(self, step: int, step_flops) -> tuple[float | None, float | None]:
+        """(FLOPs, dense FLOPs) of the step that trains step `step` + 1; PLD's are the
+        expected FLOPs from the keep probabilities. `step_flops(top_k)` as in `after_step`."""
+        dense = self._flops(0, step_flops)
+        if self.pld is not None:
+            return (None if dense is None else dense * (1.0 - self.share * self.pld_dropped(step))), dense
+        return self._flops(self.top_k(step), step_flops), dense
+
+    def eval_sparsify(self, state, step: int):
+        """FFN settings to evaluate `state` after `step` completed steps: smoe /
+        moe_dropout as the MoE of the last trained step (K of N experts, router centres from
+        the current W_in, masked dispatch = exact top-k); None (the run's dense settings)
+        for pld and for moe_dropout once K = N."""
+        k = self.top_k(max(step - 1, 0))
+        if not k:
+            return None
+        from sparsity_jax.ssd.convert import centres_from_params
+        from sparsity_jax.ssd.inference import moe_sparsify
+
+        s = self.cfg.ssd
+        return moe_sparsify(centres_from_params(state["params"], s.num_experts), s.num_experts, k,
+                            dispatch="masked", capacity_factor=float(s.capacity_factor))
+
     def after_step(self, state, step: int, step_flops) -> tuple[dict, dict]:
         """Accounts the finished `step` (1-based); `step_flops(top_k)` is the compiled
         step's FLOPs. Returns (state unchanged, metrics)."""
         k = self.top_k(step - 1)
         phase = "pld" if self.pld is not None else ("sparse" if k else "dense")
         self.account.lap(phase)
-        dense = self._flops(0, step_flops)
-        flops = self._flops(k, step_flops)
+        flops, dense = self.step_flops(step - 1, step_flops)
         metrics = {"ssd_top_k": float(k or self.cfg.ssd.num_experts)} if self.method != "pld" else {}
         if self.pld is not None:
-            dropped = float(np.sum(1.0 - self.pld.keep_probs(step - 1)))
-            flops = None if dense is None else dense * (1.0 - self.share * dropped)
-            metrics["pld_expected_kept"] = self.pld.num_layers - dropped
+            metrics["pld_expected_kept"] = self.pld.num_layers - self.pld_dropped(step - 1)
         self.account.add_step(phase, flops, dense)
         metrics.update(self.account.metrics())
         self.account.lap("monitor")  # host work: FLOPs of newly compiled variants

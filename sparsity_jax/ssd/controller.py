@@ -59,6 +59,18 @@ class SSDRun:
         """K of the MoE step that trains step `step` + 1 (0: the dense step)."""
         return self.cfg.ssd.top_k if self.sparse else 0
 
+    def eval_sparsify(self, state, step: int):
+        """None: SSD evaluates its dense network (the run's own FFN settings)."""
+        return None
+
+    def step_flops(self, step: int, step_flops) -> tuple[float | None, float | None]:
+        """(FLOPs, dense FLOPs if known yet) of the step that trains step `step` + 1 (the
+        current phase's); cached for `after_step`."""
+        name = "sparse" if self.sparse else "dense"
+        if self.flops[name] is None:
+            self.flops[name] = step_flops(self.top_k(step))
+        return self.flops[name], self.flops["dense"]
+
     def meta(self) -> dict:
         return {"method": "ssd", "controller": self.state, "clustered": self.clustered, "cum": self.account.cum}
 

@@ -28,7 +28,7 @@ State = dict[str, Any]
 
 
 def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None, layer_keep=None,
-            units: UnitConfig | None = None, detailed: bool = False):
+            units: UnitConfig | None = None, detailed: bool = False, layer_scale=None):
     """Summed cross-entropy, token weight and per-layer activation-ratio sums; with
     `units`, also the batch's used units (and the detailed per-layer metrics), all from
     one reduction of the recorded mask (`train.units.mask_stats`). Returns (sums, aux):
@@ -37,7 +37,7 @@ def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | No
     model = nnx.merge(graphdef, params)
     logits_BxTxV, records = model.apply(
         batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sparsify, record=record,
-        layer_keep=layer_keep,
+        layer_keep=layer_keep, layer_scale=layer_scale,
     )
     w_BxT = batch["loss_weights"].astype(jnp.float32)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
@@ -69,18 +69,22 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
     K of its N experts, and router centres recomputed from the current W_in (gradients
     flow through them, SSD §4.1); it records nothing and leaves the unit state unchanged.
     With `pld` (progressive layer dropping) each step drops blocks with the schedule's
-    keep probabilities at the state's step, drawn from the state's rng folded with the
-    step (the same on resume); it records nothing and logs `layers_kept`.
+    keep probabilities p_i at the state's step, drawn from the state's rng folded with the
+    step (the same on resume), and scales a kept block's update by 1/p_i (so evaluation,
+    every block unscaled, matches training in expectation); it records nothing and logs
+    `layers_kept`.
     """
 
-    def micro(params, batch, sparsify, detailed, top_k, keep_L):
+    def micro(params, batch, sparsify, detailed, top_k, pld_keep):
+        keep_L, scale_L = pld_keep if pld_keep is not None else (None, None)
+
         def loss_fn(p):
             if top_k or keep_L is not None:
                 sp = sparsify
                 if top_k:
                     sp = dataclasses.replace(sparsify, mode="moe", moe=moe.replace(
                         top_k=top_k, centres=centres_from_params(p, moe.num_experts)))
-                out, records = forward(graphdef, p, batch, sp, None, keep_L)
+                out, records = forward(graphdef, p, batch, sp, None, keep_L, layer_scale=scale_L)
                 return out["loss_sum"], (out, {})
             out, aux = forward(graphdef, p, batch, sparsify, record, None, units, detailed)
             return out["loss_sum"], (out, {k: aux[k] for k in ("used", "detailed") if k in aux})
@@ -92,24 +96,27 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
                    top_k: int = 0):
         params = state["params"]
         sparsify = sparsify_for(state.get("units"), units, sparsify)
-        keep_L = None
+        keep_L = pld_keep = None
         if pld is not None:
             key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0x91D), state["step"])
-            keep_L = jax.random.uniform(key, (pld.num_layers,)) < pld.keep_probs(state["step"], jnp)
+            p_L = pld.keep_probs(state["step"], jnp)
+            keep_L = jax.random.uniform(key, (pld.num_layers,)) < p_L
+            pld_keep = (keep_L, jnp.where(p_L > 0, 1.0 / jnp.maximum(p_L, 1e-6), 0.0))  # p = 0: never kept
         if grad_accum == 1:
-            grads, sums, extra = micro(params, batch, sparsify, detailed, top_k, keep_L)
+            grads, sums, extra = micro(params, batch, sparsify, detailed, top_k, pld_keep)
         else:
             micro_batches = _split_micro(batch, grad_accum)
 
             def body(carry, mb):
-                g, s, e = micro(params, mb, sparsify, detailed, top_k, keep_L)
+                g, s, e = micro(params, mb, sparsify, detailed, top_k, pld_keep)
                 acc_g, acc_s, acc_e = jax.tree.map(jnp.add, carry[:2], (g, s)) + (e,)
                 if "used" in e:
                     acc_e = dict(e, used=carry[2]["used"] | e["used"])
                 return (acc_g, acc_s, acc_e), None
 
             first = jax.tree.map(lambda x: x[0], micro_batches)
-            zero = jax.eval_shape(lambda p, b, sp, k: micro(p, b, sp, detailed, top_k, k), params, first, sparsify, keep_L)
+            zero = jax.eval_shape(lambda p, b, sp, k: micro(p, b, sp, detailed, top_k, k), params, first, sparsify,
+                                  pld_keep)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
             (grads, sums, extra), _ = jax.lax.scan(body, zero, micro_batches)
         weight = jnp.maximum(sums["weight"], 1.0)

@@ -68,15 +68,26 @@ def _step_flops(run: Run, batch, top_k: int = 0) -> float | None:
     HLO; shapes only, no execution, no compile. Not the compiled module's analysis:
     XLA:GPU leaves the cuBLAS matmul custom calls out of it (an H100 reported 0.4 GFLOP
     for a 0.9 TFLOP step), while the lowered HLO counts every dot on every backend
-    (within 0.6% of XLA:CPU's compiled count for the tiny SSD steps)."""
+    (within 0.6% of XLA:CPU's compiled count for the tiny SSD steps).
+
+    With train.grad_accum = G > 1 the micro-batches run in a `lax.scan`, whose body the
+    cost analysis counts once: the count is multiplied by G (which also multiplies the
+    optimizer update outside the scan, a negligible share of a step)."""
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # noqa: E731
     try:
         lowered = run.train_step.lower(run.abstract_state, jax.tree.map(spec, batch), DENSE, False, top_k)
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) or None
+        return float(cost.get("flops", 0.0)) * max(int(run.cfg.train.grad_accum), 1) or None
     except Exception:  # cost analysis is best effort on some backends
         return None
+
+
+def _eval_sparsify(run: Run, method: SSDRun | BaselineRun | None, state, step: int) -> Sparsify:
+    """FFN settings of the evaluation after `step` steps: the method's (an SMoE /
+    MoE-Dropout evaluates as its MoE), else the run's own (dense, dead-unit mask)."""
+    sp = method.eval_sparsify(state, step) if method is not None else None
+    return run.sparsify(state) if sp is None else sp
 
 
 def train(cfg, workdir: str) -> dict[str, Any]:
@@ -102,7 +113,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(run.cfg.to_json_best_effort(indent=2))
     if start == 0:
-        writer.write(0, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
+        writer.write(0, run.evaluate(state["params"], val, _eval_sparsify(run, method, state, 0)), split="eval")
     if start >= total:
         log_print(f"already trained to step {start} of {total}; nothing to do", main)
     train_it = _data().get_batches(
@@ -119,6 +130,16 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
             raise NonFiniteLoss(f"loss became {host['loss']} (grad norm {host['grad_norm']}) at step {step}")
         return host
+
+    def aside(bucket: str, fn):
+        """Runs fn() with its wall-clock charged to `bucket`, not to the next step's phase."""
+        if method is None:
+            return fn()
+        jax.block_until_ready(state)  # the pending step's own time stays with its phase
+        t = time.perf_counter()
+        out = fn()
+        method.account.aside(bucket, time.perf_counter() - t)
+        return out
 
     def report(step: int, host: dict) -> None:
         nonlocal t0, tokens
@@ -139,7 +160,10 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         for step in range(start, total):
             batch = run.device_batch(next(train_it))
             if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
-                flops = _step_flops(run, batch)
+                if method is None:
+                    flops = _step_flops(run, batch)
+                else:  # the method's step (MoE's K, PLD's expected drops) at the start step
+                    flops = method.step_flops(start, lambda k: _step_flops(run, batch, k))[0]
                 t0 = time.perf_counter()
             every = cfg.train.metrics_every
             top_k = method.top_k(step) if method is not None else 0
@@ -159,9 +183,10 @@ def train(cfg, workdir: str) -> dict[str, Any]:
             if done % cfg.train.checkpoint_every == 0 or done == total or stop["signal"]:
                 report(done, check(*pending))
                 pending = None
-                ckpt.save(done, state, _meta(run, done, method))
+                aside("checkpoint", lambda: ckpt.save(done, state, _meta(run, done, method)))
             if done % cfg.train.eval_every == 0 and done != total:
-                writer.write(done, run.evaluate(state["params"], val, run.sparsify(state)), split="eval")
+                ev = aside("eval", lambda: run.evaluate(state["params"], val, _eval_sparsify(run, method, state, done)))
+                writer.write(done, ev, split="eval")
             if stop["signal"]:
                 log_print(f"received signal {stop['signal']}: saved step {done}, exiting", main)
                 break
@@ -171,7 +196,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, previous_handler)
         ckpt.close()
         writer.flush()
-    final = run.evaluate(state["params"], val, run.sparsify(state))
+    final = run.evaluate(state["params"], val, _eval_sparsify(run, method, state, int(jax.device_get(state["step"]))))
     summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
     summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
     if method is not None:

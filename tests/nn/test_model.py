@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.metrics.activation import activation_ratio
+from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.model import LM, ModelConfig
 
 TINY = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, d_ff=64)
@@ -103,3 +104,24 @@ def test_dropped_block_is_identity_and_none_runs_all():
     assert not np.allclose(np.asarray(dropped), np.asarray(model3(x)), atol=1e-3)
     with pytest.raises(ValueError, match="layer_keep"):
         model3.apply(x, record="mask", layer_keep=keep)
+
+
+def test_kept_block_update_is_scaled_by_inverse_keep_prob():
+    """PLD (Zhang & He 2020, DeepSpeed): a kept block with keep probability p = 0.5 gives
+    x + 2·(block(x) − x); scale 1 (or no scale) is the plain block."""
+    cfg = dataclasses.replace(TINY, num_layers=1)
+    model = LM(cfg, rngs=nnx.Rngs(7))
+    x = tokens(2, 12, seed=6)
+    keep = jnp.ones(1, bool)
+    scaled = jax.jit(lambda k, s: model(x, layer_keep=k, layer_scale=s))(keep, jnp.array([1 / 0.5]))
+    unit = jax.jit(lambda k, s: model(x, layer_keep=k, layer_scale=s))(keep, jnp.array([1.0]))
+    np.testing.assert_allclose(np.asarray(unit), np.asarray(model(x)), atol=1e-5)
+    # expected logits by hand: h = embed; h' = h + 2·(block(h) − h); head(final_norm(h'))
+    h = jnp.take(model.embed[...], x, axis=0)
+    seg = jnp.ones(x.shape, jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape)
+    hb = model.blocks[0](h, segment_ids=seg, positions=pos, sp=Sparsify(), record=None)
+    h2 = h + 2.0 * (hb - h)
+    want = jnp.einsum("btd,dv->btv", model.final_norm(h2), model.embed[...].T if cfg.tie_embeddings else model.head[...])
+    np.testing.assert_allclose(np.asarray(scaled), np.asarray(want), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(scaled), np.asarray(unit), atol=1e-3)

@@ -13,7 +13,10 @@ from flax import nnx
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.ssd.baselines import PLDSchedule, block_share, method_of, moe_dropout_top_k
+from sparsity_jax.ssd.convert import centres_from_params
+from sparsity_jax.ssd.inference import moe_sparsify
 from sparsity_jax.train import trainer
+from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
@@ -96,12 +99,24 @@ def test_baseline_trains_with_finite_loss_and_fewer_flops(trained):
     assert np.isfinite(summary["loss"]) and summary["ssd"]["method"] == method
     ssd = records(wd, "ssd")
     assert ssd[-1]["step"] == 12 and ssd[-1]["ssd_flops_speedup"] > 1.0
+    assert summary["ssd"]["cum"]["seconds"]["checkpoint"] > 0.0  # saves are charged to their own bucket
     if method == "moe_dropout":  # K = 2, 3 in thirds, then the dense step (K = N = 4)
         assert [r["ssd_top_k"] for r in ssd if r["step"] in (4, 5, 8, 9, 12)] == [2, 3, 3, 4, 4]
         assert ssd[-1]["ssd_steps_sparse"] == 8 and ssd[-1]["ssd_steps_dense"] == 4
     if method == "pld":
         kept = [r["layers_kept"] for r in records(wd, "train")]
         assert kept[0] == 2 and min(kept) < 2  # all blocks at step 0, some dropped later
+        # speedup = Σ dense / Σ dense·(1 − share·E[dropped_t]), E[dropped] from the keep schedule
+        cfg = tiny_config(**METHODS[method])
+        run = trainer.build_run(cfg, wd)
+        pld = PLDSchedule(2, 0.5, 0.5)
+        dropped = [float(np.sum(1 - pld.keep_probs(t))) for t in range(12)]
+        assert [r["pld_expected_kept"] for r in ssd] == pytest.approx([2 - d for d in dropped], rel=1e-6)
+        share = block_share(run.model_cfg, cfg.train.seq_len)
+        want = 12 / sum(1 - share * d for d in dropped)
+        assert 1.05 < want and ssd[-1]["ssd_flops_speedup"] == pytest.approx(want, rel=1e-6)
+        # the realised drops follow the schedule: mean kept within 0.5 of the expected mean
+        assert abs(np.mean(kept) - np.mean([2 - d for d in dropped])) < 0.5
 
 
 def test_pld_resume_reproduces_losses(trained, tmp_path, monkeypatch):
@@ -121,3 +136,22 @@ def test_pld_resume_reproduces_losses(trained, tmp_path, monkeypatch):
     assert sorted(got) == sorted(want)
     for s in want:
         assert abs(want[s] - got[s]) <= 1e-6, (s, want[s], got[s])
+
+
+def test_smoe_is_evaluated_as_its_moe(trained):
+    """The logged evals of an SMoE are the MoE with K of N experts (centres from the
+    trained W_in, exact masked dispatch), not the dense network."""
+    method, wd, summary = trained
+    if method != "smoe":
+        pytest.skip("smoe only")
+    cfg = tiny_config(**METHODS[method])
+    run = trainer.build_run(cfg, wd)
+    val = trainer.validation_batches(run, wd)
+    state, _ = Checkpointer(wd, read_only=True).restore(12, run.abstract_state)
+    params = state["params"]
+    moe = run.evaluate(params, val, moe_sparsify(centres_from_params(params, 4), 4, 2, dispatch="masked"))
+    dense = run.evaluate(params, val)
+    final = [r for r in records(wd, "eval") if r["step"] == 12][-1]
+    assert final["loss"] == pytest.approx(float(moe["loss"]), rel=1e-5)
+    assert summary["loss"] == pytest.approx(float(moe["loss"]), rel=1e-5)
+    assert abs(float(moe["loss"]) - float(dense["loss"])) > 1e-3

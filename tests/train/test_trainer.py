@@ -55,3 +55,21 @@ def test_sigterm_saves_and_exits(tmp_path, monkeypatch):
     assert summary["step"] == 6
     assert Checkpointer(str(tmp_path), read_only=True).all_steps() == [6]
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_step_flops_count_every_micro_batch():
+    """The micro-batch loop is a lax.scan, counted once by XLA's cost analysis:
+    `_step_flops` multiplies by grad_accum, so G = 2 counts what G = 1 counts (same
+    global batch), up to the optimizer update (counted twice, negligible)."""
+    import numpy as np
+
+    from sparsity_jax.train.setup import build
+    from tests.train.helpers import synthetic_batch
+
+    flops = {}
+    for g in (1, 2):
+        run = build(tiny_config(**{"train.grad_accum": g}), 259)
+        batch = run.device_batch(synthetic_batch(np.random.default_rng(0), 16, 32, 259))
+        flops[g] = trainer._step_flops(run, batch)
+    assert flops[1] > 1e6
+    assert flops[2] == pytest.approx(flops[1], rel=0.02)
