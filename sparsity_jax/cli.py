@@ -148,9 +148,10 @@ def _ssd(args) -> int:
     import json
 
     from sparsity_jax.errors import UserError
-    from sparsity_jax.report.ssd_report import ssd_report
+    from sparsity_jax.report.ssd_report import check_ssd_run, ssd_report
     from sparsity_jax.train.evaluate import sparse_inference_workdir
 
+    check_ssd_run(args.workdir)  # before any evaluation work
     if args.compare and not os.path.isdir(args.compare):
         raise UserError(f"--compare workdir {args.compare} does not exist; pass the workdir of a dense run")
     try:
