@@ -6,10 +6,10 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
 
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
-with the ideal split (experts: capacity_factor · K/N; router: x·c forward for all N
-experts plus a backward of two (S, N) matmuls dx = G·c, dc = Gᵀ·x, together
-N/(n_mats·F) with n_mats = 2, or 3 gated; see `nn/moe.route` for why not through the
-K selected centres),
+with the ideal split (experts: capacity_factor · K/N; router: the selection x·cᵀ for all
+N experts, 2·S·N·d, plus the slot gates' backward dx_nc = g_nc·c_n, dc_n = Σ_c g_nc·x_nc,
+3·cf·S·K·d; together (2N + 3·cf·K)/(6·n_mats·F) with n_mats = 2, or 3 gated; see
+`nn/moe._slot_gates`),
 the compiled memory of both steps (XLA's memory analysis: temp buffers, and peak =
 arguments + outputs + temp − aliased) with the sparse/dense peak-memory ratio,
 and the measured median wall-clock ratio of the two compiled steps on this machine
@@ -114,7 +114,7 @@ def main(argv):
           f"ragged {fl['ragged'] / 1e9:.3f} G (CPU lowers ragged_dot densely)")
     ratio = fl["capacity"] / fl["dense"]
     n_mats = 3 if ffn_gated(graphdef, params) else 2  # dense fwd+bwd = 6·n_mats·S·d·F FLOPs
-    ideal = cfg["cf"] * kn + 2 * (n + 2 * n) / (6 * n_mats * f)  # router: x·c for N, backward dx, dc for N
+    ideal = cfg["cf"] * kn + (2 * n + 3 * cfg["cf"] * k) / (6 * n_mats * f)  # router: selection + slot-gate backward
     print(f"FLOPs ratio sparse/dense: {ratio:.4f}   = {ratio / kn:.3f} × K/N   "
           f"(target <= 1.3 × K/N = {1.3 * kn:.4f}; ideal cf·K/N + router = {ideal:.4f})")
     print(f"compiled memory (fwd+bwd)  dense temp {mem['dense']['temp'] / 1e6:.2f} MB peak {mem['dense']['peak'] / 1e6:.2f} MB"

@@ -33,13 +33,15 @@ Dispatch (real sparse compute, selected by `dispatch`):
   masked    reference only: the dense FFN with the unselected experts' units zeroed.
 
 FLOPs (bench/ssd_flops.py, d=128, F=1024, N=32, K=6, 4096 tokens, fwd+bwd, XLA CPU
-cost analysis): capacity dispatch / dense = 1.321 × K/N at cf = 1.25; the router's
-backward is two (S, N) matmuls (`route`), 2.3% of that ratio more than a backward
-through the K gathered centres (1.298 × K/N) but with no (S, K, d) buffer: compiled
-peak memory sparse/dense 1.308 (was 1.384). At d=768, F=3072, 8192 tokens (f32):
-1.273 × K/N, sparse-step peak 895 MB (was 1054 MB) vs 390 MB dense.
-Checked on an H100 too: capacity and ragged equal the masked reference (values and
-gradients, with and without dynamic top-k) to 1e-6 relative at highest precision.
+cost analysis): capacity dispatch / dense = 1.299 × K/N at cf = 1.25 (ideal 1.25 × K/N
+for the experts). The router costs the selection x·cᵀ for all N experts (no gradient)
+and a backward in the dispatched layout (`_slot_gates`: dx_nc = g_nc·c_n, dc_n =
+Σ_c g_nc·x_nc, 3·cf·S·K·d), not the two (S, N) matmuls of the per-pair gates (1.321 ×
+K/N) nor a backward through K gathered centres (an (S, K, d) buffer, 185× the temp
+memory). Compiled peak memory sparse/dense 1.303.
+Checked on an H100 too (with the per-pair gates, before `_slot_gates`): capacity and
+ragged equal the masked reference (values and gradients, with and without dynamic top-k)
+to 1e-6 relative at highest precision. On CPU the tests check both against it.
 
 Dynamic top-k (SSD §5.3, inference): with `drop_share` > 0 the S·K candidate pairs of
 the whole call are ranked by α and the lowest `drop_share` of them are dropped, so
@@ -118,10 +120,51 @@ def _unit_gates_bwd(res, g_SxK):
 _unit_gates.defvjp(_unit_gates_fwd, _unit_gates_bwd)
 
 
+@jax.custom_vjp
+def _slot_gates(x_NxCxD: Array, c_NxD: Array) -> Array:
+    """Gates (N, C) of the capacity slots, 1 + (α − sg(α)) with α_nc = x_nc · c_n: exactly
+    1.0 forward, gradient of α. The backward works in the dispatched layout: dx_nc = g_nc·c_n
+    (added to the gradient the expert matmuls already send through the gather) and
+    dc_n = Σ_c g_nc·x_nc, 3·cf·S·K·d FLOPs instead of the 4·S·N·d of `_unit_gates`."""
+    return jnp.ones(x_NxCxD.shape[:2], x_NxCxD.dtype)
+
+
+def _slot_gates_fwd(x_NxCxD, c_NxD):
+    return _slot_gates(x_NxCxD, c_NxD), (x_NxCxD, c_NxD)
+
+
+def _slot_gates_bwd(res, g_NxC):
+    x_NxCxD, c_NxD = res
+    dx_NxCxD = (g_NxC[..., None] * c_NxD.astype(g_NxC.dtype)[:, None, :]).astype(x_NxCxD.dtype)
+    dc_NxD = jnp.einsum("nc,ncd->nd", g_NxC, x_NxCxD.astype(g_NxC.dtype)).astype(c_NxD.dtype)
+    return dx_NxCxD, dc_NxD
+
+
+_slot_gates.defvjp(_slot_gates_fwd, _slot_gates_bwd)
+
+
+def _select(x_SxD: Array, c_NxD: Array, top_k: int, drop_share: float = 0.0):
+    """Top-K experts of α = x·cᵀ (S·N·d multiply-adds, no gradient) and keep_SxK, False
+    for the pairs that dynamic top-k removes (the lowest `drop_share` of all S·K by α)."""
+    alpha_SxN = jax.lax.stop_gradient(x_SxD) @ jax.lax.stop_gradient(c_NxD).T
+    top_SxK, experts_SxK = jax.lax.top_k(alpha_SxN, top_k)
+    keep_SxK = jnp.ones(experts_SxK.shape, bool)
+    if drop_share > 0.0:
+        n_pairs = experts_SxK.size
+        n_keep = n_pairs - int(math.floor(drop_share * n_pairs))
+        order_P = jnp.argsort(-top_SxK.reshape(-1), stable=True)
+        rank_P = jnp.zeros(n_pairs, jnp.int32).at[order_P].set(jnp.arange(n_pairs, dtype=jnp.int32))
+        keep_SxK = (rank_P < n_keep).reshape(experts_SxK.shape)
+    return experts_SxK.astype(jnp.int32), keep_SxK
+
+
 def route(x_SxD: Array, centres_NxD: Array, top_k: int, drop_share: float = 0.0):
     """Top-K routing: (experts_SxK int32, gates_SxK (1.0 forward, α gradient), keep_SxK).
 
     keep_SxK is False for pairs removed by dynamic top-k (their gate is also 0).
+    The ragged and masked dispatches use these per-pair gates; the capacity dispatch
+    gates its slots instead (`_slot_gates`, the same values and gradients for every
+    pair that gets a slot, and cheaper).
 
     Cost: the selection needs α for all N experts (S·N·d multiply-adds, no gradient).
     The gates' backward (`_unit_gates`) scatters the (S, K) cotangent into an (S, N)
@@ -132,18 +175,9 @@ def route(x_SxD: Array, centres_NxD: Array, top_k: int, drop_share: float = 0.0)
     d = 768, f32: 302 MB temp vs 1.6 MB, 682 MB vs 84 MB accessed, on CPU).
     """
     c_NxD = centres_NxD.astype(x_SxD.dtype)
-    alpha_SxN = jax.lax.stop_gradient(x_SxD) @ jax.lax.stop_gradient(c_NxD).T
-    top_SxK, experts_SxK = jax.lax.top_k(alpha_SxN, top_k)
-    gates_SxK = _unit_gates(x_SxD, c_NxD, experts_SxK)
-    keep_SxK = jnp.ones(gates_SxK.shape, bool)
-    if drop_share > 0.0:
-        n_pairs = gates_SxK.size
-        n_keep = n_pairs - int(math.floor(drop_share * n_pairs))
-        order_P = jnp.argsort(-top_SxK.reshape(-1), stable=True)
-        rank_P = jnp.zeros(n_pairs, jnp.int32).at[order_P].set(jnp.arange(n_pairs, dtype=jnp.int32))
-        keep_SxK = (rank_P < n_keep).reshape(gates_SxK.shape)
-        gates_SxK = jnp.where(keep_SxK, gates_SxK, 0.0)
-    return experts_SxK.astype(jnp.int32), gates_SxK, keep_SxK
+    experts_SxK, keep_SxK = _select(x_SxD, c_NxD, top_k, drop_share)
+    gates_SxK = jnp.where(keep_SxK, _unit_gates(x_SxD, c_NxD, experts_SxK), 0.0)
+    return experts_SxK, gates_SxK, keep_SxK
 
 
 def expert_kernels(ffn: "FFN", num_experts: int) -> dict[str, Array]:
@@ -163,14 +197,13 @@ def _expert_act(ffn: "FFN", h_in: Array, h_gate: Array | None) -> Array:
     return ffn.sigma(h_gate) * h_in if ffn.act.gated else ffn.sigma(h_in)
 
 
-def _capacity(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w, capacity_factor):
+def _capacity(ffn, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor):
     s, k = experts_SxK.shape
     n, _, e = w["in"].shape
     cap = max(1, math.ceil(capacity_factor * s * k / n))
     # pairs in priority order: choice rank major, then token (P = K·S)
     exp_P = jnp.where(keep_SxK, experts_SxK, n).T.reshape(-1)
     tok_P = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (k, s)).reshape(-1)
-    gate_P = gates_SxK.T.reshape(-1)
     order_P = jnp.argsort(exp_P, stable=True)
     counts_N1 = jnp.bincount(exp_P, length=n + 1)
     starts_N1 = jnp.cumsum(counts_N1) - counts_N1
@@ -178,13 +211,14 @@ def _capacity(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w, capacity_factor):
     fits_P = (exp_P < n) & (pos_P < cap)
     slot_P = jnp.where(fits_P, exp_P * cap + pos_P, n * cap)  # n·cap = out of range → dropped
     tok_of_slot = jnp.full(n * cap, s, jnp.int32).at[slot_P].set(tok_P, mode="drop")
-    gate_of_slot = jnp.zeros(n * cap, gates_SxK.dtype).at[slot_P].set(gate_P, mode="drop")
     x_pad = jnp.concatenate([x_SxD, jnp.zeros((1, x_SxD.shape[1]), x_SxD.dtype)])
     x_NxCxD = x_pad[tok_of_slot].reshape(n, cap, -1)
+    # empty slots gather the zero row: gate 0 there (no output, no gradient)
+    gate_NxC = _slot_gates(x_NxCxD, c_NxD) * (tok_of_slot < s).reshape(n, cap).astype(x_SxD.dtype)
     h_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["in"])
     g_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["gate"]) if "gate" in w else None
     # gate on the E hidden units, not the d outputs: same product, E/d of the cost
-    a_NxCxE = _expert_act(ffn, h_NxCxE, g_NxCxE) * gate_of_slot.reshape(n, cap, 1).astype(h_NxCxE.dtype)
+    a_NxCxE = _expert_act(ffn, h_NxCxE, g_NxCxE) * gate_NxC[..., None].astype(h_NxCxE.dtype)
     y_NxCxD = jnp.einsum("nce,ned->ncd", a_NxCxE, w["out"])
     y_SxD = jnp.zeros_like(x_pad).at[tok_of_slot].add(y_NxCxD.reshape(n * cap, -1))[:s]
     dropped = jnp.sum((exp_P < n) & ~fits_P)
@@ -254,11 +288,13 @@ def moe_ffn(
         raise ValueError(f"need 0 <= drop_share < 1 and capacity_factor > 0, got {drop_share}, {capacity_factor}")
     lead, d = x_BxTxD.shape[:-1], x_BxTxD.shape[-1]
     x_SxD = x_BxTxD.astype(ffn.dtype).reshape(-1, d)
-    experts_SxK, gates_SxK, keep_SxK = route(x_SxD, centres_NxD, top_k, drop_share)
     w = expert_kernels(ffn, num_experts)
     if dispatch == "capacity":
-        y_SxD, aux = _capacity(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w, capacity_factor)
+        c_NxD = centres_NxD.astype(x_SxD.dtype)
+        experts_SxK, keep_SxK = _select(x_SxD, c_NxD, top_k, drop_share)
+        y_SxD, aux = _capacity(ffn, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor)
     else:
+        experts_SxK, gates_SxK, keep_SxK = route(x_SxD, centres_NxD, top_k, drop_share)
         y_SxD, aux = (_ragged if dispatch == "ragged" else _masked)(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w)
     aux["load_N"] = jnp.bincount(jnp.where(keep_SxK, experts_SxK, num_experts).reshape(-1), length=num_experts + 1)[:-1]
     return y_SxD.reshape(*lead, d), aux

@@ -37,19 +37,23 @@ def test_all_experts_equal_dense(act, dispatch):
     assert int(aux["dropped"]) == 0 and aux["load_N"].tolist() == [14] * N
 
 
-@pytest.mark.parametrize("act", ["relu", "swiglu"])
-def test_dispatch_paths_equal_masked_reference_with_grads(act):
+@pytest.mark.parametrize("act,drop_share", [("relu", 0.0), ("swiglu", 0.0), ("relu", 0.4)])
+def test_dispatch_paths_equal_masked_reference_with_grads(act, drop_share):
+    """Values and gradients (kernels, x, centres) of both sparse paths, also with
+    dynamic top-k (the capacity path's slot gates vs the reference's per-pair gates)."""
     ffn, x, c = make_ffn(act), rand(3, (2, 12, D)), rand(4, (N, D))
     graphdef, params = nnx.split(ffn)
 
     def loss(p, x, c, dispatch):
-        y, aux = moe_ffn(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=3, dispatch=dispatch, capacity_factor=N / 3)
+        y, aux = moe_ffn(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=3, dispatch=dispatch,
+                         capacity_factor=N / 3, drop_share=drop_share)
         return jnp.sum(y * jnp.cos(y)), (y, aux["dropped"])
 
     val_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
     outs = {d: val_grad(params, x, c, d)
             for d in ("capacity", "ragged", "masked")}
     ref = outs.pop("masked")
+    assert float(jnp.abs(ref[1][2]).sum()) > 0  # the router gradient is there to compare
     for (val, (y, dropped)), grads in outs.values():
         assert int(dropped) == 0
         np.testing.assert_allclose(y, ref[0][1][0], **TOL)
