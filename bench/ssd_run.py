@@ -25,7 +25,7 @@ def _records(workdir: str) -> dict[str, list[dict]]:
     """{split: records sorted by step}, the last record of each step (a resumed run re-logs
     the steps since its checkpoint); the same reader as `sparsity-jax ssd`."""
     from sparsity_jax.errors import UserError
-    from sparsity_jax.report.ssd_report import read_metrics
+    from sparsity_jax.train.logger import read_metrics
 
     try:
         by_split = read_metrics(workdir)

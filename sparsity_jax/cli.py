@@ -134,30 +134,24 @@ def _report(args) -> int:
 
 def _ints(text: str | None):
     """--k: None, 'all' or a list of ints."""
-    from sparsity_jax.errors import UserError
+    from sparsity_jax.errors import comma_list
 
     if text is None or text.strip() == "all":
         return text and "all"
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"Pass --k as comma-separated integers in 1..N or 'all'; got {text!r}.") from None
+    return comma_list(text, int, "--k (integers in 1..N, or 'all')")
 
 
 def _ssd(args) -> int:
     import json
 
-    from sparsity_jax.errors import UserError
+    from sparsity_jax.errors import UserError, comma_list
     from sparsity_jax.report.ssd_report import check_ssd_run, ssd_report
     from sparsity_jax.train.evaluate import sparse_inference_workdir
 
     check_ssd_run(args.workdir)  # before any evaluation work
     if args.compare and not os.path.isdir(args.compare):
         raise UserError(f"--compare workdir {args.compare} does not exist; pass the workdir of a dense run")
-    try:
-        shares = [float(x) for x in args.drop_share.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"Pass --drop-share as comma-separated numbers in [0, 1); got {args.drop_share!r}.") from None
+    shares = comma_list(args.drop_share, float, "--drop-share (numbers in [0, 1))", allow_empty=True)
     opts = dict(ks=_ints(args.k), eval_batches=args.eval_batches, seed=args.seed)
     ssd = sparse_inference_workdir(args.workdir, drop_shares=shares, step=args.step, structure=args.structure,
                                    num_experts=args.experts, **opts)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.train.logger import by_step, read_metrics
 
 USE = ("use_per_token", "use_per_sequence", "use_per_batch")
 TABLE_COLUMNS = (
@@ -21,20 +21,6 @@ TABLE_COLUMNS = (
     ("p90 %", "seq_use_p90", 100), ("on in batch 0 %", "on_in_first", 100), ("turned on %", "turned_on", 100),
     ("turned off %", "turned_off", 100), ("ever used %", "ever_used", 100), ("masked %", "masked_fraction", 100),
 )
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise UserError(f"no metrics.jsonl in {workdir}; pass the workdir of a training run")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def last_per_step(records: list[dict], split: str) -> list[dict]:
-    """Records of one split, the last one per step (a resumed run logs some steps twice)."""
-    by_step = {r["step"]: r for r in records if r.get("split") == split}
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def layer_table(record: dict) -> list[dict[str, float]]:
@@ -99,7 +85,7 @@ def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = 
 
 def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
     """Writes layer_patterns.{json,md} and use_over_training.png; returns the table."""
-    units = last_per_step(read_metrics(workdir), "units")
+    units = by_step(read_metrics(workdir).get("units", {}))
     if not units:
         raise UserError(f"{workdir} has no hidden-unit metrics; train with train.metrics_every > 0")
     out_dir = out_dir or os.path.join(workdir, "report")
@@ -118,6 +104,6 @@ def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
 
 def compare_losses(workdirs: dict[str, str], path: str, mask_step: int | None = None) -> dict[str, float]:
     """One PNG with the training-loss curves of several runs; returns each run's final loss."""
-    runs = {name: last_per_step(read_metrics(wd), "train") for name, wd in workdirs.items()}
+    runs = {name: by_step(read_metrics(wd).get("train", {})) for name, wd in workdirs.items()}
     plot_losses(runs, path, mask_step)
     return {name: train[-1]["loss"] for name, train in runs.items() if train}

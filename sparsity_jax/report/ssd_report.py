@@ -29,23 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparsity_jax.errors import UserError  # noqa: E402
+from sparsity_jax.train.logger import read_metrics  # noqa: E402
 
 FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
-
-
-def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
-    """{split: {step: record}} of a workdir's metrics.jsonl (last record per step)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; pass the workdir of a trained run")
-    out: dict[str, dict[int, dict]] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rec = json.loads(line)
-                out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
-    return out
 
 
 def run_method(workdir: str) -> str | None:

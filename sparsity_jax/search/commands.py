@@ -15,18 +15,8 @@ import os
 import jax
 import numpy as np
 
-from sparsity_jax.errors import UserError
+from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.train.logger import log_print
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"Pass {what} as comma-separated numbers, e.g. 1,5,10; got {text!r}.") from None
-    if not values:
-        raise UserError(f"Pass at least one value for {what}.")
-    return values
 
 
 def add_commands(subparsers) -> None:
@@ -103,13 +93,13 @@ def ppl_workdir(workdir: str, ppl_p, *, last: int = 5, tol: float = 1e-3, topk=N
     from sparsity_jax.search.ppl import check_p
     from sparsity_jax.search.sweep import stabilised_sweep
 
-    ps = _floats(ppl_p, "--ppl-p") if isinstance(ppl_p, str) else [float(p) for p in ppl_p]
+    ps = comma_list(ppl_p, float, "--ppl-p") if isinstance(ppl_p, str) else [float(p) for p in ppl_p]
     for p in ps:
         check_p(p)
     if last <= 0 or not 0 < tol < 1:
         raise UserError(f"Pass --last > 0 and 0 < --tol < 1; got last={last}, tol={tol}.")
-    topk = [int(k) for k in _floats(topk, "--topk")] if isinstance(topk, str) else topk
-    fat_eps = _floats(fat_eps, "--fat-eps") if isinstance(fat_eps, str) else fat_eps
+    topk = comma_list(topk, int, "--topk") if isinstance(topk, str) else topk
+    fat_eps = comma_list(fat_eps, float, "--fat-eps") if isinstance(fat_eps, str) else fat_eps
     ckpt, run, val, steps = load_workdir(workdir, eval_batches)
     if topk is not None and not all(0 < k <= run.model_cfg.d_ff for k in topk):
         raise UserError(f"Pass --topk values between 1 and d_ff = {run.model_cfg.d_ff}; got {topk}.")

@@ -32,7 +32,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sparsity_jax.errors import UserError
+from sparsity_jax.errors import UserError, comma_list
 
 CONFIG = "configs/relu2/tiny.py"
 ACTIVATIONS = ("relu", "relu2", "silu", "swiglu")
@@ -123,13 +123,6 @@ def table(results: dict, p: float) -> str:
     return "\n".join([head] + rows)
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"Pass {what} as comma-separated numbers; got {text!r}.") from None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m sparsity_jax.search.compare", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="runs/compare")
@@ -151,7 +144,7 @@ def run_compare(args: argparse.Namespace) -> dict:
     from sparsity_jax.search.thresholds import check_cett
 
     check_p(args.p)
-    cetts = sorted(set(_floats(args.cetts, "--cetts")))
+    cetts = sorted(set(comma_list(args.cetts, float, "--cetts")))
     check_cett(cetts)
     acts = [a.strip() for a in args.activations.split(",") if a.strip()]
     if not acts:

@@ -14,6 +14,34 @@ def _plain(v: Any):
     return v.item() if v.ndim == 0 else v.tolist()
 
 
+def read_metrics(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """{split: {step: record}} of a workdir's metrics.jsonl, the last record of each step (a
+    resumed run logs the steps since its checkpoint again). A last line cut short by a
+    killed writer is skipped; any other unreadable line is a UserError."""
+    from sparsity_jax.errors import UserError
+
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; pass the workdir of a training run")
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path} line {i + 1} is not a JSON record; fix or remove that line") from None
+        out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
+    return out
+
+
+def by_step(records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of one split of `read_metrics`, sorted by step."""
+    return [records[s] for s in sorted(records)]
+
+
 class MetricsWriter:
     """Appends `{"step": s, "split": ..., **metrics}` lines to metrics.jsonl and TB scalars.
 

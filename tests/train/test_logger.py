@@ -1,0 +1,39 @@
+"""metrics.jsonl round trip (`MetricsWriter` → `read_metrics`) and comma-list parsing."""
+import json
+
+import numpy as np
+import pytest
+
+from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.train.logger import MetricsWriter, by_step, read_metrics
+
+
+def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_last_line(tmp_path):
+    w = MetricsWriter(str(tmp_path))
+    for step, loss in ((10, 3.0), (20, 2.5), (30, 2.0)):
+        w.write(step, {"loss": loss, "per_layer": np.arange(2.0)})
+    w.write(20, {"loss": 2.4})  # a resumed run logs step 20 again
+    w.write(20, {"ppl": 9.0}, split="eval")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "split": "tr')  # the writer was killed mid-line
+    got = read_metrics(str(tmp_path))
+    assert [r["loss"] for r in by_step(got["train"])] == [3.0, 2.4, 2.0]
+    assert got["train"][10]["per_layer"] == [0.0, 1.0] and got["eval"][20]["ppl"] == 9.0
+
+
+def test_read_metrics_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_metrics(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('garbage\n' + json.dumps({"step": 1, "split": "train"}) + "\n")
+    with pytest.raises(UserError, match="line 1 is not a JSON record"):
+        read_metrics(str(tmp_path))
+
+
+def test_comma_list():
+    assert comma_list(" 1, 5,,10 ", int, "--k") == [1, 5, 10]
+    assert comma_list("0.5,0.75", float, "--drop-share") == [0.5, 0.75]
+    assert comma_list("", float, "--drop-share", allow_empty=True) == []
+    with pytest.raises(UserError, match="--k as comma-separated integers"):
+        comma_list("1,two", int, "--k")
+    with pytest.raises(UserError, match="at least one value for --ppl-p"):
+        comma_list(" , ", float, "--ppl-p")
