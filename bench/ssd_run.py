@@ -7,7 +7,8 @@ and wall-clock per phase; summary.json: the final validation loss) and prints
     whole-run FLOPs speed-up = all-dense FLOPs / FLOPs spent    (target >= 1.4x, paper 1.44x)
 
 with the sparse share of steps, the FLOPs of one sparse step / one dense step, the
-wall-clock per phase (dense, sparse, monitor = clustering + switches, host work), and,
+wall-clock per phase (dense, sparse, compile = the first step of each compiled variant,
+monitor = clustering + switches, host work), and,
 given a second (dense) workdir, the validation loss / perplexity and wall-clock of both.
 
     .venv/bin/python bench/ssd_run.py runs/ssd_tiny [runs/ssd_tiny_dense]

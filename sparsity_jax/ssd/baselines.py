@@ -102,15 +102,34 @@ class Accounting:
     """Cumulative FLOPs (and their all-dense equivalent) and wall-clock per bucket.
 
     `cum` is JSON-able and lives in the checkpoint metadata, so the totals of a resumed
-    run continue. Buckets: the phase of each step (dense / sparse / pld) and "monitor"
-    (SSD's clustering and switches, host work between steps); the trainer's evaluations
-    and checkpoint saves go to "eval" and "checkpoint" (`aside`)."""
+    run continue. Buckets: the phase of each step (dense / sparse / pld), "compile" (the
+    first call of each compiled step variant, which compiles before it dispatches),
+    "monitor" (SSD's clustering and switches, host work between steps); the trainer's
+    evaluations and checkpoint saves go to "eval" and "checkpoint" (`aside`).
+
+    Steps run asynchronously, so a lap charges the work dispatched since the previous
+    one only up to what the host waited for. `step_done(..., sync=True)` waits for the
+    state first: the methods do that before monitor work and switches, so the steps
+    still in flight are charged to their own phase, not to the clustering."""
 
     def __init__(self, saved: dict | None = None):
         cum = saved or {}
         self.cum = {"flops": cum.get("flops", 0.0), "dense_equiv_flops": cum.get("dense_equiv_flops", 0.0),
                     "seconds": dict(cum.get("seconds", {})), "steps": dict(cum.get("steps", {}))}
         self._t = time.perf_counter()
+        self._compiled: set = set()
+
+    def step_done(self, phase: str, variant, state=None, sync: bool = False) -> None:
+        """Charges the time since the previous lap for a finished step of `phase` run by
+        compiled step `variant` (e.g. its top_k): to "compile" if it is that variant's
+        first step in this process, else to `phase`. With `sync`, first waits for `state`."""
+        if sync:
+            import jax
+
+            jax.block_until_ready(state)
+        first = variant not in self._compiled
+        self._compiled.add(variant)
+        self.lap("compile" if first else phase)
 
     def lap(self, bucket: str) -> None:
         """Charges the wall-clock since the previous lap to `bucket`."""
@@ -200,7 +219,7 @@ class BaselineRun:
         step's FLOPs. Returns (state unchanged, metrics)."""
         k = self.top_k(step - 1)
         phase = "pld" if self.pld is not None else ("sparse" if k else "dense")
-        self.account.lap(phase)
+        self.account.step_done(phase, k)
         flops, dense = self.step_flops(step - 1, step_flops)
         metrics = {"ssd_top_k": float(k or self.cfg.ssd.num_experts)} if self.method != "pld" else {}
         if self.pld is not None:

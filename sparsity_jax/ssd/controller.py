@@ -90,14 +90,16 @@ class SSDRun:
         """Accounting for the finished `step`, then monitoring/switching; `step_flops(top_k)`
         is the compiled step's FLOPs. Returns (state, metrics)."""
         phase = "sparse" if self.sparse else "dense"
-        self.account.lap(phase)
+        monitor = is_monitor_step(self.switch, self.state, step)
+        phase_ends = self.sparse and step >= self.state["sparse_end"]
+        self.account.step_done(phase, phase, state, sync=monitor or phase_ends)
         for name in {phase, "dense"}:
             if self.flops[name] is None:
                 self.flops[name] = step_flops(self.cfg.ssd.top_k if name == "sparse" else 0)
         self.account.add_step(phase, self.flops[phase], self.flops["dense"])
         metrics = {"ssd_sparse": float(self.sparse), **self.account.metrics()}
         ari = None
-        if is_monitor_step(self.switch, self.state, step):
+        if monitor:
             labels, mean_ari = self._cluster(state, step)
             ari = mean_ari if self.clustered else None
             self.clustered = True

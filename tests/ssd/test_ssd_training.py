@@ -34,6 +34,7 @@ def test_switches_and_flops(reference):
     last = recs[-1]
     assert last["ssd_flops_speedup"] > 1.0                # sparse steps cost fewer FLOPs
     assert any(r["ssd_sparse"] == 1.0 for r in recs)
+    assert all(last[f"ssd_seconds_{b}"] > 0.0 for b in ("dense", "sparse", "compile", "monitor"))
 
 
 def test_resume_mid_sparse_phase_reproduces_losses(reference, tmp_path, monkeypatch):
