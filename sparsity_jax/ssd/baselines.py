@@ -56,6 +56,21 @@ def method_of(cfg) -> str:
     return method
 
 
+def router_grad(cfg) -> bool:
+    """Whether the MoE steps keep the straight-through router gradient (`ssd.router_grad`:
+    auto = on for ssd as in SSD App. A, off for smoe / moe_dropout; configs saved before
+    the option existed read as auto)."""
+    value = cfg.ssd.get("router_grad", "auto")
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return method_of(cfg) == "ssd"
+    if text in ("true", "false"):
+        return text == "true"
+    raise UserError(f"ssd.router_grad must be auto, true or false; got {value!r}")
+
+
 def moe_dropout_top_k(step: int, total_steps: int, k0: int, num_experts: int) -> int:
     """K of MoE-Dropout after `step` completed steps: K0 → N linearly over training, in
     N − K0 + 1 equal stages (so K changes N − K0 times and compiles N − K0 + 1 steps)."""
@@ -238,6 +253,7 @@ def check_method(cfg, model_cfg) -> str:
     """Validates the method's settings against the model; returns the method."""
     method, s = method_of(cfg), cfg.ssd
     if method in MOE_METHODS:
+        router_grad(cfg)
         if s.num_experts <= 0 or model_cfg.d_ff % s.num_experts or not 0 < s.top_k <= s.num_experts:
             raise UserError(f"ssd.num_experts={s.num_experts} must divide model.d_ff={model_cfg.d_ff} and "
                             f"0 < ssd.top_k={s.top_k} <= num_experts")

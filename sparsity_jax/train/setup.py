@@ -19,7 +19,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.nn.ffn import Sparsify
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.moe import MoESpec
-from sparsity_jax.ssd.baselines import MOE_METHODS, check_method, pld_schedule
+from sparsity_jax.ssd.baselines import MOE_METHODS, check_method, pld_schedule, router_grad
 from sparsity_jax.ssd.controller import initial_labels
 from sparsity_jax.train import sharding as shd
 from sparsity_jax.train.checkpoint import abstract_with_shardings
@@ -78,7 +78,7 @@ def moe_spec(cfg: ml_collections.ConfigDict, mcfg: ModelConfig) -> MoESpec | Non
     if check_method(cfg, mcfg) not in MOE_METHODS:
         return None
     return MoESpec(centres=jnp.zeros((0,)), num_experts=s.num_experts, top_k=s.top_k, dispatch=s.dispatch,
-                   capacity_factor=s.capacity_factor)
+                   capacity_factor=s.capacity_factor, router_grad=router_grad(cfg))
 
 
 def unit_config(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh) -> "UnitConfig | None":

@@ -12,7 +12,7 @@ from flax import nnx
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import LM, ModelConfig
-from sparsity_jax.ssd.baselines import PLDSchedule, block_share, method_of, moe_dropout_top_k
+from sparsity_jax.ssd.baselines import PLDSchedule, block_share, method_of, moe_dropout_top_k, router_grad
 from sparsity_jax.ssd.convert import centres_from_params
 from sparsity_jax.ssd.inference import moe_sparsify
 from sparsity_jax.train import trainer
@@ -157,3 +157,23 @@ def test_smoe_is_evaluated_as_its_moe(trained):
     assert final["loss"] == pytest.approx(float(moe["loss"]), rel=1e-5)
     assert summary["loss"] == pytest.approx(float(moe["loss"]), rel=1e-5)
     assert abs(float(moe["loss"]) - float(dense["loss"])) > 1e-3
+
+
+def test_router_grad_setting():
+    for method, want in (("ssd", True), ("smoe", False), ("moe_dropout", False)):
+        assert router_grad(tiny_config(**{"ssd.method": method})) is want
+    assert router_grad(tiny_config(**{"ssd.method": "smoe", "ssd.router_grad": "True"})) is True
+    assert router_grad(tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "false"})) is False
+    with pytest.raises(UserError, match="auto, true or false"):
+        build(tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "yes"}), 259)
+
+
+def test_smoe_with_all_experts_trains_like_dense(tmp_path):
+    """K = N with constant gates (the smoe default) is the dense step, also in training."""
+    short = {"train.steps": 6, "train.eval_every": 100, **NO_RECORD}
+    trainer.train(tiny_config(**short), str(tmp_path / "dense"))
+    trainer.train(tiny_config(**short, **{"ssd.method": "smoe", "ssd.num_experts": 4, "ssd.top_k": 4}),
+                  str(tmp_path / "smoe"))
+    dense, smoe = (read_losses(str(tmp_path / name / "metrics.jsonl")) for name in ("dense", "smoe"))
+    assert sorted(smoe) == sorted(dense) == list(range(1, 7))
+    assert max(abs(dense[s] - smoe[s]) for s in dense) < 1e-4, (dense, smoe)

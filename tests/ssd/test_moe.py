@@ -102,6 +102,23 @@ def test_router_gradient_flows_while_forward_uses_alpha_one():
     np.testing.assert_allclose(grad, hand, rtol=1e-4, atol=1e-5)
 
 
+def test_all_experts_without_router_grad_train_like_dense():
+    """K = N: the forward is the dense FFN either way, but only router_grad=False gives the
+    dense gradient; the straight-through router adds Σ_n ⟨dL/dy, y_n⟩ c_n to dx."""
+    ffn, x, c = make_ffn("relu"), rand(13, (2, 12, D)), rand(14, (N, D))
+    graphdef, params = nnx.split(ffn)
+
+    def loss(p, x, router_grad=None):
+        f = nnx.merge(graphdef, p)
+        y = f(x) if router_grad is None else moe_ffn(f, x, c, num_experts=N, top_k=N, router_grad=router_grad)[0]
+        return jnp.sum(y * jnp.cos(y))
+
+    grad = lambda rg: jax.grad(loss, argnums=(0, 1))(params, x, rg)  # noqa: E731
+    dense = grad(None)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grad(False), dense)
+    assert np.abs(np.asarray(grad(True)[1] - dense[1])).max() > 1e-3
+
+
 def test_dynamic_top_k_drops_lowest_share():
     ffn, x, c = make_ffn("relu"), rand(8, (3, 8, D)), rand(9, (N, D))
     s, k, share = 24, 4, 0.75
