@@ -51,14 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
     # SSD (switchable sparse-dense training, SSD §4) and its baselines (SSD §5, App. A):
     # method = dense | ssd | smoe | moe_dropout | pld (sparsity_jax/ssd/baselines.py).
     # num_experts / top_k: N and K of ssd's sparse phase and of smoe; N and K0 of moe_dropout.
-    # router_grad: auto | true | false. true keeps SSD App. A's straight-through router gradient
-    # (gates 1 + α − sg(α)) in MoE steps; false uses constant gates (then K = N is exactly the
-    # dense step). auto = true for ssd (the paper), false for smoe / moe_dropout, whose fixed
-    # centroid router has no forward counterpart of that gradient (nn/moe.py).
+    # router_grad: true keeps SSD App. A's straight-through router gradient (gates 1 + α − sg(α))
+    # in the MoE steps; false (default) uses constant gates, so K = N is exactly the dense step.
+    # The gradient has no forward counterpart and made every MoE step here diverge, SSD's
+    # sparse phases included (nn/moe.py has the numbers).
     c.ssd = ml_collections.ConfigDict(dict(
         method="dense", num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
         sparse_share=0.5, final_dense_share=0.1, dispatch="capacity", capacity_factor=1.25, kmeans_iters=50,
-        pld_drop_rate=0.25, pld_gamma=0.001, router_grad="auto",
+        pld_drop_rate=0.25, pld_gamma=0.001, router_grad=False,
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

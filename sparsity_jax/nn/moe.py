@@ -20,9 +20,11 @@ forward is the dense FFN but the gradient is not: Σ_n ⟨dL/dy, y_n⟩ c_n is a
 to W_in through the centres). In the tiny config's MoE trained from scratch, at init, K = N
 gradients differ from the dense ones by 0.88 relative; over 200 steps the K = N run's loss
 is 2.85 vs 1.66 dense, with grad norms up to 284 (MoE-Dropout's reached 10⁶).
-`router_grad=False` gives constant gates, so K = N trains exactly as dense (1.66). The
-trainer's `ssd.router_grad` = auto keeps it for SSD (App. A) and drops it for the
-smoe / moe_dropout baselines.
+`router_grad=False` gives constant gates, so K = N trains exactly as dense (1.66). SSD's
+sparse phases diverge the same way (tiny config, 130 steps, sparse from step 50: grad
+norm 46–230 and loss 3.27 at step 100 with the gradient; 0.4–0.6 and 2.13 without), so
+the trainer's `ssd.router_grad` defaults to false for every method; this function keeps
+the paper's formula as its default.
 
 Router centres: c_n = mean over the expert's E columns of w_in (Eq. 4), passed in as a
 non-trained input (`MoESpec.centres`, made by `ssd.convert`). For gated FFNs we also use

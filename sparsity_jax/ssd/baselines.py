@@ -57,18 +57,16 @@ def method_of(cfg) -> str:
 
 
 def router_grad(cfg) -> bool:
-    """Whether the MoE steps keep the straight-through router gradient (`ssd.router_grad`:
-    auto = on for ssd as in SSD App. A, off for smoe / moe_dropout; configs saved before
-    the option existed read as auto)."""
-    value = cfg.ssd.get("router_grad", "auto")
+    """Whether the MoE steps keep SSD App. A's straight-through router gradient
+    (`ssd.router_grad`, default false: see `nn/moe.py`). Configs saved before the option
+    existed trained with it, and read as true."""
+    value = cfg.ssd.get("router_grad", True)
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text == "auto":
-        return method_of(cfg) == "ssd"
     if text in ("true", "false"):
         return text == "true"
-    raise UserError(f"ssd.router_grad must be auto, true or false; got {value!r}")
+    raise UserError(f"ssd.router_grad must be true or false; got {value!r}")
 
 
 def moe_dropout_top_k(step: int, total_steps: int, k0: int, num_experts: int) -> int:

@@ -160,12 +160,19 @@ def test_smoe_is_evaluated_as_its_moe(trained):
 
 
 def test_router_grad_setting():
-    for method, want in (("ssd", True), ("smoe", False), ("moe_dropout", False)):
-        assert router_grad(tiny_config(**{"ssd.method": method})) is want
+    for method in ("ssd", "smoe", "moe_dropout"):
+        assert router_grad(tiny_config(**{"ssd.method": method})) is False
     assert router_grad(tiny_config(**{"ssd.method": "smoe", "ssd.router_grad": "True"})) is True
-    assert router_grad(tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "false"})) is False
-    with pytest.raises(UserError, match="auto, true or false"):
-        build(tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "yes"}), 259)
+    old = tiny_config(**{"ssd.method": "ssd"})
+    with old.unlocked():
+        del old.ssd["router_grad"]  # saved before the option: trained with the gradient
+    assert router_grad(old) is True
+    with pytest.raises(UserError, match="not a valid bool"):
+        tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "maybe"})
+    with old.unlocked():
+        old.ssd.router_grad = "maybe"  # e.g. a hand-edited config.json
+    with pytest.raises(UserError, match="true or false"):
+        router_grad(old)
 
 
 def test_smoe_with_all_experts_trains_like_dense(tmp_path):
