@@ -25,6 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparsity_jax.config import load_config  # noqa: E402
+from sparsity_jax.nn.activations import get_activation  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
 from sparsity_jax.train.trainer import _step_flops  # noqa: E402
 
@@ -49,7 +50,10 @@ def step_ratio(spec: str) -> dict:
     dense, sparse = _step_flops(run, batch, 0), _step_flops(run, batch, cfg.ssd.top_k)
     if not dense or not sparse:
         sys.exit(f"{spec}: XLA gave no cost analysis for the train step on {jax.devices()[0].platform}")
-    return {"spec": spec, "s": sparse / dense, "r": cfg.ssd.sparse_share, "kn": cfg.ssd.top_k / cfg.ssd.num_experts,
+    m = cfg.model
+    n_mats = 3 if get_activation(m.activation).gated else 2
+    ffn = 6 * n_mats * m.num_layers * cfg.train.global_batch_size * cfg.train.seq_len * m.d_model * m.d_ff
+    return {"spec": spec, "s": sparse / dense, "ffn_share": ffn / dense, "r": cfg.ssd.sparse_share, "kn": cfg.ssd.top_k / cfg.ssd.num_experts,
             "vocab": vocab_of(cfg), "shape": (cfg.model.num_layers, cfg.model.d_model, cfg.model.d_ff, cfg.train.seq_len)}
 
 
@@ -64,6 +68,9 @@ def main(specs) -> None:
         print(f"  sparse step / dense step FLOPs s = {s:.4f}  (s ≥ 1 − FFN share: attention and the LM head stay dense)")
         print(f"  ceiling at r = {r}: 1/(1 − r(1 − s)) = {ceiling:.3f}x   target {TARGET}x needs s ≤ {need:.4f}; "
               f"ceiling / target = {ceiling / TARGET:.3f}")
+        s_min = 1 - x["ffn_share"] * (1 - x["kn"])  # FFN at exactly K/N: no capacity slack, no router
+        print(f"  FFN share of a dense step {x['ffn_share']:.3f}: even an FFN at exactly K/N of its FLOPs gives "
+              f"s = {s_min:.4f}, ceiling {1 / (1 - r * (1 - s_min)):.3f}x")
     print(f"SSD Table 4, GPT: 237T / 178T = {PAPER_RAW:.3f}x (printed as 1.44x)")
 
 

@@ -6,10 +6,11 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
 
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
-with the ideal split (experts: capacity_factor · K/N; router: the selection x·cᵀ for all
-N experts, 2·S·N·d, plus the slot gates' backward dx_nc = g_nc·c_n, dc_n = Σ_c g_nc·x_nc,
-3·cf·S·K·d; together (2N + 3·cf·K)/(6·n_mats·F) with n_mats = 2, or 3 gated; see
-`nn/moe._slot_gates`),
+for the trainer's default constant gates (`ssd.router_grad=false`) and for SSD App. A's
+straight-through router gradient (`router_grad=true`), with the ideal split (experts: capacity_factor · K/N; router: the selection x·cᵀ for all
+N experts, 2·S·N·d, that is 2N/(6·n_mats·F) with n_mats = 2, or 3 gated; the router
+gradient adds the slot gates' backward dx_nc = g_nc·c_n, dc_n = Σ_c g_nc·x_nc,
+3·cf·S·K·d; see `nn/moe._slot_gates`),
 the compiled memory of both steps (XLA's memory analysis: temp buffers, and peak =
 arguments + outputs + temp − aliased) with the sparse/dense peak-memory ratio,
 and the measured median wall-clock ratio of the two compiled steps on this machine
@@ -41,7 +42,7 @@ from sparsity_jax.nn.moe import centres_from_kernel, moe_ffn  # noqa: E402
 DEFAULTS = dict(d=128, F=1024, N=32, K=6, tokens=4096, cf=1.25, act="relu", run="runs/ssd_tiny")
 
 
-def make_step(graphdef, mode: str, opts: dict):
+def make_step(graphdef, mode: str, opts: dict, router_grad: bool = False):
     """jitted (params, x, centres) -> (loss, grads wrt params and x)."""
 
     def loss(params, x_SxD, centres_NxD):
@@ -49,7 +50,7 @@ def make_step(graphdef, mode: str, opts: dict):
         if mode == "dense":
             y_SxD = ffn(x_SxD)
         else:
-            y_SxD = moe_ffn(ffn, x_SxD, centres_NxD, dispatch=mode, **opts)[0]
+            y_SxD = moe_ffn(ffn, x_SxD, centres_NxD, dispatch=mode, router_grad=router_grad, **opts)[0]
         return jnp.sum(y_SxD)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -97,6 +98,7 @@ def main(argv):
     args = (params, x_SxD, centres_NxD)
     steps = {mode: make_step(graphdef, mode, opts) for mode in ("dense", "capacity", "ragged")}
     fl = {mode: flops(step, *args) for mode, step in steps.items()}
+    fl["capacity+router_grad"] = flops(make_step(graphdef, "capacity", opts, router_grad=True), *args)
     mem = {mode: memory(steps[mode], *args) for mode in ("dense", "capacity")}
     _, aux = jax.jit(lambda p, x, c: moe_ffn(nnx.merge(graphdef, p), x, c, **opts))(*args)
 
@@ -114,9 +116,13 @@ def main(argv):
           f"ragged {fl['ragged'] / 1e9:.3f} G (CPU lowers ragged_dot densely)")
     ratio = fl["capacity"] / fl["dense"]
     n_mats = 3 if ffn_gated(graphdef, params) else 2  # dense fwd+bwd = 6·n_mats·S·d·F FLOPs
-    ideal = cfg["cf"] * kn + (2 * n + 3 * cfg["cf"] * k) / (6 * n_mats * f)  # router: selection + slot-gate backward
+    ideal = cfg["cf"] * kn + 2 * n / (6 * n_mats * f)  # router: the selection x·cᵀ only
     print(f"FLOPs ratio sparse/dense: {ratio:.4f}   = {ratio / kn:.3f} × K/N   "
           f"(target <= 1.3 × K/N = {1.3 * kn:.4f}; ideal cf·K/N + router = {ideal:.4f})")
+    ratio_rg = fl["capacity+router_grad"] / fl["dense"]
+    ideal_rg = ideal + 3 * cfg["cf"] * k / (6 * n_mats * f)  # + the slot gates' backward
+    print(f"  with the router gradient (router_grad=true, SSD App. A): {ratio_rg:.4f}   = {ratio_rg / kn:.3f} × K/N"
+          f"   (ideal {ideal_rg:.4f})")
     print(f"compiled memory (fwd+bwd)  dense temp {mem['dense']['temp'] / 1e6:.2f} MB peak {mem['dense']['peak'] / 1e6:.2f} MB"
           f"   capacity temp {mem['capacity']['temp'] / 1e6:.2f} MB peak {mem['capacity']['peak'] / 1e6:.2f} MB")
     print(f"peak-memory ratio sparse/dense: {mem['capacity']['peak'] / mem['dense']['peak']:.3f}   "
