@@ -30,9 +30,8 @@ def _records(workdir: str) -> dict[str, list[dict]]:
 
     try:
         by_split = read_metrics(workdir)
-    except UserError:
-        sys.exit(f"{os.path.join(workdir, 'metrics.jsonl')} not found; train first "
-                 f"(sparsity-jax train --config configs/ssd/tiny.py:ssd --workdir {workdir})")
+    except UserError as e:
+        sys.exit(f"{e} (train with: sparsity-jax train --config configs/ssd/tiny.py:ssd --workdir {workdir})")
     return {split: [recs[step] for step in sorted(recs)] for split, recs in by_split.items()}
 
 

@@ -82,8 +82,10 @@ def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list])
                  for kind in ("dense", "sparse")}
     per_step = {k: (secs[k] / steps[k] if steps.get(k) and k in secs else
                     (float(np.median(v)) if v else None)) for k, v in step_time.items()}
-    # actual time: the logged seconds (monitoring included), else logged step times × steps
-    total = sum(secs.values()) if secs else sum(steps[k] * per_step[k] for k in steps if per_step.get(k)) or None
+    # actual time: the logged seconds of training (steps, compiles, monitoring; not the
+    # evaluations and checkpoint saves, which an all-dense run makes too), else step times × steps
+    train_secs = {k: v for k, v in secs.items() if k not in ("eval", "checkpoint")}
+    total = sum(train_secs.values()) if secs else sum(steps[k] * per_step[k] for k in steps if per_step.get(k)) or None
     out = {"seconds": secs or None, "steps": steps, "seconds_per_step": per_step,
            "median_logged_step_time": {k: (float(np.median(v)) if v else None) for k, v in step_time.items()}}
     if per_step["dense"] and per_step["sparse"]:

@@ -58,9 +58,9 @@ def method_of(cfg) -> str:
 
 def router_grad(cfg) -> bool:
     """Whether the MoE steps keep SSD App. A's straight-through router gradient
-    (`ssd.router_grad`, default false: see `nn/moe.py`). Configs saved before the option
-    existed trained with it, and read as true."""
-    value = cfg.ssd.get("router_grad", True)
+    (`ssd.router_grad`, default false: see `nn/moe.py`). Runs trained before the option
+    existed had it on; resumed with a current config they continue with constant gates."""
+    value = cfg.ssd.get("router_grad", False)
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -122,8 +122,9 @@ class Accounting:
 
     Steps run asynchronously, so a lap charges the work dispatched since the previous
     one only up to what the host waited for. `step_done(..., sync=True)` waits for the
-    state first: the methods do that before monitor work and switches, so the steps
-    still in flight are charged to their own phase, not to the clustering."""
+    state first: SSD does that before its clustering and switches, so the steps still in
+    flight are charged to their own phase, not to the monitor work. (The baselines never
+    wait: a moe_dropout K change only compiles, and that is charged to "compile".)"""
 
     def __init__(self, saved: dict | None = None):
         cum = saved or {}
@@ -132,9 +133,14 @@ class Accounting:
         self._t = time.perf_counter()
         self._compiled: set = set()
 
+    def restart(self) -> None:
+        """Starts the next lap now (the trainer calls it just before its first step, so
+        set-up and the initial evaluation are charged to no bucket)."""
+        self._t = time.perf_counter()
+
     def step_done(self, phase: str, variant, state=None, sync: bool = False) -> None:
         """Charges the time since the previous lap for a finished step of `phase` run by
-        compiled step `variant` (e.g. its top_k): to "compile" if it is that variant's
+        compiled step `variant` (e.g. its top_k and `detailed`): to "compile" if it is that variant's
         first step in this process, else to `phase`. With `sync`, first waits for `state`."""
         if sync:
             import jax
@@ -227,12 +233,13 @@ class BaselineRun:
         return moe_sparsify(centres_from_params(state["params"], s.num_experts), s.num_experts, k,
                             dispatch="masked", capacity_factor=float(s.capacity_factor))
 
-    def after_step(self, state, step: int, step_flops) -> tuple[dict, dict]:
+    def after_step(self, state, step: int, step_flops, detailed: bool = False) -> tuple[dict, dict]:
         """Accounts the finished `step` (1-based); `step_flops(top_k)` is the compiled
-        step's FLOPs. Returns (state unchanged, metrics)."""
+        step's FLOPs, `detailed` whether that step was the metrics variant. Returns
+        (state unchanged, metrics)."""
         k = self.top_k(step - 1)
         phase = "pld" if self.pld is not None else ("sparse" if k else "dense")
-        self.account.step_done(phase, k)
+        self.account.step_done(phase, (k, detailed))
         flops, dense = self.step_flops(step - 1, step_flops)
         metrics = {"ssd_top_k": float(k or self.cfg.ssd.num_experts)} if self.method != "pld" else {}
         if self.pld is not None:

@@ -86,13 +86,13 @@ class SSDRun:
             aris.append(float(adjusted_rand_index(prev, lab, s.num_experts)))
         return jnp.stack(labels), float(np.mean(aris))
 
-    def after_step(self, state, step: int, step_flops) -> tuple[dict, dict]:
+    def after_step(self, state, step: int, step_flops, detailed: bool = False) -> tuple[dict, dict]:
         """Accounting for the finished `step`, then monitoring/switching; `step_flops(top_k)`
         is the compiled step's FLOPs. Returns (state, metrics)."""
         phase = "sparse" if self.sparse else "dense"
         monitor = is_monitor_step(self.switch, self.state, step)
         phase_ends = self.sparse and step >= self.state["sparse_end"]
-        self.account.step_done(phase, phase, state, sync=monitor or phase_ends)
+        self.account.step_done(phase, (phase, detailed), state, sync=monitor or phase_ends)
         for name in {phase, "dense"}:
             if self.flops[name] is None:
                 self.flops[name] = step_flops(self.cfg.ssd.top_k if name == "sparse" else 0)
@@ -111,7 +111,7 @@ class SSDRun:
             perms = jnp.stack([permutation_from_labels(lab, self.cfg.ssd.num_experts) for lab in state["ssd_labels"]])
             state = permute_state(state, perms)
             state["ssd_labels"] = initial_labels(*perms.shape, self.cfg.ssd.num_experts)
-            state = jax.device_put(state, self.run.state_shardings)
+            state = jax.block_until_ready(jax.device_put(state, self.run.state_shardings))
         if action:
             metrics["ssd_switch"] = 1.0 if action == "to_sparse" else -1.0
         self.account.lap("monitor")

@@ -14,10 +14,21 @@ def _plain(v: Any):
     return v.item() if v.ndim == 0 else v.tolist()
 
 
+def _end_line(path: str) -> None:
+    """Ends a last line cut short by a killed writer, so appended records start on their
+    own line (`read_metrics` then skips just the cut one)."""
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def read_metrics(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
     """{split: {step: record}} of a workdir's metrics.jsonl, the last record of each step (a
-    resumed run logs the steps since its checkpoint again). A last line cut short by a
-    killed writer is skipped; any other unreadable line is a UserError."""
+    resumed run logs the steps since its checkpoint again). A line cut short by a killed
+    writer is skipped (the last line, or a record without its closing brace that a
+    resumed writer ended, see `_end_line`); any other unreadable line is a UserError."""
     from sparsity_jax.errors import UserError
 
     path = os.path.join(workdir, "metrics.jsonl")
@@ -30,8 +41,9 @@ def read_metrics(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
+            cut = line.lstrip().startswith("{") and not line.rstrip().endswith("}")
+            if i == len(lines) - 1 or cut:
+                continue
             raise UserError(f"{path} line {i + 1} is not a JSON record; fix or remove that line") from None
         out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
     return out
@@ -55,6 +67,7 @@ class MetricsWriter:
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
+            _end_line(self.path)
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

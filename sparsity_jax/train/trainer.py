@@ -155,6 +155,8 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         log_print(progress_line(step, total, host), main)
         t0, tokens = time.perf_counter(), 0.0
 
+    if method is not None:
+        method.account.restart()
     try:
         step = start
         for step in range(start, total):
@@ -172,7 +174,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
             if detailed:
                 writer.write(step + 1, metrics, split="units")
             if method is not None:
-                state, ssd_metrics = method.after_step(state, step + 1, lambda k: _step_flops(run, batch, k))
+                state, ssd_metrics = method.after_step(state, step + 1, lambda k: _step_flops(run, batch, k), detailed)
                 log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total
                 if "ssd_ari" in ssd_metrics or "ssd_switch" in ssd_metrics or log_now:
                     writer.write(step + 1, ssd_metrics, split="ssd")

@@ -60,6 +60,38 @@ def test_dispatch_paths_equal_masked_reference_with_grads(act, drop_share):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grads, ref[1])
 
 
+def test_capacity_drops_keep_gradients_of_the_kept_pairs_only():
+    """With pairs dropped at capacity, values and gradients (kernels, x, centres) of the
+    capacity path equal the masked reference whose per-pair gates are zeroed for exactly
+    the dropped pairs (priority: choice rank, then token), with the router gradient on."""
+    from sparsity_jax.nn.moe import _masked, expert_kernels
+
+    ffn, x, c, k, cf = make_ffn("relu"), rand(5, (24, D)), rand(6, (N, D)), 3, 0.5
+    cap = math.ceil(cf * 24 * k / N)
+    experts = np.asarray(route(x, c, k)[0])
+    keep, load = np.zeros(experts.shape, bool), np.zeros(N, int)
+    for r in range(k):
+        for t in range(24):
+            keep[t, r], load[experts[t, r]] = load[experts[t, r]] < cap, load[experts[t, r]] + 1
+    graphdef, params = nnx.split(ffn)
+
+    def capacity(p, x, c):
+        y, aux = moe_ffn(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=k, capacity_factor=cf)
+        return jnp.sum(y * jnp.cos(y)), aux["dropped"]
+
+    def reference(p, x, c):
+        f = nnx.merge(graphdef, p)
+        e, gates, ones = route(x, c, k)
+        y = _masked(f, x, e, jnp.where(keep, gates, 0.0), ones, expert_kernels(f, N))[0]
+        return jnp.sum(y * jnp.cos(y)), jnp.sum(~keep)
+
+    (val, dropped), got = jax.value_and_grad(capacity, argnums=(0, 1, 2), has_aux=True)(params, x, c)
+    (want_val, want_dropped), want = jax.value_and_grad(reference, argnums=(0, 1, 2), has_aux=True)(params, x, c)
+    assert int(dropped) == int(want_dropped) > 5
+    np.testing.assert_allclose(val, want_val, **TOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), got, want)
+
+
 def test_capacity_drops_match_hand_count():
     """4 tokens, 4 experts (identity centres), K = 2, C = ceil(0.5·4·2/4) = 1.
 

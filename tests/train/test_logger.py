@@ -19,6 +19,8 @@ def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_last_line(tmp_p
     got = read_metrics(str(tmp_path))
     assert [r["loss"] for r in by_step(got["train"])] == [3.0, 2.4, 2.0]
     assert got["train"][10]["per_layer"] == [0.0, 1.0] and got["eval"][20]["ppl"] == 9.0
+    MetricsWriter(str(tmp_path)).write(40, {"loss": 1.5})  # the resumed writer starts a new line
+    assert [r["loss"] for r in by_step(read_metrics(str(tmp_path))["train"])] == [3.0, 2.4, 2.0, 1.5]
 
 
 def test_read_metrics_errors(tmp_path):
