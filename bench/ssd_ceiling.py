@@ -42,19 +42,21 @@ def vocab_of(cfg) -> int:
 
 
 def step_ratio(spec: str) -> dict:
-    """Dense and sparse (K of N experts) train-step FLOPs of a config, lowered for one device."""
+    """Dense and sparse (K of N experts) train-step FLOPs of a config, lowered for one device
+    on its global batch (the step splits it into train.grad_accum micro-batches)."""
     cfg = load_config(spec)
     run = build(cfg, vocab_of(cfg), devices=jax.devices()[:1])
-    shape = (cfg.train.global_batch_size // cfg.train.grad_accum, cfg.train.seq_len)
+    shape = (cfg.train.global_batch_size, cfg.train.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.batch_sharding) for k in BATCH_KEYS}
     dense, sparse = _step_flops(run, batch, 0), _step_flops(run, batch, cfg.ssd.top_k)
     if not dense or not sparse:
         sys.exit(f"{spec}: XLA gave no cost analysis for the train step on {jax.devices()[0].platform}")
     m = cfg.model
-    n_mats = 3 if get_activation(m.activation).gated else 2
-    ffn = 6 * n_mats * m.num_layers * cfg.train.global_batch_size * cfg.train.seq_len * m.d_model * m.d_ff
-    return {"spec": spec, "s": sparse / dense, "ffn_share": ffn / dense, "r": cfg.ssd.sparse_share, "kn": cfg.ssd.top_k / cfg.ssd.num_experts,
-            "vocab": vocab_of(cfg), "shape": (cfg.model.num_layers, cfg.model.d_model, cfg.model.d_ff, cfg.train.seq_len)}
+    n_mats = 3 if get_activation(m.activation).gated else 2  # dense FFN fwd+bwd: 6·n_mats·tokens·d·F
+    ffn = 6 * n_mats * m.num_layers * shape[0] * shape[1] * m.d_model * m.d_ff
+    return {"spec": spec, "s": sparse / dense, "ffn_share": ffn / dense, "r": cfg.ssd.sparse_share,
+            "kn": cfg.ssd.top_k / cfg.ssd.num_experts, "vocab": vocab_of(cfg),
+            "shape": (m.num_layers, m.d_model, m.d_ff, cfg.train.seq_len)}
 
 
 def main(specs) -> None:

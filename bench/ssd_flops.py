@@ -7,10 +7,10 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
 for the trainer's default constant gates (`ssd.router_grad=false`) and for SSD App. A's
-straight-through router gradient (`router_grad=true`), with the ideal split (experts: capacity_factor · K/N; router: the selection x·cᵀ for all
-N experts, 2·S·N·d, that is 2N/(6·n_mats·F) with n_mats = 2, or 3 gated; the router
-gradient adds the slot gates' backward dx_nc = g_nc·c_n, dc_n = Σ_c g_nc·x_nc,
-3·cf·S·K·d; see `nn/moe._slot_gates`),
+straight-through router gradient (`router_grad=true`), with the ideal split (experts:
+capacity_factor · K/N; router: the selection x·cᵀ for all N experts, 2·S·N·d, that is
+2N/(6·n_mats·F) with n_mats = 2, or 3 gated; the router gradient adds the slot gates'
+backward dx_nc = g_nc·c_n, dc_n = Σ_c g_nc·x_nc, 3·cf·S·K·d; see `nn/moe._slot_gates`),
 the compiled memory of both steps (XLA's memory analysis: temp buffers, and peak =
 arguments + outputs + temp − aliased) with the sparse/dense peak-memory ratio,
 and the measured median wall-clock ratio of the two compiled steps on this machine

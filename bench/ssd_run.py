@@ -26,13 +26,13 @@ def _records(workdir: str) -> dict[str, list[dict]]:
     """{split: records sorted by step}, the last record of each step (a resumed run re-logs
     the steps since its checkpoint); the same reader as `sparsity-jax ssd`."""
     from sparsity_jax.errors import UserError
-    from sparsity_jax.train.logger import read_metrics
+    from sparsity_jax.train.logger import by_step, read_metrics
 
     try:
         by_split = read_metrics(workdir)
     except UserError as e:
         sys.exit(f"{e} (train with: sparsity-jax train --config configs/ssd/tiny.py:ssd --workdir {workdir})")
-    return {split: [recs[step] for step in sorted(recs)] for split, recs in by_split.items()}
+    return {split: by_step(recs) for split, recs in by_split.items()}
 
 
 def train_seconds(train: list[dict]) -> float:

@@ -167,7 +167,8 @@ class LM(nnx.Module):
             return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep,
                         layer_scale=layer_scale), {}
         logits, inter = nnx.capture(self, nnx.Intermediate)(
-            tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record, layer_keep=layer_keep
+            tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record, layer_keep=layer_keep,
+            layer_scale=layer_scale,
         )
         out: dict[str, list] = {}
         for i in range(self.cfg.num_layers):

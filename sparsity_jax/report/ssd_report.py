@@ -14,8 +14,9 @@ step wins, so resumed runs read cleanly) and the sparse-inference results of
                         run MoEfied (Fig. 4a), dynamic top-k points (Fig. 5)
 
 Only for ssd.method=ssd runs (`check_ssd_run`: baselines raise a UserError; their
-totals are in bench/ssd_run.py). Phases come from the "ssd" records: `ssd_switch` +1 (to sparse) / −1 (to dense) after
-the logged step, `ssd_sparse` for the phase of each logged step.
+totals are in bench/ssd_run.py). Phases come from the "ssd" records: `ssd_switch` +1
+(to sparse) / −1 (to dense) after the logged step, `ssd_sparse` for the phase of each
+logged step.
 """
 from __future__ import annotations
 

@@ -63,13 +63,16 @@ class SSDRun:
         """None: SSD evaluates its dense network (the run's own FFN settings)."""
         return None
 
+    def _flops(self, name: str, step_flops) -> float | None:
+        """FLOPs of the dense or sparse step, `step_flops(top_k)` once, then cached."""
+        if self.flops[name] is None:
+            self.flops[name] = step_flops(self.cfg.ssd.top_k if name == "sparse" else 0)
+        return self.flops[name]
+
     def step_flops(self, step: int, step_flops) -> tuple[float | None, float | None]:
         """(FLOPs, dense FLOPs if known yet) of the step that trains step `step` + 1 (the
         current phase's); cached for `after_step`."""
-        name = "sparse" if self.sparse else "dense"
-        if self.flops[name] is None:
-            self.flops[name] = step_flops(self.top_k(step))
-        return self.flops[name], self.flops["dense"]
+        return self._flops("sparse" if self.sparse else "dense", step_flops), self.flops["dense"]
 
     def meta(self) -> dict:
         return {"method": "ssd", "controller": self.state, "clustered": self.clustered, "cum": self.account.cum}
@@ -93,10 +96,7 @@ class SSDRun:
         monitor = is_monitor_step(self.switch, self.state, step)
         phase_ends = self.sparse and step >= self.state["sparse_end"]
         self.account.step_done(phase, (phase, detailed), state, sync=monitor or phase_ends)
-        for name in {phase, "dense"}:
-            if self.flops[name] is None:
-                self.flops[name] = step_flops(self.cfg.ssd.top_k if name == "sparse" else 0)
-        self.account.add_step(phase, self.flops[phase], self.flops["dense"])
+        self.account.add_step(phase, self._flops(phase, step_flops), self._flops("dense", step_flops))
         metrics = {"ssd_sparse": float(self.sparse), **self.account.metrics()}
         ari = None
         if monitor:
