@@ -10,19 +10,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.config import apply_overrides, load_config  # noqa: E402
-from sparsity_jax.nn.ffn import Sparsify  # noqa: E402
+from sparsity_jax.nn.sparsify import Sparsify  # noqa: E402
+from sparsity_jax.settings import load  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
 from tests.train.helpers import synthetic_batch  # noqa: E402
 
 
 def make(overrides: dict, vocab: int = 259):
-    cfg = apply_overrides(load_config("configs/default.py"), {k: str(v) for k, v in overrides.items()})
-    run = build(cfg, vocab)
+    settings = load("configs/default.py", {k: str(v) for k, v in overrides.items()})
+    run = build(settings, vocab)
     state = run.init_state(jax.random.key(0))
     rng = np.random.default_rng(0)
-    batch = run.device_batch(synthetic_batch(rng, cfg.train.global_batch_size, cfg.train.seq_len, vocab))
-    return cfg, run, state, batch
+    t = settings.train
+    batch = run.device_batch(synthetic_batch(rng, t.global_batch_size, t.seq_len, vocab))
+    return settings, run, state, batch
 
 
 def compiled_stats(run, state, batch, detailed: bool = False) -> dict:

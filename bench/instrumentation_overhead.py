@@ -25,7 +25,7 @@ def main(argv):
             r["times"].append(t)
     off, on = results["none"], results["mask"]
     t_off, t_on = np.median(off["times"]), np.median(on["times"])
-    print(f"device: {__import__('jax').devices()[0].device_kind}, model: {cfg.model.to_dict()}")
+    print(f"device: {__import__('jax').devices()[0].device_kind}, model: {cfg.model}")
     print(f"step time  record=none {1e3 * t_off:.2f} ms   record=mask {1e3 * t_on:.2f} ms")
     print(f"step-time ratio (on/off): {t_on / t_off:.3f}   (target <= 1.05)")
     if off["peak_bytes"] and on["peak_bytes"]:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from common import compiled_stats, make
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify
 
 
 def timed(run, state, batch, detailed, steps=10):
@@ -42,7 +42,7 @@ def main(argv):
             t, states[name] = timed(run, states[name], batch, detailed)
             times[name].append(t)
     off, on = np.median(times["off"]), np.median(times["every step"])
-    print(f"device: {jax.devices()[0].device_kind}, model: {cfg.model.to_dict()}")
+    print(f"device: {jax.devices()[0].device_kind}, model: {cfg.model}")
     print(f"step time  off {1e3 * off:.2f} ms   metrics every step {1e3 * on:.2f} ms")
     print(f"step-time ratio (metrics every step / off): {on / off:.3f}   (target <= 1.05)")
     ratio = {k: stats["every step"][k] / stats["off"][k] for k in ("flops", "bytes", "peak_bytes") if stats["off"][k]}

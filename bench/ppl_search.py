@@ -5,8 +5,8 @@ CETT in [0, 1] until hi − lo ≤ tol (1e-3: 10 steps), and at EVERY step, per 
 the dense forward pass again, per-layer thresholds by the 65,536-point linspace /
 16-step bisection (`bench/cett_search.py:reference_search`), then the sparse pass;
 returns the midpoint. Ours: one dense pass and one threshold-search set-up per
-checkpoint, exact thresholds on the cached scores, 3–7 sparse passes (module doc of
-`search/ppl.py`); returns the feasible bracket end. Same tiny trained model, same validation batches, same device; each
+checkpoint, exact thresholds on the cached scores, 3–7 sparse passes (`search.ppl.find_crossing`);
+returns the feasible bracket end. Same tiny trained model, same validation batches, same device; each
 search is run once to compile, then timed (median of --runs).
 
     .venv/bin/python bench/ppl_search.py [--size small|medium] [--workdir DIR] [--p 1] [--runs 1]
@@ -32,7 +32,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cett_search import reference_search  # noqa: E402
-from sparsity_jax.search.commands import load_workdir  # noqa: E402
 from sparsity_jax.search.ppl import PplSearch  # noqa: E402
 from sparsity_jax.search.thresholds import dense_pass, sparse_pass, threshold_sparsify  # noqa: E402
 
@@ -96,10 +95,16 @@ def main() -> None:
 
         workdir = tempfile.mkdtemp(prefix="ppl_bench_")
         train(tiny_config(**SIZES[args.size][0], **{"train.log_every": 1000}), workdir)
-    ckpt, run, val, steps = load_workdir(workdir, args.eval_batches or SIZES[args.size][1])
-    steps = steps[-args.last:]
-    params = [ckpt.restore(s, run.abstract_state)[0]["params"] for s in steps]
-    ckpt.close()
+    from sparsity_jax.settings import from_saved
+    from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config
+
+    ckpt, steps = checkpoints(workdir)
+    eval_batches = args.eval_batches or SIZES[args.size][1]
+    settings = from_saved(saved_config(ckpt, steps[-1]), {"train.eval_batches": str(eval_batches)})
+    wd = open_workdir(workdir, settings, ckpt, steps)
+    run, val, steps = wd.run, wd.val, steps[-args.last:]
+    params = [wd.restore(s)[0]["params"] for s in steps]
+    wd.close()
     n_tok = int(sum(float(np.sum(np.asarray(b["loss_weights"]) > 0)) for b in val))
     print(f"device: {jax.devices()[0].device_kind}; model L={run.model_cfg.num_layers} d={run.model_cfg.d_model} "
           f"F={run.model_cfg.d_ff}; checkpoints {steps}; {n_tok} validation tokens; PPL-{args.p:g}%, tol {args.tol}")

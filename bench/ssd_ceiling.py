@@ -20,18 +20,16 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.config import load_config  # noqa: E402
+from sparsity_jax.methods import step_flops  # noqa: E402
 from sparsity_jax.nn.activations import get_activation  # noqa: E402
+from sparsity_jax.settings import load  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
-from sparsity_jax.train.trainer import _step_flops  # noqa: E402
 
 TARGET, PAPER_RAW = 1.4, 237 / 178
 CONFIGS = ("configs/ssd/tiny.py:ssd", "configs/ssd/gpt_base.py:ssd")
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_weights")
 
 
 def vocab_of(cfg) -> int:
@@ -44,11 +42,10 @@ def vocab_of(cfg) -> int:
 def step_ratio(spec: str) -> dict:
     """Dense and sparse (K of N experts) train-step FLOPs of a config, lowered for one device
     on its global batch (the step splits it into train.grad_accum micro-batches)."""
-    cfg = load_config(spec)
+    cfg = load(spec)
     run = build(cfg, vocab_of(cfg), devices=jax.devices()[:1])
     shape = (cfg.train.global_batch_size, cfg.train.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.batch_sharding) for k in BATCH_KEYS}
-    dense, sparse = _step_flops(run, batch, 0), _step_flops(run, batch, cfg.ssd.top_k)
+    dense, sparse = step_flops(run, 0), step_flops(run, cfg.ssd.top_k)
     if not dense or not sparse:
         sys.exit(f"{spec}: XLA gave no cost analysis for the train step on {jax.devices()[0].platform}")
     m = cfg.model

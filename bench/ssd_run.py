@@ -19,6 +19,10 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sparsity_jax.train import names  # noqa: E402
+
 TARGET, PAPER = 1.4, 1.44
 
 
@@ -40,35 +44,35 @@ def train_seconds(train: list[dict]) -> float:
     (step_time is the mean over the steps since the previous log line)."""
     prev, seconds = 0, 0.0
     for r in train:
-        if "step_time" in r:
-            seconds, prev = seconds + r["step_time"] * (r["step"] - prev), r["step"]
+        if names.STEP_TIME in r:
+            seconds, prev = seconds + r[names.STEP_TIME] * (r["step"] - prev), r["step"]
     return seconds
 
 
 def whole_run(workdir: str) -> dict:
     """Totals of a run: FLOPs speed-up, steps / seconds per phase, final eval, ARI trace."""
     recs = _records(workdir)
-    evals = recs.get("eval", [])
+    evals = recs.get(names.EVAL, [])
     out = {"workdir": workdir, "final_eval": evals[-1] if evals else None,
-           "train_seconds": train_seconds(recs.get("train", []))}
-    ssd = recs.get("ssd", [])
+           "train_seconds": train_seconds(recs.get(names.TRAIN, []))}
+    ssd = recs.get(names.SSD, [])
     if not ssd:
         return out
     last = ssd[-1]
-    steps = {k[len("ssd_steps_"):]: int(v) for k, v in last.items() if k.startswith("ssd_steps_")}
-    seconds = {k[len("ssd_seconds_"):]: v for k, v in last.items() if k.startswith("ssd_seconds_")}
+    steps = {k: int(v) for k, v in last[names.SSD_STEPS].items()}
+    seconds = dict(last[names.SSD_SECONDS])
     total_steps = sum(steps.values())
-    dense_equiv = last["ssd_flops_speedup"] * last["ssd_cum_flops"]
+    dense_equiv = last[names.SSD_FLOPS_SPEEDUP] * last[names.SSD_CUM_FLOPS]
     dense_step = dense_equiv / max(total_steps, 1)
     other = {k: v for k, v in steps.items() if k != "dense"}
     other_steps = sum(other.values())
-    other_step = (last["ssd_cum_flops"] - steps.get("dense", 0) * dense_step) / other_steps if other_steps else None
-    out.update(step=last["step"], speedup=last["ssd_flops_speedup"], flops=last["ssd_cum_flops"],
+    other_step = (last[names.SSD_CUM_FLOPS] - steps.get("dense", 0) * dense_step) / other_steps if other_steps else None
+    out.update(step=last["step"], speedup=last[names.SSD_FLOPS_SPEEDUP], flops=last[names.SSD_CUM_FLOPS],
                dense_equiv_flops=dense_equiv, steps=steps, seconds=seconds,
                sparse_share=other_steps / max(total_steps, 1),
                step_flops_ratio=None if other_step is None else other_step / dense_step,
-               switches=[(r["step"], r["ssd_switch"]) for r in ssd if "ssd_switch" in r],
-               ari=[(r["step"], round(r["ssd_ari"], 3)) for r in ssd if "ssd_ari" in r])
+               switches=[(r["step"], r[names.SSD_SWITCH]) for r in ssd if names.SSD_SWITCH in r],
+               ari=[(r["step"], round(r[names.SSD_ARI], 3)) for r in ssd if names.SSD_ARI in r])
     return out
 
 

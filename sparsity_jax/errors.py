@@ -19,7 +19,7 @@ def comma_list(text, cast=float, what: str = "the values", allow_empty: bool = F
     input unless `allow_empty`, is a UserError that names the option, e.g.
     comma_list(args.k, int, "--k")."""
     try:
-        values = [cast(x) for x in str(text).split(",") if x.strip()]
+        values = [cast(x.strip()) for x in str(text).split(",") if x.strip()]
     except ValueError:
         kind = "integers" if cast is int else "numbers"
         raise UserError(f"Pass {what} as comma-separated {kind}, e.g. 1,5,10; got {text!r}.") from None

@@ -6,7 +6,7 @@ README's 359 ms/step on 2 idle CPU cores, 9–10 min each on a loaded shared mac
 The comparison (PPL-1% sparsity and CETT-vs-sparsity curves, ReLU² Fig. 3a / Sparsing
 Law Fig. 3) trains and evaluates them:
 
-    python -m sparsity_jax.search.compare --workdir runs/compare
+    sparsity-jax compare --workdir runs/compare
     sparsity-jax train --config configs/relu2/tiny.py:relu2 --workdir runs/relu2_tiny   # one alone
 """
 import os
@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from default import get_config as base  # noqa: E402
 
-ACTIVATIONS = ("relu", "relu2", "silu", "swiglu")
+ACTIVATIONS = VARIANTS = ("relu", "relu2", "silu", "swiglu")
 D_FF = 512  # non-gated width; gated: D_FF * 5376 // 8192 = 336
 
 

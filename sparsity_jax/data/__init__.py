@@ -1,20 +1,10 @@
 """seqio tasks and a deterministic, resumable, multi-host batch iterator.
 
-    cfg = default_data_config()            # task="local_code", vocab="byte", ...
-    vocab_size(cfg)                         # 259 for bytes
-    for batch in get_batches(cfg, split="train", global_batch_size=32, seq_len=128,
-                             process_index=jax.process_index(),
-                             process_count=jax.process_count(), start_batch=step):
-        batch["inputs"]  # (32 // process_count, 128) int32
-
 Tasks: ``local_code`` (the stdlib's .py files, offline, the default), ``text_files``
 (``data.text_glob`` of .txt / .jsonl files), ``c4_en`` and ``lm1b`` (tfds, need the
-prepared datasets). See ``tasks.py`` for the config fields and ``pipeline.py`` for the
-virtual-shard determinism and the resume rule (checkpoint the number of GLOBAL batches
-consumed, pass it back as ``start_batch``).
-
-Importing this package imports TensorFlow, which is confined to the CPU: it never
-takes a GPU/TPU away from JAX.
+prepared datasets). `get_batches` yields this process's rows of each global batch and
+resumes from the number of global batches consumed. Importing this package imports
+TensorFlow, which is confined to the CPU: it never takes a GPU/TPU away from JAX.
 """
 import os
 
@@ -54,7 +44,8 @@ for _kind in ("GPU", "TPU"):
 
 from sparsity_jax.data.pipeline import get_batches  # noqa: E402
 from sparsity_jax.data.tasks import (  # noqa: E402
-    BUILTIN_TASKS, default_data_config, get_task, get_vocabulary, resolve_config)
+    BUILTIN_TASKS, check_prepared, get_task, get_vocabulary, resolve_config)
+from sparsity_jax.settings import DataSettings  # noqa: E402
 
 
 def vocab_size(data_cfg, cache_dir: str | None = None) -> int:
@@ -62,5 +53,5 @@ def vocab_size(data_cfg, cache_dir: str | None = None) -> int:
     return int(get_vocabulary(data_cfg, cache_dir).vocab_size)
 
 
-__all__ = ["BUILTIN_TASKS", "default_data_config", "get_batches", "get_task",
+__all__ = ["BUILTIN_TASKS", "DataSettings", "check_prepared", "get_batches", "get_task",
            "get_vocabulary", "resolve_config", "vocab_size"]

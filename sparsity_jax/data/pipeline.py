@@ -1,32 +1,9 @@
 """Deterministic, resumable, multi-host batches of packed LM rows.
 
-Virtual shards make the global batch independent of the process count. The split is
-cut into ``S = data.num_shards`` virtual shards (``seqio.ShardInfo(s, S)``); shard ``s``
-is an independent pipeline seeded by ``(data.seed, s)``::
-
-    source shard s → rekey → tokenize → EOS → chunk (≤ seq_len) → shuffle (train)
-    → pack (seqio LMFeatureConverter) → batches of global_batch_size // S rows
-
-Global batch ``i`` is the concatenation over ``s = 0 .. S-1`` of the ``i``-th batch of
-each shard; process ``p`` of ``P`` owns shards ``[p·S/P, (p+1)·S/P)`` and yields their
-concatenation, its ``global_batch_size // P`` local rows. The global batch is hence the
-same for every ``P`` that divides ``S`` (2 processes × 4 devices see what 1 × 8 sees).
-A process runs its shards as the branches of one deterministic parallel interleave.
-
-Resume: the position to store in a checkpoint is the number of GLOBAL batches
-consumed; ``get_batches(..., start_batch=that)`` continues exactly where the run was
-(each shard pipeline regenerates and skips ``start_batch`` batches, which costs host
-time proportional to ``start_batch``, at the iterator's throughput).
-
-Train repeats forever; the file order (local sources) and the shuffle buffer are
-reshuffled every epoch, deterministically. Validation runs one epoch, unshuffled, and
-is sharded by chunk (chunk ``j`` → shard ``j mod S``) so the shards are balanced. A
-shard's last partial batch, and the batches of a shard that ran out before the
-others, are all-zero rows (segment_ids 0, loss_weights 0): every batch has the same
-shape, and every process yields the same number of batches: the maximum over all S
-shards, found by counting each shard's packed rows once per process (cached), or
-exactly ``max_batches`` when that is given (skips the count; trailing batches may then
-be all padding). For big validation sets (c4) give ``max_batches``.
+The split is cut into ``data.num_shards`` virtual shards, independent seeded pipelines,
+so the global batch is the same for every process count that divides the shard count,
+and a run resumes exactly from the number of global batches it consumed. `get_batches`
+states the sharding, resume and padding rules; `shard_rows_fn` builds one shard's rows.
 """
 from __future__ import annotations
 
@@ -172,7 +149,7 @@ def _check_args(cfg, split: str, global_batch_size: int, seq_len: int,
                         "data.num_shards.")
 
 
-def get_batches(data_cfg, *, split: str, global_batch_size: int, seq_len: int,
+def get_batches(data_cfg: "tasks.DataSettings", *, split: str, global_batch_size: int, seq_len: int,
                 process_index: int = 0, process_count: int = 1, start_batch: int = 0,
                 cache_dir: str | None = None, max_batches: int | None = None
                 ) -> Iterator[dict[str, np.ndarray]]:
@@ -181,12 +158,52 @@ def get_batches(data_cfg, *, split: str, global_batch_size: int, seq_len: int,
     Yields dicts of (global_batch_size // process_count, seq_len) arrays: ``inputs``,
     ``targets``, ``segment_ids`` (0 = padding), ``positions`` (int32) and
     ``loss_weights`` (float32, 0 on padding). Train never ends (unless `max_batches`);
-    validation ends after one epoch (see the module docstring for its batch count).
-    `max_batches` bounds how many batches this iterator yields. Bad arguments raise
-    UserError here, at the call; the pipeline is built here too (≈1-3 s, plus ≈6 s of
-    one-time TensorFlow tracing in a fresh process), and runs in the background.
+    validation ends after one epoch (its batch count: below). `max_batches` bounds how
+    many batches this iterator yields. Bad arguments raise UserError here, at the call;
+    the pipeline is built here too (≈1-3 s, plus ≈6 s of one-time TensorFlow tracing in
+    a fresh process), and runs in the background.
+
+    Virtual shards make the global batch independent of the process count. The split is
+    cut into ``S = data.num_shards`` virtual shards (``seqio.ShardInfo(s, S)``); shard
+    ``s`` is an independent pipeline seeded by ``(data.seed, s)``::
+
+        source shard s → rekey → tokenize → EOS → chunk (≤ seq_len) → shuffle (train)
+        → pack (seqio LMFeatureConverter) → batches of global_batch_size // S rows
+
+    Global batch ``i`` is the concatenation over ``s = 0 .. S-1`` of the ``i``-th batch
+    of each shard; process ``p`` of ``P`` owns shards ``[p·S/P, (p+1)·S/P)`` and yields
+    their concatenation, its ``global_batch_size // P`` local rows. The global batch is
+    hence the same for every ``P`` that divides ``S`` (2 processes × 4 devices see what
+    1 × 8 sees). A process runs its shards as the branches of one deterministic
+    parallel interleave.
+
+    Resume: the position to store in a checkpoint is the number of GLOBAL batches
+    consumed; ``get_batches(..., start_batch=that)`` continues exactly where the run was
+    (each shard pipeline regenerates and skips ``start_batch`` batches, which costs host
+    time proportional to ``start_batch``, at the iterator's throughput).
+
+    Train repeats forever; the file order (local sources) and the shuffle buffer are
+    reshuffled every epoch, deterministically. Validation runs one epoch, unshuffled,
+    and is sharded by chunk (chunk ``j`` → shard ``j mod S``) so the shards are
+    balanced. A shard's last partial batch, and the batches of a shard that ran out
+    before the others, are all-zero rows (segment_ids 0, loss_weights 0): every batch
+    has the same shape, and every process yields the same number of batches: the
+    maximum over all S shards, found by counting each shard's packed rows once per
+    process (cached), or exactly ``max_batches`` when that is given (skips the count;
+    trailing batches may then be all padding). For big validation sets (c4) give
+    ``max_batches``.
+
+    Example::
+
+        cfg = DataSettings()        # task="local_code", vocab="byte", ... (sparsity_jax.settings)
+        vocab_size(cfg)             # 259 for bytes (sparsity_jax.data.vocab_size)
+        for batch in get_batches(cfg, split="train", global_batch_size=32, seq_len=128,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(), start_batch=step):
+            batch["inputs"]  # (32 // process_count, 128) int32
     """
     cfg = tasks.resolve_config(data_cfg)
+    tasks.check_prepared(cfg)
     _check_args(cfg, split, global_batch_size, seq_len, process_index, process_count,
                 start_batch)
     task = tasks.get_task(cfg, cache_dir)

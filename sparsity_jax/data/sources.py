@@ -1,25 +1,9 @@
 """Local corpora as seqio data sources, with a deterministic train/validation split.
 
-Two local corpora need no network:
-
-* ``local_code``: the ``*.py`` files of the running interpreter's standard library
-  (``sysconfig.get_paths()["stdlib"]``, ``site-packages`` excluded; about 1,800 files,
-  30 MB). One example = one file's text.
-* ``text_files``: the files a glob matches; a ``.jsonl`` file gives one example per
-  line (its string field ``data.text_field``), any other file (``.txt``) one example.
-
-The split is a hash rule, so it never depends on the machine, the file order or the
-process count. A whole-file example goes to ``validation`` when
-``int(md5(path relative to the corpus root).hexdigest()[:8], 16) % 1000 <
-val_permille``, else to ``train``; the root is the stdlib root, or the common
-directory of the matched files. A ``.jsonl`` line is split by the same rule on the key
-``"<relative path>:<line number>"``, hashed in the pipeline with
-``tf.strings.to_hash_bucket_strong`` (one rule for one jsonl file or many, so a single
-big jsonl file still yields both splits).
-
-Sharding (``seqio.ShardInfo(s, S)``): with at least S files in the split, shard ``s``
-reads files ``s, s+S, s+2S, ...`` of the sorted list; with fewer files every shard
-reads all of them and keeps the examples ``i`` with ``i % S == s``.
+Two local corpora need no network: ``local_code`` (the running interpreter's standard
+library ``*.py`` files) and ``text_files`` (the files a glob matches). The split is a
+hash rule, so it never depends on the machine, the file order or the process count;
+`LocalTextSource` states it, and its `get_dataset` the sharding.
 """
 from __future__ import annotations
 
@@ -46,12 +30,14 @@ def hash_bucket(key: str) -> int:
 
 
 def stdlib_root() -> str:
-    """The directory of the running interpreter's standard library."""
+    """The directory of the running interpreter's standard library
+    (``sysconfig.get_paths()["stdlib"]``)."""
     return sysconfig.get_paths()["stdlib"]
 
 
 def stdlib_python_files() -> list[str]:
-    """Sorted absolute paths of the stdlib's ``*.py`` files (no site-packages)."""
+    """Sorted absolute paths of the stdlib's ``*.py`` files (no site-packages): the
+    ``local_code`` corpus, one example = one file's text."""
     paths = []
     for directory, dirs, files in os.walk(stdlib_root()):
         dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
@@ -89,21 +75,23 @@ def _is_jsonl(path: str) -> bool:
     return path.endswith(".jsonl")
 
 
-def _check_jsonl_field(path: str, field: str) -> None:
-    """Raises UserError when the first record of `path` has no string `field`."""
+def _check_jsonl(path: str, field: str) -> None:
+    """UserError naming the line when any non-blank line of `path` is not a JSON object
+    with a string `field` (every line is read: a bad line deep in a big file would
+    otherwise stop a run hours in)."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        line = next((ln for ln in f if ln.strip()), None)
-    if line is None:
-        return
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not JSON lines ({e}); give one JSON object per "
-                        "line or rename it to .txt.") from None
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        keys = sorted(record) if isinstance(record, dict) else []
-        raise UserError(f"{path} has no string field {field!r}; set data.text_field "
-                        f"to one of {keys}.")
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {number} is not JSON ({e}); fix that line, or rename the file "
+                                "to .txt if it is plain text.") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                keys = sorted(record) if isinstance(record, dict) else []
+                raise UserError(f"{path} line {number} has no string field {field!r}; set data.text_field "
+                                f"to one of {keys} or fix that line.")
 
 
 def _jsonl_text(line: bytes, field: str) -> bytes:
@@ -115,6 +103,18 @@ def _jsonl_text(line: bytes, field: str) -> bytes:
 
 class LocalTextSource(seqio.DataSource):
     """Local files as a seqio source of ``{"text": tf.string}`` examples.
+
+    A ``.jsonl`` file gives one example per line (its string field ``data.text_field``),
+    any other file (``.txt``) one example.
+
+    The split is a hash rule, so it never depends on the machine, the file order or the
+    process count. A whole-file example goes to ``validation`` when
+    ``int(md5(path relative to the corpus root).hexdigest()[:8], 16) % 1000 <
+    val_permille`` (`hash_bucket`), else to ``train``; the root is the stdlib root, or
+    the common directory of the matched files (`corpus_root`). A ``.jsonl`` line is
+    split by the same rule on the key ``"<relative path>:<line number>"``, hashed in the
+    pipeline with ``tf.strings.to_hash_bucket_strong`` (one rule for one jsonl file or
+    many, so a single big jsonl file still yields both splits).
 
     Args:
       paths: the corpus files (``.jsonl`` → one example per line, else per file).
@@ -133,7 +133,7 @@ class LocalTextSource(seqio.DataSource):
         self._files: dict[str, list[str]] = {s: [] for s in SPLITS}
         for p in sorted(paths):
             if _is_jsonl(p):
-                _check_jsonl_field(p, jsonl_field)
+                _check_jsonl(p, jsonl_field)
                 for split in SPLITS:  # split line by line
                     self._files[split].append(p)
             else:
@@ -191,7 +191,10 @@ class LocalTextSource(seqio.DataSource):
         """Texts of `split` (of shard `shard_info`), file order shuffled if `shuffle`.
 
         The file order is reshuffled at every pass (epoch) of a repeated dataset,
-        deterministically given `seed`.
+        deterministically given `seed`. Sharding (``seqio.ShardInfo(s, S)``): with at
+        least S files in the split, shard ``s`` reads files ``s, s+S, s+2S, ...`` of the
+        sorted list; with fewer files every shard reads all of them and keeps the
+        examples ``i`` with ``i % S == s``.
         """
         del sequence_length, use_cached, num_epochs
         paths = self._files[split]

@@ -1,18 +1,8 @@
 """seqio tasks (local_code, text_files, c4_en, lm1b), vocabularies and the data config.
 
-Every task has one output feature, ``targets``, and the preprocessing chain
-``rekey(text → targets) → tokenize → append EOS → chunk_targets``: EOS marks the end of
-a document, then each document is cut into consecutive chunks of at most ``seq_len``
-tokens, so that packing keeps the whole corpus instead of truncating every long
-document to its first ``seq_len`` tokens. Shuffling (``data.shuffle_buffer``, seeded)
-and packing happen in ``pipeline.py``.
-
-Tasks are registered once in ``seqio.TaskRegistry`` under a name derived from the
-config, e.g. ``local_code`` (defaults), ``local_code_1a2b3c4d`` (non-default source
-settings), ``text_files_<hash of glob and field>``, with ``_spm<size>`` or
-``_spm_<hash of path>`` appended for SentencePiece vocabularies. ``data.task`` may also
-name any task already in ``seqio.TaskRegistry`` that has a ``targets`` feature; it is
-then used as is (its own vocabulary and preprocessors).
+Every built-in task has one output feature, ``targets``, tokenized by bytes or a
+SentencePiece model (`get_vocabulary`) and cut into chunks of at most ``seq_len``
+tokens (`get_task`, `chunk_targets`); shuffling and packing happen in ``pipeline.py``.
 """
 from __future__ import annotations
 
@@ -22,15 +12,13 @@ import io
 import json
 import os
 
-import ml_collections
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
 from sparsity_jax.data import sources
 from sparsity_jax.errors import UserError
-
-BUILTIN_TASKS = ("local_code", "text_files", "c4_en", "lm1b")
+from sparsity_jax.settings import BUILTIN_TASKS, DataSettings
 # tfds name, text field and the tfds split serving as validation (lm1b has no
 # validation split; its held-out set is "test").
 _TFDS = {"c4_en": ("c4/en:3.1.0", "text", "validation"),
@@ -38,49 +26,30 @@ _TFDS = {"c4_en": ("c4/en:3.1.0", "text", "validation"),
 SPM_SAMPLE_BYTES = 8 << 20  # SentencePiece trains on the first 8 MB of train text
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-    """The ``data`` config section with its defaults.
-
-    Fields: task, vocab ("byte" | "sentencepiece"), spm_path (a trained .model; empty →
-    train one into the cache dir), spm_vocab_size, text_glob and text_field (task
-    text_files), num_shards (virtual shards, a multiple of the process count),
-    shuffle_buffer (examples), seed, val_permille (validation share in 1/1000),
-    max_files (0 = all; else the first N files of each split, for fast tests and smoke
-    runs of local_code/text_files), tfds_data_dir (c4_en/lm1b; empty = tfds default).
-    """
-    return ml_collections.ConfigDict(dict(
-        task="local_code", vocab="byte", spm_path="", spm_vocab_size=4096,
-        text_glob="", text_field="text", num_shards=8, shuffle_buffer=1000, seed=0,
-        val_permille=20, max_files=0, tfds_data_dir=""))
-
-
-def resolve_config(data_cfg) -> ml_collections.ConfigDict:
-    """`data_cfg` over the defaults, validated; UserError names the key to fix."""
-    cfg = default_data_config()
-    for key, value in dict(data_cfg or {}).items():
-        if key not in cfg:
-            raise UserError(f"unknown config key data.{key}; use one of "
-                            f"{', '.join(sorted(cfg))}.")
-        try:
-            cfg[key] = value
-        except TypeError:
-            raise UserError(f"data.{key}={value!r} has the wrong type; give a "
-                            f"{type(cfg[key]).__name__} like {cfg[key]!r}.") from None
-    if cfg.vocab not in ("byte", "sentencepiece"):
-        raise UserError(f"data.vocab={cfg.vocab!r} is unknown; set it to 'byte' or "
-                        "'sentencepiece'.")
-    if cfg.task not in BUILTIN_TASKS and cfg.task not in seqio.TaskRegistry.names():
-        raise UserError(f"data.task={cfg.task!r} is unknown; set it to one of "
+def resolve_config(data: DataSettings | None = None) -> DataSettings:
+    """`data` (None: the defaults), checked: its fields (`DataSettings.check`) and that a
+    task outside the built-in ones is registered in seqio."""
+    data = DataSettings() if data is None else data
+    if not isinstance(data, DataSettings):
+        raise UserError("Pass the data settings as sparsity_jax.settings.DataSettings (e.g. Settings.data).")
+    data.check()
+    if data.task not in BUILTIN_TASKS and data.task not in seqio.TaskRegistry.names():
+        raise UserError(f"data.task={data.task!r} is unknown; set it to one of "
                         f"{', '.join(BUILTIN_TASKS)} or a registered seqio task.")
-    for key, low in (("num_shards", 1), ("shuffle_buffer", 1), ("max_files", 0),
-                     ("spm_vocab_size", 16)):
-        if int(cfg[key]) < low:
-            raise UserError(f"data.{key}={cfg[key]} is too small; set it to at "
-                            f"least {low}.")
-    if not 0 <= int(cfg.val_permille) < 1000:
-        raise UserError(f"data.val_permille={cfg.val_permille} is out of range; set "
-                        "it between 0 and 999.")
-    return cfg
+    return data
+
+
+def check_prepared(data: DataSettings) -> None:
+    """UserError unless a TFDS task's dataset is prepared where `data.tfds_data_dir` says."""
+    if data.task not in _TFDS:
+        return
+    import tensorflow_datasets as tfds
+
+    name = _TFDS[data.task][0]
+    if not tfds.builder(name, data_dir=data.tfds_data_dir or None).is_prepared():
+        where = data.tfds_data_dir or "the TFDS default data directory"
+        raise UserError(f"TFDS dataset {name} is not prepared in {where}; prepare it (tfds build {name.split(':')[0]}) "
+                        "or point data.tfds_data_dir at a prepared copy.")
 
 
 def default_cache_dir() -> str:
@@ -107,9 +76,7 @@ def _source_params(cfg) -> tuple:
 def source_name(cfg) -> str:
     """Task name of the source: the task, plus a hash of non-default source params."""
     params = _source_params(cfg)
-    defaults = default_data_config()
-    defaults.task = cfg.task
-    if cfg.task != "text_files" and params == _source_params(defaults):
+    if cfg.task != "text_files" and params == _source_params(DataSettings(task=cfg.task)):
         return cfg.task
     return f"{cfg.task}_{_fingerprint(*params)}"
 
@@ -234,7 +201,22 @@ def get_vocabulary(data_cfg, cache_dir: str | None = None) -> seqio.Vocabulary:
 
 
 def get_task(data_cfg, cache_dir: str | None = None) -> seqio.Task:
-    """The seqio task of `data_cfg`, registered on first use (idempotent)."""
+    """The seqio task of `data_cfg`, registered on first use (idempotent).
+
+    Every built-in task has one output feature, ``targets``, and the preprocessing chain
+    ``rekey(text → targets) → tokenize → append EOS → chunk_targets``: EOS marks the end
+    of a document, then each document is cut into consecutive chunks of at most
+    ``seq_len`` tokens, so that packing keeps the whole corpus instead of truncating
+    every long document to its first ``seq_len`` tokens. Shuffling
+    (``data.shuffle_buffer``, seeded) and packing happen in ``pipeline.py``.
+
+    Tasks are registered once in ``seqio.TaskRegistry`` under a name derived from the
+    config, e.g. ``local_code`` (defaults), ``local_code_1a2b3c4d`` (non-default source
+    settings), ``text_files_<hash of glob and field>``, with ``_spm<size>`` or
+    ``_spm_<hash of path>`` appended for SentencePiece vocabularies. ``data.task`` may
+    also name any task already in ``seqio.TaskRegistry`` that has a ``targets``
+    feature; it is then used as is (its own vocabulary and preprocessors).
+    """
     cfg = resolve_config(data_cfg)
     if cfg.task not in BUILTIN_TASKS:
         task = seqio.TaskRegistry.get(cfg.task)

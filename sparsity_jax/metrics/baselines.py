@@ -20,6 +20,7 @@ from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
+from sparsity_jax.nn.sparsify import fat_keep, topk_keep
 
 Array = jax.Array
 
@@ -31,7 +32,7 @@ def zero_mask(s: Array) -> Array:
 
 def fat_mask(s: Array, eps: float | Array) -> Array:
     """Active units of FAT-ε: |s| ≥ ε (inactive D = {|s| < ε}). Shape of s, bool."""
-    return jnp.abs(jnp.asarray(s)) >= eps
+    return fat_keep(jnp.asarray(s), eps)
 
 
 def topk_mask(s: Array, k: int, token_mask: Array | None = None, per_token: bool = True) -> Array:
@@ -59,8 +60,7 @@ def topk_mask(s: Array, k: int, token_mask: Array | None = None, per_token: bool
 def _topk(s: Array, k: int, token_mask: Array | None, per_token: bool) -> Array:
     F = s.shape[-1]
     if per_token:
-        _, idx = lax.top_k(jnp.abs(s), k)
-        return jnp.put_along_axis(jnp.zeros(s.shape, bool), idx, True, axis=-1, inplace=False)
+        return topk_keep(s, k)
     token_shape = s.shape[:-1] if token_mask is None else jnp.shape(token_mask)
     n_tok = len(token_shape)
     if s.shape[s.ndim - 1 - n_tok:-1] != tuple(token_shape):

@@ -1,26 +1,10 @@
 """CETT — cumulative error of tail truncation (ReLU² §3, Sparsing Law Eq. 3).
 
-Neuron decomposition of an FFN with activation scores `a` (..., F) and output kernel
-`w_out` (F, d) (Flax layout: row i is neuron i's output vector):
-  n_i = a_i · w_out[i],  FFN(x) = Σ_i n_i = a @ w_out,  ‖n_i‖ = |a_i| · ‖w_out[i]‖₂.
-For a threshold t the inactive set is D_t = {i : ‖n_i‖ < t} and one token's CETT is
-‖Σ_{i∈D_t} n_i‖ / ‖FFN(x)‖. The layer's CETT is the mean of that ratio over the real
-tokens (`token_mask`), which is what the reference code reports.
-
-Conventions shared by every function here:
-  * tokens first: `a` is (N, F), (B, T, F), ...; with a layer axis `a` is (L, ..., F)
-    and `w_out` is (L, F, d) — one result per layer.
-  * tokens whose FFN output is exactly zero (e.g. all-zero activations) have no CETT;
-    they are left out of the mean (never NaN). With no such token left the CETT is 0.
-  * padding tokens (token_mask False) never count, neither in CETT nor in sparsity.
-  * the truncated sum is computed as (a · 1[‖n‖ < t]) @ w_out: an (N, F) x (F, d)
-    product, never an (N, F, d) tensor. Everything is computed in float32 with
-    HIGHEST matmul precision (no TF32/bf16 passes on GPU/TPU).
-  * `axis_name` (inside shard_map / pmap, tokens split over that mesh axis and every
-    shard holding all F neurons): numerators and denominators are psum'd, so the
-    result is the global token mean. Under plain `jit` on globally sharded arrays
-    leave it None — XLA makes the reductions global.
-The exact threshold search for a target CETT lives in `threshold_search.py`.
+With neuron outputs n_i = a_i · w_out[i] and the inactive set D_t = {i : ‖n_i‖ < t},
+one token's CETT is ‖Σ_{i∈D_t} n_i‖ / ‖FFN(x)‖ and a layer's CETT its mean over the
+real tokens. `cett` evaluates it at one threshold (and states the conventions of every
+function here), `cett_curve` at many. The exact threshold search for a target CETT
+lives in `threshold_search.py`.
 """
 from __future__ import annotations
 
@@ -38,6 +22,8 @@ from sparsity_jax.errors import UserError
 Array = jax.Array
 AxisName = str | tuple[str, ...] | None
 
+# Everything is computed in float32 with HIGHEST matmul precision (no TF32/bf16 passes
+# on GPU/TPU).
 PRECISION = lax.Precision.HIGHEST
 # Thresholds per lax.map step in cett_curve: bounds the (batch, N, F) masked copies.
 _CURVE_BATCH = 8
@@ -159,6 +145,9 @@ def prepare_layer(a_NxF: Array, w_out_FxD: Array, mask_N: Array) -> Layer:
 def truncated(layer: Layer, threshold: Array) -> tuple[Array, Array, Array]:
     """One truncated-product evaluation at `threshold`.
 
+    The truncated sum is computed as (a · 1[‖n‖ < t]) @ w_out: an (N, F) x (F, d)
+    product, never an (N, F, d) tensor.
+
     Returns (sum over counted tokens of ‖Σ_{‖n_i‖<t} n_i‖/‖FFN(x)‖, number of dropped real
     token×neuron pairs (int32), the truncated sums trunc_NxD).
     """
@@ -185,6 +174,25 @@ def cett(
     axis_name: AxisName = None,
 ) -> Array:
     """The layer's CETT at `threshold`: mean over real tokens of ‖Σ_{‖n_i‖<t} n_i‖ / ‖Σ_i n_i‖.
+
+    Neuron decomposition of an FFN with activation scores `a` (..., F) and output kernel
+    `w_out` (F, d) (Flax layout: row i is neuron i's output vector):
+      n_i = a_i · w_out[i],  FFN(x) = Σ_i n_i = a @ w_out,  ‖n_i‖ = |a_i| · ‖w_out[i]‖₂.
+    For a threshold t the inactive set is D_t = {i : ‖n_i‖ < t} and one token's CETT is
+    ‖Σ_{i∈D_t} n_i‖ / ‖FFN(x)‖. The layer's CETT is the mean of that ratio over the real
+    tokens (`token_mask`), which is what the reference code reports.
+
+    Conventions shared by every function of this module:
+      * tokens first: `a` is (N, F), (B, T, F), ...; with a layer axis `a` is
+        (L, ..., F) and `w_out` is (L, F, d) — one result per layer.
+      * tokens whose FFN output is exactly zero (e.g. all-zero activations) have no
+        CETT; they are left out of the mean (never NaN). With no such token left the
+        CETT is 0.
+      * padding tokens (token_mask False) never count, neither in CETT nor in sparsity.
+      * `axis_name` (inside shard_map / pmap, tokens split over that mesh axis and every
+        shard holding all F neurons): numerators and denominators are psum'd, so the
+        result is the global token mean. Under plain `jit` on globally sharded arrays
+        leave it None — XLA makes the reductions global.
 
     Args:
       a: activation scores (tokens..., F), or (L, tokens..., F) with a layer axis.

@@ -3,29 +3,8 @@
 Metrics of "Uncovering Layer-Dependent Activation Sparsity Patterns in ReLU
 Transformers" (W&A): §2.1 defines per-token / per-sequence / per-batch hidden-unit use
 and the within-sequence use percentiles, Tables 1-3 report them, App. A.6 gives their
-pseudocode. Every function here is pure, takes the boolean hidden-unit mask
-(`mask_BxTxF`, or `mask_LxBxTxF` for all L layers at once; any non-bool array counts
-its non-zero entries as used, which for post-ReLU activations is "> 0") and an
-explicit `token_mask_BxT` (padding never counts; None = every token is real).
-
-Where the reductions happen:
-  * plain arrays, or `jax.jit` on arrays sharded over B (GSPMD makes the reductions
-    global): leave `axis_name=None`;
-  * inside `jax.shard_map` / `jax.pmap` on the local shard of the batch: pass the
-    mapped axis name(s) as `axis_name`. Means are global means (numerators and
-    denominators are psum'd, never a mean of per-device means) and "used anywhere"
-    is an OR over devices.
-All three settings give the same numbers for the same arguments.
-
-Units: every returned use value is a fraction of F in [0, 1]; percentiles are
-fractions of a sequence's real length.
-
-One reduction: every metric here is a function of the per-sequence use counts
-`count_LxBxF` (how many real tokens of sequence b use unit f) and the real lengths
-`length_B`, which `sequence_unit_counts` computes in one pass over the (L, B, T, F)
-mask. The `*_from_counts` functions take those directly, so a train step that wants
-several metrics reads the mask once (`train/units.py`); `hidden_unit_use` and friends
-are the same functions behind that one reduction.
+pseudocode. All are pure functions of the boolean hidden-unit mask, read once by
+`sequence_unit_counts`; `hidden_unit_use` states the conventions.
 """
 
 from __future__ import annotations
@@ -158,6 +137,22 @@ def hidden_unit_use(
 ) -> dict[str, jax.Array]:
     """Per-token, per-sequence and per-batch hidden-unit use (W&A §2.1, Table 1, A.6.2).
 
+    Conventions of every function of this module: they are pure, take the boolean
+    hidden-unit mask (`mask_BxTxF`, or `mask_LxBxTxF` for all L layers at once; any
+    non-bool array counts its non-zero entries as used, which for post-ReLU activations
+    is "> 0") and an explicit `token_mask_BxT` (padding never counts; None = every token
+    is real). Every returned use value is a fraction of F in [0, 1]; percentiles are
+    fractions of a sequence's real length.
+
+    Where the reductions happen:
+      * plain arrays, or `jax.jit` on arrays sharded over B (GSPMD makes the reductions
+        global): leave `axis_name=None`;
+      * inside `jax.shard_map` / `jax.pmap` on the local shard of the batch: pass the
+        mapped axis name(s) as `axis_name`. Means are global means (numerators and
+        denominators are psum'd, never a mean of per-device means) and "used anywhere"
+        is an OR over devices.
+    All three settings give the same numbers for the same arguments.
+
     Args:
       mask: `mask_BxTxF` or `mask_LxBxTxF`, True where a hidden unit is used (> 0).
       token_mask: `token_mask_BxT`, True on real tokens; None = all real.
@@ -206,6 +201,11 @@ def sequence_unit_counts(
     """Per-sequence use counts: `count_LxBxF[l, b, f]` = real tokens of sequence b using
     unit f (int32), and `length_B` = real tokens per sequence. The one pass over the mask
     that every metric of this module needs (W&A A.6: `np.sum(seq, axis=0)` per sequence).
+
+    Every metric here is a function of these counts and the real lengths. The
+    `*_from_counts` functions take them directly, so a train step that wants several
+    metrics reads the (L, B, T, F) mask once (`train/units.py`); `hidden_unit_use` and
+    friends are the same functions behind this one reduction.
 
     Returns (count_LxBxF or count_BxF for a 3-D mask, length_B); with
     `keep_layer_axis=True` (count_LxBxF, length_B, has_layers).

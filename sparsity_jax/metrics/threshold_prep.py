@@ -1,18 +1,9 @@
 """Set-up of the exact CETT threshold search (ReLU² §3 / App. C; Sparsing Law App. C).
 
 `threshold_search.py` runs the search; this module prepares, once per layer and for any
-number of targets, what its proposals read (step 1 of the algorithm there):
-  * the layer itself (`cett.prepare_layer`: magnitudes ‖n_i‖, 1/‖FFN(x)‖, token mask);
-  * a proxy — P ≈ 2¹⁶/F real tokens at golden-ratio ranks (spread over the batch,
-    deterministic, no PRNG) whose CETT curves are computed exactly at 64 knots (sort
-    their F magnitudes, cumulate their outputs), tabulated at 2048 thresholds through
-    counts below each threshold, and inverted linearly between grid points;
-  * the proxy tokens' sorted magnitudes as a quantile table (`_rank_of` / `_value_at`),
-    through which the search maps a dropped count K to a threshold;
-  * the bracket's ends and counts: the "drop all" threshold and its CETT, the numbers of
-    positive and zero real magnitudes, the smallest and largest of them.
-`PreparedSearch` holds all of it for L layers (leading L axis); `prepare_search` and
-`find_prepared` in `threshold_search.py` are the public entry points.
+number of targets, what its proposals read (step 1 of the algorithm in `find_threshold`):
+the layer, a proxy CETT curve, a quantile table and the bracket's ends (`_build_context`).
+`prepare_search` and `find_prepared` in `threshold_search.py` are the public entry points.
 """
 from __future__ import annotations
 
@@ -69,6 +60,17 @@ def _proxy_curves(layer: Layer, idx_P: Array, order_PxF: Array, n_knots: int) ->
 
 
 def _build_context(layer: Layer) -> _Context:
+    """The target-independent search data of one prepared layer (`cett.prepare_layer`:
+    magnitudes ‖n_i‖, 1/‖FFN(x)‖, token mask):
+      * a proxy — P ≈ 2¹⁶/F real tokens at golden-ratio ranks (spread over the batch,
+        deterministic, no PRNG) whose CETT curves are computed exactly at 64 knots (sort
+        their F magnitudes, cumulate their outputs), tabulated at 2048 thresholds
+        through counts below each threshold, and inverted linearly between grid points;
+      * the proxy tokens' sorted magnitudes as a quantile table (`_rank_of` /
+        `_value_at`), through which the search maps a dropped count K to a threshold;
+      * the bracket's ends and counts: the "drop all" threshold and its CETT, the
+        numbers of positive and zero real magnitudes, the smallest and largest of them.
+    """
     F = layer.a_NxF.shape[1]
     P = int(np.clip(-(-_SAMPLE_PAIRS // F), *_SAMPLE_TOKENS))
     # Real tokens at golden-ratio ranks: spread over the batch, deterministic, no PRNG.

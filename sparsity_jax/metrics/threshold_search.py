@@ -1,48 +1,9 @@
 """Exact per-layer magnitude threshold for a target CETT (ReLU² §3 / App. C).
 
 `find_threshold(a, w_out, c)` returns per layer the largest threshold t with CETT(t) ≤ c
-(thresholding is ‖n_i‖ < t, see `cett.py`): t is a magnitude value with CETT(t) ≤ c and
-CETT(next larger distinct magnitude) > c, exact up to float32 rounding of the sums
-(seen: ≤ 3e-8). c = 0 drops only exact zeros (they add nothing); c = 1 drops everything
-(t just above the largest magnitude), and so does any c for a layer whose FFN output is
-zero on every real token. CETT is taken as monotone in t (true in practice, not
-guaranteed); otherwise the result is a local boundary CETT(t) ≤ c < CETT(next).
-
-Algorithm — a jitted `lax.while_loop` per layer and target, no host round trip; layers
-are vmapped, targets share each layer's set-up through lax.map:
-  1. Set-up per layer: the dense product (for ‖FFN(x)‖) and a proxy — P ≈ 2¹⁶/F real
-     tokens at golden-ratio ranks whose CETT curves are computed exactly at 64 knots
-     (sort their F magnitudes, sum outputs: P·F·d multiply-adds ≈ 1/128 evaluation at
-     N = 8192), tabulated at 2048 thresholds; their sorted magnitudes double as a
-     quantile table. No global sort of the N·F magnitudes: it costs more than the
-     products it saves (8M floats: 5 s on 2 CPU cores vs 0.1 s per evaluation) and
-     would gather a sharded array; other per-step costs are O(N·F) elementwise passes.
-     This set-up lives in `threshold_prep.py` (`PreparedSearch`, the proxy, the table).
-  2. Bracket [t_lo, t_hi], CETT(t_lo) ≤ c < CETT(t_hi), from 0 and "drop all" (CETT 1,
-     known). Each step evaluates the truncated product (a · 1[‖n‖ < t]) @ w_out once.
-     Step 1 asks the proxy for c; step 2 shifts the proxy by the residual seen; later
-     steps: secant on the dropped count K (Illinois regula falsi on the bracket ends
-     when it leaves the bracket), mapped to t through the quantile table calibrated at
-     the bracket ends. Proposals overshoot the estimated root a little so the bracket
-     closes from both sides. Safeguards: bisect K if the bracket count did not halve in
-     two steps; bisect the float32 bit patterns if a proposal is outside the bracket or
-     the last step split nothing (≤ 31 such steps always finish).
-  3. With ≤ `window` positive magnitudes left in the bracket, finish exactly with no
-     further product: extract those pairs, gather their outputs (window × d), add them
-     per token in magnitude order to the truncated sums carried from t_lo, and read
-     CETT off after each candidate. Exact ties beyond `window` are handled exactly too.
-
-Cost, as `evaluations` (truncated products; the dense product and the finish come on
-top) on random ReLU / SiLU-gated data: 2–3 per target at N = 2048, F = 512; 2–6 at
-N = 8192, F = 1024; 2–4 at N = 16384, F = 2048. Exactness costs no further product, so
-|CETT − c| ≤ 1e-4 (in fact ~1e-6) is reached within that count; ≤ `window` positive
-magnitudes need 0. If `max_evaluations` is hit (adversarial data only) the result is
-the smallest magnitude ≥ t_lo: feasible, maybe not maximal. Per layer N·F < 2³¹.
-
-Sharding: `a` sharded over tokens ('data') and neurons ('tensor'), `w_out` over neurons,
-jitted or not, auto or explicit mesh: every step is a product or reduction that XLA
-partitions (the finish's extraction gathers a bool mask). Results equal the unsharded
-ones up to float32 reduction order.
+(thresholding is ‖n_i‖ < t, see `cett.py`), by a jitted bracketing search on truncated
+products with an exact finish; `find_threshold` states the contract and the algorithm.
+`prepare_search` / `find_prepared` reuse the set-up (`threshold_prep.py`) across targets.
 """
 from __future__ import annotations
 
@@ -328,7 +289,47 @@ def find_threshold(
     window: int | None = None,
     max_evaluations: int = 64,
 ) -> ThresholdResult:
-    """The largest magnitude threshold with CETT ≤ target, per layer (see module doc).
+    """The largest magnitude threshold with CETT ≤ target, per layer.
+
+    t is a magnitude value with CETT(t) ≤ c and CETT(next larger distinct magnitude) > c,
+    exact up to float32 rounding of the sums. c = 0 drops only exact zeros (they add
+    nothing); c = 1 drops everything (t just above the largest magnitude), and so does
+    any c for a layer whose FFN output is zero on every real token. CETT is taken as
+    monotone in t (true in practice, not guaranteed); otherwise the result is a local
+    boundary CETT(t) ≤ c < CETT(next). Per layer N·F < 2³¹.
+
+    Algorithm — a jitted `lax.while_loop` per layer and target, no host round trip;
+    layers are vmapped, targets share each layer's set-up through lax.map:
+      1. Set-up per layer (`threshold_prep.py`): the dense product (for ‖FFN(x)‖) and a
+         proxy — P ≈ 2¹⁶/F real tokens whose CETT curves are computed exactly at 64
+         knots (P·F·d multiply-adds, vs N·F·d per evaluation), tabulated at 2048
+         thresholds; their sorted magnitudes double as a quantile table. No global sort
+         of the N·F magnitudes: it costs more than the products it saves and would
+         gather a sharded array; other per-step costs are O(N·F) elementwise passes.
+      2. Bracket [t_lo, t_hi], CETT(t_lo) ≤ c < CETT(t_hi), from 0 and "drop all"
+         (CETT 1, known). Each step evaluates the truncated product
+         (a · 1[‖n‖ < t]) @ w_out once. Step 1 asks the proxy for c; step 2 shifts the
+         proxy by the residual seen; later steps: secant on the dropped count K (Illinois
+         regula falsi on the bracket ends when it leaves the bracket), mapped to t
+         through the quantile table calibrated at the bracket ends. Proposals overshoot
+         the estimated root a little so the bracket closes from both sides. Safeguards:
+         bisect K if the bracket count did not halve in two steps; bisect the float32
+         bit patterns if a proposal is outside the bracket or the last step split
+         nothing (≤ 31 such steps always finish).
+      3. With ≤ `window` positive magnitudes left in the bracket, finish exactly with no
+         further product: extract those pairs, gather their outputs (window × d), add
+         them per token in magnitude order to the truncated sums carried from t_lo, and
+         read CETT off after each candidate. Exact ties beyond `window` are handled
+         exactly too.
+    `evaluations` counts the truncated products (the dense product and the finish come
+    on top); exactness costs no further product, and ≤ `window` positive magnitudes need
+    0. If `max_evaluations` is hit (adversarial data only) the result is the smallest
+    magnitude ≥ t_lo: feasible, maybe not maximal.
+
+    Sharding: `a` sharded over tokens ('data') and neurons ('tensor'), `w_out` over
+    neurons, jitted or not, auto or explicit mesh: every step is a product or reduction
+    that XLA partitions (the finish's extraction gathers a bool mask). Results equal the
+    unsharded ones up to float32 reduction order.
 
     Args:
       a: activation scores (tokens..., F), or (L, tokens..., F) with a layer axis.

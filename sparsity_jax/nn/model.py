@@ -2,17 +2,9 @@
 
     tokens → embed → L × [x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x))] → RMSNorm → logits
 
-The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.__call__`
-passes one `Sparsify` (sliced per layer) and the recording flag down, and `LM.apply`
-returns what the FFNs sowed stacked over layers, e.g. mask (L, B, T, F).
-`layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He 2020):
-a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs (forward
-and backward) are really skipped; None (eval) runs every block. `layer_scale` (L,)
-float (PLD: 1/p_i, p_i the keep probability) scales a kept block's residual update,
-x ↦ x + (block(x) − x)·scale_i, so the training forward equals the eval forward (all
-blocks, unscaled) in expectation (Zhang & He 2020; DeepSpeed's PLD).
-Layers are a Python list (unrolled under jit): simple and exact; compile time grows
-with depth, which is fine for the model sizes this library trains on CPU and small pods.
+The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.apply` returns
+what the FFNs sowed stacked over layers, and `LM.__call__` can skip whole blocks
+(progressive layer dropping, Zhang & He 2020).
 """
 from __future__ import annotations
 
@@ -25,7 +17,8 @@ from flax import nnx
 
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.attention import Attention
-from sparsity_jax.nn.ffn import FFN, Sparsify
+from sparsity_jax.nn.ffn import FFN
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.nn.layers import RMSNorm, param
 
 Array = jax.Array
@@ -105,7 +98,12 @@ class Block(nnx.Module):
 
 
 class LM(nnx.Module):
-    """The language model. Call with int tokens (B, T); returns float32 logits (B, T, V)."""
+    """The language model. Call with int tokens (B, T); returns float32 logits (B, T, V).
+
+    Layers are a Python list (unrolled under jit): simple and exact; compile time grows
+    with depth, which is fine for the model sizes this library trains on CPU and small
+    pods.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg.validate()
@@ -127,6 +125,17 @@ class LM(nnx.Module):
         layer_keep: Array | None = None,
         layer_scale: Array | None = None,
     ) -> Array:
+        """Logits (B, T, V); one `sparsify` (sliced per layer) and the `record` flag go
+        down to the FFN of every block.
+
+        `layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He
+        2020): a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs
+        (forward and backward) are really skipped; None (eval) runs every block.
+        `layer_scale` (L,) float (PLD: 1/p_i, p_i the keep probability) scales a kept
+        block's residual update, x ↦ x + (block(x) − x)·scale_i, so the training forward
+        equals the eval forward (all blocks, unscaled) in expectation (Zhang & He 2020;
+        DeepSpeed's PLD).
+        """
         b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones((b, t), jnp.int32)
@@ -162,7 +171,7 @@ class LM(nnx.Module):
         """Forward pass returning (logits, records); records are what the FFNs sowed,
         stacked over layers: `mask` bool (L, B, T, F) and/or `scores` (L, B, T, F).
         `layer_keep` (L,) bool drops blocks, `layer_scale` (L,) scales the kept blocks'
-        updates (see the module docstring; needs record=None)."""
+        updates (see `__call__`; needs record=None)."""
         if record is None:
             return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep,
                         layer_scale=layer_scale), {}

@@ -1,111 +1,34 @@
 """SSD's sparse (MoE) mode of the FFN: the SAME kernels, computed per expert (SSD §4.1–4.2).
 
-Experts are contiguous blocks of the (already permuted, see `ssd/convert.py`) F axis:
-expert n owns neurons [n·E, (n+1)·E) with E = F/N, i.e. w_in[:, block] (d, E), w_gate
-likewise, w_out[block, :] (E, d). No new trainable parameters:
-
-  α_n   = x · c_n                         (SSD Eq. 4; c_n = mean of expert n's W_i rows)
-  sel   = top-K of α per token            (the remaining experts get α = 0)
-  α_sel ← 1 + (α − stop_gradient(α))      (App. A: exactly 1 forward, router grads kept;
-                                          router_grad=False: plain 1, no router gradient)
-  y     = Σ_sel α_n · W_out,n σ(W_in,n x) (Eq. 2; gated: σ(W_gate,n x) ⊙ W_in,n x)
-
-With K = N this is the dense FFN (up to summation order). `1 + (α − sg(α))` is written
-with the inner difference first so the forward value is exactly 1.0 (`1 + α − sg(α)` in
-float rounds to 1 ± ulp(α)).
-
-The router gradient is straight-through: the forward value of a gate never depends on α,
-so d loss/dα_n = ⟨dL/dy, y_n⟩ is a gradient with no forward counterpart (with K = N the
-forward is the dense FFN but the gradient is not: Σ_n ⟨dL/dy, y_n⟩ c_n is added to dx, and
-to W_in through the centres). In the tiny config's MoE trained from scratch, at init, K = N
-gradients differ from the dense ones by 0.88 relative; over 200 steps the K = N run's loss
-is 2.85 vs 1.66 dense, with grad norms up to 284 (MoE-Dropout's reached 10⁶).
-`router_grad=False` gives constant gates, so K = N trains exactly as dense (1.66). SSD's
-sparse phases diverge the same way (tiny config, 130 steps, sparse from step 50: grad
-norm 46–230 and loss 3.27 at step 100 with the gradient; 0.4–0.6 and 2.13 without), so
-the trainer's `ssd.router_grad` defaults to false for every method; this function keeps
-the paper's formula as its default.
-
-Router centres: c_n = mean over the expert's E columns of w_in (Eq. 4), passed in as a
-non-trained input (`MoESpec.centres`, made by `ssd.convert`). For gated FFNs we also use
-w_in (the up-projection, which is what the clustering groups), not w_gate: it keeps one
-rule for every FFN and matches the neurons the k-means saw; SSD App. E leaves GLUs open.
-
-Dispatch (real sparse compute, selected by `dispatch`):
-  capacity  gather each expert's tokens into (N, C, d) with C = ceil(cf · S · K / N)
-            (S = B·T tokens), batched matmuls with the (N, d, E) / (N, E, d) blocks,
-            scatter-add back (α applied to the E hidden units of each slot, which
-            is cheaper than to its d outputs). Priority: all first choices (in token order),
-            then all second choices, ... (GShard/Switch convention); a (token, expert)
-            pair beyond the expert's C slots is dropped (counted in aux["dropped"]).
-  ragged    dropless grouped matmuls with `jax.lax.ragged_dot` on the (token, expert)
-            pairs sorted by expert. Note: on CPU XLA lowers ragged_dot to a dense
-            product over all groups (N× the FLOPs). On an H100 (jax 0.11.2) it is
-            not fast either: d=768, F=6144, N=32, K=6, 8192 tokens, fwd+bwd took
-            27.6 ms vs 2.3 ms dense and 1.5 ms capacity (cf 1.25); use capacity.
-  masked    reference only: the dense FFN with the unselected experts' units zeroed.
-
-FLOPs (bench/ssd_flops.py, d=128, F=1024, N=32, K=6, 4096 tokens, fwd+bwd, XLA CPU
-cost analysis): capacity dispatch / dense = 1.299 × K/N at cf = 1.25 (ideal 1.25 × K/N
-for the experts). The router costs the selection x·cᵀ for all N experts (no gradient)
-and a backward in the dispatched layout (`_slot_gates`: dx_nc = g_nc·c_n, dc_n =
-Σ_c g_nc·x_nc, 3·cf·S·K·d), not the two (S, N) matmuls of the per-pair gates (1.321 ×
-K/N) nor a backward through K gathered centres (an (S, K, d) buffer, 185× the temp
-memory). Compiled peak memory sparse/dense 1.303 with the router gradient, 1.368 with
-constant gates (router_grad=False: 1.291 × K/N).
-Checked on an H100 too (with the per-pair gates, before `_slot_gates`): capacity and
-ragged equal the masked reference (values and gradients, with and without dynamic top-k)
-to 1e-6 relative at highest precision. On CPU the tests check both against it.
-
-Dynamic top-k (SSD §5.3, inference): with `drop_share` > 0 the S·K candidate pairs of
-the whole call are ranked by α and the lowest `drop_share` of them are dropped, so
-important tokens keep more experts than unimportant ones (ties broken by position).
+Experts are contiguous blocks of the (already permuted, see `ssd/convert.py`) F axis; a
+router scores them against fixed centres (SSD Eq. 4) and each token runs its top-K
+experts with straight-through gates (App. A), so there are no new trainable parameters.
+`moe_ffn` is the forward, with capacity, ragged or masked dispatch and dynamic top-k
+(SSD §5.3).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-
-if TYPE_CHECKING:  # ffn.py may import this module; avoid a cycle at runtime
-    from sparsity_jax.nn.ffn import FFN
 
 Array = jax.Array
+Activate = Callable[[Array, "Array | None"], Array]  # (W_in x, W_gate x or None) -> a
 DISPATCH = ("capacity", "ragged", "masked")
 
 
-@struct.dataclass
-class MoESpec:
-    """MoE settings for `Sparsify(mode="moe", moe=...)`: static options, per-layer centres.
-
-    centres: (L, N, d) for the whole LM (or (N, d) for one layer), non-trained.
-    """
-
-    centres: Array
-    num_experts: int = struct.field(pytree_node=False, default=32)
-    top_k: int = struct.field(pytree_node=False, default=6)
-    dispatch: str = struct.field(pytree_node=False, default="capacity")
-    capacity_factor: float = struct.field(pytree_node=False, default=1.25)
-    drop_share: float = struct.field(pytree_node=False, default=0.0)
-    router_grad: bool = struct.field(pytree_node=False, default=True)
-
-    def for_layer(self, i: int) -> "MoESpec":
-        """The spec of layer i (centres (L, N, d) → (N, d))."""
-        return self.replace(centres=self.centres[i]) if jnp.ndim(self.centres) == 3 else self
-
-    def options(self) -> dict:
-        """Keyword arguments of `moe_ffn`."""
-        return dict(num_experts=self.num_experts, top_k=self.top_k, dispatch=self.dispatch,
-                    capacity_factor=self.capacity_factor, drop_share=self.drop_share,
-                    router_grad=self.router_grad)
-
-
 def centres_from_kernel(w_in_DxF: Array, num_experts: int) -> Array:
-    """Router centres (N, d): c_n = mean of expert n's W_i rows = w_in[:, block_n].mean(1)."""
+    """Router centres (N, d): c_n = mean of expert n's W_i rows = w_in[:, block_n].mean(1).
+
+    SSD Eq. 4: the mean over the expert's E columns of w_in, passed to `moe_ffn` as a
+    non-trained input (`MoESpec.centres`, made by `ssd.convert`). For gated FFNs we also
+    use w_in (the up-projection, which is what the clustering groups), not w_gate: it
+    keeps one rule for every FFN and matches the neurons the k-means saw; SSD App. E
+    leaves GLUs open.
+    """
     d, f = w_in_DxF.shape
     return jnp.mean(w_in_DxF.reshape(d, num_experts, f // num_experts), axis=-1).T
 
@@ -198,24 +121,19 @@ def route(x_SxD: Array, centres_NxD: Array, top_k: int, drop_share: float = 0.0,
     return experts_SxK, gates_SxK, keep_SxK
 
 
-def expert_kernels(ffn: "FFN", num_experts: int) -> dict[str, Array]:
-    """Per-expert blocks of the FFN kernels: in/gate (N, d, E), out (N, E, d)."""
-    w_in = ffn.w_in[...].astype(ffn.dtype)
-    d, f = w_in.shape
+def expert_kernels(kernels: dict[str, Array], num_experts: int) -> dict[str, Array]:
+    """Per-expert blocks of the FFN kernels (in/gate (d, F), out (F, d)): in/gate
+    (N, d, E), out (N, E, d)."""
+    d, f = kernels["in"].shape
     e = f // num_experts
     split_in = lambda w: w.reshape(d, num_experts, e).transpose(1, 0, 2)  # noqa: E731
-    out = {"in": split_in(w_in), "out": ffn.w_out[...].astype(ffn.dtype).reshape(num_experts, e, d)}
-    if ffn.act.gated:
-        out["gate"] = split_in(ffn.w_gate[...].astype(ffn.dtype))
+    out = {"in": split_in(kernels["in"]), "out": kernels["out"].reshape(num_experts, e, d)}
+    if "gate" in kernels:
+        out["gate"] = split_in(kernels["gate"])
     return out
 
 
-def _expert_act(ffn: "FFN", h_in: Array, h_gate: Array | None) -> Array:
-    """Activation scores of expert units from the in (and gate) pre-activations."""
-    return ffn.sigma(h_gate) * h_in if ffn.act.gated else ffn.sigma(h_in)
-
-
-def _capacity(ffn, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor, router_grad=True):
+def _capacity(act: Activate, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor, router_grad=True):
     s, k = experts_SxK.shape
     n, _, e = w["in"].shape
     cap = max(1, math.ceil(capacity_factor * s * k / n))
@@ -238,14 +156,14 @@ def _capacity(ffn, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor, rout
     h_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["in"])
     g_NxCxE = jnp.einsum("ncd,nde->nce", x_NxCxD, w["gate"]) if "gate" in w else None
     # gate on the E hidden units, not the d outputs: same product, E/d of the cost
-    a_NxCxE = _expert_act(ffn, h_NxCxE, g_NxCxE) * gate_NxC[..., None].astype(h_NxCxE.dtype)
+    a_NxCxE = act(h_NxCxE, g_NxCxE) * gate_NxC[..., None].astype(h_NxCxE.dtype)
     y_NxCxD = jnp.einsum("nce,ned->ncd", a_NxCxE, w["out"])
     y_SxD = jnp.zeros_like(x_pad).at[tok_of_slot].add(y_NxCxD.reshape(n * cap, -1))[:s]
     dropped = jnp.sum((exp_P < n) & ~fits_P)
     return y_SxD, {"dropped": dropped, "capacity": cap}
 
 
-def _ragged(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
+def _ragged(act: Activate, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
     s, k = experts_SxK.shape
     n = w["in"].shape[0]
     exp_P = jnp.where(keep_SxK, experts_SxK, n).reshape(-1)  # dynamic-top-k drops sort last
@@ -256,21 +174,24 @@ def _ragged(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
     xs_PxD = x_SxD[tok_P]
     h_PxE = jax.lax.ragged_dot(xs_PxD, w["in"], sizes_N)
     g_PxE = jax.lax.ragged_dot(xs_PxD, w["gate"], sizes_N) if "gate" in w else None
-    y_PxD = jax.lax.ragged_dot(_expert_act(ffn, h_PxE, g_PxE), w["out"], sizes_N)
+    y_PxD = jax.lax.ragged_dot(act(h_PxE, g_PxE), w["out"], sizes_N)
     y_SxD = jnp.zeros_like(x_SxD).at[tok_P].add(y_PxD * gate_P[:, None].astype(y_PxD.dtype))
     return y_SxD, {"dropped": jnp.zeros((), jnp.int32)}
 
 
-def _masked(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
-    n, _, e = w["in"].shape
-    _, a_SxF = ffn.hidden(x_SxD)
+def _masked(act: Activate, x_SxD, experts_SxK, gates_SxK, keep_SxK, w):
+    n, d, e = w["in"].shape
+    dense_in = lambda w_NxDxE: w_NxDxE.transpose(1, 0, 2).reshape(d, n * e)  # noqa: E731
+    a_SxF = act(x_SxD @ dense_in(w["in"]), x_SxD @ dense_in(w["gate"]) if "gate" in w else None)
     weight_SxN = jnp.zeros((x_SxD.shape[0], n), a_SxF.dtype)
     weight_SxN = weight_SxN.at[jnp.arange(x_SxD.shape[0])[:, None], experts_SxK].add(gates_SxK.astype(a_SxF.dtype))
-    return ffn.project(a_SxF * jnp.repeat(weight_SxN, e, axis=1)), {"dropped": jnp.zeros((), jnp.int32)}
+    y_SxD = (a_SxF * jnp.repeat(weight_SxN, e, axis=1)) @ w["out"].reshape(n * e, d)
+    return y_SxD, {"dropped": jnp.zeros((), jnp.int32)}
 
 
 def moe_ffn(
-    ffn: "FFN",
+    kernels: dict[str, Array],
+    act: Activate,
     x_BxTxD: Array,
     centres_NxD: Array,
     *,
@@ -283,15 +204,60 @@ def moe_ffn(
 ) -> tuple[Array, dict[str, Array]]:
     """The FFN's MoE forward (SSD Eq. 2 with the Eq. 4 router and App. A gates).
 
+    Expert n owns neurons [n·E, (n+1)·E) with E = F/N, i.e. w_in[:, block] (d, E),
+    w_gate likewise, w_out[block, :] (E, d) (`expert_kernels`):
+
+      α_n   = x · c_n                         (SSD Eq. 4; c_n = mean of expert n's W_i rows)
+      sel   = top-K of α per token            (the remaining experts get α = 0)
+      α_sel ← 1 + (α − stop_gradient(α))      (App. A: exactly 1 forward, router grads kept;
+                                              router_grad=False: plain 1, no router gradient)
+      y     = Σ_sel α_n · W_out,n σ(W_in,n x) (Eq. 2; gated: σ(W_gate,n x) ⊙ W_in,n x)
+
+    With K = N this is the dense FFN (up to summation order). `1 + (α − sg(α))` is written
+    with the inner difference first so the forward value is exactly 1.0 (`1 + α − sg(α)`
+    in float rounds to 1 ± ulp(α)).
+
+    The router gradient is straight-through: the forward value of a gate never depends on
+    α, so d loss/dα_n = ⟨dL/dy, y_n⟩ is a gradient with no forward counterpart (with
+    K = N the forward is the dense FFN but the gradient is not: Σ_n ⟨dL/dy, y_n⟩ c_n is
+    added to dx, and to W_in through the centres). `router_grad=False` gives constant
+    gates, so K = N trains exactly as dense. With the gradient, MoE training from scratch
+    and SSD's sparse phases diverge (measurements in the README), so the trainer's
+    `ssd.router_grad` defaults to false for every method; this function keeps the
+    paper's formula as its default.
+
+    Dispatch (real sparse compute, selected by `dispatch`):
+      capacity  gather each expert's tokens into (N, C, d) with C = ceil(cf · S · K / N)
+                (S = B·T tokens), batched matmuls with the (N, d, E) / (N, E, d) blocks,
+                scatter-add back (α applied to the E hidden units of each slot, which
+                is cheaper than to its d outputs). Priority: all first choices (in token
+                order), then all second choices, ... (GShard/Switch convention); a
+                (token, expert) pair beyond the expert's C slots is dropped (counted in
+                aux["dropped"]). The router costs the selection x·cᵀ for all N experts
+                (no gradient) and a backward in the dispatched layout (`_slot_gates`),
+                not the two (S, N) matmuls of the per-pair gates nor a backward through
+                K gathered centres (an (S, K, d) buffer).
+      ragged    dropless grouped matmuls with `jax.lax.ragged_dot` on the (token, expert)
+                pairs sorted by expert. Note: on CPU XLA lowers ragged_dot to a dense
+                product over all groups (N× the FLOPs), and on GPU it is slower than
+                capacity too; use capacity.
+      masked    reference only: the dense FFN with the unselected experts' units zeroed.
+    Capacity and ragged equal the masked reference (values and gradients, with and
+    without dynamic top-k); on CPU the tests check both against it.
+
     Args:
-      ffn: the dense FFN whose F axis is already permuted into N contiguous experts.
+      kernels: the FFN's kernels in the compute dtype (`FFN.kernels()`: in, optional gate
+        (d, F), out (F, d)), F already permuted into N contiguous experts.
+      act: activation scores from the pre-activations (`FFN.activate`).
       x_BxTxD: input (any leading shape (..., d)).
       centres_NxD: router centres (non-trained; with router_grad, gradients flow to it and to x).
       num_experts: N, must divide F. top_k: K in [1, N].
-      dispatch: 'capacity' | 'ragged' | 'masked' (see module docstring).
+      dispatch: 'capacity' | 'ragged' | 'masked' (see above).
       capacity_factor: capacity path only; C = ceil(cf · tokens · K / N).
-      drop_share: dynamic top-k (SSD §5.3): drop this share of the tokens·K candidates
-        with the lowest α (0 = fixed top-K).
+      drop_share: dynamic top-k (SSD §5.3): the tokens·K candidate pairs of the whole
+        call are ranked by α and this share with the lowest α is dropped, so important
+        tokens keep more experts than unimportant ones (ties broken by position);
+        0 = fixed top-K.
       router_grad: straight-through α gradient of the gates (App. A); False: constant gates.
 
     Returns:
@@ -299,7 +265,7 @@ def moe_ffn(
       aux: dropped (int, pairs over capacity), load_N (pairs routed to each expert,
         before capacity), plus capacity (int) for the capacity path.
     """
-    f = ffn.w_in.shape[1]
+    f = kernels["in"].shape[1]
     if num_experts < 1 or f % num_experts:
         raise ValueError(f"num_experts={num_experts} must divide d_ff={f}")
     if not 1 <= top_k <= num_experts:
@@ -309,14 +275,14 @@ def moe_ffn(
     if not 0.0 <= drop_share < 1.0 or capacity_factor <= 0:
         raise ValueError(f"need 0 <= drop_share < 1 and capacity_factor > 0, got {drop_share}, {capacity_factor}")
     lead, d = x_BxTxD.shape[:-1], x_BxTxD.shape[-1]
-    x_SxD = x_BxTxD.astype(ffn.dtype).reshape(-1, d)
-    w = expert_kernels(ffn, num_experts)
+    x_SxD = x_BxTxD.astype(kernels["in"].dtype).reshape(-1, d)
+    w = expert_kernels(kernels, num_experts)
     if dispatch == "capacity":
         c_NxD = centres_NxD.astype(x_SxD.dtype)
         experts_SxK, keep_SxK = _select(x_SxD, c_NxD, top_k, drop_share)
-        y_SxD, aux = _capacity(ffn, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor, router_grad)
+        y_SxD, aux = _capacity(act, x_SxD, c_NxD, experts_SxK, keep_SxK, w, capacity_factor, router_grad)
     else:
         experts_SxK, gates_SxK, keep_SxK = route(x_SxD, centres_NxD, top_k, drop_share, router_grad)
-        y_SxD, aux = (_ragged if dispatch == "ragged" else _masked)(ffn, x_SxD, experts_SxK, gates_SxK, keep_SxK, w)
+        y_SxD, aux = (_ragged if dispatch == "ragged" else _masked)(act, x_SxD, experts_SxK, gates_SxK, keep_SxK, w)
     aux["load_N"] = jnp.bincount(jnp.where(keep_SxK, experts_SxK, num_experts).reshape(-1), length=num_experts + 1)[:-1]
     return y_SxD.reshape(*lead, d), aux

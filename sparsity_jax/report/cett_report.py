@@ -112,11 +112,26 @@ def write_ppl_report(result: dict, out_dir: str, meta: dict | None = None) -> li
     return paths
 
 
+def _width_depth(result: dict, path: str) -> None:
+    """Activation ratio at PPL-p% and dense validation loss against d/L (Sparsing Law Fig. 6–7)."""
+    rows = sorted((r["d_model"] / r["num_layers"], name, r) for name, r in result["models"].items())
+    x = [q[0] for q in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(x, [q[2]["ppl_p"]["activation_ratio"] for q in rows], "o-")
+    ax2.plot(x, [q[2]["dense_loss"] for q in rows], "o-")
+    for ax, ylabel in ((ax1, f"activation ratio at PPL-{result['p']:g}%"), (ax2, "dense validation loss")):
+        for xi, name, r in rows:
+            ax.annotate(name, (xi, r["ppl_p"]["activation_ratio"] if ax is ax1 else r["dense_loss"]), fontsize=7)
+        ax.set(xscale="log", xlabel="width-depth ratio d/L", ylabel=ylabel)
+    _save(fig, path)
+
+
 def write_compare_report(result: dict, out_dir: str) -> list[str]:
-    """compare.json, compare.png and compare.md of `search.compare` (ReLU² Fig. 3a style).
+    """compare.json, compare.png and compare.md of `sparsity-jax compare` (ReLU² Fig. 3a
+    style), and width_depth.png when the models' d/L differ (Sparsing Law Fig. 6–7).
 
     The figure: left, sparsity (mean over layers, dense activations) vs CETT per
-    activation with the PPL-p% point marked; right, PPL ratio vs sparsity along the same
+    variant with the PPL-p% point marked; right, PPL ratio vs sparsity along the same
     CETT grid, with the 1 + p% line.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -125,11 +140,11 @@ def write_compare_report(result: dict, out_dir: str) -> list[str]:
         json.dump(result, f, indent=1)
     p = result["p"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for act, r in result["models"].items():
+    for name, r in result["models"].items():
         c, q = r["curve"], r["ppl_p"]
-        line, = ax1.plot(c["cett"], c["sparsity"], "o-", ms=3, label=f"{act} (F={r['d_ff']})")
+        line, = ax1.plot(c["cett"], c["sparsity"], "o-", ms=3, label=f"{name} (F={r['d_ff']})")
         ax1.plot([q["cett"]], [q["sparsity"]], "*", ms=12, color=line.get_color())
-        ax2.plot(c["sparsity"], c["ppl_ratio"], "o-", ms=3, color=line.get_color(), label=act)
+        ax2.plot(c["sparsity"], c["ppl_ratio"], "o-", ms=3, color=line.get_color(), label=name)
         ax2.plot([q["sparsity"]], [q["ppl_ratio"]], "*", ms=12, color=line.get_color())
     ax1.set(xlabel="CETT", ylabel="sparsity (mean over layers)", title=f"sparsity vs CETT (★ PPL-{p:g}%)")
     ax2.axhline(1 + p / 100, color="k", ls=":", label=f"1 + {p:g}%")
@@ -140,4 +155,7 @@ def write_compare_report(result: dict, out_dir: str) -> list[str]:
     _save(fig, paths[1])
     with open(paths[2], "w") as f:
         f.write(f"# PPL-{p:g}% sparsity of the tiny models ({result['config']})\n\n{result['table']}\n")
+    if len({r["d_model"] / r["num_layers"] for r in result["models"].values()}) > 1:
+        paths.append(os.path.join(out_dir, "width_depth.png"))
+        _width_depth(result, paths[-1])
     return paths

@@ -11,26 +11,33 @@ import json
 import os
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.train import names
 from sparsity_jax.train.logger import by_step, read_metrics
 
-USE = ("use_per_token", "use_per_sequence", "use_per_batch")
+USE = ((names.ACTIVATION_RATIO, "per-token"), (names.USE_PER_SEQUENCE, "per-sequence"),
+       (names.USE_PER_BATCH, "per-batch"))
+PCT = names.SEQ_USE_PERCENTILE
+# (title, key, percentile or None, scale)
 TABLE_COLUMNS = (
-    ("per-token %", "use_per_token", 100), ("per-seq %", "use_per_sequence", 100),
-    ("per-batch %", "use_per_batch", 100), ("token/seq", "use_token_over_sequence", 1),
-    ("seq/batch", "use_sequence_over_batch", 1), ("p50 %", "seq_use_p50", 100), ("p75 %", "seq_use_p75", 100),
-    ("p90 %", "seq_use_p90", 100), ("on in batch 0 %", "on_in_first", 100), ("turned on %", "turned_on", 100),
-    ("turned off %", "turned_off", 100), ("ever used %", "ever_used", 100), ("masked %", "masked_fraction", 100),
+    ("per-token %", names.ACTIVATION_RATIO, None, 100), ("per-seq %", names.USE_PER_SEQUENCE, None, 100),
+    ("per-batch %", names.USE_PER_BATCH, None, 100), ("token/seq", names.USE_TOKEN_OVER_SEQUENCE, None, 1),
+    ("seq/batch", names.USE_SEQUENCE_OVER_BATCH, None, 1), ("p50 %", PCT, "50", 100), ("p75 %", PCT, "75", 100),
+    ("p90 %", PCT, "90", 100), ("on in batch 0 %", names.ON_IN_FIRST, None, 100),
+    ("turned on %", names.TURNED_ON, None, 100), ("turned off %", names.TURNED_OFF, None, 100),
+    ("ever used %", names.EVER_USED, None, 100), ("masked %", names.MASKED_FRACTION, None, 100),
 )
 
 
 def layer_table(record: dict) -> list[dict[str, float]]:
-    n = len(record["use_per_token"])
+    """One row per layer of a "units" record."""
     rows = []
-    for layer in range(n):
+    for layer in range(len(record[names.ACTIVATION_RATIO])):
         row = {"layer": layer}
-        for title, key, scale in TABLE_COLUMNS:
-            if key in record:
-                row[title] = round(scale * record[key][layer], 3)
+        for title, key, sub, scale in TABLE_COLUMNS:
+            value = record.get(key)
+            value = value.get(sub) if isinstance(value, dict) else value
+            if value is not None:
+                row[title] = round(scale * value[layer], 3)
         rows.append(row)
     return rows
 
@@ -49,12 +56,12 @@ def plot_use(units: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in units]
-    n_layers = len(units[0]["use_per_token"])
+    n_layers = len(units[0][names.ACTIVATION_RATIO])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)
-    for ax, key in zip(axes, USE):
+    for ax, (key, title) in zip(axes, USE):
         for layer in range(n_layers):
             ax.plot(steps, [100 * r[key][layer] for r in units], label=f"layer {layer}")
-        ax.set_title(key.replace("use_", "").replace("_", "-") + " use (% of F)")
+        ax.set_title(f"{title} use (% of F)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -71,7 +78,7 @@ def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = 
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, train in runs.items():
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
+        ax.plot([r["step"] for r in train], [r[names.LOSS] for r in train], label=name)
     if mask_step:
         ax.axvline(mask_step, color="gray", ls="--", label=f"mask applied (step {mask_step})")
     ax.set_xlabel("step")
@@ -85,7 +92,7 @@ def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = 
 
 def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
     """Writes layer_patterns.{json,md} and use_over_training.png; returns the table."""
-    units = by_step(read_metrics(workdir).get("units", {}))
+    units = by_step(read_metrics(workdir).get(names.UNITS, {}))
     if not units:
         raise UserError(f"{workdir} has no hidden-unit metrics; train with train.metrics_every > 0")
     out_dir = out_dir or os.path.join(workdir, "report")
@@ -104,6 +111,6 @@ def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
 
 def compare_losses(workdirs: dict[str, str], path: str, mask_step: int | None = None) -> dict[str, float]:
     """One PNG with the training-loss curves of several runs; returns each run's final loss."""
-    runs = {name: by_step(read_metrics(wd).get("train", {})) for name, wd in workdirs.items()}
+    runs = {name: by_step(read_metrics(wd).get(names.TRAIN, {})) for name, wd in workdirs.items()}
     plot_losses(runs, path, mask_step)
-    return {name: train[-1]["loss"] for name, train in runs.items() if train}
+    return {name: train[-1][names.LOSS] for name, train in runs.items() if train}

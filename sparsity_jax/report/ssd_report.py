@@ -2,7 +2,7 @@
 
 Reads the run's `metrics.jsonl` (splits "eval", "train", "ssd"; the last record of each
 step wins, so resumed runs read cleanly) and the sparse-inference results of
-`train.evaluate.sparse_inference_workdir`. Files under the output directory:
+`sparsity-jax ssd`. Files under the output directory:
 
   ssd.json              everything below as numbers
   ppl_over_training.png validation PPL over training, sparse phases shaded (Fig. 6),
@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparsity_jax.errors import UserError  # noqa: E402
+from sparsity_jax.train import names  # noqa: E402
 from sparsity_jax.train.logger import read_metrics  # noqa: E402
 
 FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
@@ -40,12 +41,10 @@ def run_method(workdir: str) -> str | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
-    from types import SimpleNamespace
-
-    from sparsity_jax.ssd.baselines import method_of
+    from sparsity_jax.settings import from_saved
 
     with open(path) as f:
-        return method_of(SimpleNamespace(ssd=json.load(f).get("ssd") or {}))
+        return from_saved(json.load(f)).ssd.method
 
 
 def check_ssd_run(workdir: str) -> None:
@@ -61,7 +60,7 @@ def phases(ssd: dict[int, dict], last_step: int) -> list[list]:
     """[kind, start, end) of every phase from the switches (steps completed at switch)."""
     out, kind, start = [], "dense", 0
     for step in sorted(ssd):
-        switch = ssd[step].get("ssd_switch")
+        switch = ssd[step].get(names.SSD_SWITCH)
         if switch:
             new = "sparse" if switch > 0 else "dense"
             if new != kind:
@@ -74,12 +73,12 @@ def phases(ssd: dict[int, dict], last_step: int) -> list[list]:
 def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list]) -> dict:
     """Seconds per phase and the estimated wall-clock speed-up over all-dense training."""
     last = ssd[max(ssd)] if ssd else {}
-    secs = {k[len("ssd_seconds_"):]: v for k, v in last.items() if k.startswith("ssd_seconds_")}
-    steps = {k[len("ssd_steps_"):]: v for k, v in last.items() if k.startswith("ssd_steps_")}
+    secs = dict(last.get(names.SSD_SECONDS) or {})
+    steps = dict(last.get(names.SSD_STEPS) or {})
     if not steps:  # older logs: steps per phase from the phases, time from train step_time
         steps = {kind: float(sum(e - s for k, s, e in spans if k == kind)) for kind in ("dense", "sparse")}
     kind_of = lambda step: next((k for k, s, e in spans if s < step <= e), "dense")  # noqa: E731
-    step_time = {kind: [r["step_time"] for st, r in train.items() if "step_time" in r and kind_of(st) == kind]
+    step_time = {kind: [r[names.STEP_TIME] for st, r in train.items() if names.STEP_TIME in r and kind_of(st) == kind]
                  for kind in ("dense", "sparse")}
     per_step = {k: (secs[k] / steps[k] if steps.get(k) and k in secs else
                     (float(np.median(v)) if v else None)) for k, v in step_time.items()}
@@ -99,20 +98,22 @@ def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list])
 def training_summary(workdir: str) -> dict:
     """Validation curve, phases, ARI trace, FLOPs and wall-clock of an SSD run's logs."""
     m = read_metrics(workdir)
-    evals, ssd, train = m.get("eval", {}), m.get("ssd", {}), m.get("train", {})
+    evals, ssd, train = m.get(names.EVAL, {}), m.get(names.SSD, {}), m.get(names.TRAIN, {})
     last_step = max([0, *evals, *ssd, *train])
     spans = phases(ssd, last_step)
     last = ssd[max(ssd)] if ssd else {}
     sparse_steps = sum(e - s for k, s, e in spans if k == "sparse")
     return {
         "workdir": os.path.abspath(workdir), "last_step": last_step,
-        "eval": [{"step": s, "loss": r["loss"], "perplexity": float(np.exp(r["loss"]))} for s, r in sorted(evals.items())],
+        "eval": [{"step": s, "loss": r[names.LOSS], "perplexity": float(np.exp(r[names.LOSS]))}
+                 for s, r in sorted(evals.items())],
         "phases": spans, "sparse_share": sparse_steps / max(last_step, 1),
-        "ari": [{"step": s, "ari": r["ssd_ari"]} for s, r in sorted(ssd.items()) if "ssd_ari" in r],
-        "switches": [{"step": s, "to": "sparse" if r["ssd_switch"] > 0 else "dense"}
-                     for s, r in sorted(ssd.items()) if r.get("ssd_switch")],
-        "flops": {"cumulative": last.get("ssd_cum_flops"), "speedup": last.get("ssd_flops_speedup"),
-                  "trace": [[s, r["ssd_flops_speedup"]] for s, r in sorted(ssd.items()) if "ssd_flops_speedup" in r]},
+        "ari": [{"step": s, "ari": r[names.SSD_ARI]} for s, r in sorted(ssd.items()) if names.SSD_ARI in r],
+        "switches": [{"step": s, "to": "sparse" if r[names.SSD_SWITCH] > 0 else "dense"}
+                     for s, r in sorted(ssd.items()) if r.get(names.SSD_SWITCH)],
+        "flops": {"cumulative": last.get(names.SSD_CUM_FLOPS), "speedup": last.get(names.SSD_FLOPS_SPEEDUP),
+                  "trace": [[s, r[names.SSD_FLOPS_SPEEDUP]] for s, r in sorted(ssd.items())
+                            if names.SSD_FLOPS_SPEEDUP in r]},
         "wall_clock": _wall_clock(ssd, train, spans),
     }
 
@@ -189,7 +190,7 @@ def ssd_report(workdir: str, out_dir: str, *, inference: dict[str, dict] | None 
                compare: str | None = None, tau: float | None = None) -> dict:
     """Writes `FILES` into out_dir; returns the JSON dict.
 
-    inference: {run name: `sparse_inference_workdir` result} (SSD first, then the
+    inference: {run name: `commands.ssd.sparse_inference` result} (SSD first, then the
     MoEfied dense run); compare: the dense run's workdir for the PPL curve. workdir must
     be an ssd.method=ssd run (`check_ssd_run`); compare may be any run.
     """

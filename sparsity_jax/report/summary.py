@@ -5,7 +5,7 @@ import os
 
 
 def format_summary(summary: dict) -> str:
-    ratios = summary.get("act_ratio") or []
+    ratios = summary.get("activation_ratio") or []
     lines = [
         f"trained to step {summary['step']}: validation loss {summary['loss']:.4f}, "
         f"perplexity {summary['perplexity']:.3f}",

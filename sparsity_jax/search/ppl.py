@@ -4,42 +4,7 @@ Given checkpoints (params), validation batches and p: find the CETT c_p at which
 mean over checkpoints of exp(loss_sparse(c) − loss_dense) reaches 1 + p/100, where
 loss_sparse(c) is the validation loss with every layer's threshold t_l(c) applied (the
 exact per-layer thresholds of `thresholds.py`, from the dense model's activations).
-
-What is computed once: per checkpoint, the dense pass (`DenseCache`: real-token scores,
-kernels, dense loss) and the threshold search's set-up on it (magnitudes, dense output
-norms, proxy curves: `prepare_cache`). Each search step ("sparse evaluation") is then,
-per checkpoint, one prepared threshold search (a few truncated products, no forward pass)
-and ONE sparse forward pass of the validation set. The reference instead recomputes the
-dense pass and a 16-step threshold bisection at every step of a 10-step bisection on c.
-
-Search on c (host loop: each step is a full model pass over a batch list, not a small
-array op, so there is nothing to gain from a device loop). Let Z(c) = log(mean ratio)
-and Z* = log(1 + p/100). Z(0) = 0 is known without evaluation (c = 0 drops only exact
-zeros, which changes no output). The bracket [lo, hi] has Z(lo) ≤ Z* < Z(hi). Each step
-  * estimates the root from a power law log Z = a + β·log c (Z grows like c^1.5…c^3 in
-    practice) fitted by weighted least squares to every evaluated point with Z > 0,
-    weights 1/(|log(Z/Z*)| + 0.03)², so points near the target set the level and the
-    spread of all points sets β (two-point secants let the noise between close points
-    set β); β is shrunk slightly towards 2.5 and clipped to [0.5, 6]; with no point yet
-    the first guess 0.15·p^0.45;
-  * approach (bracket wider than 4·tol): evaluates the estimate itself; no upper end
-    yet: 2% + tol/2 past it;
-  * closing: an estimate within 0.95·tol of a bracket end proposes that end ± 0.95·tol
-    (finishes if that point lands on the other side), a bracket ≤ 1.9·tol is split so
-    both parts are ≤ 0.95·tol (always finishes), otherwise the estimate ± 0.45·tol away
-    from the last point; after three moves of the same end in a row the ± 0.95·tol step
-    grows to 4× and then doubles with every further such move (the estimate is biased:
-    walk faster);
-  * bisects instead when the proposal leaves the bracket, repeats a point, or a wide
-    bracket has not halved in two steps (exact bisection fallback).
-Points evaluated for one p serve the others (a shared cache of Z by c). It stops when
-hi − lo ≤ tol, and returns c_p = lo: the largest evaluated CETT with mean ratio ≤ 1+p%,
-with hi (ratio > 1+p%) at most tol above it — the acceptance band: both ratios are
-measured, ratio(lo) ≤ 1 + p/100 < ratio(hi), hi − lo ≤ tol.
-Evaluations (simulated power laws with 1–2% staircase noise at the tol scale, p = 1/5/10
-sharing points): mean 4.4–4.8, 90–97% of searches ≤ 6 (the previous two-point log-log
-secant: mean 4.8–6.2, 61–88% ≤ 6); on trained tiny models see tests/search and the
-README; the reference bisection always takes 10.
+`PplSearch` caches what is computed once; `find_crossing` is the search on c.
 """
 from __future__ import annotations
 
@@ -74,7 +39,7 @@ def _bracket(known: dict[float, float], z_target: float) -> tuple[float, float |
 
 
 def _power_law_root(known: dict[float, float], z_target: float) -> float | None:
-    """Root of the weighted least-squares power law log(Z/Z*) = a + β·log c (module doc)."""
+    """Root of the weighted least-squares power law log(Z/Z*) = a + β·log c (`find_crossing`)."""
     pts = [(math.log(c), math.log(z / z_target)) for c, z in known.items() if c > 0 and z > 0]
     if not pts:
         return None
@@ -89,7 +54,7 @@ def _power_law_root(known: dict[float, float], z_target: float) -> float | None:
 def _propose(known: dict[float, float], z_target: float, lo: float, hi: float | None, est: float,
              moved: list[bool], tol: float) -> float:
     """Next c to evaluate given the bracket, the root estimate and which end each past
-    evaluation moved (True: lo). See the module doc."""
+    evaluation moved (True: lo). See `find_crossing`."""
     if hi is None:
         return min(max(est * 1.02 + 0.5 * tol, lo + tol), 1.0)
     run = 0  # evaluations in a row that moved the same end
@@ -117,7 +82,33 @@ def find_crossing(
     known: dict[float, float] | None = None,
     first_guess: float = 0.15,
 ) -> Crossing:
-    """Bracket the crossing Z(c) = z_target in c ∈ [0, 1] to width ≤ tol (module doc).
+    """Bracket the crossing Z(c) = z_target in c ∈ [0, 1] to width ≤ tol.
+
+    A host loop: each step is a full model pass over a batch list, not a small array op,
+    so there is nothing to gain from a device loop. Let Z(c) = log(mean ratio) and
+    Z* = log(1 + p/100). Z(0) = 0 is known without evaluation (c = 0 drops only exact
+    zeros, which changes no output). The bracket [lo, hi] has Z(lo) ≤ Z* < Z(hi). Each
+    step
+      * estimates the root from a power law log Z = a + β·log c (Z grows like c^1.5…c^3
+        in practice) fitted by weighted least squares to every evaluated point with
+        Z > 0, weights 1/(|log(Z/Z*)| + 0.03)², so points near the target set the level
+        and the spread of all points sets β (two-point secants let the noise between
+        close points set β); β is shrunk slightly towards 2.5 and clipped to [0.5, 6];
+        with no point yet the first guess 0.15·p^0.45;
+      * approach (bracket wider than 4·tol): evaluates the estimate itself; no upper end
+        yet: 2% + tol/2 past it;
+      * closing: an estimate within 0.95·tol of a bracket end proposes that end
+        ± 0.95·tol (finishes if that point lands on the other side), a bracket ≤ 1.9·tol
+        is split so both parts are ≤ 0.95·tol (always finishes), otherwise the estimate
+        ± 0.45·tol away from the last point; after three moves of the same end in a row
+        the ± 0.95·tol step grows to 4× and then doubles with every further such move
+        (the estimate is biased: walk faster);
+      * bisects instead when the proposal leaves the bracket, repeats a point, or a wide
+        bracket has not halved in two steps (exact bisection fallback).
+    Points evaluated for one p serve the others (a shared cache of Z by c, `known`). It
+    stops when hi − lo ≤ tol, and returns c_p = lo: the largest evaluated CETT with mean
+    ratio ≤ 1+p%, with hi (ratio > 1+p%) at most tol above it — the acceptance band: both
+    ratios are measured, ratio(lo) ≤ 1 + p/100 < ratio(hi), hi − lo ≤ tol.
 
     Args:
       evaluate: c -> Z(c) (one sparse evaluation).
@@ -157,7 +148,7 @@ class CheckpointPoint(NamedTuple):
     thresholds: CettThresholds  # fields (L,)
     loss: float  # sparse validation loss
     ratio: float  # exp(loss − dense loss)
-    act_ratio: np.ndarray  # (L,) measured from the sparse pass's recorded mask
+    activation_ratio: np.ndarray  # (L,) measured from the sparse pass's recorded mask
 
 
 class PplResult(NamedTuple):
@@ -178,6 +169,14 @@ class PplSearch:
 
     The dense pass of each checkpoint runs once, in the constructor; `point(c)` caches
     every evaluated CETT, so several p values share evaluations.
+
+    What is computed once: per checkpoint, the dense pass (`DenseCache`: real-token
+    scores, kernels, dense loss) and the threshold search's set-up on it (magnitudes,
+    dense output norms, proxy curves: `prepare_cache`). Each search step ("sparse
+    evaluation") is then, per checkpoint, one prepared threshold search (a few truncated
+    products, no forward pass) and ONE sparse forward pass of the validation set. The
+    reference instead recomputes the dense pass and a 16-step threshold bisection at
+    every step of a 10-step bisection on c.
     """
 
     def __init__(self, graphdef, params_list: Sequence, batches: Sequence[Batch], *,
@@ -199,7 +198,7 @@ class PplSearch:
                     self.prepared[i] = prepare_cache(cache)
                 thr = cache_thresholds(cache, c, self.prepared[i])
                 ev = sparse_pass(self.graphdef, params, self.batches, threshold_sparsify(thr.threshold))
-                pts.append(CheckpointPoint(thr, ev.loss, math.exp(ev.loss - cache.loss), ev.act_ratio))
+                pts.append(CheckpointPoint(thr, ev.loss, math.exp(ev.loss - cache.loss), ev.activation_ratio))
             self.points[c] = pts
             self.log(f"  CETT {c:.5f}: PPL ratio {self.mean_ratio(c):.5f}, "
                      f"sparsity {np.mean([p.thresholds.sparsity for p in pts]):.4f}")
@@ -211,7 +210,7 @@ class PplSearch:
         return float(np.mean([p.ratio for p in self.point(c)]))
 
     def search(self, p: float, tol: float = 1e-3, max_evaluations: int = 30) -> PplResult:
-        """CETT_p for one p > 0 (percent), bracketed to `tol` (module docstring)."""
+        """CETT_p for one p > 0 (percent), bracketed to `tol` (`find_crossing`)."""
         check_p(p)
         known = {c: math.log(self.mean_ratio(c)) for c in self.points}
         cross = find_crossing(lambda c: math.log(self.mean_ratio(c)), math.log1p(p / 100), tol=tol,

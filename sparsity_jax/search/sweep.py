@@ -1,23 +1,9 @@
 """PPL-p% over a run's checkpoints (Sparsing Law App. B), baselines' Pareto curves, statistics.
 
-Stabilising strategy (App. B): CETT_p is searched once over the LAST `last` checkpoints
-jointly (`ppl.PplSearch`), then applied to every checkpoint: per checkpoint one dense
-pass, the exact thresholds of all p in one `find_threshold` call, one sparse pass per p
-(its PPL ratio). Activation ratio = 1 − sparsity (the dense activations' fraction of
-token×neuron pairs above the threshold, mean over layers) against training tokens
-(step × global batch × sequence length); steps ≤ warm-up are flagged (dropped before
-fitting curves).
-
-Pareto curves on the last checkpoint (Figure 3): PPL vs activation ratio for PPL-p%
-(each p), top-k (each k, `Sparsify(mode="topk")`) and FAT-ε (each ε). For all three the
-activation ratio here is measured from the sparse pass's recorded mask (a ≠ 0 after
-dropping), so the methods are compared on one footing.
-
-Statistics per checkpoint, on the neurons active at the first p's thresholds
-(|a_i|·‖W_out,i‖ ≥ t_l): per-layer activation ratio, dead-neuron ratio (< 0.1% of
-tokens), per-neuron frequency and hot-neuron CDF (full arrays for the last checkpoint,
-the CDF's share covered by the top 10/20/50% neurons for every checkpoint); for the last
-checkpoint also the activation ratio per vocabulary id (input token).
+`stabilised_sweep` searches CETT_p once over the last checkpoints and applies it to every
+checkpoint (App. B's stabilising strategy), draws the Pareto curves of PPL-p%, top-k and
+FAT-ε on the last one (Figure 3, `pareto`) and collects neuron statistics per checkpoint
+(`checkpoint_stats`).
 """
 from __future__ import annotations
 
@@ -28,7 +14,7 @@ import numpy as np
 
 from sparsity_jax.metrics.cett import neuron_magnitudes
 from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf, neuron_frequency, per_token_id_activation_ratio
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
     Batch, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
@@ -57,7 +43,13 @@ def default_fat_eps(cache: DenseCache) -> list[float]:
 
 
 def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int | None = None) -> dict:
-    """Neuron statistics from a dense pass with neurons active where ‖n_i‖ ≥ t_l."""
+    """Neuron statistics from a dense pass with neurons active where ‖n_i‖ ≥ t_l.
+
+    Per-layer activation ratio, dead-neuron ratio (< 0.1% of tokens), per-neuron
+    frequency and hot-neuron CDF (`neuron_frequency` / `hot_cdf`: the full arrays;
+    `hot_share`: the CDF's share covered by the top 10/20/50% neurons); with
+    `vocab_size`, also the activation ratio per vocabulary id (input token).
+    """
     mag = neuron_magnitudes(cache.a_LxNxF, cache.w_out_LxFxD)
     active = mag >= jnp.asarray(threshold_L, jnp.float32)[:, None, None]
     freq_LxF = neuron_frequency(active, layer_axes=1)
@@ -78,15 +70,21 @@ def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int
 
 def pareto(graphdef, params, batches: Sequence[Batch], dense_loss: float, ppl_points: list[dict],
            topk: Sequence[int], fat_eps: Sequence[float], log: Callable[[str], None]) -> dict:
-    """PPL vs activation ratio (mask-measured, mean over layers) per method."""
+    """PPL vs activation ratio (mask-measured, mean over layers) per method (Figure 3).
+
+    Methods: PPL-p% (each p, `ppl_points`), top-k (each k, `Sparsify(mode="topk")`) and
+    FAT-ε (each ε). For all three the activation ratio here is measured from the sparse
+    pass's recorded mask (a ≠ 0 after dropping), so the methods are compared on one
+    footing.
+    """
     def point(sp: Sparsify, **key):
         ev = sparse_pass(graphdef, params, batches, sp)
-        log(f"  pareto {key}: PPL {np.exp(ev.loss):.4f}, activation ratio {ev.act_ratio.mean():.4f}")
-        return {**key, "ppl": float(np.exp(ev.loss)), "activation_ratio": float(ev.act_ratio.mean())}
+        log(f"  pareto {key}: PPL {np.exp(ev.loss):.4f}, activation ratio {ev.activation_ratio.mean():.4f}")
+        return {**key, "ppl": float(np.exp(ev.loss)), "activation_ratio": float(ev.activation_ratio.mean())}
 
     dense = sparse_pass(graphdef, params, batches, Sparsify())
     return {
-        "dense": {"ppl": float(np.exp(dense_loss)), "activation_ratio": float(dense.act_ratio.mean())},
+        "dense": {"ppl": float(np.exp(dense_loss)), "activation_ratio": float(dense.activation_ratio.mean())},
         "ppl_p": ppl_points,
         "topk": [point(Sparsify(mode="topk", k=int(k)), k=int(k)) for k in topk],
         "fat": [point(Sparsify(mode="fat", eps=float(e)), eps=float(e)) for e in fat_eps],
@@ -110,6 +108,21 @@ def stabilised_sweep(
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
     """The whole App. B analysis of one run; returns a JSON-ready dict plus array stats.
+
+    Stabilising strategy (App. B): CETT_p is searched once over the LAST `last`
+    checkpoints jointly (`ppl.PplSearch`), then applied to every checkpoint: per
+    checkpoint one dense pass, the exact thresholds of all p in one `find_threshold`
+    call, one sparse pass per p (its PPL ratio). Activation ratio = 1 − sparsity (the
+    dense activations' fraction of token×neuron pairs above the threshold, mean over
+    layers) against training tokens (step × global batch × sequence length); steps
+    ≤ warm-up are flagged (dropped before fitting curves).
+
+    Pareto curves (`pareto`) on the last checkpoint. Statistics (`checkpoint_stats`)
+    per checkpoint, on the neurons active at the first p's thresholds
+    (|a_i|·‖W_out,i‖ ≥ t_l): per-layer activation ratio, dead-neuron ratio and the hot
+    CDF's share covered by the top 10/20/50% neurons for every checkpoint; the full
+    per-neuron frequency and hot-CDF arrays and the activation ratio per vocabulary id
+    (input token) for the last checkpoint.
 
     Args:
       steps: checkpoint steps, ascending; load_params(step) -> params.
@@ -153,7 +166,7 @@ def stabilised_sweep(
                 "p": p, "cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
                 "realised_cett": _tolist(thr.cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
                 "activation_ratio": float(1 - thr.sparsity[:, j].mean()), "ppl_ratio": float(np.exp(ev.loss - cache.loss)),
-                "sparse_run_activation_ratio": _tolist(ev.act_ratio),
+                "sparse_run_activation_ratio": _tolist(ev.activation_ratio),
             })
         st = checkpoint_stats(cache, thr.threshold[:, 0], vocab_size if s == steps[-1] else None)
         row["stats"] = {k: st[k] for k in ("activation_ratio", "dead_ratio", "hot_share")}

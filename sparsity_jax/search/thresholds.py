@@ -1,23 +1,9 @@
 """Model-level CETT thresholds: the dense pass that feeds the searches, and sparse passes.
 
-`dense_pass(graphdef, params, batches)` runs the dense model once over the validation
-batches and keeps what every later search step needs (a `DenseCache`): the activation
-scores of the REAL tokens of all batches concatenated per layer (L, N, F), the stacked
-output kernels (L, F, d), the input ids of those tokens and the dense loss.
-`thresholds_for_cett` is one `find_threshold` call on that cache: per-layer thresholds
-whose CETT over all N validation tokens is the largest ≤ c.
-
-How this differs from the reference code: it computes a threshold per batch and
-averages the thresholds over batches. CETT is not linear in t, so the mean of per-batch
-thresholds is not the threshold of any token set, and its realised CETT on the whole
-validation set is neither ≤ c nor the same for another batch size. Here the CETT is a
-mean over all real tokens at once (padding never counts), the threshold is exact for
-that set, and the realised CETT is reported.
-
-`sparse_pass` runs the model with a `Sparsify` (thresholds, top-k, FAT-ε) and returns the
-loss and the per-layer activation ratio measured from the recorded hidden-unit mask.
-The jitted steps take the graphdef as a static argument, so each model structure
-compiles once (Sparsify arrays are traced, so new thresholds never recompile).
+`dense_pass` runs the dense model once over the validation batches and caches what every
+later search step needs (`DenseCache`); `thresholds_for_cett` / `cache_thresholds` give
+exact per-layer thresholds for a target CETT (ReLU² §3) over all real validation tokens;
+`sparse_pass` measures the loss and activation ratio with a `Sparsify` applied.
 """
 from __future__ import annotations
 
@@ -31,7 +17,7 @@ from flax import nnx
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.threshold_search import PreparedSearch, find_prepared, find_threshold, prepare_search
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.train.step import forward
 
 Array = jax.Array
@@ -60,7 +46,7 @@ class SparseEval(NamedTuple):
     """A validation pass with neurons dropped."""
 
     loss: float
-    act_ratio: np.ndarray  # (L,) fraction of units with a != 0 after dropping, real tokens
+    activation_ratio: np.ndarray  # (L,) fraction of units with a != 0 after dropping, real tokens
 
 
 def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
@@ -72,6 +58,8 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
     raise UserError("Pass the model as an LM instance or a (graphdef, params) pair.")
 
 
+# The jitted steps take the graphdef as a static argument, so each model structure
+# compiles once (Sparsify arrays are traced, so new thresholds never recompile).
 @functools.partial(jax.jit, static_argnums=0)
 def _dense_step(graphdef, params, batch: Batch):
     out, records = forward(graphdef, params, batch, Sparsify(), "scores")
@@ -81,7 +69,7 @@ def _dense_step(graphdef, params, batch: Batch):
 @functools.partial(jax.jit, static_argnums=0)
 def _sparse_step(graphdef, params, batch: Batch, sparsify: Sparsify):
     out, _ = forward(graphdef, params, batch, sparsify, "mask")
-    return out["loss_sum"], out["weight"], out["act_ratio_sum"]
+    return out["loss_sum"], out["weight"], out["activation_ratio_sum"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -95,7 +83,11 @@ def _check_batches(batches: Sequence[Batch]) -> None:
 
 
 def dense_pass(graphdef, params, batches: Sequence[Batch]) -> DenseCache:
-    """The dense model over `batches`: real-token scores (L, N, F), kernels, ids, loss.
+    """The dense model over `batches`, once: what every later search step needs.
+
+    The activation scores of the REAL tokens of all batches concatenated per layer
+    (L, N, F), the stacked output kernels (L, F, d), the input ids of those tokens and
+    the dense loss.
 
     The cache lives on ONE device (the first local one): the searches' set-up is then
     computed once, not replicated on every device of a data-parallel mesh (8× the work
@@ -121,7 +113,8 @@ def dense_pass(graphdef, params, batches: Sequence[Batch]) -> DenseCache:
 
 
 def sparse_pass(graphdef, params, batches: Sequence[Batch], sparsify: Sparsify) -> SparseEval:
-    """Token-weighted loss and per-layer activation ratio with `sparsify` applied."""
+    """Token-weighted loss and per-layer activation ratio with `sparsify` applied
+    (thresholds, top-k, FAT-ε); the ratio is measured from the recorded hidden-unit mask."""
     _check_batches(batches)
     totals = None
     for batch in batches:
@@ -166,14 +159,23 @@ def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = 
 def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: float) -> CettThresholds:
     """Per-layer thresholds of the dense model for a target CETT over all real tokens.
 
+    One `find_threshold` call on the `dense_pass` cache: per-layer thresholds whose CETT
+    over all N validation tokens is the largest ≤ c.
+
+    How this differs from the reference code: it computes a threshold per batch and
+    averages the thresholds over batches. CETT is not linear in t, so the mean of
+    per-batch thresholds is not the threshold of any token set, and its realised CETT on
+    the whole validation set is neither ≤ c nor the same for another batch size. Here
+    the CETT is a mean over all real tokens at once (padding never counts), the
+    threshold is exact for that set, and the realised CETT is reported.
+
     Args:
       model_or_pair: an `LM`, or (graphdef, params) as in `train.step.forward`.
       batches: validation batches (dicts with inputs, targets, segment_ids, positions,
         loss_weights); tokens with loss weight 0 are padding and never count.
       cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
     Returns:
-      CettThresholds(threshold, cett, sparsity), each (L,) — see the module docstring
-      for how this differs from averaging per-batch thresholds.
+      CettThresholds(threshold, cett, sparsity), each (L,).
     Raises:
       UserError: CETT outside [0, 1], or no batch / no real token.
     """

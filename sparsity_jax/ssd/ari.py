@@ -4,16 +4,6 @@ SSD compares the neuron clustering of consecutive checkpoints (every M = 3000 st
 with the ARI (Hubert & Arabie, 1985; "Rand, 1971" in the paper) and switches dense→sparse
 once it exceeds τ = 0.9. ARI is 1 for identical partitions (whatever the label names), ≈0
 for independent random ones, and can be negative (≥ −0.5).
-
-Same formula and degenerate cases as `sklearn.metrics.adjusted_rand_score` (≥ 1.3),
-written with the pair-confusion counts of the contingency table n_ij:
-  S = Σ n_ij², A = Σ_i a_i², B = Σ_j b_j² (a, b: row/column sums), n points;
-  tp = S − n, fp = B − S, fn = A − S, tn = n² − A − B + S;
-  ARI = 2 (tp·tn − fn·fp) / ((tp + fn)(fn + tn) + (tp + fp)(fp + tn)),
-and ARI = 1 when fn = fp = 0 (the partitions agree on every pair: identical
-partitions, both a single cluster, both all singletons, n ≤ 1). The contingency table is
-counted in int32, then squared and combined in the default float dtype (float32 unless
-x64 is on): no overflow for any n, and the result matches sklearn to ~1e-6.
 """
 from __future__ import annotations
 
@@ -37,6 +27,16 @@ def adjusted_rand_index(labels_a: Array, labels_b: Array, n_clusters: int | None
         function is jittable (call it inside jit with this argument). Labels outside the
         range are not checked (they would drop out of the table). Without it, any
         integer labels are accepted and renumbered on the host (needs concrete arrays).
+
+    Same formula and degenerate cases as `sklearn.metrics.adjusted_rand_score` (≥ 1.3),
+    written with the pair-confusion counts of the contingency table n_ij:
+      S = Σ n_ij², A = Σ_i a_i², B = Σ_j b_j² (a, b: row/column sums), n points;
+      tp = S − n, fp = B − S, fn = A − S, tn = n² − A − B + S;
+      ARI = 2 (tp·tn − fn·fp) / ((tp + fn)(fn + tn) + (tp + fp)(fp + tn)),
+    and ARI = 1 when fn = fp = 0 (the partitions agree on every pair: identical
+    partitions, both a single cluster, both all singletons, n ≤ 1). The contingency
+    table is counted in int32, then squared and combined in the default float dtype
+    (float32 unless x64 is on): no overflow for any n.
     """
     if jnp.ndim(labels_a) != 1 or jnp.shape(labels_a) != jnp.shape(labels_b):
         raise UserError(

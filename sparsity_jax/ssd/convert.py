@@ -1,30 +1,10 @@
 """Dense ↔ MoE conversion of a whole train state (SSD §4.2 "Transition between Sparse and
 Dense").
 
-Dense → sparse (`dense_to_moe`): per layer, cluster the neurons (rows of W_i, i.e. the
-columns of the Flax kernel w_in (d, F)) into N balanced groups with `moefy_clustering`
-(SSD Eq. 3: random init vs. warm start from the previous labels, lower WCSS wins), sort
-the neurons by cluster so expert n is the contiguous block [n·E, (n+1)·E), E = F/N, and
-apply that permutation to every F-indexed array of the state:
-
-  params   w_in / w_gate columns, w_out rows;
-  opt_state every params-shaped sub-tree (AdamW mu and nu; found structurally, so any
-           optax chain works without knowing its layout);
-  units    the (L, F) hidden-unit tracking arrays, when the state has them.
-
-A permutation of the hidden units leaves the LM's function unchanged and commutes with
-AdamW (element-wise) and global-norm clipping (permutation invariant), so the converted
-state trains exactly like the original one in dense mode (and like K = N MoE mode).
-Router centres (Eq. 4) are then `centres_from_params` of the permuted params.
-
-Sparse → dense: nothing to undo — the experts' blocks *are* the dense kernels, and the
-neuron order simply stays permuted (SSD: "concatenating the weight matrices of all
-experts"); drop the centres. Recompute them with `centres_from_params` before the next
-sparse phase if the kernels have moved.
-
-Warm start: `labels` are returned in the input state's neuron order (what the ARI
-monitor compares). In the converted order neuron j belongs to expert j // E, so the
-labels to warm-start the next conversion of the converted state are `block_labels`.
+Dense → sparse: `dense_to_moe` clusters each layer's neurons into N balanced experts and
+permutes the state so each expert is a contiguous block. Sparse → dense: nothing to undo
+— the experts' blocks *are* the dense kernels, and the neuron order simply stays permuted
+(SSD: "concatenating the weight matrices of all experts"); drop the centres.
 """
 from __future__ import annotations
 
@@ -46,7 +26,10 @@ State = dict[str, Any]
 class Conversion:
     """Result of `dense_to_moe`: centres (L, N, d); labels, perms (L, F) int32.
 
-    labels are in the input order; new neuron j of layer l is old neuron perms[l, j].
+    labels are in the input order (what the ARI monitor compares); new neuron j of layer
+    l is old neuron perms[l, j]. In the converted order neuron j belongs to expert j // E,
+    so the labels to warm-start the next conversion of the converted state are
+    `block_labels`.
     """
 
     centres: Array
@@ -62,13 +45,21 @@ def ffn_params(params: dict) -> list[dict]:
 
 
 def centres_from_params(params: dict, num_experts: int) -> Array:
-    """Router centres (L, N, d) of the current (already permuted) kernels (SSD Eq. 4)."""
+    """Router centres (L, N, d) of the current (already permuted) kernels (SSD Eq. 4).
+
+    Recompute them before the next sparse phase if the kernels have moved.
+    """
     return jnp.stack([centres_from_kernel(p["w_in"], num_experts) for p in ffn_params(params)])
 
 
 def block_labels(d_ff: int, num_experts: int) -> Array:
     """(F,) expert of each neuron in converted order: j // (F/N)."""
     return jnp.arange(d_ff, dtype=jnp.int32) // (d_ff // num_experts)
+
+
+def initial_labels(num_layers: int, d_ff: int, num_experts: int) -> Array:
+    """(L, F) labels of the contiguous-block experts in every layer (`block_labels` per layer)."""
+    return jnp.tile(block_labels(d_ff, num_experts)[None], (num_layers, 1))
 
 
 def permute_params(params: dict, perms_LxF: Array) -> dict:
@@ -87,7 +78,18 @@ def permute_params(params: dict, perms_LxF: Array) -> dict:
 
 
 def permute_state(state: State, perms_LxF: Array) -> State:
-    """A train state with every F-indexed array permuted (params, optimizer moments, units)."""
+    """A train state with every F-indexed array permuted:
+
+      params   w_in / w_gate columns, w_out rows;
+      opt_state every params-shaped sub-tree (AdamW mu and nu; found structurally, so any
+               optax chain works without knowing its layout);
+      units    the (L, F) hidden-unit tracking arrays, when the state has them.
+
+    A permutation of the hidden units leaves the LM's function unchanged and commutes
+    with AdamW (element-wise) and global-norm clipping (permutation invariant), so the
+    converted state trains exactly like the original one in dense mode (and like K = N
+    MoE mode).
+    """
     structure = jax.tree.structure(state["params"])
     params_like = lambda node: jax.tree.structure(node) == structure  # noqa: E731
 
@@ -113,6 +115,13 @@ def dense_to_moe(
     shardings: Any = None,
 ) -> tuple[State, Conversion]:
     """Converts a dense train state to MoE layout (SSD §4.2 dense→sparse).
+
+    Per layer, cluster the neurons (rows of W_i, i.e. the columns of the Flax kernel w_in
+    (d, F)) into N balanced groups with `moefy_clustering` (SSD Eq. 3: random init vs.
+    warm start from the previous labels, lower WCSS wins), sort the neurons by cluster so
+    expert n is the contiguous block [n·E, (n+1)·E), E = F/N, and apply that permutation
+    to every F-indexed array of the state (`permute_state`). Router centres (Eq. 4) are
+    then `centres_from_params` of the permuted params.
 
     Args:
       state: dict(step, params, opt_state, rng[, units]) with pure-dict params.

@@ -1,28 +1,9 @@
 """Sparse inference of any checkpoint: k = 1 … N experts and dynamic top-k (SSD §5.2
 "Inference Efficiency", Fig. 4a; §5.3 "Dynamic Top-k", Fig. 5).
 
-Which experts (`structure`):
-  own    the checkpoint's own MoE structure: experts are the contiguous blocks of its
-         (already permuted) F axis, router centres c_n = means of the blocks' W_i rows
-         of the current kernels (SSD Eq. 4). SSD §5.2 evaluates SSD (and MoE-Dropout)
-         models this way: "we directly adopt their MoE structure used in pre-training"
-         (re-MoEfying them was "slightly worse").
-  moefy  MoEfication on the fly, as for densely pre-trained models: balanced k-means of
-         each layer's W_i rows (`moefy_clustering`, deterministic for a key; warm-started
-         from `labels` when given, e.g. an SSD checkpoint's last `ssd_labels`), F axis
-         permuted into contiguous experts, centres from the permuted kernels.
-  auto   own for checkpoints that trained as an MoE (an SSD sparse phase, SMoE,
-         MoE-Dropout), moefy otherwise (dense, PLD, SSD runs that never switched).
-
-Dynamic top-k (§5.3): the top-k experts of every token are candidates; the
-`drop_share` of them with the lowest importance α within each sequence (the FFN routes
-each sequence separately) are dropped, so important tokens keep more experts. Experts
-per token on average: k · (1 − ⌊share · T·k⌋ / (T·k)) for sequences of T tokens
-(padding positions take part in the ranking).
-
 Evaluation is injected (`evaluate(params, sparsify) -> metrics with "loss"`) so these
-functions stay free of the trainer; `train.evaluate.sparse_inference_workdir` wires them
-to a workdir's checkpoints and validation batches.
+functions stay free of the trainer; `sparsity-jax ssd` (`commands/ssd.py`) wires them to
+a workdir's checkpoints and validation batches.
 """
 from __future__ import annotations
 
@@ -33,22 +14,12 @@ import jax
 import numpy as np
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.nn.ffn import Sparsify
-from sparsity_jax.nn.moe import MoESpec
+from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.ssd.convert import centres_from_params, dense_to_moe, ffn_params
 
 Array = jax.Array
 STRUCTURES = ("auto", "own", "moefy")
 Evaluate = Callable[[dict, Sparsify], dict]
-
-
-def was_sparse(meta: dict | None) -> bool:
-    """Whether a checkpoint trained as an MoE: an SSD run whose controller state (metadata
-    key "ssd") shows a sparse phase, or an SMoE / MoE-Dropout baseline (`ssd.baselines`)."""
-    saved = (meta or {}).get("ssd") or {}
-    ctrl = saved.get("controller") or {}
-    return (saved.get("method") in ("smoe", "moe_dropout") or ctrl.get("phase") == "sparse"
-            or any(p[0] == "sparse" for p in ctrl.get("phases", [])))
 
 
 def moefy_params(params: dict, num_experts: int, *, key: Array, labels: Array | None = None,
@@ -66,7 +37,23 @@ def moefy_params(params: dict, num_experts: int, *, key: Array, labels: Array | 
 def inference_experts(params: dict, num_experts: int, *, structure: str = "auto", sparse_trained: bool = False,
                       key: Array | None = None, labels: Array | None = None,
                       n_iter: int = 50) -> tuple[dict, Array, str]:
-    """(params in expert order, centres (L, N, d), structure used) for sparse inference."""
+    """(params in expert order, centres (L, N, d), structure used) for sparse inference.
+
+    Which experts (`structure`):
+      own    the checkpoint's own MoE structure: experts are the contiguous blocks of its
+             (already permuted) F axis, router centres c_n = means of the blocks' W_i
+             rows of the current kernels (SSD Eq. 4). SSD §5.2 evaluates SSD (and
+             MoE-Dropout) models this way: "we directly adopt their MoE structure used in
+             pre-training" (re-MoEfying them was "slightly worse").
+      moefy  MoEfication on the fly, as for densely pre-trained models: balanced k-means
+             of each layer's W_i rows (`moefy_clustering`, deterministic for a key;
+             warm-started from `labels` when given, e.g. an SSD checkpoint's last
+             `ssd_labels`), F axis permuted into contiguous experts, centres from the
+             permuted kernels.
+      auto   own for checkpoints that trained as an MoE (`sparse_trained`, from
+             `methods.trained_sparse`: an SSD sparse phase, SMoE, MoE-Dropout), moefy
+             otherwise.
+    """
     if structure not in STRUCTURES:
         raise UserError(f"structure {structure!r} is not one of {', '.join(STRUCTURES)}.")
     d_ff = ffn_params(params)[0]["w_in"].shape[1]
@@ -115,14 +102,22 @@ def default_dispatch() -> str:
 
 def moe_sparsify(centres: Array, num_experts: int, k: int, *, drop_share: float = 0.0,
                  dispatch: str | None = None, capacity_factor: float = 1.25) -> Sparsify:
-    """FFN settings for top-k MoE inference with the given router centres (L, N, d)."""
+    """FFN settings for top-k MoE inference with the given router centres (L, N, d).
+
+    Dynamic top-k (§5.3, `drop_share` > 0): the top-k experts of every token are
+    candidates; the `drop_share` of them with the lowest importance α within each
+    sequence (the FFN routes each sequence separately) are dropped, so important tokens
+    keep more experts (`experts_per_token`).
+    """
     spec = MoESpec(centres=centres, num_experts=num_experts, top_k=k, dispatch=dispatch or default_dispatch(),
                    capacity_factor=capacity_factor, drop_share=drop_share)
     return Sparsify(mode="moe", moe=spec)
 
 
 def experts_per_token(k: int, drop_share: float, seq_len: int) -> float:
-    """Mean experts per token under dynamic top-k over sequences of `seq_len` tokens."""
+    """Mean experts per token under dynamic top-k over sequences of `seq_len` tokens:
+    k · (1 − ⌊share · T·k⌋ / (T·k)) for sequences of T tokens (padding positions take
+    part in the ranking)."""
     pairs = seq_len * k
     return k * (1.0 - math.floor(drop_share * pairs) / pairs)
 

@@ -3,43 +3,7 @@
 SSD splits the F neurons of a ReLU FFN into N experts of exactly F/N neurons by
 balanced k-means (Malinen & Fränti, 2014) of the rows of W_i (the input-side kernel,
 one row per neuron, `x_FxD` here), assuming neurons with similar input weights fire
-together. The public code (thunlp/MoEfication, `faster_moefication`) L2-normalises the
-rows first, then alternates a balanced assignment (the auction algorithm of BASE layers,
-Lewis et al. 2021) with centroid updates and keeps the iterate of lowest WCSS. SSD
-Eq. 3 clusters twice, from a random init and warm-started from the previous
-checkpoint's clustering, and keeps the lower WCSS: `moefy_clustering`.
-
-WCSS (SSD App. A) = Σ_i ‖x_i − c_{s_i}‖² over the (normalised) rows, c_n = cluster mean.
-
-Algorithm (pure JAX, one jitted program, no host loop per iteration):
-  seed    k-means++ (random init, from `key`) or the means of `init_labels` (warm start);
-  repeat  balanced assignment (below); c_n ← cluster means; WCSS; keep the best labels
-          seen; stop when the labels repeat or after `n_iter` iterations.
-The assignment step is the transportation problem "F points → N clusters of capacity
-C = F/N, maximise Σ_i s_i,label_i" with s_in = 2 x_i·c_n − ‖c_n‖² (= minimising squared
-distance). Its LP dual has only N variables, the cluster prices p: at optimal prices each
-point's favourite cluster argmax_n (s_in − p_n) gives every cluster exactly C points.
-We find p by Newton's method on the entropy-smoothed dual
-g_T(p) = T Σ_i logsumexp_n((s_in − p_n)/T) + C Σ_n p_n (an N×N solve per step, Armijo
-backtracking), annealing T from 1e-1 to 1e-5 of the score range, warm-started from the
-previous iteration's prices; then take the argmax and make sizes exact: each cluster keeps
-its C largest-margin members and the few leftovers are placed greedily into free slots
-(parallel proposal rounds, at most N). Measured: on random problems up to F=2048 this
-equals the optimum of scipy's `linear_sum_assignment` exactly; on one F=6144, N=32 problem
-one point needed the fix-up. Why not the alternatives: a greedy fill of sorted (point,
-cluster) pairs is serial and not optimal; Jacobi auctions (the family of the BASE-layers
-algorithm the SSD code uses) were tried -- a slot-price forward auction with ε-scaling and
-a cluster-price ascending auction -- and needed 10²–10⁴ rounds per assignment (up to
-15–90 s at F=2048 on CPU) because prices crawl up by tiny steps when many points are
-near-tied; the dual Newton needs ~20–40 steps of dense O(F·N + F·N²) work and runs on
-any backend. Cost: F=6144, N=32, d=768 converges in ~1.4 s on 2 CPU cores (after a ~4 s
-compile).
-
-Measured quality vs unbalanced k-means (tests/ssd/test_kmeans.py): 256 random unit-norm
-gaussian rows in d=16, N=8: balanced WCSS / sklearn KMeans(n_init=10) WCSS is at most
-1.020 (mean 1.013) over the 5 test seeds and at most 1.030 (mean 1.014, min 0.998) over
-20 seeds; the test bound is 1.05. (Equal sizes cost a little WCSS; a single balanced run
-can also beat a 10-restart unbalanced one.)
+together. `balanced_kmeans` clusters once; `moefy_clustering` is SSD Eq. 3.
 """
 from __future__ import annotations
 
@@ -70,6 +34,15 @@ def balanced_kmeans(
 ) -> tuple[Array, Array, Array]:
     """Clusters the F rows of `x_FxD` into `n_clusters` groups of exactly F/N rows.
 
+    The public code (thunlp/MoEfication, `faster_moefication`) L2-normalises the rows
+    first, then alternates a balanced assignment (the auction algorithm of BASE layers,
+    Lewis et al. 2021) with centroid updates and keeps the iterate of lowest WCSS. Here
+    the same loop runs in pure JAX, one jitted program, no host loop per iteration:
+      seed    k-means++ (random init, from `key`) or the means of `init_labels` (warm start);
+      repeat  balanced assignment (`_balanced_assign`); c_n ← cluster means; WCSS; keep
+              the best labels seen; stop when the labels repeat or after `n_iter`
+              iterations.
+
     Args:
       x_FxD: (F, d) rows to cluster (the FFN input kernel, one row per neuron).
       n_clusters: N, number of clusters; must divide F.
@@ -84,7 +57,9 @@ def balanced_kmeans(
     Returns:
       labels_F: (F,) int32 cluster of each row; every cluster has exactly F/N rows.
       centroids_NxD: (N, d) float32 cluster means of the (normalised) rows.
-      wcss: () float32 within-cluster sum of squared distances of the labels.
+      wcss: () float32 within-cluster sum of squared distances of the labels (SSD
+        App. A: WCSS = Σ_i ‖x_i − c_{s_i}‖² over the (normalised) rows, c_n = cluster
+        mean).
     """
     if jnp.ndim(x_FxD) != 2:
         raise UserError(f"balanced_kmeans needs a 2-D (F, d) array, got shape {jnp.shape(x_FxD)}.")
@@ -113,6 +88,9 @@ def moefy_clustering(
     normalize: bool = True,
 ) -> tuple[Array, Array, Array]:
     """SSD Eq. 3: the lower-WCSS of a random-init and a warm-started balanced k-means.
+
+    SSD clusters twice, from a random init and warm-started from the previous
+    checkpoint's clustering (`prev_labels`), and keeps the lower WCSS.
 
     Without `prev_labels` (first conversion) this is one random-init `balanced_kmeans`.
     Returns (labels_F, centroids_NxD, wcss) of the better clustering; ties keep the warm
@@ -264,7 +242,26 @@ def _round_to_capacity(value_FxN: Array) -> Array:
 
 
 def _balanced_assign(score_FxN: Array, price_N: Array) -> tuple[Array, Array]:
-    """Balanced assignment maximising Σ_i s_i,label_i: (labels_F, prices_N for warm start)."""
+    """Balanced assignment maximising Σ_i s_i,label_i: (labels_F, prices_N for warm start).
+
+    The transportation problem "F points → N clusters of capacity C = F/N, maximise
+    Σ_i s_i,label_i" with s_in = 2 x_i·c_n − ‖c_n‖² (= minimising squared distance). Its
+    LP dual has only N variables, the cluster prices p: at optimal prices each point's
+    favourite cluster argmax_n (s_in − p_n) gives every cluster exactly C points. We find
+    p by Newton's method on the entropy-smoothed dual
+    g_T(p) = T Σ_i logsumexp_n((s_in − p_n)/T) + C Σ_n p_n (an N×N solve per step,
+    Armijo backtracking), annealing T from 1e-1 to 1e-5 of the score range, warm-started
+    from the previous iteration's prices (`_balanced_prices`); then take the argmax and
+    make sizes exact: each cluster keeps its C largest-margin members and the few
+    leftovers are placed greedily into free slots (parallel proposal rounds, at most N;
+    `_round_to_capacity`).
+
+    Why not the alternatives: a greedy fill of sorted (point, cluster) pairs is serial
+    and not optimal; Jacobi auctions (the family of the BASE-layers algorithm the SSD
+    code uses) need many rounds per assignment because prices crawl up by tiny steps
+    when many points are near-tied; the dual Newton needs few steps of dense
+    O(F·N + F·N²) work and runs on any backend.
+    """
     num, n_clusters = score_FxN.shape
     if n_clusters == 1:
         return jnp.zeros(num, jnp.int32), price_N

@@ -1,47 +1,32 @@
 """When SSD switches between dense and sparse (MoE) training (SSD §4.2, App. A, App. C).
 
-Dense → sparse: during a dense phase the neurons are clustered every `monitor_every`
-(M) steps counted from the phase start, warm-started from the previous clustering; when
-the adjusted Rand index between two consecutive clusterings exceeds τ, the model
-switches to sparse training. Sparse → dense: the sparse phase lasts
-`r / (1 − r − l)` × the steps of the dense phase that preceded it (r = sparse share of
-training, l = final dense share), so that sparse phases make up ≈ r of training; the
-last l of training is always dense (App. C: 18,000 dense steps → 22,500 sparse steps at
-proportion 1.25 when r = 0.5, l = 0.1).
-
-The controller is pure host logic over a JSON-able state dict (stored in the
-checkpoint's metadata), so resuming mid-phase continues the same schedule. The
-clustering itself (`ssd.kmeans.moefy_clustering`) and the ARI (`ssd.ari`) are computed
-by the trainer at the steps `is_monitor_step` names.
+A dense phase ends when the ARI of two consecutive neuron clusterings exceeds τ; the
+sparse phase after it lasts a fixed multiple of that dense phase; the last share of
+training is dense. `decide` is the controller, pure host logic over a JSON-able state.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from sparsity_jax.errors import UserError
-
 DENSE, SPARSE = "dense", "sparse"
 
 
 @dataclasses.dataclass(frozen=True)
 class SwitchConfig:
+    """The schedule's constants (validated where a run's settings are: 0 <= r, l, r + l < 1)."""
+
     total_steps: int
     monitor_every: int = 3000       # M
     ari_threshold: float = 0.9      # τ
     sparse_share: float = 0.5       # r
     final_dense_share: float = 0.1  # l
 
-    def __post_init__(self):
-        r, l = self.sparse_share, self.final_dense_share
-        if not (0 <= r < 1 and 0 <= l < 1 and r + l < 1):
-            raise UserError(f"SSD needs 0 <= r, l and r + l < 1; got r={r}, l={l}")
-        if self.monitor_every <= 0 or self.total_steps <= 0:
-            raise UserError("ssd.monitor_every and train.steps must be positive")
-
     @property
     def proportion(self) -> float:
-        """Sparse steps per preceding dense step: r / (1 − r − l)."""
+        """Sparse steps per preceding dense step: r / (1 − r − l), so that sparse phases
+        make up ≈ r of training (App. C: 18,000 dense steps → 22,500 sparse steps at
+        proportion 1.25 when r = 0.5, l = 0.1)."""
         return self.sparse_share / (1.0 - self.sparse_share - self.final_dense_share)
 
     @property
@@ -50,17 +35,30 @@ class SwitchConfig:
 
 
 def initial_state() -> dict[str, Any]:
+    """The controller's state: a JSON-able dict, stored in the checkpoint's metadata, so
+    resuming mid-phase continues the same schedule."""
     return {"phase": DENSE, "phase_start": 0, "sparse_end": None, "phases": [], "ari": []}
 
 
 def is_monitor_step(cfg: SwitchConfig, state: dict, step: int) -> bool:
-    """Whether to recluster after `step` completed steps (dense phases only)."""
+    """Whether to recluster after `step` completed steps (dense phases only).
+
+    The clustering itself (`ssd.kmeans.moefy_clustering`) and the ARI (`ssd.ari`) are
+    computed by the trainer at the steps this names.
+    """
     return (state["phase"] == DENSE and step > state["phase_start"] and step < cfg.final_dense_start
             and (step - state["phase_start"]) % cfg.monitor_every == 0)
 
 
 def decide(cfg: SwitchConfig, state: dict, step: int, ari: float | None = None) -> tuple[dict, str | None]:
     """Advances the controller after `step` completed steps.
+
+    Dense → sparse: during a dense phase the neurons are clustered every `monitor_every`
+    (M) steps counted from the phase start, warm-started from the previous clustering;
+    when the adjusted Rand index between two consecutive clusterings exceeds τ, the
+    model switches to sparse training. Sparse → dense: the sparse phase lasts
+    `r / (1 − r − l)` × the steps of the dense phase that preceded it (r = sparse share
+    of training, l = final dense share); the last l of training is always dense.
 
     `ari` is the similarity of this monitor step's clustering with the previous one
     (None when this step is not a monitor step or there was no previous clustering).

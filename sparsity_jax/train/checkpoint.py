@@ -3,8 +3,8 @@
 A checkpoint (directory `<workdir>/checkpoints/<step>/`) holds two items:
   state  the train-state pytree (params, optimizer state, step, RNG key data, and any
          extra state a feature adds, e.g. unit masks), saved with StandardSave;
-  meta   JSON: data position (global batches consumed), the full config, and
-         feature metadata.
+  meta   JSON: data position (global batches consumed), the full config (the settings'
+         `to_dict()`), and the training method's state (key "method").
 Orbax writes each step to a temporary directory and renames it when complete, so a run
 killed mid-save leaves no partial checkpoint behind: `latest_step` only sees finished
 ones. Restoring takes an abstract target whose leaves carry the *current* mesh's
@@ -48,8 +48,9 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
         )
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
+    def restore(self, step: int, abstract_state: Any, hint: str = "") -> tuple[Any, dict]:
+        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs); an
+        unreadable or incompatible step is a UserError naming it (`hint`: the fix to add)."""
         try:
             out = self.manager.restore(
                 step,
@@ -57,17 +58,16 @@ class Checkpointer:
             )
         except Exception as e:  # orbax raises many types for unreadable/incompatible files
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(
-                f"checkpoint step {step} in {self.directory} cannot be restored ({reason}); "
-                "delete that step directory or use the matching config"
-            ) from e
+            raise UserError(f"checkpoint step {step} in {self.directory} cannot be restored ({reason})"
+                            f"{hint or '; move that step directory aside or use the matching config'}.") from e
         return out["state"], dict(out["meta"])
 
     def restore_meta(self, step: int) -> dict:
         try:
             return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
         except Exception as e:
-            raise UserError(f"checkpoint step {step} in {self.directory} has no readable metadata; delete it") from e
+            raise UserError(f"checkpoint step {step} in {self.directory} has no readable metadata; move that step "
+                            "directory aside.") from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,4 +1,5 @@
-"""Metrics logging: `metrics.jsonl` + TensorBoard events, process 0 only, and a progress line."""
+"""Metrics logging: `metrics.jsonl` + TensorBoard events (names in `train/names.py`),
+process 0 only; the one reader of metrics.jsonl; the progress line."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from sparsity_jax.train import names
+
 
 def _plain(v: Any):
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v.tolist()
 
@@ -26,7 +31,8 @@ def _end_line(path: str) -> None:
 
 def read_metrics(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
     """{split: {step: record}} of a workdir's metrics.jsonl, the last record of each step (a
-    resumed run logs the steps since its checkpoint again). A line cut short by a killed
+    resumed run logs the steps since its checkpoint again), names as in `train/names.py`
+    (older logs' names mapped by `names.canonical`). A line cut short by a killed
     writer is skipped (the last line, or a record without its closing brace that a
     resumed writer ended, see `_end_line`); any other unreadable line is a UserError."""
     from sparsity_jax.errors import UserError
@@ -45,7 +51,7 @@ def read_metrics(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
             if i == len(lines) - 1 or cut:
                 continue
             raise UserError(f"{path} line {i + 1} is not a JSON record; fix or remove that line") from None
-        out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
+        out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = names.canonical(rec)
     return out
 
 
@@ -57,8 +63,9 @@ def by_step(records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 class MetricsWriter:
     """Appends `{"step": s, "split": ..., **metrics}` lines to metrics.jsonl and TB scalars.
 
-    Array-valued metrics of shape (L,) are per-layer: TensorBoard gets `name/layer_i`.
-    Only the process with `enabled=True` (process 0) writes anything.
+    Every key must be a quantity of its split in `train/names.py`. Array-valued metrics
+    of shape (L,) are per-layer (TensorBoard: `split/name/layer_i`), dict-valued ones
+    families (`split/name/key`). Only the process with `enabled=True` (process 0) writes.
     """
 
     def __init__(self, workdir: str, enabled: bool = True):
@@ -73,20 +80,18 @@ class MetricsWriter:
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any], split: str = "train") -> None:
+        for key in metrics:
+            names.check(split, key)
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for name, value in record.items():
-            if name in ("step", "split"):
+        for key, value in record.items():
+            if key in ("step", "split"):
                 continue
-            if isinstance(value, list):
-                for i, v in enumerate(value):
-                    if isinstance(v, (int, float)):
-                        self._tb.add_scalar(f"{split}/{name}/layer_{i}", v, step)
-            elif isinstance(value, (int, float)):
-                self._tb.add_scalar(f"{split}/{name}", value, step)
+            for tag, v in names.tb_scalars(split, key, value):
+                self._tb.add_scalar(tag, v, step)
 
     def flush(self) -> None:
         if self._tb is not None:
@@ -104,8 +109,8 @@ def progress_line(step: int, total: int, metrics: dict[str, Any]) -> str:
         parts.append(f"{metrics['tokens_per_sec']:,.0f} tok/s")
     if metrics.get("mfu") is not None:
         parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
-    if "act_ratio" in metrics:
-        ratios = " ".join(f"{r:.3f}" for r in np.asarray(metrics["act_ratio"]).ravel())
+    if names.ACTIVATION_RATIO in metrics:
+        ratios = " ".join(f"{r:.3f}" for r in np.asarray(metrics[names.ACTIVATION_RATIO]).ravel())
         parts.append(f"act ratio/layer [{ratios}]")
     return " | ".join(parts)
 

@@ -15,14 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("constant", "cosine", "wsd", "noam")
+from sparsity_jax.settings import OptimizerSettings
 
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+def make_schedule(cfg: OptimizerSettings, total_steps: int) -> optax.Schedule:
+    """The learning rate per step of `cfg.schedule` (names checked by the settings)."""
     lr, warm = cfg.lr, max(int(cfg.warmup_steps), 0)
     floor = lr * cfg.min_lr_ratio
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule={cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if cfg.schedule == "noam":
         w = max(warm, 1)
         return lambda step: lr * jnp.minimum((step + 1) / w, jnp.sqrt(w / (step + 1.0)))
@@ -43,7 +42,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [warm])
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerSettings, total_steps: int) -> optax.GradientTransformation:
     """AdamW(β1, β2, ε, weight_decay) after clip_by_global_norm(clip_norm) (0 = no clip)."""
     schedule = make_schedule(cfg, total_steps)
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731

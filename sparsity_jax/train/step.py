@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sparsity_jax.nn.ffn import Sparsify
-from sparsity_jax.nn.moe import MoESpec
-from sparsity_jax.ssd.baselines import PLDSchedule
+from sparsity_jax.methods.pld import PLDSchedule
+from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.ssd.convert import centres_from_params
+from sparsity_jax.train import names
 from sparsity_jax.train.units import UnitConfig, mask_stats, sparsify_for, update_units
 
 Array = jax.Array
@@ -48,7 +48,7 @@ def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | No
     }
     if "mask" in records:
         stats = mask_stats(records["mask"], w_BxT > 0, units, detailed)
-        out["act_ratio_sum"] = stats.pop("act_ratio") * out["weight"]
+        out["activation_ratio_sum"] = stats.pop(names.ACTIVATION_RATIO) * out["weight"]
         records = dict(records, **stats)
     return out, records
 
@@ -64,7 +64,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
 
     With `units` (needs record ∈ {mask, both}) the state carries `units` (turn-on/off
     tracking, dead-unit mask; see `train.units`); `detailed=True` (static) adds the
-    per-layer hidden-unit use and percentiles to the metrics. `top_k=K > 0` (static; SSD's
+    per-layer hidden-unit use and percentiles as metrics["detailed"]. `top_k=K > 0` (static; SSD's
     sparse phase, SMoE, MoE-Dropout) runs every FFN in MoE mode with the options of `moe`,
     K of its N experts, and router centres recomputed from the current W_in (gradients
     flow through them, SSD §4.1); it records nothing and leaves the unit state unchanged.
@@ -125,13 +125,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
         step = state["step"] + 1
         new_state = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, step=step)
         metrics = summarize(sums)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics[names.GRAD_NORM] = optax.tree.norm(grads)
         if keep_L is not None:
-            metrics["layers_kept"] = jnp.sum(keep_L).astype(jnp.float32)
+            metrics[names.LAYERS_KEPT] = jnp.sum(keep_L).astype(jnp.float32)
         if units is not None and not top_k:
             new_state["units"], unit_stats = update_units(state["units"], extra["used"], step, state["rng"], units)
             metrics.update(unit_stats)
-            metrics.update(extra.get("detailed", {}))
+            if "detailed" in extra:  # the "units" record: use, percentiles and the tracking stats
+                metrics["detailed"] = {**extra["detailed"], **unit_stats}
         return new_state, metrics
 
     return train_step
@@ -140,9 +141,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
 def summarize(sums: dict[str, Array]) -> dict[str, Array]:
     """Token-weighted means from summed step outputs."""
     weight = jnp.maximum(sums["weight"], 1.0)
-    out = {"loss": sums["loss_sum"] / weight, "accuracy": sums["correct_sum"] / weight, "tokens": sums["weight"]}
-    if "act_ratio_sum" in sums:
-        out["act_ratio"] = sums["act_ratio_sum"] / weight
+    out = {names.LOSS: sums["loss_sum"] / weight, names.ACCURACY: sums["correct_sum"] / weight,
+           names.TOKENS: sums["weight"]}
+    if "activation_ratio_sum" in sums:
+        out[names.ACTIVATION_RATIO] = sums["activation_ratio_sum"] / weight
     return out
 
 

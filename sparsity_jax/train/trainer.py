@@ -19,107 +19,53 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsity_jax.errors import NonFiniteLoss, UserError
-from sparsity_jax.nn.ffn import Sparsify
-from sparsity_jax.ssd.baselines import BaselineRun, method_of
-from sparsity_jax.ssd.controller import SSDRun
+from sparsity_jax.errors import NonFiniteLoss
+from sparsity_jax.methods import TrainingMethod, make_method
+from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.settings import Settings
+from sparsity_jax.train import names
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
-from sparsity_jax.train.setup import Run, build, peak_flops_per_device
-
-
+from sparsity_jax.train.setup import Run, peak_flops_per_device
+from sparsity_jax.train.workdir import build_run, resume_point, validation_batches
 
 DENSE = Sparsify()
 
 
-def _data():
+def _meta(run: Run, step: int, method: TrainingMethod) -> dict:
+    return {"data_position": int(step), "step": int(step), "config": run.settings.to_dict(), "method": method.meta()}
+
+
+def train(settings: Settings, workdir: str) -> dict[str, Any]:
+    """Trains `settings` in `workdir`, resuming from its latest checkpoint; returns the final
+    summary. Every input (data, checkpoint, model shape) is checked before anything is written."""
+    main = jax.process_index() == 0
+    t = settings.train
+    run = build_run(settings, workdir)
+    val = validation_batches(run, workdir)
+    resumed = resume_point(settings, workdir, run)
+    start, state, meta = resumed if resumed else (0, None, None)
+    total = t.steps
     from sparsity_jax import data  # imports TensorFlow: only where data is needed
 
-    return data
-
-
-def validation_batches(run: Run, workdir: str) -> list[dict[str, jax.Array]]:
-    cfg = run.cfg
-    it = _data().get_batches(
-        cfg.data, split="validation", global_batch_size=cfg.train.global_batch_size, seq_len=cfg.train.seq_len,
-        process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir,
-        max_batches=cfg.train.eval_batches,
-    )
-    batches = [run.device_batch(b) for b in it]
-    if not batches:
-        raise UserError("the validation split is empty; use a larger corpus or raise data.val_permille")
-    return batches
-
-
-def build_run(cfg, workdir: str) -> Run:
-    vocab = _data().vocab_size(cfg.data, cache_dir=workdir)
-    return build(cfg, vocab)
-
-
-def _meta(run: Run, step: int, method: SSDRun | BaselineRun | None = None) -> dict:
-    meta = {"data_position": int(step), "step": int(step), "config": json.loads(run.cfg.to_json_best_effort())}
-    if method is not None:
-        meta["ssd"] = method.meta()
-    return meta
-
-
-def _step_flops(run: Run, batch, top_k: int = 0) -> float | None:
-    """FLOPs of one train step from XLA's cost analysis of the lowered (pre-optimisation)
-    HLO; shapes only, no execution, no compile. Not the compiled module's analysis:
-    XLA:GPU leaves the cuBLAS matmul custom calls out of it (an H100 reported 0.4 GFLOP
-    for a 0.9 TFLOP step), while the lowered HLO counts every dot on every backend
-    (within 0.6% of XLA:CPU's compiled count for the tiny SSD steps).
-
-    With train.grad_accum = G > 1 the micro-batches run in a `lax.scan`, whose body the
-    cost analysis counts once: the count is multiplied by G (which also multiplies the
-    optimizer update outside the scan, a negligible share of a step)."""
-    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # noqa: E731
-    try:
-        lowered = run.train_step.lower(run.abstract_state, jax.tree.map(spec, batch), DENSE, False, top_k)
-        cost = lowered.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) * max(int(run.cfg.train.grad_accum), 1) or None
-    except Exception:  # cost analysis is best effort on some backends
-        return None
-
-
-def _eval_sparsify(run: Run, method: SSDRun | BaselineRun | None, state, step: int) -> Sparsify:
-    """FFN settings of the evaluation after `step` steps: the method's (an SMoE /
-    MoE-Dropout evaluates as its MoE), else the run's own (dense, dead-unit mask)."""
-    sp = method.eval_sparsify(state, step) if method is not None else None
-    return run.sparsify(state) if sp is None else sp
-
-
-def train(cfg, workdir: str) -> dict[str, Any]:
-    """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the final summary."""
-    main = jax.process_index() == 0
-    run = build_run(cfg, workdir)
-    val = validation_batches(run, workdir)  # bad data input fails here, before anything is written
-    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoints)
-    total = cfg.train.steps
-    start = ckpt.latest_step()
-    meta = None
-    if start is None:
-        state, start = run.init_state(jax.random.key(cfg.seed)), 0
+    train_it = data.get_batches(
+        settings.data, split="train", global_batch_size=t.global_batch_size, seq_len=t.seq_len,
+        process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start, cache_dir=workdir)
+    first = next(train_it) if start < total else None  # an empty train split fails here, before any write
+    method = make_method(run, meta)
+    if resumed:
+        log_print(f"resumed from {workdir} at step {start}", main)
     else:
-        state, meta = ckpt.restore(start, run.abstract_state)
-        start = int(meta["data_position"])
-        log_print(f"resumed from {ckpt.directory} at step {start}", main)
-    # ssd.method: which step variant runs each step (SSD or a baseline), FLOPs accounting
-    name = method_of(cfg)
-    method = None if name == "dense" else (SSDRun if name == "ssd" else BaselineRun)(cfg, run, meta)
+        state = run.init_state(jax.random.key(settings.seed))
+    ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoints)
     writer = MetricsWriter(workdir, enabled=main)
     if main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(run.cfg.to_json_best_effort(indent=2))
+            json.dump(settings.to_dict(), f, indent=2)
     if start == 0:
-        writer.write(0, run.evaluate(state["params"], val, _eval_sparsify(run, method, state, 0)), split="eval")
+        writer.write(0, run.evaluate(state["params"], val, method.eval_sparsify(state, 0)), split=names.EVAL)
     if start >= total:
         log_print(f"already trained to step {start} of {total}; nothing to do", main)
-    train_it = _data().get_batches(
-        cfg.data, split="train", global_batch_size=cfg.train.global_batch_size, seq_len=cfg.train.seq_len,
-        process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start, cache_dir=workdir,
-    )
     stop = {"signal": None}
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     peak = peak_flops_per_device()
@@ -127,14 +73,12 @@ def train(cfg, workdir: str) -> dict[str, Any]:
 
     def check(step: int, m) -> dict:
         host = jax.device_get(m)
-        if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
-            raise NonFiniteLoss(f"loss became {host['loss']} (grad norm {host['grad_norm']}) at step {step}")
+        if not (np.isfinite(host[names.LOSS]) and np.isfinite(host[names.GRAD_NORM])):
+            raise NonFiniteLoss(f"loss became {host[names.LOSS]} (grad norm {host[names.GRAD_NORM]}) at step {step}")
         return host
 
     def aside(bucket: str, fn):
         """Runs fn() with its wall-clock charged to `bucket`, not to the next step's phase."""
-        if method is None:
-            return fn()
         jax.block_until_ready(state)  # the pending step's own time stays with its phase
         t = time.perf_counter()
         out = fn()
@@ -143,52 +87,47 @@ def train(cfg, workdir: str) -> dict[str, Any]:
 
     def report(step: int, host: dict) -> None:
         nonlocal t0, tokens
-        tokens += float(host["tokens"])
-        if step % cfg.train.log_every and step != total:
+        tokens += float(host[names.TOKENS])
+        if step % t.log_every and step != total:
             return
         dt = time.perf_counter() - t0
-        host["tokens_per_sec"] = tokens / max(dt, 1e-9)
-        host["step_time"] = dt * cfg.train.global_batch_size * cfg.train.seq_len / max(tokens, 1.0)
+        host[names.TOKENS_PER_SEC] = tokens / max(dt, 1e-9)
+        host[names.STEP_TIME] = dt * t.global_batch_size * t.seq_len / max(tokens, 1.0)
         if flops and peak:
-            host["mfu"] = flops / host["step_time"] / (peak * jax.device_count())
+            host[names.MFU] = flops / host[names.STEP_TIME] / (peak * jax.device_count())
         writer.write(step, host)
         log_print(progress_line(step, total, host), main)
         t0, tokens = time.perf_counter(), 0.0
 
-    if method is not None:
-        method.account.restart()
+    method.account.restart()
     try:
         step = start
         for step in range(start, total):
-            batch = run.device_batch(next(train_it))
+            batch = run.device_batch(first if step == start else next(train_it))
             if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
-                if method is None:
-                    flops = _step_flops(run, batch)
-                else:  # the method's step (MoE's K, PLD's expected drops) at the start step
-                    flops = method.step_flops(start, lambda k: _step_flops(run, batch, k))[0]
+                flops = method.step_flops(start)[0]  # the method's step (MoE's K, PLD's expected drops)
                 t0 = time.perf_counter()
-            every = cfg.train.metrics_every
-            top_k = method.top_k(step) if method is not None else 0
+            every = t.metrics_every
+            top_k = method.top_k(step)
             detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not top_k)
             state, metrics = run.train_step(state, batch, DENSE, detailed, top_k)
             if detailed:
-                writer.write(step + 1, metrics, split="units")
-            if method is not None:
-                state, ssd_metrics = method.after_step(state, step + 1, lambda k: _step_flops(run, batch, k), detailed)
-                log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total
-                if "ssd_ari" in ssd_metrics or "ssd_switch" in ssd_metrics or log_now:
-                    writer.write(step + 1, ssd_metrics, split="ssd")
+                writer.write(step + 1, metrics.pop("detailed"), split=names.UNITS)
+            state, method_metrics = method.after_step(state, step + 1, detailed)
+            log_now = (step + 1) % t.log_every == 0 or step + 1 == total
+            if method_metrics and (names.SSD_ARI in method_metrics or names.SSD_SWITCH in method_metrics or log_now):
+                writer.write(step + 1, method_metrics, split=names.SSD)
             if pending is not None:
                 report(pending[0], check(*pending))
             pending = (step + 1, metrics)
             done = step + 1
-            if done % cfg.train.checkpoint_every == 0 or done == total or stop["signal"]:
+            if done % t.checkpoint_every == 0 or done == total or stop["signal"]:
                 report(done, check(*pending))
                 pending = None
                 aside("checkpoint", lambda: ckpt.save(done, state, _meta(run, done, method)))
-            if done % cfg.train.eval_every == 0 and done != total:
-                ev = aside("eval", lambda: run.evaluate(state["params"], val, _eval_sparsify(run, method, state, done)))
-                writer.write(done, ev, split="eval")
+            if done % t.eval_every == 0 and done != total:
+                ev = aside("eval", lambda: run.evaluate(state["params"], val, method.eval_sparsify(state, done)))
+                writer.write(done, ev, split=names.EVAL)
             if stop["signal"]:
                 log_print(f"received signal {stop['signal']}: saved step {done}, exiting", main)
                 break
@@ -198,12 +137,11 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, previous_handler)
         ckpt.close()
         writer.flush()
-    final = run.evaluate(state["params"], val, _eval_sparsify(run, method, state, int(jax.device_get(state["step"]))))
+    final = run.evaluate(state["params"], val, method.eval_sparsify(state, int(jax.device_get(state["step"]))))
     summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
     summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
-    if method is not None:
-        summary["ssd"] = method.meta()
-    writer.write(summary["step"], final, split="eval")
+    summary["method"] = method.meta()
+    writer.write(summary["step"], final, split=names.EVAL)
     writer.close()
     if main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -1,21 +1,10 @@
-"""Hidden-unit statistics and dead-unit masking inside the train step (layer-patterns
-paper, W&A §2–4).
-
-Per step (cheap, (L, F) booleans): the units used by the global batch update the
-turn-on / turn-off tracking of Table 2 — units used in the first training batch,
-units used ever — and, when `unit_mask.at_step = S` is set, the window of batches
-before S. At the end of step S the units unused over the last `unit_mask.window`
-batches (S−window+1 … S) get mask 0 for every later step (forward and gradient, through
-the FFN's `unit_mask`); `unit_mask.random = True` masks a random set of the same size per
-layer instead (the paper's control, §4.1). All of it lives in the train state under
-`units`, so it is checkpointed and survives a restore.
-
-Every `train.metrics_every` steps the step also returns per-layer per-token /
-per-sequence / per-batch use and the within-sequence percentiles (`detailed`), computed
-from the mask the forward pass already recorded. Everything (the used set, the
-activation ratio, the detailed metrics) comes from ONE reduction of that mask, the
-per-sequence counts (L, B, F) (`mask_stats`), so the (L, B, T, F) mask is read once. With gradient accumulation they
-describe the last micro-batch (the "batch" granularity is then one micro-batch).
+"""Hidden-unit statistics inside the train step (W&A §2–4): every step the units used by
+the batch update the turn-on / turn-off tracking of Table 2 (and dead-unit masking,
+`methods/unit_mask.py`); every `train.metrics_every` steps the per-layer per-token /
+per-sequence / per-batch use and within-sequence percentiles. All of it comes from ONE
+reduction of the recorded (L, B, T, F) mask, the per-sequence counts (`mask_stats`);
+with gradient accumulation it describes the last micro-batch. The state lives in the
+train state under `units`, so it is checkpointed.
 """
 from __future__ import annotations
 
@@ -32,7 +21,9 @@ from sparsity_jax.metrics.hidden_units import (
     use_from_counts,
     used_from_counts,
 )
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.methods.unit_mask import init_mask, update_mask
+from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.train import names
 
 Array = jax.Array
 
@@ -52,13 +43,24 @@ class UnitConfig:
     def masking(self) -> bool:
         return self.mask_at_step > 0
 
+    @classmethod
+    def of(cls, settings, mesh) -> "UnitConfig | None":
+        """Tracking settings of a run (None when it records no masks); metrics_batch_groups
+        -1 is the data-parallel size of `mesh`."""
+        t, u = settings.train, settings.unit_mask
+        if t.record not in ("mask", "both"):
+            return None
+        groups = mesh.shape["data"] * mesh.shape["fsdp"] if t.metrics_batch_groups == -1 else t.metrics_batch_groups
+        return cls(num_layers=settings.model.num_layers, d_ff=settings.model.d_ff,
+                   record_threshold=t.record_threshold, batch_groups=groups, mask_at_step=u.at_step,
+                   mask_window=u.window, mask_random=u.random)
+
 
 def init_units(ucfg: UnitConfig) -> dict[str, Array]:
     shape = (ucfg.num_layers, ucfg.d_ff)
     state = {"first": jnp.zeros(shape, bool), "ever": jnp.zeros(shape, bool)}
     if ucfg.masking:
-        state["window"] = jnp.zeros(shape, bool)
-        state["unit_mask"] = jnp.ones(shape, jnp.float32)
+        state.update(init_mask(shape))
     return state
 
 
@@ -73,14 +75,6 @@ def sparsify_for(units: dict[str, Array] | None, ucfg: UnitConfig | None, base: 
     return dataclasses.replace(base, unit_mask=base.unit_mask if mask is None else mask, record_threshold=rt)
 
 
-def _random_keep(keep_LxF: Array, key: Array) -> Array:
-    """A random mask keeping as many units per layer as `keep_LxF` does."""
-    n_keep_L = jnp.sum(keep_LxF, axis=-1, keepdims=True)
-    noise_LxF = jax.random.uniform(key, keep_LxF.shape)
-    rank_LxF = jnp.argsort(jnp.argsort(noise_LxF, axis=-1), axis=-1)
-    return rank_LxF < n_keep_L
-
-
 def update_units(units: dict[str, Array], used_LxF: Array, step_after: Array, rng: Array,
                  ucfg: UnitConfig) -> tuple[dict[str, Array], dict[str, Array]]:
     """Folds one step's used units into the state; returns (units, per-layer stats)."""
@@ -90,31 +84,27 @@ def update_units(units: dict[str, Array], used_LxF: Array, step_after: Array, rn
     tracked, stats = unit_tracking_update(tracked, used_LxF)
     new = dict(units, **tracked)
     if ucfg.masking:
-        s, w = ucfg.mask_at_step, ucfg.mask_window
-        in_window = step_after > s - w
-        new["window"] = jnp.where(in_window, units["window"] | used_LxF, jnp.zeros_like(used_LxF))
-        keep = new["window"]
-        if ucfg.mask_random:
-            keep = _random_keep(keep, jax.random.fold_in(jax.random.wrap_key_data(rng), s))
-        new["unit_mask"] = jnp.where(step_after == s, keep.astype(jnp.float32), units["unit_mask"])
-        stats["masked_fraction"] = 1.0 - jnp.mean(new["unit_mask"], axis=-1)
+        masking, mask_stats_ = update_mask(units, used_LxF, step_after, rng, ucfg.mask_at_step, ucfg.mask_window,
+                                           ucfg.mask_random)
+        new.update(masking)
+        stats.update(mask_stats_)
     return new, stats
 
 
 def mask_stats(mask_LxBxTxF: Array, token_mask_BxT: Array, ucfg: UnitConfig | None,
                detailed: bool = False) -> dict[str, Array]:
-    """One pass over the recorded mask: `act_ratio` (L,) (mean over real tokens of the
-    used fraction of F), and with `ucfg` the batch's `used` units (L, F) and, when
-    `detailed`, the per-layer use fractions and percentiles under `detailed`."""
+    """One pass over the recorded mask: the activation ratio (L,) (mean over real tokens of
+    the used fraction of F), and with `ucfg` the batch's `used` units (L, F) and, when
+    `detailed`, the per-layer use fractions and percentiles (logged names) under `detailed`."""
     count_LxBxF, length_B = sequence_unit_counts(mask_LxBxTxF, token_mask_BxT)
     use = use_from_counts(count_LxBxF, length_B, batch_groups=ucfg.batch_groups if ucfg else 1)
-    out = {"act_ratio": use["per_token"]}  # unused outputs are dropped by XLA
+    out = {names.ACTIVATION_RATIO: use["per_token"]}  # unused outputs are dropped by XLA
     if ucfg is None:
         return out
     out["used"] = used_from_counts(count_LxBxF)
     if detailed:
         pct = percentiles_from_counts(count_LxBxF, length_B, ucfg.percentiles)
-        stats = {f"use_{k}": v for k, v in use.items()}
-        stats.update({f"seq_use_p{p}": v for p, v in pct.items()})
+        stats = {names.USE_NAMES[k]: v for k, v in use.items()}
+        stats[names.SEQ_USE_PERCENTILE] = {str(p): v for p, v in pct.items()}
         out["detailed"] = stats
     return out

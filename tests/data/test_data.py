@@ -13,14 +13,13 @@ import pytest
 from sparsity_jax import data
 from sparsity_jax.data import sources, tasks
 from sparsity_jax.errors import UserError
+from sparsity_jax.settings import DataSettings, Settings
 
 SEQ, BATCH = 64, 8
 
 
 def small_cfg(**overrides):
-    cfg = data.default_data_config()
-    cfg.update({**dict(max_files=12, num_shards=4, shuffle_buffer=64), **overrides})
-    return cfg
+    return DataSettings(**{**dict(max_files=12, num_shards=4, shuffle_buffer=64), **overrides})
 
 
 def take(cfg, n, split="train", **kw):
@@ -105,7 +104,7 @@ def test_validation_fixed_shape_padding_and_processes():
 
 
 def test_local_code_split_disjoint_nonempty_and_stable():
-    source = tasks.make_source(data.default_data_config())
+    source = tasks.make_source(DataSettings())
     train, val = set(source.files("train")), set(source.files("validation"))
     assert train and val and not train & val
     assert 0.005 < len(val) / (len(train) + len(val)) < 0.05
@@ -178,12 +177,14 @@ def test_bad_arguments_are_user_errors():
                          seq_len=SEQ, process_count=3)
     with pytest.raises(UserError, match="multiple of\\s+data.num_shards"):
         data.get_batches(small_cfg(), split="train", global_batch_size=6, seq_len=SEQ)
-    with pytest.raises(UserError, match="wrong type"):
-        data.resolve_config({"seed": "zero"})
-    with pytest.raises(UserError, match="unknown config key data.colour"):
-        data.resolve_config({"colour": "red"})
-    with pytest.raises(UserError, match="data.task"):
-        data.resolve_config({"task": "nope"})
+    with pytest.raises(UserError, match="data.seed='zero' is a str"):
+        Settings.from_dict({"data": {"seed": "zero"}})
+    with pytest.raises(UserError, match="unknown config key 'config.data.colour'"):
+        Settings.from_dict({"data": {"colour": "red"}})
+    with pytest.raises(UserError, match="data.task='nope' is unknown"):
+        data.resolve_config(DataSettings(task="nope"))
+    with pytest.raises(UserError, match="sparsity_jax.settings.DataSettings"):
+        data.resolve_config({"task": "local_code"})
 
 
 def test_tensorflow_sees_no_accelerator():
@@ -192,7 +193,7 @@ def test_tensorflow_sees_no_accelerator():
 
 
 def test_vocab_sizes_and_tfds_tasks_register_offline():
-    assert data.vocab_size(data.default_data_config()) == 259
+    assert data.vocab_size(DataSettings()) == 259
     for name in ("c4_en", "lm1b"):
         task = data.get_task(small_cfg(task=name))
         assert task.name == name and "targets" in task.output_features

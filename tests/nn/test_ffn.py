@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.nn.activations import ACTIVATIONS
-from sparsity_jax.nn.ffn import FFN, Sparsify
+from sparsity_jax.nn.ffn import FFN
+from sparsity_jax.nn.sparsify import Sparsify
 
 D, F = 16, 48
 
@@ -96,6 +97,38 @@ def test_topk_and_fat_modes_on_gate_score():
     eps = 0.2
     y = ffn(x, Sparsify(mode="fat", eps=eps))
     np.testing.assert_allclose(np.asarray(y), np.where(np.abs(s) >= eps, a, 0) @ w_out, atol=1e-5)
+
+
+def numpy_topk(s: np.ndarray, k: int) -> np.ndarray:
+    """Exactly k per row of the largest |s|, ties to the lower index: a stable sort by −|s|."""
+    order = np.argsort(-np.abs(s), axis=-1, kind="stable")[..., :k]
+    keep = np.zeros(s.shape, bool)
+    np.put_along_axis(keep, order, True, axis=-1)
+    return keep
+
+
+def test_topk_keeps_exactly_k_with_ties_in_the_ffn_and_the_metrics():
+    """Gate scores with many ties (quantised): the FFN and metrics.topk_mask keep exactly k
+    per token, the lower index winning a tie, as a stable numpy sort does."""
+    from sparsity_jax.metrics.baselines import topk_mask
+    from sparsity_jax.nn.sparsify import topk_keep
+
+    ffn = make("relu")  # non-gated: the gate score is a itself
+    x = rand_x()
+    _, a = ffn.hidden(x)
+    a_q = np.round(np.asarray(a) * 2) / 2  # ties everywhere (relu: many exact zeros and repeated halves)
+    for k in (1, 5, 7, F // 2):
+        want = numpy_topk(a_q, k)
+        assert (np.diff(np.sort(np.abs(a_q), axis=-1), axis=-1) == 0).any()  # there are ties at the cut
+        np.testing.assert_array_equal(np.asarray(topk_keep(jnp.asarray(a_q), k)), want)
+        np.testing.assert_array_equal(np.asarray(topk_mask(a_q, k)), want)
+        assert np.all(want.sum(-1) == k)
+    # In the FFN: replace the kernel so its scores are the tied ones; y = kept a @ W_out.
+    k = 7
+    ffn.hidden = lambda x_: (jnp.asarray(a_q), jnp.asarray(a_q))
+    y = ffn(x, Sparsify(mode="topk", k=k))
+    np.testing.assert_allclose(np.asarray(y), np.where(numpy_topk(a_q, k), a_q, 0) @ np.asarray(ffn.w_out[...]),
+                               atol=1e-5)
 
 
 def test_unit_mask_zeroes_forward_and_gradient():

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.metrics.activation import activation_ratio
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.nn.model import LM, ModelConfig
 
 TINY = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, d_ff=64)

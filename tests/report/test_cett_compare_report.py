@@ -1,14 +1,16 @@
-"""The activation comparison's report (search.compare → report.cett_report) on made-up results."""
+"""The activation comparison's report (commands.compare → report.cett_report) on made-up results."""
 import json
 import os
 
 from sparsity_jax.report.cett_report import write_compare_report
-from sparsity_jax.search.compare import _final_step, parse_args, table
+from sparsity_jax.cli import parser
+from sparsity_jax.commands.compare import _final_step, table
 
 
-def _model(d_ff, cett, sparsity):
+def _model(d_ff, cett, sparsity, d_model=128, num_layers=4):
     grid = [0.0, 0.1, 0.2]
-    return {"d_ff": d_ff, "parameters": 1000, "dense_ppl": 5.0,
+    return {"d_ff": d_ff, "d_model": d_model, "num_layers": num_layers, "parameters": 1000, "dense_ppl": 5.0,
+            "dense_loss": 1.61,
             "ppl_p": {"cett": cett, "ppl_ratio": 1.0099, "sparsity": sparsity, "activation_ratio": 1 - sparsity,
                       "evaluations": 5},
             "curve": {"cett": grid, "sparsity": [0.5, sparsity, 0.9], "ppl_ratio": [1.0, 1.009, 1.05]}}
@@ -22,7 +24,16 @@ def test_compare_report_files_and_table(tmp_path):
     assert os.path.getsize(paths[1]) > 10_000
     assert json.load(open(paths[0]))["models"]["relu"]["ppl_p"]["cett"] == 0.11
     rows = open(paths[2]).read().splitlines()
-    assert any(r.startswith("| relu | 512 |") and "| 0.8000 |" in r and "| 0.5000 |" in r for r in rows)
+    assert any(r.startswith("| relu | 32 | 512 |") and "| 0.8000 |" in r and "| 0.5000 |" in r for r in rows)
     assert _final_step(str(tmp_path / "missing")) is None
-    args = parse_args(["--workdir", str(tmp_path), "--activations", "relu", "--set", "train.steps=5"])
-    assert args.activations == "relu" and args.set == ["train.steps=5"]
+    args = parser().parse_args(["compare", "--workdir", str(tmp_path), "--activations", "relu"])
+    assert args.variants == "relu" and args.config == "configs/relu2/tiny.py"
+
+
+def test_width_depth_figure_when_d_over_l_differs(tmp_path):
+    models = {"d64_l16": _model(160, 0.1, 0.85, 64, 16), "d256_l1": _model(640, 0.12, 0.9, 256, 1)}
+    result = {"config": "configs/sparsing_law/width_depth.py", "p": 1.0, "models": models,
+              "table": table(models, 1.0)}
+    paths = write_compare_report(result, str(tmp_path))
+    assert os.path.basename(paths[-1]) == "width_depth.png" and os.path.getsize(paths[-1]) > 10_000
+    assert "| d64_l16 | 4 | 160 |" in table(models, 1.0)

@@ -12,7 +12,7 @@ def _run(workdir, losses, use_scale):
     for i, loss in enumerate(losses):
         step = 10 * (i + 1)
         w.write(step, {"loss": loss})
-        w.write(step, {"use_per_token": use_scale * np.array([0.2, 0.1]) / step,
+        w.write(step, {"activation_ratio": use_scale * np.array([0.2, 0.1]) / step,
                        "use_per_sequence": np.array([0.9, 0.8]), "use_per_batch": np.array([1.0, 0.95])},
                 split="units")
     json.dump({"unit_mask": {"at_step": 20}}, open(workdir / "config.json", "w"))

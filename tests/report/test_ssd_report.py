@@ -8,6 +8,7 @@ import pytest
 from sparsity_jax.cli import main
 from bench.ssd_run import whole_run
 from sparsity_jax.errors import UserError
+from sparsity_jax.methods import step_flops
 from sparsity_jax.report.ssd_report import FILES, phases, ssd_report
 from sparsity_jax.train import trainer
 from tests.train.helpers import tiny_config
@@ -36,7 +37,10 @@ def test_report_files_and_numbers(workdirs, tmp_path, capsys):
     # τ = -1: switch at the 2nd monitor step (4), sparse for 1.25 × 4 = 5 steps
     assert s["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and s["phases"][-1][::2] == ["dense", 12]
     # the first clustering (step 2) has nothing to compare with: the first ARI is at step 4
-    assert s["flops"]["speedup"] > 1.0 and s["ari"][0]["step"] == 4 and s["eval"][-1]["step"] == 12
+    assert s["ari"][0]["step"] == 4 and s["eval"][-1]["step"] == 12
+    run = trainer.build_run(tiny_config(**SSD), ssd)
+    dense_flops, sparse_flops = step_flops(run, 0), step_flops(run, 2)
+    assert s["flops"]["speedup"] == pytest.approx(12 * dense_flops / (7 * dense_flops + 5 * sparse_flops), rel=1e-9)
     # steps per phase as logged by the FLOPs accounting: the phases above, 5 sparse + 7 dense
     assert s["wall_clock"]["steps"] == {"dense": 7.0, "sparse": 5.0} and s["sparse_share"] == 5 / 12
     assert r["dense"]["eval"][-1]["step"] == 4
@@ -58,6 +62,8 @@ def test_non_ssd_run_is_refused(workdirs, tmp_path, ssd_cfg, method):
     shutil.copytree(workdirs[0], run, ignore=shutil.ignore_patterns("checkpoints", "report"))
     cfg = json.load(open(os.path.join(run, "config.json")))
     cfg["ssd"] = {k: v for k, v in cfg["ssd"].items() if k not in ("method", "enabled")} | ssd_cfg
+    if method == "pld":  # a valid pld config records nothing
+        cfg["train"].update(record="none", metrics_every=0)
     json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
     with pytest.raises(UserError, match=f"was trained with ssd.method={method} — use bench/ssd_run.py {run}"):
         ssd_report(run, str(tmp_path / "out"))

@@ -2,7 +2,6 @@
 
 One tiny ReLU model is trained once per session (30 steps, checkpoints 10/20/30).
 """
-import argparse
 import functools
 import json
 import math
@@ -16,11 +15,13 @@ from flax import nnx
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.threshold_search import find_threshold
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.cli import main
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search import PplSearch, find_crossing, thresholds_for_cett
 from sparsity_jax.search.ppl import first_guess
-from sparsity_jax.search.commands import add_commands, cett_workdir, load_workdir, ppl_workdir, run_command
 from sparsity_jax.search.thresholds import sparse_pass, threshold_sparsify
+from sparsity_jax.settings import from_saved
+from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config
 from tests.train.helpers import tiny_config
 
 STEPS = 30
@@ -38,11 +39,12 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded(workdir):
     """(run, validation batches of 8 × 16 × 32 tokens, {step: params})."""
-    ckpt, run, val, steps = load_workdir(workdir, eval_batches=8)
-    params = {s: ckpt.restore(s, run.abstract_state)[0]["params"] for s in steps}
-    ckpt.close()
+    ckpt, steps = checkpoints(workdir)
+    wd = open_workdir(workdir, from_saved(saved_config(ckpt, steps[-1]), {"train.eval_batches": "8"}), ckpt, steps)
+    params = {s: wd.restore(s)[0]["params"] for s in steps}
+    wd.close()
     assert steps == [10, 20, 30]
-    return run, val, params
+    return wd.run, wd.val, params
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -100,7 +102,7 @@ def test_threshold_mode_drops_exactly_the_small_neurons(loaded):
     ev = sparse_pass(run.graphdef, params[30], val, threshold_sparsify(thr))
     ref = run.evaluate(params[30], val, threshold_sparsify(thr))
     assert abs(ev.loss - float(ref["loss"])) < 1e-5
-    np.testing.assert_allclose(ev.act_ratio, np.asarray(ref["act_ratio"]), atol=1e-5)
+    np.testing.assert_allclose(ev.activation_ratio, np.asarray(ref["activation_ratio"]), atol=1e-5)
 
 
 def _z(c):
@@ -163,16 +165,20 @@ def test_ppl_search_brackets_the_target_ratio(loaded):
     assert r10.ratio <= 1.10 < r10.ratio_upper and r10.cett > r.cett
 
 
-def test_cett_command_writes_json_and_table(workdir, capsys):
-    out = cett_workdir(workdir, 0.2, step=20, eval_batches=2)
+def test_cett_command_writes_json_and_table(workdir, loaded, capsys):
+    assert main(["cett", "--workdir", workdir, "--cett", "0.2", "--step", "20", "--eval-batches", "8"]) == 0
     data = json.load(open(os.path.join(workdir, "cett.json")))
-    assert data["step"] == 20 and len(data["threshold"]) == 2
-    assert np.all(np.asarray(data["cett"]) <= 0.2 + 1e-6) and data["activation_ratio"] == out["activation_ratio"]
+    run, val, params = loaded
+    want = thresholds_for_cett((run.graphdef, params[20]), val, 0.2)  # the same validation batches
+    assert data["step"] == 20 and data["threshold"] == pytest.approx(want.threshold.tolist(), rel=1e-6)
+    assert np.all(np.asarray(data["cett"]) <= 0.2 + 1e-6)
+    assert data["activation_ratio"] == pytest.approx(1 - want.sparsity.mean(), rel=1e-6)
     assert "layer  threshold" in capsys.readouterr().out
 
 
 def test_ppl_command_writes_report(workdir, tmp_path):
-    res = ppl_workdir(workdir, "5", last=2, topk=[16], fat_eps=[0.5], output_dir=str(tmp_path), eval_batches=2)
+    assert main(["ppl", "--workdir", workdir, "--ppl-p", "5", "--last", "2", "--topk", "16", "--fat-eps", "0.5",
+                 "--output-dir", str(tmp_path), "--eval-batches", "2"]) == 0
     for f in ("ppl.json", "activation_over_training.png", "layer_ratios.png", "pareto.png", "neuron_frequency.png"):
         assert os.path.getsize(tmp_path / f) > 1000, f
     data = json.load(open(tmp_path / "ppl.json"))
@@ -187,18 +193,12 @@ def test_ppl_command_writes_report(workdir, tmp_path):
         assert q["cett"] == s["cett"] and abs(q["activation_ratio"] - (1 - np.mean(q["sparsity"]))) < 1e-6
         assert np.all(np.asarray(q["realised_cett"]) <= s["cett"] + 1e-6)
         np.testing.assert_allclose(r["stats"]["activation_ratio"], 1 - np.asarray(q["sparsity"]), atol=1e-6)
-    front = res["pareto"]
+    front = data["pareto"]
     assert [p["k"] for p in front["topk"]] == [16] and front["topk"][0]["activation_ratio"] <= 16 / 64 + 1e-6
     assert len(front["fat"]) == 1 and len(front["ppl_p"]) == 1
     last = data["last_checkpoint"]
     assert np.asarray(last["neuron_frequency"]).shape == (2, 64) and np.asarray(last["hot_cdf"])[:, -1] == pytest.approx(1)
     assert len(last["per_token_id_activation_ratio"][0]) == len(last["per_token_id_count"])
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_commands(p.add_subparsers(dest="command"))
-    return p.parse_args(argv)
 
 
 @pytest.mark.parametrize("argv", [
@@ -210,12 +210,11 @@ def _parse(argv):
     ["cett", "--workdir", "EMPTY", "--cett", "0.2"],
     ["ppl", "--workdir", "MISSING", "--ppl-p", "1"],
 ])
-def test_bad_input_is_a_user_error(workdir, tmp_path, argv):
+def test_bad_input_exits_2(workdir, tmp_path, argv, capsys):
     (tmp_path / "checkpoints").mkdir()
     subs = {"WD": workdir, "EMPTY": str(tmp_path), "MISSING": str(tmp_path / "nope")}
-    with pytest.raises(UserError) as e:
-        run_command(_parse([subs.get(a, a) for a in argv]))
-    assert "\n" not in str(e.value)
+    assert main([subs.get(a, a) for a in argv]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_bad_library_input_is_a_user_error(loaded):

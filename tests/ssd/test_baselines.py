@@ -6,19 +6,20 @@ import signal
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.methods import PLDSchedule, block_share, moe_dropout_top_k, step_flops
 from sparsity_jax.nn.model import LM, ModelConfig
-from sparsity_jax.ssd.baselines import PLDSchedule, block_share, method_of, moe_dropout_top_k, router_grad
+from sparsity_jax.settings import from_saved
 from sparsity_jax.ssd.convert import centres_from_params
 from sparsity_jax.ssd.inference import moe_sparsify
 from sparsity_jax.train import trainer
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
+from sparsity_jax.train.workdir import validation_batches
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
 
@@ -52,8 +53,8 @@ def test_pld_keep_schedule():
     assert 1 - pld.keep_probs(10**6).mean() == pytest.approx(0.25)
     assert np.all(np.diff(pld.keep_probs(50)) < 0)  # deeper blocks drop more often
     np.testing.assert_allclose(np.asarray(pld.keep_probs(jnp.int32(100), jnp)), pld.keep_probs(100), rtol=1e-6)
-    with pytest.raises(UserError, match="pld_drop_rate"):
-        PLDSchedule(num_layers=4, drop_rate=0.7)
+    with pytest.raises(UserError, match="pld_drop_rate"):  # mean drop ≤ (L + 1)/(2L) = 0.625 at L = 4
+        tiny_config(**{**METHODS["pld"], "model.num_layers": 4, "ssd.pld_drop_rate": 0.7})
 
 
 def test_block_share_matches_xla():
@@ -71,19 +72,21 @@ def test_block_share_matches_xla():
 
 
 def test_method_validation():
-    assert method_of(tiny_config(**{"ssd.method": "smoe"})) == "smoe"
+    assert tiny_config(**{"ssd.method": "smoe"}).ssd.method == "smoe"
     legacy = tiny_config().to_dict()
     legacy["ssd"]["enabled"] = True  # configs saved before ssd.method
-    import ml_collections
-    assert method_of(ml_collections.ConfigDict(legacy)) == "ssd"
+    del legacy["ssd"]["method"]
+    assert from_saved(legacy).ssd.method == "ssd"
     with pytest.raises(UserError, match="ssd.method='sparse'"):
-        build(tiny_config(**{"ssd.method": "sparse"}), 259)
+        tiny_config(**{"ssd.method": "sparse"})
     with pytest.raises(UserError, match="train.record=none"):
-        build(tiny_config(**{"ssd.method": "pld"}), 259)
-    with pytest.raises(UserError, match="must divide"):
-        build(tiny_config(**{"ssd.method": "smoe", "ssd.num_experts": 3}), 259)
-    with pytest.raises(UserError, match="K0"):
-        build(tiny_config(**{"ssd.method": "moe_dropout", "ssd.num_experts": 4, "ssd.top_k": 4}), 259)
+        tiny_config(**{"ssd.method": "pld"})
+    with pytest.raises(UserError, match="must divide model.d_ff"):
+        tiny_config(**{"ssd.method": "smoe", "ssd.num_experts": 3, "ssd.top_k": 2})
+    with pytest.raises(UserError, match="grows K from ssd.top_k"):
+        tiny_config(**{"ssd.method": "moe_dropout", "ssd.num_experts": 4, "ssd.top_k": 4})
+    with pytest.raises(UserError, match="dead-unit masking trains the dense FFN"):
+        tiny_config(**{"ssd.method": "smoe", "ssd.num_experts": 4, "ssd.top_k": 2, "unit_mask.at_step": 3})
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
@@ -97,21 +100,25 @@ def test_baseline_trains_with_finite_loss_and_fewer_flops(trained):
     method, wd, summary = trained
     losses = read_losses(os.path.join(wd, "metrics.jsonl"))
     assert sorted(losses) == list(range(1, 13)) and all(np.isfinite(list(losses.values())))
-    assert np.isfinite(summary["loss"]) and summary["ssd"]["method"] == method
+    assert np.isfinite(summary["loss"]) and summary["method"]["method"] == method
     ssd = records(wd, "ssd")
-    assert ssd[-1]["step"] == 12 and ssd[-1]["ssd_flops_speedup"] > 1.0
-    seconds = summary["ssd"]["cum"]["seconds"]
+    assert ssd[-1]["step"] == 12
+    seconds = summary["method"]["cum"]["seconds"]
     assert seconds["checkpoint"] > 0.0  # saves are charged to their own bucket
     assert seconds["compile"] > 0.0  # and the first step of each compiled variant to compile
+    cfg = tiny_config(**METHODS[method])
+    run = trainer.build_run(cfg, wd)
+    if method != "pld":  # speed-up = 12 dense steps / Σ FLOPs of the K of each step (XLA counts)
+        ks = {"smoe": [2] * 12, "moe_dropout": [2] * 4 + [3] * 4 + [0] * 4}[method]
+        want = 12 * step_flops(run, 0) / sum(step_flops(run, k) for k in ks)
+        assert want > 1.02 and ssd[-1]["ssd_flops_speedup"] == pytest.approx(want, rel=1e-9)
     if method == "moe_dropout":  # K = 2, 3 in thirds, then the dense step (K = N = 4)
         assert [r["ssd_top_k"] for r in ssd if r["step"] in (4, 5, 8, 9, 12)] == [2, 3, 3, 4, 4]
-        assert ssd[-1]["ssd_steps_sparse"] == 8 and ssd[-1]["ssd_steps_dense"] == 4
+        assert ssd[-1]["ssd_steps"] == {"sparse": 8, "dense": 4}
     if method == "pld":
         kept = [r["layers_kept"] for r in records(wd, "train")]
         assert kept[0] == 2 and min(kept) < 2  # all blocks at step 0, some dropped later
         # speedup = Σ dense / Σ dense·(1 − share·E[dropped_t]), E[dropped] from the keep schedule
-        cfg = tiny_config(**METHODS[method])
-        run = trainer.build_run(cfg, wd)
         pld = PLDSchedule(2, 0.5, 0.5)
         dropped = [float(np.sum(1 - pld.keep_probs(t))) for t in range(12)]
         assert [r["pld_expected_kept"] for r in ssd] == pytest.approx([2 - d for d in dropped], rel=1e-6)
@@ -127,9 +134,9 @@ def test_pld_resume_reproduces_losses(trained, tmp_path, monkeypatch):
     if method != "pld":
         pytest.skip("one resume test: PLD's drops come from the state's rng and step")
 
-    def term(m):
+    def term(state, m):
         os.kill(os.getpid(), signal.SIGTERM)
-        return m
+        return state, m
 
     patch_step(monkeypatch, 5, term)
     trainer.train(tiny_config(**METHODS[method]), str(tmp_path))
@@ -149,7 +156,7 @@ def test_smoe_is_evaluated_as_its_moe(trained):
         pytest.skip("smoe only")
     cfg = tiny_config(**METHODS[method])
     run = trainer.build_run(cfg, wd)
-    val = trainer.validation_batches(run, wd)
+    val = validation_batches(run, wd)
     state, _ = Checkpointer(wd, read_only=True).restore(12, run.abstract_state)
     params = state["params"]
     moe = run.evaluate(params, val, moe_sparsify(centres_from_params(params, 4), 4, 2, dispatch="masked"))
@@ -162,14 +169,13 @@ def test_smoe_is_evaluated_as_its_moe(trained):
 
 def test_router_grad_setting():
     for method in ("ssd", "smoe", "moe_dropout"):
-        assert router_grad(tiny_config(**{"ssd.method": method})) is False
-    assert router_grad(tiny_config(**{"ssd.method": "smoe", "ssd.router_grad": "True"})) is True
+        assert tiny_config(**{"ssd.method": method}).ssd.router_grad is False
+    assert tiny_config(**{"ssd.method": "smoe", "ssd.router_grad": "True"}).ssd.router_grad is True
     with pytest.raises(UserError, match="not a valid bool"):
         tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "maybe"})
-    saved = ml_collections.ConfigDict({"ssd": {"router_grad": "maybe"}})  # e.g. an untyped config
-    with pytest.raises(UserError, match="true or false"):
-        router_grad(saved)
-    assert router_grad(ml_collections.ConfigDict({"ssd": {"router_grad": "TRUE"}})) is True
+    with pytest.raises(UserError, match="router_grad='maybe' is a str"):  # e.g. an untyped saved config
+        from_saved({"ssd": {"router_grad": "maybe"}})
+    assert from_saved({"ssd": {"router_grad": "TRUE"}}).ssd.router_grad is True
 
 
 def test_smoe_with_all_experts_trains_like_dense(tmp_path):

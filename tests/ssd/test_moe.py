@@ -7,17 +7,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsity_jax.nn.ffn import FFN, Sparsify
-from sparsity_jax.nn.moe import MoESpec, moe_ffn, route
+from sparsity_jax.nn.ffn import FFN
+from sparsity_jax.nn.moe import moe_ffn, route
+from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.ssd.convert import block_labels, centres_from_params, dense_to_moe, permute_state
 from sparsity_jax.ssd.kmeans import inverse_permutation
 from sparsity_jax.train.setup import build
 from sparsity_jax.train.step import make_train_step
 from tests.train.helpers import synthetic_batch, tiny_config
 
+
+def ffn_moe(ffn, *args, **kwargs):
+    """`moe_ffn` over the kernels and activation of an FFN module."""
+    return moe_ffn(ffn.kernels(), ffn.activate, *args, **kwargs)
+
 D, F, N = 16, 64, 8
 TOL = dict(rtol=1e-5, atol=1e-5)
-moe = nnx.jit(moe_ffn, static_argnames=("num_experts", "top_k", "dispatch", "capacity_factor", "drop_share"))
+moe = nnx.jit(ffn_moe, static_argnames=("num_experts", "top_k", "dispatch", "capacity_factor", "drop_share"))
 
 
 def make_ffn(act="relu", d=D, f=F, seed=0):
@@ -45,7 +51,7 @@ def test_dispatch_paths_equal_masked_reference_with_grads(act, drop_share):
     graphdef, params = nnx.split(ffn)
 
     def loss(p, x, c, dispatch):
-        y, aux = moe_ffn(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=3, dispatch=dispatch,
+        y, aux = ffn_moe(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=3, dispatch=dispatch,
                          capacity_factor=N / 3, drop_share=drop_share)
         return jnp.sum(y * jnp.cos(y)), (y, aux["dropped"])
 
@@ -76,13 +82,13 @@ def test_capacity_drops_keep_gradients_of_the_kept_pairs_only():
     graphdef, params = nnx.split(ffn)
 
     def capacity(p, x, c):
-        y, aux = moe_ffn(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=k, capacity_factor=cf)
+        y, aux = ffn_moe(nnx.merge(graphdef, p), x, c, num_experts=N, top_k=k, capacity_factor=cf)
         return jnp.sum(y * jnp.cos(y)), aux["dropped"]
 
     def reference(p, x, c):
         f = nnx.merge(graphdef, p)
         e, gates, ones = route(x, c, k)
-        y = _masked(f, x, e, jnp.where(keep, gates, 0.0), ones, expert_kernels(f, N))[0]
+        y = _masked(f.activate, x, e, jnp.where(keep, gates, 0.0), ones, expert_kernels(f.kernels(), N))[0]
         return jnp.sum(y * jnp.cos(y)), jnp.sum(~keep)
 
     (val, dropped), got = jax.value_and_grad(capacity, argnums=(0, 1, 2), has_aux=True)(params, x, c)
@@ -115,7 +121,7 @@ def test_router_gradient_flows_while_forward_uses_alpha_one():
     opts = dict(num_experts=N, top_k=2, capacity_factor=N / 2)  # nothing dropped
 
     def loss(c):
-        return jnp.sum(moe_ffn(ffn, x, c, **opts)[0] * r)
+        return jnp.sum(ffn_moe(ffn, x, c, **opts)[0] * r)
 
     experts, gates, _ = jax.jit(route, static_argnums=2)(x, c, 2)
     np.testing.assert_array_equal(gates, 1.0)  # exactly 1, not 1 ± ulp
@@ -142,7 +148,7 @@ def test_all_experts_without_router_grad_train_like_dense():
 
     def loss(p, x, router_grad=None):
         f = nnx.merge(graphdef, p)
-        y = f(x) if router_grad is None else moe_ffn(f, x, c, num_experts=N, top_k=N, router_grad=router_grad)[0]
+        y = f(x) if router_grad is None else ffn_moe(f, x, c, num_experts=N, top_k=N, router_grad=router_grad)[0]
         return jnp.sum(y * jnp.cos(y))
 
     grad = lambda rg: jax.grad(loss, argnums=(0, 1))(params, x, rg)  # noqa: E731

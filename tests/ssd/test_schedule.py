@@ -2,6 +2,7 @@
 import pytest
 
 from sparsity_jax.errors import UserError
+from tests.train.helpers import tiny_config
 from sparsity_jax.ssd.schedule import SwitchConfig, decide, initial_state, is_monitor_step, simulate, sparse_fraction
 
 
@@ -53,5 +54,5 @@ def test_resume_mid_sparse_phase_is_the_same_schedule():
 
 
 def test_bad_shares():
-    with pytest.raises(UserError):
-        SwitchConfig(total_steps=10, sparse_share=0.95, final_dense_share=0.1)
+    with pytest.raises(UserError, match=r"r \+ l < 1"):  # the run's settings check the shares
+        tiny_config(**{"ssd.method": "ssd", "ssd.sparse_share": 0.95, "ssd.final_dense_share": 0.1})

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from sparsity_jax.methods import step_flops
 from sparsity_jax.train import trainer
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
@@ -32,15 +33,20 @@ def test_switches_and_flops(reference):
     assert switches[:2] == [(8, 1.0), (18, -1.0)]
     assert all(step <= 36 for step, _ in switches)        # the final 10% (steps 36..40) stays dense
     last = recs[-1]
-    assert last["ssd_flops_speedup"] > 1.0                # sparse steps cost fewer FLOPs
+    run = trainer.build_run(tiny_config(**SSD), reference)
+    dense, sparse = step_flops(run, 0), step_flops(run, 2)  # the compiled dense and MoE (K = 2) steps
+    n = last["ssd_steps"]
+    assert n["dense"] + n["sparse"] == 40 and n["sparse"] >= 10
+    want = 40 * dense / (n["dense"] * dense + n["sparse"] * sparse)
+    assert want > 1.05 and last["ssd_flops_speedup"] == pytest.approx(want, rel=1e-9)
     assert any(r["ssd_sparse"] == 1.0 for r in recs)
-    assert all(last[f"ssd_seconds_{b}"] > 0.0 for b in ("dense", "sparse", "compile", "monitor"))
+    assert all(last["ssd_seconds"][b] > 0.0 for b in ("dense", "sparse", "compile", "monitor"))
 
 
 def test_resume_mid_sparse_phase_reproduces_losses(reference, tmp_path, monkeypatch):
-    def term(m):
+    def term(state, m):
         os.kill(os.getpid(), signal.SIGTERM)
-        return m
+        return state, m
 
     patch_step(monkeypatch, 12, term)  # step 12 lies inside the first sparse phase (8..18)
     trainer.train(tiny_config(**SSD), str(tmp_path))

@@ -1,7 +1,7 @@
 """Shared helpers for trainer tests: a tiny config and synthetic packed batches."""
 import numpy as np
 
-from sparsity_jax.config import apply_overrides, load_config
+from sparsity_jax.settings import load
 
 TINY = {
     "model.d_model": "32", "model.num_layers": "2", "model.num_heads": "2", "model.d_ff": "64",
@@ -11,7 +11,8 @@ TINY = {
 
 
 def tiny_config(**overrides):
-    return apply_overrides(load_config("configs/default.py"), {**TINY, **{k: str(v) for k, v in overrides.items()}})
+    """Settings of the default config shrunk by TINY, with `overrides` ("a.b": value) on top."""
+    return load("configs/default.py", {**TINY, **{k: str(v) for k, v in overrides.items()}})
 
 
 def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict:

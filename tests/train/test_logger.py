@@ -11,14 +11,14 @@ from sparsity_jax.train.logger import MetricsWriter, by_step, read_metrics
 def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_last_line(tmp_path):
     w = MetricsWriter(str(tmp_path))
     for step, loss in ((10, 3.0), (20, 2.5), (30, 2.0)):
-        w.write(step, {"loss": loss, "per_layer": np.arange(2.0)})
+        w.write(step, {"loss": loss, "activation_ratio": np.arange(2.0)})
     w.write(20, {"loss": 2.4})  # a resumed run logs step 20 again
-    w.write(20, {"ppl": 9.0}, split="eval")
+    w.write(20, {"perplexity": 9.0}, split="eval")
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 40, "split": "tr')  # the writer was killed mid-line
     got = read_metrics(str(tmp_path))
     assert [r["loss"] for r in by_step(got["train"])] == [3.0, 2.4, 2.0]
-    assert got["train"][10]["per_layer"] == [0.0, 1.0] and got["eval"][20]["ppl"] == 9.0
+    assert got["train"][10]["activation_ratio"] == [0.0, 1.0] and got["eval"][20]["perplexity"] == 9.0
     MetricsWriter(str(tmp_path)).write(40, {"loss": 1.5})  # the resumed writer starts a new line
     assert [r["loss"] for r in by_step(read_metrics(str(tmp_path))["train"])] == [3.0, 2.4, 2.0, 1.5]
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsity_jax.nn.ffn import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
 from sparsity_jax.train.units import UnitConfig, init_units, update_units
@@ -107,9 +107,11 @@ def test_detailed_metrics_in_train_step():
     cfg = tiny_config()
     _, _, hist = run_steps(cfg, 1, make_batch=lambda rng: synthetic_batch(rng, 16, 32, VOCAB))
     m = hist[0]
-    for key in ("use_per_token", "use_per_sequence", "use_per_batch", "seq_use_p50", "turned_on", "ever_used"):
-        assert m[key].shape == (2,), key
-    assert np.all(m["use_per_token"] <= m["use_per_sequence"] + 1e-6)
-    assert np.all(m["use_per_sequence"] <= m["use_per_batch"] + 1e-6)
-    np.testing.assert_allclose(m["use_per_token"], m["act_ratio"], atol=1e-5)
-    np.testing.assert_allclose(m["turned_on"] + m["turned_off"], 0.0, atol=0)  # step 1: first batch = now
+    d = m["detailed"]  # the "units" record
+    for key in ("activation_ratio", "use_per_sequence", "use_per_batch", "turned_on", "ever_used"):
+        assert d[key].shape == (2,), key
+    assert d["seq_use_percentile"]["50"].shape == (2,)
+    assert np.all(d["activation_ratio"] <= d["use_per_sequence"] + 1e-6)
+    assert np.all(d["use_per_sequence"] <= d["use_per_batch"] + 1e-6)
+    np.testing.assert_allclose(d["activation_ratio"], m["activation_ratio"], atol=1e-5)
+    np.testing.assert_allclose(d["turned_on"] + d["turned_off"], 0.0, atol=0)  # step 1: first batch = now

@@ -1,0 +1,52 @@
+"""`sparsity-jax cett`: per-layer thresholds of one checkpoint for a target CETT, their
+realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
+
+  sparsity-jax cett --workdir DIR --cett 0.2 [--step N] [--output FILE] [--eval-batches N]
+"""
+from __future__ import annotations
+
+import os
+
+from sparsity_jax.commands import common
+
+TAKES_CONFIG = True
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cett", help="per-layer thresholds for a target CETT on one checkpoint")
+    common.add_workdir(p)
+    p.add_argument("--cett", type=float, required=True, help="target CETT in [0, 1], e.g. 0.2")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--output", default=None, help="JSON path (default: WORKDIR/cett.json)")
+    common.add_config(p, what="config file instead of the run's own")
+    common.add_eval_batches(p)
+
+
+def run(args) -> int:
+    from sparsity_jax.errors import UserError
+    from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
+
+    check_cett(args.cett)
+
+    def check(settings, steps):
+        if args.step is not None and args.step not in steps:
+            raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
+
+    wd = common.open_trained(args, check)
+    try:
+        step = wd.step(args.step)
+        state, _ = wd.restore(step)
+    finally:
+        wd.close()
+    res = thresholds_for_cett((wd.run.graphdef, state["params"]), wd.val, args.cett)
+    out = {"workdir": os.path.abspath(args.workdir), "step": step, "target_cett": args.cett,
+           "threshold": res.threshold.tolist(), "cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
+           "activation_ratio": float(1 - res.sparsity.mean())}
+    common.log(f"step {step}, target CETT {args.cett:g}\nlayer  threshold    CETT      sparsity")
+    for i, (t, c, s) in enumerate(zip(res.threshold, res.cett, res.sparsity)):
+        common.log(f"{i:5d}  {t:9.5f}  {c:8.5f}  {s:8.4f}")
+    common.log(f"overall sparsity {res.sparsity.mean():.4f}, activation ratio {out['activation_ratio']:.4f}")
+    output = args.output or os.path.join(args.workdir, "cett.json")
+    common.write_json(output, out)
+    common.log(f"wrote {output}")
+    return 0

@@ -1,0 +1,117 @@
+"""What the commands share: the config options, the multi-process options, opening a
+trained workdir, and writing results from process 0 only."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from sparsity_jax.errors import UserError
+
+CONFIG_HELP = ("config file (FILE.py or FILE.py:VARIANT); any field is set with --config.SECTION.FIELD=VALUE, "
+               "e.g. --config.train.steps=100")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates `--config.a.b=V` / `--config.a.b V` arguments from the others."""
+    rest, overrides, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{arg} needs a value, as in {arg}=VALUE.")
+                i, value = i + 1, argv[i + 1]
+            overrides[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def add_config(p: argparse.ArgumentParser, default: str | None = None, what: str = "") -> None:
+    """--config FILE (and, parsed before argparse, --config.a.b=V)."""
+    p.add_argument("--config", default=default, help=what or CONFIG_HELP)
+
+
+def add_workdir(p: argparse.ArgumentParser, help: str = "the directory of a trained run") -> None:
+    p.add_argument("--workdir", required=True, help=help)
+
+
+def add_eval_batches(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-batches", type=int, default=None,
+                   help="validation batches (default: the run's train.eval_batches)")
+
+
+def add_distributed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--distributed", action="store_true", help="initialise jax.distributed from the environment (TPU pods)")
+
+
+def init_distributed(args) -> None:
+    from sparsity_jax.train import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+
+
+def overrides(args) -> dict[str, str]:
+    """The command's `--config.a.b=V` overrides, with --eval-batches as train.eval_batches."""
+    out = dict(getattr(args, "overrides", {}) or {})
+    if getattr(args, "eval_batches", None) is not None:
+        out["train.eval_batches"] = str(args.eval_batches)
+    return out
+
+
+def trained_settings(args, ckpt, steps, config: str | None = None):
+    """The settings of a trained workdir: the `config` file if given, else the config saved
+    with its latest checkpoint; the command's overrides on top."""
+    from sparsity_jax import settings
+    from sparsity_jax.train.workdir import saved_config
+
+    if config:
+        return settings.load(config, overrides(args))
+    return settings.from_saved(saved_config(ckpt, steps[-1]), overrides(args))
+
+
+def open_trained(args, check=None, workdir: str | None = None):
+    """A trained workdir built for evaluation (`train.workdir.Workdir`): `args.workdir` with
+    --config if given, or another `workdir` with its own saved config.
+
+    `check(settings, steps)` runs once the settings and checkpoint steps are known and
+    before the model, data and validation batches are built: the place for argument
+    checks that need them (a --step that must exist, k ≤ N)."""
+    from sparsity_jax.train.workdir import checkpoints, open_workdir
+
+    workdir = workdir or args.workdir
+    ckpt, steps = checkpoints(workdir)
+    try:
+        st = trained_settings(args, ckpt, steps, getattr(args, "config", None) if workdir == args.workdir else None)
+        if check is not None:
+            check(st, steps)
+    except BaseException:
+        ckpt.close()
+        raise
+    return open_workdir(workdir, st, ckpt, steps)
+
+
+def is_main() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def log(msg: str) -> None:
+    """Prints on process 0."""
+    if is_main():
+        print(msg, flush=True)
+
+
+def write_json(path: str, obj) -> None:
+    """Writes `obj` as JSON on process 0 (directories created)."""
+    if is_main():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)

@@ -1,0 +1,33 @@
+"""`sparsity-jax train`: train a model in a workdir, resuming from its latest checkpoint.
+
+  sparsity-jax train [--config FILE] [--workdir DIR] [--config.a.b=V ...] [multi-process flags]
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sparsity_jax.commands import common
+
+TAKES_CONFIG = True
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (resumes from the workdir's latest checkpoint)")
+    common.add_config(p)
+    p.add_argument("--workdir", default=None, help="run directory (default: workdirs/<config name>)")
+    common.add_distributed(p)
+
+
+def run(args) -> int:
+    from sparsity_jax import settings
+    from sparsity_jax.report.summary import print_summary
+    from sparsity_jax.train.trainer import train
+
+    path = args.config or settings.DEFAULT_CONFIG
+    st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
+    common.init_distributed(args)
+    summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem))
+    if common.is_main():
+        print_summary(summary)
+    return 0

@@ -1,0 +1,120 @@
+"""How an FFN drops neurons: the `Sparsify` settings, the keep rules and `MoESpec`.
+
+Each rule is defined once here and used by the FFN (`nn/ffn.py`) and by the metrics
+(`metrics/baselines.py`, the Pareto curves). Rules return the mask of KEPT (active)
+neurons, bool with the shape of their input (…, F):
+  threshold  ‖n_i‖ = |a_i|·‖W_out,i‖ ≥ t (ReLU² Wins §3, Sparsing Law Eq. 3);
+  top-k      the k largest |s_i| per token, exactly k, ties broken by the lower index
+             (Sparsing Law §4.1, on the gate score s);
+  FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+MODES = ("dense", "threshold", "topk", "fat", "unit_mask", "moe")
+
+
+def threshold_keep(mag: Array, threshold: Array | float) -> Array:
+    """Neurons whose magnitude |a_i|·‖W_out,i‖ reaches the threshold."""
+    return mag >= threshold
+
+
+def topk_keep(s: Array, k: int) -> Array:
+    """Exactly the k largest |s| along the last axis; among equal values the lower index
+    wins (as `lax.top_k` orders them). Elementwise compares and one cumsum over F, no
+    scatter, so it partitions over a sharded F axis."""
+    f = s.shape[-1]
+    if not 0 <= k <= f:
+        raise ValueError(f"top-k needs 0 <= k <= F={f}, got k={k}")
+    abs_s = jnp.abs(s)
+    if k == 0:
+        return jnp.zeros(s.shape, bool)
+    kth_x1 = jax.lax.top_k(abs_s, k)[0][..., -1:]
+    above = abs_s > kth_x1
+    tie = abs_s == kth_x1
+    room_x1 = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
+    return above | (tie & (jnp.cumsum(tie, axis=-1, dtype=jnp.int32) <= room_x1))
+
+
+def fat_keep(s: Array, eps: Array | float) -> Array:
+    """FAT-ε: neurons with |s| ≥ ε."""
+    return jnp.abs(s) >= eps
+
+
+@struct.dataclass
+class MoESpec:
+    """MoE settings for `Sparsify(mode="moe", moe=...)`: static options, per-layer centres.
+
+    centres: (L, N, d) for the whole LM (or (N, d) for one layer), non-trained.
+    """
+
+    centres: Array
+    num_experts: int = struct.field(pytree_node=False, default=32)
+    top_k: int = struct.field(pytree_node=False, default=6)
+    dispatch: str = struct.field(pytree_node=False, default="capacity")
+    capacity_factor: float = struct.field(pytree_node=False, default=1.25)
+    drop_share: float = struct.field(pytree_node=False, default=0.0)
+    router_grad: bool = struct.field(pytree_node=False, default=True)
+
+    def for_layer(self, i: int) -> "MoESpec":
+        """The spec of layer i (centres (L, N, d) → (N, d))."""
+        return self.replace(centres=self.centres[i]) if jnp.ndim(self.centres) == 3 else self
+
+    def options(self) -> dict:
+        """Keyword arguments of `moe_ffn`."""
+        return dict(num_experts=self.num_experts, top_k=self.top_k, dispatch=self.dispatch,
+                    capacity_factor=self.capacity_factor, drop_share=self.drop_share,
+                    router_grad=self.router_grad)
+
+
+@struct.dataclass
+class Sparsify:
+    """How FFNs drop neurons in one forward call.
+
+    `mode` is one mode for all layers or a tuple with one mode per layer. `threshold`
+    is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` (static)
+    and `eps` serve `topk` and `fat`. `record_threshold` (None, scalar or (L,)) defines the
+    recorded hidden-unit mask for activations without exact zeros (None: `a != 0`).
+    """
+
+    mode: str | tuple[str, ...] = struct.field(pytree_node=False, default="dense")
+    k: int = struct.field(pytree_node=False, default=0)
+    threshold: Array | float = 0.0
+    eps: Array | float = 0.0
+    unit_mask: Array | None = None
+    record_threshold: Array | float | None = None
+    moe: MoESpec | None = None
+
+    def for_layer(self, i: int, num_layers: int) -> "Sparsify":
+        """The settings of layer i (per-layer arrays sliced, per-layer modes picked)."""
+        mode = self.mode if isinstance(self.mode, str) else self.mode[i]
+        if not isinstance(self.mode, str) and len(self.mode) != num_layers:
+            raise ValueError(f"Sparsify.mode has {len(self.mode)} entries for {num_layers} layers")
+        pick = lambda v, nd: v[i] if (v is not None and jnp.ndim(v) == nd) else v  # noqa: E731
+        return Sparsify(
+            mode=mode,
+            k=self.k,
+            threshold=pick(self.threshold, 1),
+            eps=pick(self.eps, 1),
+            unit_mask=pick(self.unit_mask, 2),
+            record_threshold=pick(self.record_threshold, 1),
+            moe=None if self.moe is None else self.moe.for_layer(i),
+        )
+
+
+# mode -> keep-mask function (gate score s, magnitudes, settings) -> bool (…, F); None keeps all.
+KEEP: dict[str, Callable | None] = {
+    "dense": None,
+    "unit_mask": None,
+    "threshold": lambda s, mag, sp: threshold_keep(mag, sp.threshold),
+    "topk": lambda s, mag, sp: topk_keep(s, sp.k),
+    "fat": lambda s, mag, sp: fat_keep(s, sp.eps),
+    "moe": None,  # routed to `moe_ffn` before any keep mask
+}

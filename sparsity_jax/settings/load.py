@@ -1,0 +1,123 @@
+"""Where settings come from: config files, `--config.a.b=V` overrides, saved configs.
+
+Config files are Python files with `get_config()` returning an ml_collections
+ConfigDict (this module is the only reader of one); `file.py:ARG` calls
+`get_config("ARG")`. Overrides are strings parsed by the type of the field they set.
+Saved configs (a checkpoint's metadata, config.json) pass through `upgrade`, which holds
+every back-compat shim, then the same validation.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.settings.schema import SECTIONS, Settings, field_types
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = "configs/default.py"
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def resolve_config_path(path: str) -> Path:
+    """`path` as given, else relative to the repository's configs/ directory."""
+    for cand in (Path(path), REPO_CONFIGS / path, REPO_CONFIGS.parent / path):
+        if cand.is_file():
+            return cand
+    raise UserError(f"config file {path!r} not found; pass a path like configs/default.py.")
+
+
+def _module(path: str):
+    file = resolve_config_path(path)
+    spec = importlib.util.spec_from_file_location(f"_sparsity_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, file
+
+
+def variants(path: str) -> tuple[str, ...]:
+    """The `VARIANTS` a config file names (its `:ARG` values, e.g. the activations of
+    configs/relu2/tiny.py); () when it names none."""
+    return tuple(getattr(_module(path.partition(":")[0])[0], "VARIANTS", ()))
+
+
+def load_file(path: str = DEFAULT_CONFIG) -> dict:
+    """The plain nested dict of a config file's `get_config()` (`file.py:ARG` passes ARG)."""
+    path, _, arg = path.partition(":")
+    module, file = _module(path)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {file} has no get_config() function; define one that returns a ConfigDict.")
+    try:
+        cfg = module.get_config(arg) if arg else module.get_config()
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"config {path}:{arg} cannot be built ({e}); pass one of the variants it names.") from None
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def _parse(key: str, kind: type, raw: str):
+    try:
+        if kind is bool:
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError(raw)
+            return raw.lower() in _TRUE
+        return kind(raw)
+    except ValueError:
+        raise UserError(f"config.{key}={raw!r} is not a valid {kind.__name__}; give e.g. "
+                        f"{ {int: '10', float: '0.5', bool: 'true'}.get(kind, 'text')}.") from None
+
+
+def apply_overrides(tree: dict, overrides: dict[str, str]) -> dict:
+    """A copy of `tree` with `a.b` keys set from strings, each parsed by its field's type;
+    an unknown key is a UserError that lists the valid ones."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for key, raw in overrides.items():
+        section, _, leaf = key.partition(".")
+        if not leaf:
+            if key != "seed":
+                raise UserError(f"unknown config key 'config.{key}'; valid: seed, {', '.join(SECTIONS)}.")
+            out["seed"] = _parse(key, int, raw)
+            continue
+        if section not in SECTIONS:
+            raise UserError(f"unknown config key 'config.{section}'; valid: seed, {', '.join(SECTIONS)}.")
+        types = field_types(SECTIONS[section])
+        if leaf not in types:
+            raise UserError(f"unknown config key 'config.{key}'; valid keys under {section}: "
+                            f"{', '.join(sorted(types))}.")
+        out.setdefault(section, {})[leaf] = _parse(key, types[leaf], str(raw))
+    return out
+
+
+def load(path: str = DEFAULT_CONFIG, overrides: dict[str, str] | None = None) -> Settings:
+    """Validated settings of a config file with overrides applied."""
+    return Settings.from_dict(apply_overrides(load_file(path), overrides or {}))
+
+
+def upgrade(saved: dict) -> dict:
+    """A saved config (checkpoint metadata, config.json) in today's form; the only place
+    that knows older forms:
+      * `ssd.enabled = true` (before `ssd.method` existed) means method ssd;
+      * `ssd.router_grad` saved as the string "true"/"false";
+      * keys added since (e.g. `ssd.router_grad`, `data.tfds_data_dir`) take today's
+        defaults; a run trained before `ssd.router_grad` existed had the router
+        gradient on, and resumed it continues with constant gates (the default).
+    """
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    ssd = tree.get("ssd", {})
+    if ssd.pop("enabled", False) and ssd.get("method", "dense") == "dense":
+        ssd["method"] = "ssd"
+    if isinstance(ssd.get("router_grad"), str) and ssd["router_grad"].lower() in ("true", "false"):
+        ssd["router_grad"] = ssd["router_grad"].lower() == "true"
+    return tree
+
+
+def from_saved(saved: dict, overrides: dict[str, str] | None = None) -> Settings:
+    """Validated settings of a saved config (see `upgrade`) with overrides applied."""
+    return Settings.from_dict(apply_overrides(upgrade(saved), overrides or {}))
+
+
+def default_config():
+    """The defaults as an ml_collections ConfigDict: what configs/default.py returns and
+    every paper config starts from."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(Settings().to_dict())
