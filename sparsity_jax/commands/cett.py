@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default=None, help="JSON path (default: WORKDIR/cett.json)")
     common.add_config(p, what="config file instead of the run's own")
     common.add_eval_batches(p)
+    common.add_distributed(p)
 
 
 def run(args) -> int:
@@ -32,6 +33,7 @@ def run(args) -> int:
         if args.step is not None and args.step not in steps:
             raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
 
+    common.init_distributed(args)
     wd = common.open_trained(args, check)
     try:
         step = wd.step(args.step)

@@ -52,6 +52,9 @@ def run(args) -> int:
     common.init_distributed(args)
     wd = common.open_trained(args)
     try:
+        from sparsity_jax.train.workdir import real_tokens
+
+        common.log(f"validation: {real_tokens(wd.val):,} real tokens in {len(wd.val)} batches")
         rows = evaluate_checkpoints(wd)
         out = {"workdir": os.path.abspath(args.workdir), "validation_tokens": int(rows[0][names.TOKENS]),
                "checkpoints": rows}

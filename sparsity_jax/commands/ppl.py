@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output-dir", default=None, help="default: WORKDIR/report")
     common.add_config(p, what="config file instead of the run's own")
     common.add_eval_batches(p)
+    common.add_distributed(p)
 
 
 def check_ps(text: str) -> list[float]:
@@ -54,10 +55,13 @@ def sweep(wd, ps: list[float], *, last: int = 5, tol: float = 1e-3, topk=None, f
         wd.run.graphdef, wd.steps, lambda s: wd.restore(s)[0]["params"], wd.val, ps,
         tokens_per_step=t.global_batch_size * t.seq_len, warmup_steps=wd.settings.optimizer.warmup_steps,
         last=last, tol=tol, topk=topk, fat_eps=fat_eps, vocab_size=wd.run.model_cfg.vocab_size, log=common.log)
+    from sparsity_jax.train.workdir import real_tokens
+
     out_dir = output_dir or os.path.join(wd.path, "report")
+    tokens = real_tokens(wd.val)  # on every process: the batches are global arrays
     if common.is_main():
         meta = {"workdir": os.path.abspath(wd.path), "ppl_p": ps, "tol": tol, "last": last,
-                "validation_tokens": int(sum(float(np.sum(b["loss_weights"] > 0)) for b in wd.val))}
+                "validation_tokens": tokens}
         common.log("wrote " + ", ".join(write_ppl_report(result, out_dir, meta)))
     return result
 
@@ -73,6 +77,7 @@ def run(args) -> int:
         if topk is not None and not all(0 < k <= settings.model.d_ff for k in topk):
             raise UserError(f"Pass --topk values between 1 and d_ff = {settings.model.d_ff}; got {topk}.")
 
+    common.init_distributed(args)
     wd = common.open_trained(args, check)
     try:
         sweep(wd, ps, last=args.last, tol=args.tol, topk=topk, fat_eps=fat_eps, output_dir=args.output_dir)

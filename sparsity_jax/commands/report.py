@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="the run's report: index.html and report.md with every measurement it has")
     common.add_workdir(p, help="a training run's directory")
     p.add_argument("--compare", nargs="*", default=[], help="other workdirs whose loss curves go on one figure")
+    common.add_distributed(p)
 
 
 def _runs(workdir: str, others: list[str]) -> dict[str, str]:
@@ -40,6 +41,9 @@ def run(args) -> int:
     from sparsity_jax.report.run_report import run_report
 
     runs = _runs(args.workdir, args.compare)  # before anything is written
+    common.init_distributed(args)
+    if not common.is_main():  # the report reads files; process 0 writes it
+        return 0
     out_dir = os.path.join(args.workdir, "report")
     sections, paths = run_report(args.workdir, out_dir)
     for s in sections:

@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default=None, help="report directory (default: WORKDIR/report)")
     common.add_config(p, what="config file instead of the run's own")
     common.add_eval_batches(p)
+    common.add_distributed(p)
 
 
 def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num_experts: int | None,
@@ -98,6 +99,7 @@ def run(args) -> int:
     shares = check_drop_shares(comma_list(args.drop_share, float, "--drop-share (numbers in [0, 1))",
                                           allow_empty=True))
     ks = _ks(args.k)
+    common.init_distributed(args)
     ssd = sparse_inference(args, args.workdir, ks=ks, drop_shares=shares, structure=args.structure,
                            num_experts=args.experts, step=args.step)
     inference = {"SSD": ssd}

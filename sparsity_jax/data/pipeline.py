@@ -73,7 +73,10 @@ def shard_rows_fn(task: seqio.Task, *, split: str, shards: range, num_shards: in
         def raw(i: tf.Tensor) -> tf.data.Dataset:
             return tf.switch_case(tf.cast(i, tf.int32), [lambda d=d: d for d in sources])
     else:
-        whole = task.source.get_dataset(split=split, shuffle=False)
+        # held-out documents drawn across the whole split: a fixed seeded file order where the
+        # source gives one (local corpora are sorted by path), else the source's own order
+        fixed = getattr(task.source, "fixed_order_shuffle", False)
+        whole = task.source.get_dataset(split=split, shuffle=fixed, seed=shard_seed(seed, 0, 2) if fixed else None)
 
         def raw(i: tf.Tensor) -> tf.data.Dataset:
             del i
@@ -183,8 +186,8 @@ def get_batches(data_cfg: "tasks.DataSettings", *, split: str, global_batch_size
     time proportional to ``start_batch``, at the iterator's throughput).
 
     Train repeats forever; the file order (local sources) and the shuffle buffer are
-    reshuffled every epoch, deterministically. Validation runs one epoch, unshuffled,
-    and is sharded by chunk (chunk ``j`` → shard ``j mod S``) so the shards are
+    reshuffled every epoch, deterministically. Validation runs one epoch, its files in
+    one seeded order (local corpora; TFDS sources in their own order), and is sharded by chunk (chunk ``j`` → shard ``j mod S``) so the shards are
     balanced. A shard's last partial batch, and the batches of a shard that ran out
     before the others, are all-zero rows (segment_ids 0, loss_weights 0): every batch
     has the same shape, and every process yields the same number of batches: the

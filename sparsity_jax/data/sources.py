@@ -127,6 +127,8 @@ class LocalTextSource(seqio.DataSource):
     utf-8 with replacement.
     """
 
+    fixed_order_shuffle = True  # validation with shuffle=True: one file order per seed, every iterator
+
     def __init__(self, paths: Sequence[str], *, root: str, val_permille: int = 20,
                  max_files: int = 0, jsonl_field: str = "text"):
         self._root, self._field, self._val_permille = root, jsonl_field, val_permille
@@ -190,8 +192,8 @@ class LocalTextSource(seqio.DataSource):
                     ) -> tf.data.Dataset:
         """Texts of `split` (of shard `shard_info`), file order shuffled if `shuffle`.
 
-        The file order is reshuffled at every pass (epoch) of a repeated dataset,
-        deterministically given `seed`. Sharding (``seqio.ShardInfo(s, S)``): with at
+        Train: the file order is reshuffled at every pass (epoch) of a repeated dataset,
+        deterministically given `seed`; validation: one order per `seed`. Sharding (``seqio.ShardInfo(s, S)``): with at
         least S files in the split, shard ``s`` reads files ``s, s+S, s+2S, ...`` of the
         sorted list; with fewer files every shard reads all of them and keeps the
         examples ``i`` with ``i % S == s``.
@@ -207,7 +209,9 @@ class LocalTextSource(seqio.DataSource):
             tf.constant([self._relative(p) for p in paths], tf.string),
             tf.constant([_is_jsonl(p) for p in paths], tf.bool)))
         if shuffle and len(paths) > 1:
-            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+            # train: a new order every epoch; validation: one fixed order per seed, the same for
+            # every iterator (each virtual shard iterates the whole split)
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=split == "train")
         if not any(_is_jsonl(p) for p in paths):  # fast path: parallel whole-file reads
             ds = ds.map(lambda p, *_: tf.io.read_file(p),
                         num_parallel_calls=tf.data.AUTOTUNE)

@@ -3,7 +3,8 @@
 `find_threshold(a, w_out, c)` returns per layer the largest threshold t with CETT(t) ≤ c
 (thresholding is ‖n_i‖ < t, see `cett.py`), by a jitted bracketing search on truncated
 products with an exact finish; `find_threshold` states the contract and the algorithm.
-`prepare_search` / `find_prepared` reuse the set-up (`threshold_prep.py`) across targets.
+`prepare_search` / `find_prepared` reuse the set-up (`threshold_prep.py`) across targets;
+the passes over the (possibly sharded, possibly recomputed) scores are `threshold_pass.py`.
 """
 from __future__ import annotations
 
@@ -16,15 +17,14 @@ import numpy as np
 from jax import lax
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.metrics.cett import Layer, as_layers, mean_or_zero, run_auto, truncated
+from sparsity_jax.metrics.cett import (
+    check_mask, check_shapes, mean_or_zero, run_auto, normalise_words, sub_words, words_float, words_min,
+)
+from sparsity_jax.metrics.threshold_pass import (
+    Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks, setup_block,
+)
 from sparsity_jax.metrics.threshold_prep import (
-    PreparedSearch,
-    _Context,
-    _prepare,
-    _proxy_cett,
-    _proxy_inverse,
-    _rank_of,
-    _value_at,
+    Totals, _Context, build_context, proxy_cett, proxy_count, proxy_inverse, proxy_tokens, rank_of, value_at,
 )
 
 Array = jax.Array
@@ -41,12 +41,28 @@ class ThresholdResult(NamedTuple):
     evaluations: Array  # int32: truncated (N, F) x (F, d) products used by the search
 
 
+class PreparedSearch(NamedTuple):
+    """Target-independent set-up of the search for L layers, reused by `find_prepared`
+    for any number of later targets: where the scores are read (`Scores`: cached or
+    recomputed per pass), the output kernels, the token masks (nb, B, T...), 1/‖FFN(x)‖
+    per token (nb, L, B, T...: 1/F of the scores' memory), the proxy context per layer
+    (replicated) and the proxy tokens' scores (L, P, F)."""
+
+    scores: Scores
+    w_out_LxFxD: Array
+    real: Array
+    inv_norm: Array
+    ctx: _Context
+    proxy_LxPxF: Array
+
+
 class _State(NamedTuple):
+    """Bracket state of one (layer, target); counts of positive pairs as (2,) int32 words."""
+
     t_lo: Array  # CETT(t_lo) <= target
-    k_lo: Array  # int32: positive pairs dropped at t_lo
+    k_lo: Array  # positive pairs dropped at t_lo
     c_lo: Array
     y_lo: Array  # CETT − target at t_lo, Illinois-scaled
-    trunc_lo_NxD: Array  # truncated sums at t_lo
     t_hi: Array  # CETT(t_hi) > target
     k_hi: Array
     y_hi: Array
@@ -76,52 +92,61 @@ def _bit_range(ctx: _Context, s: _State) -> tuple[Array, Array]:
     return u_a, u_b
 
 
+def _init(ctx: _Context, target: Array) -> _State:
+    zero, none = jnp.float32(0.0), jnp.zeros((2,), jnp.int32)
+    return _State(t_lo=zero, k_lo=none, c_lo=zero, y_lo=-target, t_hi=ctx.top, k_hi=ctx.n_pos,
+                  y_hi=ctx.c_top - target, side=jnp.int32(0), t_last=zero, k_last=none, c_last=zero, k_prev=none,
+                  c_prev=zero, width_1ago=ctx.n_pos, width_2ago=ctx.n_pos, evals=jnp.int32(0))
+
+
+def _active(ctx: _Context, s: _State, target: Array, window: int, max_evaluations: int) -> Array:
+    u_a, u_b = _bit_range(ctx, s)
+    wide = words_min(sub_words(s.k_hi, s.k_lo), window + 1) > window
+    return (ctx.c_top > target) & (s.evals < max_evaluations) & wide & (u_b - u_a >= 2)
+
+
 def _propose(ctx: _Context, s: _State, target: Array, window: int) -> Array:
     """Next threshold to evaluate, strictly inside (t_lo, t_hi)."""
     q_S = ctx.quantiles_S
     # Step 1: where the proxy reaches the target.
-    t_first = _proxy_inverse(ctx, target)
+    t_first = proxy_inverse(ctx, target)
     # Step 2: the proxy shifted by the residual seen at step 1, overshot a little.
-    proxy_last = _proxy_cett(ctx, s.t_last)
-    t_star = _proxy_inverse(ctx, target - (s.c_last - proxy_last))
-    z_star, z_last = _rank_of(q_S, t_star), _rank_of(q_S, s.t_last)
-    t_second = _value_at(q_S, z_star + _OVERSHOOT * (z_star - z_last))
+    t_star = proxy_inverse(ctx, target - (s.c_last - proxy_cett(ctx, s.t_last)))
+    z_star, z_last = rank_of(q_S, t_star), rank_of(q_S, s.t_last)
+    t_second = value_at(q_S, z_star + _OVERSHOOT * (z_star - z_last))
     # Later: secant on the dropped count K through the last two points when it stays
     # inside the bracket, else Illinois regula falsi on the bracket ends; then overshoot
-    # towards the far end so that the next bracket is closed from both sides.
-    k_lo, k_hi, k_last, k_prev = (x.astype(jnp.float32) for x in (s.k_lo, s.k_hi, s.k_last, s.k_prev))
-    k_falsi = k_lo + (-s.y_lo) * (k_hi - k_lo) / (s.y_hi - s.y_lo)
+    # towards the far end so that the next bracket is closed from both sides. Counts are
+    # taken relative to k_lo (exact words, then float32).
+    width = sub_words(s.k_hi, s.k_lo)
+    d_hi, d_last, d_prev = (words_float(sub_words(k, s.k_lo)) for k in (s.k_hi, s.k_last, s.k_prev))
+    k_falsi = (-s.y_lo) * d_hi / (s.y_hi - s.y_lo)
     dc = s.c_last - s.c_prev
-    k_secant = k_last + (target - s.c_last) * (k_last - k_prev) / jnp.where(dc != 0, dc, 1.0)
-    k_root = jnp.where((dc != 0) & (k_secant > k_lo) & (k_secant < k_hi), k_secant, k_falsi)
-    near = jnp.minimum(k_root - k_lo, k_hi - k_root)
-    towards_hi = k_hi - k_root > k_root - k_lo
+    k_secant = d_last + (target - s.c_last) * (d_last - d_prev) / jnp.where(dc != 0, dc, 1.0)
+    k_root = jnp.where((dc != 0) & (k_secant > 0) & (k_secant < d_hi), k_secant, k_falsi)
+    near = jnp.minimum(k_root, d_hi - k_root)
+    towards_hi = d_hi - k_root > k_root
     k_new = k_root + jnp.where(towards_hi, 1.0, -1.0) * (_OVERSHOOT * near + window / 16)
     # Safeguard: the bracket count must halve every two steps, else bisect K.
-    width = s.k_hi - s.k_lo
-    k_new = jnp.where((s.evals >= 4) & (width > s.width_2ago // 2), 0.5 * (k_lo + k_hi), k_new)
+    k_new = jnp.where((s.evals >= 4) & (d_hi > jnp.floor(words_float(s.width_2ago) / 2)), 0.5 * d_hi, k_new)
     # K -> t through the quantile table calibrated at the bracket ends (linear in t
     # once the bracket is narrower than two table entries).
-    frac = jnp.clip((k_new - k_lo) / jnp.maximum(k_hi - k_lo, 1.0), 0.0, 1.0)
-    z_lo, z_hi = _rank_of(q_S, s.t_lo), _rank_of(q_S, s.t_hi)
-    t_later = jnp.where(
-        z_hi - z_lo >= 2.0,
-        _value_at(q_S, z_lo + frac * (z_hi - z_lo)),
-        s.t_lo + frac * (s.t_hi - s.t_lo),
-    )
+    frac = jnp.clip(k_new / jnp.maximum(d_hi, 1.0), 0.0, 1.0)
+    z_lo, z_hi = rank_of(q_S, s.t_lo), rank_of(q_S, s.t_hi)
+    t_later = jnp.where(z_hi - z_lo >= 2.0, value_at(q_S, z_lo + frac * (z_hi - z_lo)),
+                        s.t_lo + frac * (s.t_hi - s.t_lo))
     t = jnp.select([s.evals == 0, s.evals == 1], [t_first, t_second], t_later)
     # Guard: outside the bracket, or the last step split nothing: bisect the bit patterns.
     u_a, u_b = _bit_range(ctx, s)
     t_mid = _bits_f32(u_a + jnp.maximum(1, (u_b - u_a) // 2))
-    stalled = (s.evals >= 1) & (width == s.width_1ago)
+    stalled = (s.evals >= 1) & jnp.all(width == s.width_1ago)
     return jnp.where((t > s.t_lo) & (t < s.t_hi) & ~stalled, t, t_mid)
 
 
-def _step(layer: Layer, ctx: _Context, target: Array, window: int, s: _State) -> _State:
-    t = _propose(ctx, s, target, window)
-    ratio_sum, dropped, trunc_NxD = truncated(layer, t)
-    c = mean_or_zero(ratio_sum, layer.n_valid)
-    k = dropped - ctx.n_zero  # t > 0 drops every zero magnitude
+def _step(ctx: _Context, s: _State, target: Array, t: Array, ratio_sum: Array, dropped: Array,
+          active: Array) -> _State:
+    c = mean_or_zero(ratio_sum, ctx.n_valid)
+    k = sub_words(dropped, ctx.n_zero)  # t > 0 drops every zero magnitude
     y = c - target
     below = y <= 0
     lo = lambda new, old: jnp.where(below, new, old)  # noqa: E731
@@ -129,111 +154,81 @@ def _step(layer: Layer, ctx: _Context, target: Array, window: int, s: _State) ->
     # Illinois: an end kept twice in a row has its residual halved.
     y_lo = jnp.where(~below & (s.side == 1), 0.5 * s.y_lo, s.y_lo)
     y_hi = jnp.where(below & (s.side == -1), 0.5 * s.y_hi, s.y_hi)
-    return _State(
+    new = _State(
         t_lo=lo(t, s.t_lo), k_lo=lo(k, s.k_lo), c_lo=lo(c, s.c_lo), y_lo=lo(y, y_lo),
-        trunc_lo_NxD=jnp.where(below, trunc_NxD, s.trunc_lo_NxD),
         t_hi=hi(t, s.t_hi), k_hi=hi(k, s.k_hi), y_hi=hi(y, y_hi),
         side=jnp.where(below, -1, 1).astype(jnp.int32),
         t_last=t, k_last=k, c_last=c, k_prev=s.k_last, c_prev=s.c_last,
-        width_1ago=s.k_hi - s.k_lo, width_2ago=s.width_1ago,
-        evals=s.evals + 1,
+        width_1ago=sub_words(s.k_hi, s.k_lo), width_2ago=s.width_1ago, evals=s.evals + 1,
     )
+    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, s)
 
 
-def _first_true(flags_M: Array, size: int) -> Array:
-    """Indices of the True entries of flags_M (at most `size` of them), padded with 0.
-
-    XLA:CPU runs a top-k far faster than the cumsum behind jnp.nonzero; on GPU/TPU a
-    large-k top-k is a full sort and the cumsum is the cheap one.
-    """
-    if jax.default_backend() == "cpu":
-        return lax.top_k(flags_M.astype(jnp.float32), size)[1]  # f32: XLA:CPU fast path
-    return jnp.nonzero(flags_M, size=size, fill_value=0)[0]
-
-
-def _finish(layer: Layer, s: _State, target: Array, window: int) -> tuple[Array, Array]:
-    """Exact answer among the ≤ window positive magnitudes in [t_lo, t_hi)."""
-    N, F = layer.mag_NxF.shape
-    in_NxF = (layer.mag_NxF >= s.t_lo) & (layer.mag_NxF < s.t_hi) & (layer.mag_NxF > 0)
-    flat_W = _first_true(in_NxF.reshape(-1), window)
-    ok_W = jnp.arange(window) < s.k_hi - s.k_lo
-    mag_W = jnp.where(ok_W, layer.mag_NxF.reshape(-1)[flat_W], jnp.inf)
-    by_mag = jnp.argsort(mag_W)  # candidates in ascending magnitude order
-    flat_W, e_W = flat_W[by_mag], mag_W[by_mag]
-    tok_W, neu_W = flat_W // F, flat_W % F
-    # Group by token (stable: magnitude order within a token) and cumulate the
-    # candidates' outputs onto the truncated sums at t_lo.
-    key_W = jnp.where(ok_W, tok_W, N)
-    order = jnp.argsort(key_W, stable=True)
-    key_g, tok_g, neu_g, ok_g = key_W[order], tok_W[order], neu_W[order], ok_W[order]
-    out_WxD = jnp.where(ok_g, layer.a_NxF[tok_g, neu_g], 0.0)[:, None] * layer.w_out_FxD[neu_g]
-    # Segmented prefix sums as differences of one cumsum (a segmented associative_scan
-    # compiles ~10x slower); rounding stays far below the truncated sums' size.
-    first_g = jnp.searchsorted(key_g, key_g, side="left", method="sort")  # start of each token's run
-    start_g = first_g == jnp.arange(window)
-    cum_WxD = jnp.cumsum(out_WxD, axis=0)
-    prefix_WxD = cum_WxD - jnp.where((first_g > 0)[:, None], cum_WxD[first_g - 1], 0.0)
-    base_WxD = s.trunc_lo_NxD[tok_g]
-    inv_norm_g = jnp.where(ok_g, layer.inv_norm_N[tok_g], 0.0)
-    after_g = jnp.linalg.norm(base_WxD + prefix_WxD, axis=-1) * inv_norm_g
-    before_g = jnp.where(start_g, jnp.linalg.norm(base_WxD, axis=-1) * inv_norm_g, jnp.roll(after_g, 1))
-    delta_W = jnp.zeros((window,), jnp.float32).at[order].set(jnp.where(ok_g, after_g - before_g, 0.0))
-    # CETT before dropping candidate j = CETT at threshold e_W[j].
-    c_after_W = s.c_lo + jnp.cumsum(delta_W) / jnp.maximum(layer.n_valid, 1.0)
+def _pick(ctx: _Context, s: _State, target: Array, cand: Candidates, window: int) -> ThresholdResult:
+    """The answer from the merged candidates (ascending): CETT before dropping candidate j
+    is the CETT at threshold e_W[j]; the largest feasible first-of-a-tie wins."""
+    c_after_W = s.c_lo + jnp.cumsum(cand.delta_W) / jnp.maximum(ctx.n_valid, 1.0)
     c_before_W = jnp.concatenate([s.c_lo[None], c_after_W[:-1]])
-    j_W = jnp.arange(window)
+    e_W = cand.e_W
     first_of_tie = jnp.concatenate([jnp.ones((1,), bool), e_W[1:] > e_W[:-1]])
-    feasible = ok_W & first_of_tie & (c_before_W <= target)
-    j = jnp.max(jnp.where(feasible, j_W, 0))
-    return e_W[j], c_before_W[j]
-
-
-def _search_one(layer: Layer, ctx: _Context, target: Array, window: int, max_evaluations: int):
-    zero = jnp.float32(0.0)
-    n_pos = ctx.n_pos
-    s0 = _State(
-        t_lo=zero, k_lo=jnp.int32(0), c_lo=zero, y_lo=-target,
-        trunc_lo_NxD=jnp.zeros((layer.a_NxF.shape[0], layer.w_out_FxD.shape[1]), jnp.float32),
-        t_hi=ctx.top, k_hi=n_pos, y_hi=ctx.c_top - target, side=jnp.int32(0),
-        t_last=zero, k_last=jnp.int32(0), c_last=zero, k_prev=jnp.int32(0), c_prev=zero,
-        width_1ago=n_pos, width_2ago=n_pos, evals=jnp.int32(0),
-    )
+    j = jnp.max(jnp.where(cand.ok_W & first_of_tie & (c_before_W <= target), jnp.arange(window), 0))
+    closed = words_min(sub_words(s.k_hi, s.k_lo), window + 1) <= window
     drop_all = ctx.c_top <= target
-
-    def cond(s):
-        u_a, u_b = _bit_range(ctx, s)
-        return (~drop_all) & (s.evals < max_evaluations) & (s.k_hi - s.k_lo > window) & (u_b - u_a >= 2)
-
-    s = lax.while_loop(cond, functools.partial(_step, layer, ctx, target, window), s0)
-    t_exact, c_exact = _finish(layer, s, target, window)
     # Not closed (cap hit, or > window magnitudes tied at one value): the smallest
-    # magnitude >= t_lo, exact in the tie case.
-    in_NxF = (layer.mag_NxF >= s.t_lo) & (layer.mag_NxF > 0)
-    t_safe = jnp.min(jnp.where(in_NxF, layer.mag_NxF, jnp.inf))
-    closed = s.k_hi - s.k_lo <= window
-    threshold = jnp.where(drop_all, ctx.top, jnp.where(closed, t_exact, t_safe))
-    cett_value = jnp.where(drop_all, ctx.c_top, jnp.where(closed, c_exact, s.c_lo))
-    n_pairs = layer.n_real * layer.mag_NxF.shape[1]
-    sparsity = mean_or_zero(jnp.sum(layer.mag_NxF < threshold, dtype=jnp.float32), n_pairs)
+    # magnitude ≥ t_lo, exact in the tie case; it drops what t_lo drops.
+    threshold = jnp.where(drop_all, ctx.top, jnp.where(closed, e_W[j], cand.t_safe))
+    cett_value = jnp.where(drop_all, ctx.c_top, jnp.where(closed, c_before_W[j], s.c_lo))
+    below = jnp.where(drop_all, words_float(normalise_words(ctx.n_pos + ctx.n_zero)),
+                      words_float(normalise_words(ctx.n_zero + s.k_lo)) + jnp.where(closed, j, 0))
     valid = (target >= 0) & (target <= 1)
     nan_if_invalid = lambda x: jnp.where(valid, x, jnp.nan)  # noqa: E731
-    return ThresholdResult(nan_if_invalid(threshold), nan_if_invalid(cett_value), nan_if_invalid(sparsity), s.evals)
+    return ThresholdResult(nan_if_invalid(threshold), nan_if_invalid(cett_value),
+                           nan_if_invalid(mean_or_zero(below, ctx.pairs)), s.evals)
 
 
-def _search_prepared(prep: PreparedSearch, target_LxK, window: int, max_evaluations: int) -> ThresholdResult:
-    def one_layer(layer, ctx, target_K):
-        return lax.map(lambda c: _search_one(layer, ctx, c, window, max_evaluations), target_K)
-
-    return jax.vmap(one_layer)(prep.layer, prep.ctx, target_LxK)
+def _per_layer(fn):
+    """fn(ctx, state/target/..., ...) over (L, K): ctx per layer, the rest per (layer, target)."""
+    inner = jax.vmap(fn, in_axes=(None,) + (0,) * (fn.__code__.co_argcount - 1))
+    return jax.vmap(inner)
 
 
 @functools.partial(jax.jit, static_argnames=("window", "max_evaluations"))
-def _find_jit(a_LxNxF, w_out_LxFxD, mask_N, target_LxK, window: int, max_evaluations: int) -> ThresholdResult:
-    return _search_prepared(_prepare(a_LxNxF, w_out_LxFxD, mask_N), target_LxK, window, max_evaluations)
+def _search(prep: PreparedSearch, target_LxK: Array, window: int, max_evaluations: int) -> ThresholdResult:
+    """Every layer and target at once: each loop step is one pass over the blocks."""
+    scores, ctx = prep.scores, prep.ctx
+    block_args = lambda i: (scores.layout, scores.block(i), prep.w_out_LxFxD, prep.real[i], prep.inv_norm[i])  # noqa
+    active = lambda s: _per_layer(lambda c, s, t: _active(c, s, t, window, max_evaluations))(ctx, s, target_LxK)  # noqa
+
+    def body(s):
+        t_LxK = _per_layer(lambda c, s, t: _propose(c, s, t, window))(ctx, s, target_LxK)
+        on_LxK = active(s)
+        ratio_nb, dropped_nb = over_blocks(scores, lambda i: eval_block(*block_args(i), t_LxK, on_LxK))
+        return _per_layer(_step)(ctx, s, target_LxK, t_LxK, jnp.sum(ratio_nb, axis=0),
+                                 normalise_words(jnp.sum(dropped_nb, axis=0)), on_LxK)
+
+    s = lax.while_loop(lambda s: jnp.any(active(s)), body, _per_layer(_init)(ctx, target_LxK))
+    closed = words_min(sub_words(s.k_hi, s.k_lo), window + 1) <= window
+    cand = merge_candidates(over_blocks(scores, lambda i: finish_block(
+        *block_args(i), s.t_lo, s.t_hi, closed & (ctx.c_top[:, None] > target_LxK), window)), window)
+    return _per_layer(lambda c, s, t, x: _pick(c, s, t, x, window))(ctx, s, target_LxK, cand)
 
 
-_prepare_jit = jax.jit(_prepare)
-_search_prepared_jit = jax.jit(_search_prepared, static_argnames=("window", "max_evaluations"))
+@jax.jit
+def setup(scores: Scores, w_out_LxFxD: Array, real: Array) -> tuple[Array, _Context, Array]:
+    """The set-up pass over `scores`: (inv_norm, ctx, proxy_LxPxF) of `PreparedSearch`
+    (not the scores themselves: a jit would copy them). `real`: (nb, B, T...) bool."""
+    block_P, pos_P = proxy_tokens(real.reshape(real.shape[0], -1), proxy_count(w_out_LxFxD.shape[1]))
+    inv_norm, totals_nb = over_blocks(scores, lambda i: setup_block(
+        scores.layout, scores.block(i), w_out_LxFxD, real[i], pos_P, block_P == i))
+    return (inv_norm,) + context(totals_nb, w_out_LxFxD)
+
+
+def context(totals_nb: Totals, w_out_LxFxD: Array) -> tuple[_Context, Array]:
+    """(ctx, proxy_LxPxF) from the blocks' set-up totals (stacked on a leading block axis)."""
+    totals = Totals(*(jnp.sum(x, axis=0) for x in totals_nb[:2]), *(normalise_words(jnp.sum(x, axis=0))
+                    for x in totals_nb[2:4]), jnp.min(totals_nb.pos_min, axis=0),
+                    jnp.max(totals_nb.pos_max, axis=0), jnp.sum(totals_nb.proxy_LxPxF, axis=0))
+    return build_context(totals, w_out_LxFxD), totals.proxy_LxPxF
 
 
 def _default_window(n_tokens: int, n_neurons: int) -> int:
@@ -241,32 +236,43 @@ def _default_window(n_tokens: int, n_neurons: int) -> int:
 
 
 def prepare_search(a: Array, w_out: Array, token_mask: Array | None = None) -> PreparedSearch:
-    """The set-up of `find_threshold` on `a` (L, tokens..., F) and `w_out` (L, F, d), once.
-
-    For arrays on one device (no explicit-mesh sharding); `find_threshold` handles
-    sharded inputs. Use with `find_prepared`.
-    """
-    a_LxNxF, w_out_LxFxD, mask_N, layered = as_layers(a, w_out, token_mask)
-    if not layered:
+    """The set-up of `find_threshold` on `a` (L, tokens..., F) and `w_out` (L, F, d), once;
+    use with `find_prepared`. Sharded `a` (tokens over its first token axis, F over its
+    last) is searched on its mesh with explicit collectives; see `find_threshold`."""
+    check_shapes(jnp.shape(a), jnp.shape(w_out))
+    if jnp.ndim(w_out) != 3:
         raise UserError(f"Pass w_out with a layer axis (L, F, d) to prepare_search; got {jnp.shape(w_out)}.")
-    return _prepare_jit(a_LxNxF, w_out_LxFxD, mask_N)
+    if token_mask is not None:
+        check_mask(jnp.shape(token_mask), jnp.shape(a)[1:-1], jnp.shape(a))
+    a, w_out, token_mask = (auto_view(x) for x in (a, w_out, token_mask))
+    layout = layout_of(a)
+    real = _real(token_mask, jnp.shape(a)[1:-1], layout)
+    scores = Scores(a, None, layout, 1, stacked=False)
+    return PreparedSearch(scores, w_out, real, *setup(scores, w_out, real))
+
+
+def _real(token_mask: Array | None, token_shape: tuple, layout: Layout) -> Array:
+    """(1, tokens...) bool real-token mask, on the layout's mesh."""
+    make = lambda m: (jnp.ones(token_shape, bool) if m is None else m.astype(bool))[None]  # noqa: E731
+    sharding = layout.sharding("layer_tokens", len(token_shape) + 1)
+    return (jax.jit(make) if sharding is None else jax.jit(make, out_shardings=sharding))(token_mask)
 
 
 def find_prepared(prep: PreparedSearch, target, *, window: int | None = None,
                   max_evaluations: int = 64) -> ThresholdResult:
     """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
-    shared targets, or (L, K) → fields (L, K). The results of `find_threshold` up to
-    float32 rounding (other fusion of the sums). Unlike `find_threshold`, where a 1-D
-    target on layered input is one target per layer, a (K,) target here is K targets
-    shared by all layers; pass (L, 1) for per-layer targets."""
+    shared targets, or (L, K) → fields (L, K). Unlike `find_threshold`, where a 1-D target
+    on layered input is one target per layer, a (K,) target here is K targets shared by
+    all layers; pass (L, 1) for per-layer targets."""
     _check_target(target)
-    L, N, F = prep.layer.a_NxF.shape
+    L, F = prep.w_out_LxFxD.shape[:2]
     target = jnp.asarray(target, jnp.float32)
     if target.ndim > 2 or (target.ndim == 2 and target.shape[0] not in (1, L)):
         raise UserError(f"Pass target as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
-    target_LxK = jnp.broadcast_to(target.reshape((-1, target.shape[-1]) if target.ndim else (1, 1)),
-                                  (L, target.shape[-1] if target.ndim else 1))
-    res = _search_prepared_jit(prep, target_LxK, window or _default_window(N, F), max_evaluations)
+    k = target.shape[-1] if target.ndim else 1
+    target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))
+    n_tokens = int(np.prod(prep.real.shape))
+    res = _search(prep, target_LxK, window or _default_window(n_tokens, F), max_evaluations)
     return jax.tree.map(lambda x: x[:, 0], res) if target.ndim == 0 else res
 
 
@@ -296,40 +302,41 @@ def find_threshold(
     nothing); c = 1 drops everything (t just above the largest magnitude), and so does
     any c for a layer whose FFN output is zero on every real token. CETT is taken as
     monotone in t (true in practice, not guaranteed); otherwise the result is a local
-    boundary CETT(t) ≤ c < CETT(next). Per layer N·F < 2³¹.
+    boundary CETT(t) ≤ c < CETT(next). Pair counts are exact int32 words (N·F up to 2⁴⁷).
 
-    Algorithm — a jitted `lax.while_loop` per layer and target, no host round trip;
-    layers are vmapped, targets share each layer's set-up through lax.map:
-      1. Set-up per layer (`threshold_prep.py`): the dense product (for ‖FFN(x)‖) and a
-         proxy — P ≈ 2¹⁶/F real tokens whose CETT curves are computed exactly at 64
+    Algorithm — one jitted `lax.while_loop` for all layers and targets, no host round trip:
+      1. Set-up pass (`threshold_pass.setup_block`, `threshold_prep.build_context`): the
+         dense product per token (for ‖FFN(x)‖), pair counts and the magnitude range, and
+         a proxy — P ≈ 2¹⁶/F real tokens whose CETT curves are computed exactly at 64
          knots (P·F·d multiply-adds, vs N·F·d per evaluation), tabulated at 2048
          thresholds; their sorted magnitudes double as a quantile table. No global sort
          of the N·F magnitudes: it costs more than the products it saves and would
          gather a sharded array; other per-step costs are O(N·F) elementwise passes.
       2. Bracket [t_lo, t_hi], CETT(t_lo) ≤ c < CETT(t_hi), from 0 and "drop all"
          (CETT 1, known). Each step evaluates the truncated product
-         (a · 1[‖n‖ < t]) @ w_out once. Step 1 asks the proxy for c; step 2 shifts the
-         proxy by the residual seen; later steps: secant on the dropped count K (Illinois
-         regula falsi on the bracket ends when it leaves the bracket), mapped to t
-         through the quantile table calibrated at the bracket ends. Proposals overshoot
-         the estimated root a little so the bracket closes from both sides. Safeguards:
-         bisect K if the bracket count did not halve in two steps; bisect the float32
-         bit patterns if a proposal is outside the bracket or the last step split
-         nothing (≤ 31 such steps always finish).
-      3. With ≤ `window` positive magnitudes left in the bracket, finish exactly with no
-         further product: extract those pairs, gather their outputs (window × d), add
-         them per token in magnitude order to the truncated sums carried from t_lo, and
-         read CETT off after each candidate. Exact ties beyond `window` are handled
-         exactly too.
-    `evaluations` counts the truncated products (the dense product and the finish come
-    on top); exactness costs no further product, and ≤ `window` positive magnitudes need
-    0. If `max_evaluations` is hit (adversarial data only) the result is the smallest
-    magnitude ≥ t_lo: feasible, maybe not maximal.
+         (a · 1[‖n‖ < t]) @ w_out once per layer and target still open. Step 1 asks the
+         proxy for c; step 2 shifts the proxy by the residual seen; later steps: secant
+         on the dropped count K (Illinois regula falsi on the bracket ends when it leaves
+         the bracket), mapped to t through the quantile table calibrated at the bracket
+         ends. Proposals overshoot the estimated root a little so the bracket closes from
+         both sides. Safeguards: bisect K if the bracket count did not halve in two
+         steps; bisect the float32 bit patterns if a proposal is outside the bracket or
+         the last step split nothing (≤ 31 such steps always finish).
+      3. With ≤ `window` positive magnitudes left in the bracket, finish exactly: extract
+         those pairs, add their outputs per token in magnitude order onto the truncated
+         sums at t_lo (recomputed for their tokens only: ≤ window rows), and read CETT
+         off after each candidate. Exact ties beyond `window` are handled exactly too.
+    `evaluations` counts the truncated products of step 2 (the set-up's dense product
+    and the finish's ≤ window rows come on top). If `max_evaluations` is hit
+    (adversarial data only) the result is the smallest magnitude ≥ t_lo: feasible,
+    maybe not maximal.
 
-    Sharding: `a` sharded over tokens ('data') and neurons ('tensor'), `w_out` over
-    neurons, jitted or not, auto or explicit mesh: every step is a product or reduction
-    that XLA partitions (the finish's extraction gathers a bool mask). Results equal the
-    unsharded ones up to float32 reduction order.
+    Sharding: a concrete `a` with a NamedSharding is searched on its mesh: tokens split
+    over the axes of its first token axis, neurons over those of its F axis
+    (`threshold_pass.layout_of`), every pass a `shard_map` kernel with psums over those
+    axes; the scores never leave their devices. Results equal the one-device ones up to
+    float32 reduction order. Traced inside the caller's jit, the one-device code runs
+    and GSPMD partitions it (on an explicit mesh in auto mode, `cett.run_auto`).
 
     Args:
       a: activation scores (tokens..., F), or (L, tokens..., F) with a layer axis.
@@ -348,6 +355,7 @@ def find_threshold(
       UserError: bad shapes, or a concrete target outside [0, 1].
     """
     _check_target(target)
+    check_shapes(jnp.shape(a), jnp.shape(w_out))
     layered = jnp.ndim(w_out) == 3
     L = jnp.shape(w_out)[0] if layered else 1
     target = jnp.asarray(target, jnp.float32)
@@ -360,12 +368,14 @@ def find_threshold(
     has_k = target.ndim == (2 if layered else 1)
     k = target.shape[-1] if has_k else 1
     target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))
+    a, w_out, token_mask = (auto_view(x) for x in (a, w_out, token_mask))
+    if not layered:
+        a, w_out = a[None], jnp.asarray(w_out)[None]
 
     def run(a, w_out, token_mask, target_LxK):
-        a_LxNxF, w_out_LxFxD, mask_N, _ = as_layers(a, w_out, token_mask)
-        window_ = window or _default_window(a_LxNxF.shape[1], a_LxNxF.shape[2])
-        return tuple(_find_jit(a_LxNxF, w_out_LxFxD, mask_N, target_LxK, window_, max_evaluations))
+        prep = prepare_search(a, w_out, token_mask)
+        return tuple(find_prepared(prep, target_LxK, window=window, max_evaluations=max_evaluations))
 
-    result = ThresholdResult(*run_auto(run, a, w_out, token_mask, target_LxK))
+    result = ThresholdResult(*run_auto(run, a, w_out, token_mask, target_LxK))  # explicit-axis tracers
     squeeze = (lambda x: x) if has_k else (lambda x: x[:, 0])
     return jax.tree.map(lambda x: squeeze(x) if layered else squeeze(x)[0], result)

@@ -5,6 +5,9 @@ import os
 
 
 def format_summary(summary: dict) -> str:
+    if summary.get("preempted"):
+        return (f"preempted at step {summary['step']}: checkpoint saved in {summary['workdir']}; "
+                "run the same command again to resume")
     ratios = summary.get("activation_ratio") or []
     lines = [
         f"trained to step {summary['step']}: validation loss {summary['loss']:.4f}, "

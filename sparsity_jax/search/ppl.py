@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.search.thresholds import (
-    Batch, CettThresholds, DenseCache, cache_thresholds, dense_pass, prepare_cache, sparse_pass,
-    threshold_sparsify,
+    Batch, CettThresholds, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
 )
 
 _BETA_PRIOR = 2.5  # power-law exponent assumed with one point; the fit is shrunk towards it
@@ -170,33 +170,52 @@ class PplSearch:
     The dense pass of each checkpoint runs once, in the constructor; `point(c)` caches
     every evaluated CETT, so several p values share evaluations.
 
-    What is computed once: per checkpoint, the dense pass (`DenseCache`: real-token
-    scores, kernels, dense loss) and the threshold search's set-up on it (magnitudes,
-    dense output norms, proxy curves: `prepare_cache`). Each search step ("sparse
-    evaluation") is then, per checkpoint, one prepared threshold search (a few truncated
-    products, no forward pass) and ONE sparse forward pass of the validation set. The
-    reference instead recomputes the dense pass and a 16-step threshold bisection at
-    every step of a 10-step bisection on c.
+    What is computed once: per checkpoint, the dense pass (`DenseCache`: the threshold
+    search's set-up — dense-output norms, proxy curves — its scores cached on the mesh or
+    recomputed per pass, and the dense loss). Each search step ("sparse evaluation") is
+    then, per checkpoint, one prepared threshold search (a few truncated products; in
+    stream mode each one a dense forward pass) and ONE sparse forward pass of the
+    validation set. The reference instead recomputes the dense pass and a 16-step
+    threshold bisection at every step of a 10-step bisection on c.
+
+    `mesh`, `mode`, `dtype`, `memory_budget`: as in `thresholds.dense_pass`; "auto"
+    decides once for all checkpoints (their caches are held together). `.mode` says
+    which mode ran.
     """
 
     def __init__(self, graphdef, params_list: Sequence, batches: Sequence[Batch], *,
-                 caches: Sequence[DenseCache] | None = None, log: Callable[[str], None] | None = None):
+                 caches: Sequence[DenseCache] | None = None, log: Callable[[str], None] | None = None,
+                 mesh=None, mode: str = "auto", dtype=jnp.float32, memory_budget: int | None = None):
         if not params_list:
             raise UserError("Pass at least one checkpoint to the PPL-p% search.")
         self.graphdef, self.params_list, self.batches = graphdef, list(params_list), list(batches)
-        self.caches = list(caches) if caches is not None else [dense_pass(graphdef, p, batches) for p in params_list]
-        self.prepared = [None] * len(self.caches)  # threshold-search set-up, made at the first step
+        if caches is None:
+            caches = [dense_pass(graphdef, p, batches, mesh=mesh, mode=mode, dtype=dtype,
+                                 memory_budget=memory_budget, caches=len(self.params_list)) for p in params_list]
+        self.caches: list[DenseCache | None] = list(caches)
+        self.mode = self.caches[0].mode
         self.points: dict[float, list[CheckpointPoint]] = {}
         self.log = log or (lambda msg: None)
+
+    @property
+    def prepared(self) -> list:
+        """Each checkpoint's threshold-search set-up (None once released)."""
+        return [None if c is None else c.prepared for c in self.caches]
+
+    def release(self, i: int) -> DenseCache:
+        """Hands checkpoint i's dense pass over and drops it here (later `point` calls on
+        new CETTs then fail for it); the sweep holds one checkpoint's cache at a time."""
+        cache, self.caches[i], self.params_list[i] = self.caches[i], None, None
+        return cache
 
     def point(self, c: float) -> list[CheckpointPoint]:
         """Per-checkpoint thresholds and sparse pass at CETT c (cached)."""
         if c not in self.points:
             pts = []
-            for i, (params, cache) in enumerate(zip(self.params_list, self.caches)):
-                if self.prepared[i] is None:
-                    self.prepared[i] = prepare_cache(cache)
-                thr = cache_thresholds(cache, c, self.prepared[i])
+            for params, cache in zip(self.params_list, self.caches):
+                if cache is None:
+                    raise UserError("This PPL-p% search released its dense passes; create a new PplSearch.")
+                thr = cache_thresholds(cache, c)
                 ev = sparse_pass(self.graphdef, params, self.batches, threshold_sparsify(thr.threshold))
                 pts.append(CheckpointPoint(thr, ev.loss, math.exp(ev.loss - cache.loss), ev.activation_ratio))
             self.points[c] = pts
@@ -236,10 +255,11 @@ def check_p(p) -> None:
 
 
 def ppl_p_sparsity(graphdef, params_list: Sequence, batches: Sequence[Batch], p: float | Sequence[float],
-                   *, tol: float = 1e-3) -> list[PplResult]:
-    """PPL-p% search for one or several p over the given checkpoints jointly."""
+                   *, tol: float = 1e-3, **dense) -> list[PplResult]:
+    """PPL-p% search for one or several p over the given checkpoints jointly; `dense`:
+    mesh, mode, dtype, memory_budget of `PplSearch`."""
     ps = [p] if isinstance(p, (int, float)) else list(p)
     for q in ps:
         check_p(q)
-    search = PplSearch(graphdef, params_list, batches)
+    search = PplSearch(graphdef, params_list, batches, **dense)
     return [search.search(q, tol) for q in ps]

@@ -3,17 +3,23 @@
 `stabilised_sweep` searches CETT_p once over the last checkpoints and applies it to every
 checkpoint (App. B's stabilising strategy), draws the Pareto curves of PPL-p%, top-k and
 FAT-ε on the last one (Figure 3, `pareto`) and collects neuron statistics per checkpoint
-(`checkpoint_stats`).
+(`checkpoint_stats`: one pass over the scores on their mesh, like the searches).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.sharding import PartitionSpec as P
 
-from sparsity_jax.metrics.cett import neuron_magnitudes
-from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf, neuron_frequency, per_token_id_activation_ratio
+from sparsity_jax.metrics.cett import psum
+from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
+from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
+from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
@@ -33,13 +39,46 @@ def default_topk(d_ff: int) -> list[int]:
 
 
 def default_fat_eps(cache: DenseCache) -> list[float]:
-    """Quantiles 0.25/0.5/0.75/0.9 of the non-zero |a| of the last checkpoint (all layers).
+    """Quantiles 0.25/0.5/0.75/0.9 of the non-zero |a| of the last checkpoint's proxy
+    tokens (≈ 2¹⁶/F real tokens per layer, all layers; a sample, not all N·F scores).
 
     For gated FFNs FAT-ε thresholds the gate score, so these are only a rough scale there.
     """
-    a = jnp.abs(cache.a_LxNxF).ravel()
+    a = jnp.abs(cache.prepared.proxy_LxPxF).ravel()
     q = np.asarray(jnp.nanquantile(jnp.where(a > 0, a, jnp.nan), jnp.array([0.25, 0.5, 0.75, 0.9])))
     return [] if np.isnan(q).any() else q.round(6).tolist()  # computed on device; 4 numbers come back
+
+
+@functools.partial(jax.jit, static_argnames=("vocab_size",))
+def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, vocab_size: int):
+    """Over all blocks: per layer and neuron the real tokens where ‖n_i‖ ≥ t_l (L, F),
+    per layer and input id the summed active counts (L, V), per id its real tokens (V,),
+    and the real tokens — all replicated."""
+    layout = prep.scores.layout
+
+    def kernel(axes, a, w_out_LxFxD, real, ids, t_L):
+        F = a.shape[-1]
+        a_LxMxF, real_M, ids_M = a.reshape(a.shape[0], -1, F), real.reshape(-1), ids.reshape(-1)
+
+        def one_layer(args):
+            a_MxF, w_out_FxD, t = args
+            mag_MxF = jnp.abs(a_MxF.astype(jnp.float32)) * jnp.linalg.norm(w_out_FxD.astype(jnp.float32), axis=-1)
+            active_MxF = real_M[:, None] & (mag_MxF >= t)
+            per_token_M = psum(jnp.sum(active_MxF, axis=1, dtype=jnp.int32), axes.neurons).astype(jnp.float32)
+            return jnp.sum(active_MxF, axis=0, dtype=jnp.int32), jax.ops.segment_sum(per_token_M, ids_M, vocab_size)
+
+        count_LxF, sum_LxV = lax.map(one_layer, (a_LxMxF, w_out_LxFxD, t_L))
+        count_V = jax.ops.segment_sum(real_M.astype(jnp.int32), ids_M, vocab_size)
+        gathered = count_LxF if not axes.neurons else lax.all_gather(count_LxF, axes.neurons, axis=1, tiled=True,
+                                                                       to="invarying")
+        return (psum(gathered, axes.tokens), psum(sum_LxV, axes.tokens), psum(count_V, axes.tokens),
+                psum(jnp.sum(real_M, dtype=jnp.int32), axes.tokens))
+
+    def one_block(i):
+        return run_sharded(layout, kernel, ("scores", "w_out", "tokens", "tokens", "rep"), P(), prep.scores.block(i),
+                           prep.w_out_LxFxD, prep.real[i], ids[i], threshold_L)
+
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), over_blocks(prep.scores, one_block))
 
 
 def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int | None = None) -> dict:
@@ -48,11 +87,12 @@ def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int
     Per-layer activation ratio, dead-neuron ratio (< 0.1% of tokens), per-neuron
     frequency and hot-neuron CDF (`neuron_frequency` / `hot_cdf`: the full arrays;
     `hot_share`: the CDF's share covered by the top 10/20/50% neurons); with
-    `vocab_size`, also the activation ratio per vocabulary id (input token).
+    `vocab_size`, also the activation ratio per vocabulary id (input token). One pass
+    over the scores (cached, or recomputed in stream mode), counts psum'd on the mesh.
     """
-    mag = neuron_magnitudes(cache.a_LxNxF, cache.w_out_LxFxD)
-    active = mag >= jnp.asarray(threshold_L, jnp.float32)[:, None, None]
-    freq_LxF = neuron_frequency(active, layer_axes=1)
+    count_LxF, sum_LxV, count_V, n_real = _activity(cache.prepared, cache.ids, np.asarray(threshold_L, np.float32),
+                                                    vocab_size or 1)
+    freq_LxF = count_LxF / jnp.maximum(n_real, 1)
     cdf_LxF = np.asarray(hot_neuron_cdf(freq_LxF))
     F = cdf_LxF.shape[-1]
     out = {
@@ -63,7 +103,7 @@ def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int
         "hot_cdf": cdf_LxF,
     }
     if vocab_size:
-        ratio_LxV, count_V = per_token_id_activation_ratio(active, cache.ids_N, vocab_size, layer_axes=1)
+        ratio_LxV = jnp.where(count_V > 0, sum_LxV / (jnp.maximum(count_V, 1) * F), 0.0)
         out["per_token_id"] = {"ratio": np.asarray(ratio_LxV), "count": np.asarray(count_V)}
     return out
 
@@ -106,16 +146,25 @@ def stabilised_sweep(
     fat_eps: Sequence[float] | None = None,
     vocab_size: int | None = None,
     log: Callable[[str], None] = lambda msg: None,
+    mesh=None,
+    mode: str = "auto",
+    dtype=jnp.float32,
+    memory_budget: int | None = None,
 ) -> dict:
     """The whole App. B analysis of one run; returns a JSON-ready dict plus array stats.
 
     Stabilising strategy (App. B): CETT_p is searched once over the LAST `last`
     checkpoints jointly (`ppl.PplSearch`), then applied to every checkpoint: per
-    checkpoint one dense pass, the exact thresholds of all p in one `find_threshold`
-    call, one sparse pass per p (its PPL ratio). Activation ratio = 1 − sparsity (the
-    dense activations' fraction of token×neuron pairs above the threshold, mean over
-    layers) against training tokens (step × global batch × sequence length); steps
-    ≤ warm-up are flagged (dropped before fitting curves).
+    checkpoint one dense pass, the exact thresholds of all p in one search, one sparse
+    pass per p (its PPL ratio). Activation ratio = 1 − sparsity (the dense activations'
+    fraction of token×neuron pairs above the threshold, mean over layers) against
+    training tokens (step × global batch × sequence length); steps ≤ warm-up are
+    flagged (dropped before fitting curves).
+
+    Memory: the joint search holds the `last` checkpoints' dense passes (in stream mode
+    only their per-token norms and proxy set-up, no scores); then each joint checkpoint's
+    row is computed and its dense pass released, and every other checkpoint is
+    processed alone — never more than one dense pass beyond what the joint search held.
 
     Pareto curves (`pareto`) on the last checkpoint. Statistics (`checkpoint_stats`)
     per checkpoint, on the neurons active at the first p's thresholds
@@ -131,8 +180,11 @@ def stabilised_sweep(
       warmup_steps: steps ≤ this are flagged `warmup`.
       last: checkpoints searched jointly (the last ones).
       topk, fat_eps: baseline grids (None: `default_topk`, `default_fat_eps`).
+      mesh, mode, dtype, memory_budget: as in `thresholds.dense_pass` ("auto" decides
+        for the joint search's `last` caches together, and per checkpoint after it).
     Returns:
       {"search": [...per p...], "checkpoints": [...per step...], "pareto": {...},
+       "mode": the joint search's mode,
        "arrays": {"neuron_frequency": (L, F), "hot_cdf": (L, F), "per_token_id": ...}}
       (arrays: of the last checkpoint, for the figures).
     """
@@ -141,10 +193,11 @@ def stabilised_sweep(
         check_p(p)
     steps = sorted(steps)
     joint = steps[-last:]
+    dense = dict(mesh=mesh, mode=mode, dtype=dtype, memory_budget=memory_budget)
     log(f"dense passes of the last {len(joint)} checkpoints {joint}")
     params = {s: load_params(s) for s in joint}
-    search = PplSearch(graphdef, [params[s] for s in joint], batches, log=log)
-    caches = dict(zip(joint, search.caches))
+    search = PplSearch(graphdef, [params[s] for s in joint], batches, log=log, **dense)
+    log(f"scores {'cached on the mesh' if search.mode == 'cache' else 'recomputed at every pass (stream mode)'}")
     results = []
     for p in ps:
         log(f"searching CETT for PPL-{p:g}% over steps {joint}")
@@ -153,10 +206,10 @@ def stabilised_sweep(
             f"sparsity {r.overall_sparsity:.4f}, {r.evaluations} sparse evaluations")
         results.append(r)
     cetts = [r.cett for r in results]
-    rows, stats_last = [], None
-    for s in steps:
-        prm = params[s] if s in params else load_params(s)
-        cache = caches[s] if s in caches else dense_pass(graphdef, prm, batches)
+    rows = {}
+    for s in joint[::-1] + [s for s in steps if s not in params]:  # the joint ones first, releasing each
+        prm = params.pop(s) if s in params else load_params(s)
+        cache = search.release(joint.index(s)) if s in joint else dense_pass(graphdef, prm, batches, **dense)
         thr = cache_thresholds(cache, cetts)  # fields (L, K)
         row = {"step": int(s), "tokens": int(s) * int(tokens_per_step), "warmup": bool(s <= warmup_steps),
                "dense_loss": cache.loss, "ppl_p": []}
@@ -170,19 +223,20 @@ def stabilised_sweep(
             })
         st = checkpoint_stats(cache, thr.threshold[:, 0], vocab_size if s == steps[-1] else None)
         row["stats"] = {k: st[k] for k in ("activation_ratio", "dead_ratio", "hot_share")}
-        rows.append(row)
+        rows[s] = row
         log(f"step {s}: activation ratio " + ", ".join(f"PPL-{q['p']:g}% {q['activation_ratio']:.4f}"
                                                        for q in row["ppl_p"]))
         if s == steps[-1]:
-            stats_last, last_cache, last_params = st, cache, prm
-    last_row = rows[-1]
-    ppl_points = [{"p": q["p"], "cett": q["cett"], "ppl": float(np.exp(last_cache.loss) * q["ppl_ratio"]),
-                   "activation_ratio": float(np.mean(q["sparse_run_activation_ratio"]))} for q in last_row["ppl_p"]]
+            stats_last, last_loss, last_params = st, cache.loss, prm
+            d_ff = cache.prepared.w_out_LxFxD.shape[1]
+            eps = default_fat_eps(cache) if fat_eps is None else fat_eps
+        del cache  # one dense pass at a time from here on
+    rows = [rows[s] for s in steps]
+    ppl_points = [{"p": q["p"], "cett": q["cett"], "ppl": float(np.exp(last_loss) * q["ppl_ratio"]),
+                   "activation_ratio": float(np.mean(q["sparse_run_activation_ratio"]))} for q in rows[-1]["ppl_p"]]
     log(f"Pareto curves on step {steps[-1]}")
-    d_ff = last_cache.a_LxNxF.shape[-1]
-    front = pareto(graphdef, last_params, batches, last_cache.loss, ppl_points,
-                   default_topk(d_ff) if topk is None else topk,
-                   default_fat_eps(last_cache) if fat_eps is None else fat_eps, log)
+    front = pareto(graphdef, last_params, batches, last_loss, ppl_points,
+                   default_topk(d_ff) if topk is None else topk, eps, log)
     search_json = [{"p": r.p, "cett": r.cett, "cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
                     "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
                     "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
@@ -190,4 +244,4 @@ def stabilised_sweep(
     arrays = {"neuron_frequency": stats_last["neuron_frequency"], "hot_cdf": stats_last["hot_cdf"]}
     if "per_token_id" in stats_last:
         arrays["per_token_id"] = stats_last["per_token_id"]
-    return {"search": search_json, "checkpoints": rows, "pareto": front, "arrays": arrays}
+    return {"search": search_json, "checkpoints": rows, "pareto": front, "mode": search.mode, "arrays": arrays}

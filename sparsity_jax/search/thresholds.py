@@ -1,45 +1,59 @@
 """Model-level CETT thresholds: the dense pass that feeds the searches, and sparse passes.
 
-`dense_pass` runs the dense model once over the validation batches and caches what every
-later search step needs (`DenseCache`); `thresholds_for_cett` / `cache_thresholds` give
+`dense_pass` runs the dense model once over the validation batches and prepares what every
+later search step needs (`DenseCache`): the activation scores stay on the run's mesh as
+global arrays (tokens over the batch axes `data`/`fsdp`, F over `tensor`), cached in
+float32 or bfloat16, or — streaming — recomputed by the model at every pass of the search
+(`mode`: `choose_mode` picks by memory). `thresholds_for_cett` / `cache_thresholds` give
 exact per-layer thresholds for a target CETT (ReLU² §3) over all real validation tokens;
 `sparse_pass` measures the loss and activation ratio with a `Sparsify` applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.metrics.threshold_search import PreparedSearch, find_prepared, find_threshold, prepare_search
+from sparsity_jax.metrics.threshold_pass import Layout, Scores, setup_block
+from sparsity_jax.metrics.threshold_prep import proxy_count, proxy_tokens
+from sparsity_jax.metrics.threshold_search import PreparedSearch, context, find_prepared
 from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.train.sharding import logical_to_spec
 from sparsity_jax.train.step import forward
 
 Array = jax.Array
 Batch = dict[str, Array]
 
+MODES = ("auto", "cache", "stream")
+DEFAULT_BUDGET = 2 << 30  # bytes per device assumed free where `memory_stats()` says nothing (CPU)
+_CACHE_SHARE = 0.5  # auto mode caches when the caches take at most this share of the free memory
+
 
 class DenseCache(NamedTuple):
     """One checkpoint's dense validation pass, reused by every search step."""
 
-    a_LxNxF: Array  # activation scores of the real tokens, batches concatenated
-    w_out_LxFxD: Array  # FFN output kernels
-    ids_N: Array  # input token id of each real token
+    prepared: PreparedSearch  # the search's set-up; its scores cached or recomputed (`mode`)
+    ids: Array  # (nb, B, T) input token ids
     loss: float  # dense token-weighted cross-entropy (nats)
     tokens: float  # real (loss-weighted) tokens
+    mode: str  # "cache" | "stream"
 
 
 class CettThresholds(NamedTuple):
-    """Per-layer result of `thresholds_for_cett`; every field (L,) float32 (numpy)."""
+    """Per-layer result of `thresholds_for_cett`; every array field (L,) float64 (numpy)."""
 
     threshold: np.ndarray  # skip neuron i where |a_i|·‖W_out,i‖ < threshold
     cett: np.ndarray  # realised CETT over all real validation tokens
     sparsity: np.ndarray  # fraction of real token×neuron pairs below the threshold
+    mode: str = "cache"  # how the scores were held: "cache" | "stream"
 
 
 class SparseEval(NamedTuple):
@@ -58,58 +72,168 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
     raise UserError("Pass the model as an LM instance or a (graphdef, params) pair.")
 
 
+def search_layout(batches: Sequence[Batch], d_ff: int, mesh=None) -> Layout:
+    """Where the scores live: `mesh` (default: the batches' mesh), tokens over the mesh
+    axes of the logical 'batch' axis, F over those of 'mlp' (`train.sharding` rules; an
+    axis that does not divide stays replicated). One device: `Layout()`."""
+    inputs = batches[0]["inputs"]
+    mesh = mesh if mesh is not None else getattr(getattr(inputs, "sharding", None), "mesh", None)
+    if mesh is None or math.prod(mesh.shape.values()) == 1:
+        return Layout()
+    names = lambda e: () if e is None else ((e,) if isinstance(e, str) else tuple(e))  # noqa: E731
+    tokens = names(logical_to_spec(("batch",), inputs.shape[:1], mesh)[0])
+    neurons = names(logical_to_spec(("mlp",), (d_ff,), mesh)[0])
+    return Layout(mesh, tokens, neurons)
+
+
+def free_memory(memory_budget: int | None = None) -> int:
+    """Bytes free on the most loaded local device (`memory_stats()`), or `memory_budget`,
+    or `DEFAULT_BUDGET` where the backend reports nothing; the minimum over processes."""
+    free = memory_budget
+    if free is None:
+        stats = [d.memory_stats() for d in jax.local_devices()]
+        known = [s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats if s and "bytes_limit" in s]
+        free = min(known) if known else DEFAULT_BUDGET
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # in MiB as int32: without jax_enable_x64 an int64 would be truncated to int32
+        mib = np.int32(min(free >> 20, np.iinfo(np.int32).max))
+        free = int(np.min(multihost_utils.process_allgather(mib))) << 20
+    return int(free)
+
+
+def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, layout: Layout, dtype=jnp.float32) -> int:
+    """Bytes per device of one checkpoint's cached scores (nb, L, B, T, F)."""
+    shards = 1 if layout.mesh is None else math.prod(layout.mesh.shape[a] for a in layout.tokens + layout.neurons)
+    tokens = sum(math.prod(b["inputs"].shape) for b in batches)
+    return tokens * n_layers * d_ff * np.dtype(dtype).itemsize // shards
+
+
+def choose_mode(mode: str, need_bytes: int, memory_budget: int | None = None) -> str:
+    """"cache" or "stream": as asked, or for "auto" cache when `need_bytes` per device
+    take at most half of `free_memory(memory_budget)` (room for the forward pass and the
+    search's per-block temporaries)."""
+    if mode not in MODES:
+        raise UserError(f"Pass the search mode as one of {', '.join(MODES)}; got {mode!r}.")
+    if mode != "auto":
+        return mode
+    return "cache" if need_bytes <= _CACHE_SHARE * free_memory(memory_budget) else "stream"
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamScores:
+    """Streaming `Scores.compute`: block i's scores from the dense model on stacked batch i."""
+
+    graphdef: Any
+    dtype: Any
+
+    def __call__(self, args, i: Array) -> Array:
+        params, stacked = args
+        batch = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), stacked)
+        return forward(self.graphdef, params, batch, Sparsify(), "scores")[1]["scores"].astype(self.dtype)
+
+
+def _constrain(x: Array, layout: Layout, kind: str) -> Array:
+    sharding = layout.sharding(kind, x.ndim - 1)
+    if sharding is None:
+        return x
+    spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+    return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(layout.mesh, spec))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layout", "dtype"), donate_argnames=("cache", "inv_norm"))
+def _dense_step(graphdef, params, batch: Batch, i: Array, cache: Array | None, inv_norm: Array, proxy,
+                layout: Layout, dtype):
+    """One batch of the dense pass: its loss sums, its scores stored at block i (cache
+    mode), its set-up outputs (`threshold_pass.setup_block`)."""
+    out, records = forward(graphdef, params, batch, Sparsify(), "scores")
+    s_LxBxTxF = records["scores"].astype(dtype)
+    block_P, pos_P = proxy
+    w_out = nnx.merge(graphdef, params).w_out()
+    inv_LxBxT, totals = setup_block(layout, s_LxBxTxF, w_out, batch["loss_weights"] > 0, pos_P, block_P == i)
+    inv_norm = _constrain(lax.dynamic_update_index_in_dim(inv_norm, inv_LxBxT, i, 0), layout, "layer_tokens")
+    if cache is not None:
+        cache = _constrain(lax.dynamic_update_index_in_dim(cache, s_LxBxTxF, i, 0), layout, "scores")
+    return cache, inv_norm, totals, (out["loss_sum"], out["weight"]), w_out
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _stack(batches: Sequence[Batch], layout: Layout) -> Batch:
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+    return jax.tree.map(lambda x: _constrain(x, layout, "tokens"), stacked)
+
+
+def _zeros(shape: tuple, dtype, layout: Layout, kind: str) -> Array:
+    make = lambda: _constrain(jnp.zeros(shape, dtype), layout, kind)  # noqa: E731
+    return jax.jit(make)()
+
+
+def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: str = "auto",
+               dtype=jnp.float32, memory_budget: int | None = None, caches: int = 1) -> DenseCache:
+    """The dense model over `batches`, once: what every later search step needs.
+
+    One jitted step per batch (compiled once): the loss sums, the set-up of the
+    threshold search (per-token dense-output norms, pair counts, proxy tokens' rows) and,
+    in cache mode, the batch's scores written into the cache (nb, L, B, T, F) in `dtype`
+    (float32 or bfloat16). Real tokens are those with loss weight > 0, used as weights
+    (no boolean indexing: no host round trip, no per-batch recompile). Scores stay on
+    the mesh (`search_layout`), never on one device or the host.
+
+    Args:
+      mesh: the run's mesh (`Workdir.run.mesh`); None: the batches' mesh.
+      mode: "cache" (hold the scores), "stream" (hold none: every search pass recomputes
+        them with the dense model, one batch at a time) or "auto" (`choose_mode`).
+      dtype: storage dtype of the scores (the searches compute in float32).
+      memory_budget: bytes per device `auto` may assume free (default: `free_memory`).
+      caches: how many such caches will be held at once (the joint PPL-p% search), for
+        `auto`.
+    Returns:
+      DenseCache; `.mode` says which mode ran.
+    """
+    _check_batches(batches)
+    L, F = (int(x) for x in jax.eval_shape(lambda p: nnx.merge(graphdef, p).w_out(), params).shape[:2])
+    layout = search_layout(batches, F, mesh)
+    dtype = np.dtype(dtype)
+    mode = choose_mode(mode, caches * cache_bytes(batches, L, F, layout, dtype), memory_budget)
+    stacked = _stack(list(batches), layout)
+    real = stacked["loss_weights"] > 0
+    proxy = proxy_tokens(real.reshape(len(batches), -1), proxy_count(F))
+    shape = (len(batches), L) + tuple(batches[0]["inputs"].shape)
+    cache = _zeros(shape + (F,), dtype, layout, "scores") if mode == "cache" else None
+    inv_norm = _zeros(shape, jnp.float32, layout, "layer_tokens")
+    totals, sums = [], []
+    for i, batch in enumerate(batches):
+        cache, inv_norm, block_totals, block_sums, w_out = _dense_step(
+            graphdef, params, batch, jnp.int32(i), cache, inv_norm, proxy, layout, dtype)
+        totals.append(block_totals)
+        sums.append(block_sums)
+    loss_sum, weight = (float(x) for x in np.sum(jax.device_get(sums), axis=0))  # one host sync, replicated
+    if weight <= 0:
+        raise UserError("The validation batches hold no real tokens; use a larger validation split.")
+    if mode == "cache":
+        scores = Scores(cache, None, layout, len(batches))
+    else:
+        scores = Scores(None, (params, stacked), layout, len(batches), compute=_StreamScores(graphdef, dtype))
+    ctx, proxy_rows = _context(jax.tree.map(lambda *x: jnp.stack(x), *totals), w_out)
+    prepared = PreparedSearch(scores, w_out, real, inv_norm, ctx, proxy_rows)
+    return DenseCache(prepared, stacked["inputs"], loss_sum / weight, weight, mode)
+
+
+_context = jax.jit(context)
+
+
 # The jitted steps take the graphdef as a static argument, so each model structure
 # compiles once (Sparsify arrays are traced, so new thresholds never recompile).
-@functools.partial(jax.jit, static_argnums=0)
-def _dense_step(graphdef, params, batch: Batch):
-    out, records = forward(graphdef, params, batch, Sparsify(), "scores")
-    return out["loss_sum"], out["weight"], records["scores"]
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _sparse_step(graphdef, params, batch: Batch, sparsify: Sparsify):
     out, _ = forward(graphdef, params, batch, sparsify, "mask")
     return out["loss_sum"], out["weight"], out["activation_ratio_sum"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _w_out(graphdef, params) -> Array:
-    return nnx.merge(graphdef, params).w_out()
-
-
 def _check_batches(batches: Sequence[Batch]) -> None:
     if not batches:
         raise UserError("Pass at least one validation batch to the CETT search.")
-
-
-def dense_pass(graphdef, params, batches: Sequence[Batch]) -> DenseCache:
-    """The dense model over `batches`, once: what every later search step needs.
-
-    The activation scores of the REAL tokens of all batches concatenated per layer
-    (L, N, F), the stacked output kernels (L, F, d), the input ids of those tokens and
-    the dense loss.
-
-    The cache lives on ONE device (the first local one): the searches' set-up is then
-    computed once, not replicated on every device of a data-parallel mesh (8× the work
-    on 8 CPU devices). Sharding the cache over tokens instead is left for pod-scale runs.
-    """
-    _check_batches(batches)
-    dev = jax.local_devices()[0]
-    a, ids, sums = [], [], []
-    for batch in batches:
-        l_sum, w, s_LxBxTxF = _dense_step(graphdef, params, batch)
-        real_M = np.asarray(batch["loss_weights"]).reshape(-1) > 0
-        L, B, T, F = s_LxBxTxF.shape
-        s_LxMxF = jax.device_put(s_LxBxTxF, dev).reshape(L, B * T, F)
-        a.append(s_LxMxF[:, real_M].astype(jnp.float32))
-        ids.append(jax.device_put(batch["inputs"], dev).reshape(-1)[real_M])
-        sums.append((l_sum, w))
-    loss_sum, weight = (float(x) for x in np.sum(jax.device_get(sums), axis=0))  # one host sync
-    if weight <= 0:
-        raise UserError("The validation batches hold no real tokens; use a larger validation split.")
-    w_out = jax.device_put(_w_out(graphdef, params), dev)
-    return DenseCache(jnp.concatenate(a, axis=1), w_out, jnp.concatenate(ids),
-                      loss_sum / weight, weight)
 
 
 def sparse_pass(graphdef, params, batches: Sequence[Batch], sparsify: Sparsify) -> SparseEval:
@@ -126,7 +250,7 @@ def sparse_pass(graphdef, params, batches: Sequence[Batch], sparsify: Sparsify) 
 
 
 def threshold_sparsify(threshold_L) -> Sparsify:
-    return Sparsify(mode="threshold", threshold=jnp.asarray(threshold_L, jnp.float32))
+    return Sparsify(mode="threshold", threshold=np.asarray(threshold_L, np.float32))
 
 
 def check_cett(cett) -> None:
@@ -135,32 +259,24 @@ def check_cett(cett) -> None:
         raise UserError(f"Pass a CETT between 0 and 1; got {cett!r}.")
 
 
-def prepare_cache(cache: DenseCache) -> PreparedSearch:
-    """The threshold search's set-up on a cached dense pass, for many `cache_thresholds` calls."""
-    return prepare_search(cache.a_LxNxF, cache.w_out_LxFxD)
-
-
 def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
-    """Exact per-layer thresholds for CETT value(s) on a cached dense pass.
+    """Exact per-layer thresholds for CETT value(s) on a dense pass.
 
-    `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one call, the
-    layers' set-up shared by the K targets). `prepared` (`prepare_cache(cache)`): reuse
-    that set-up across calls (same results up to float32 rounding).
+    `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
+    passes shared by the K targets). `prepared`: another set-up to search instead of the
+    cache's own (default).
     """
     check_cett(cett)
-    c = jnp.asarray(cett, jnp.float32)
-    if prepared is not None:
-        res = find_prepared(prepared, c)
-    else:
-        res = find_threshold(cache.a_LxNxF, cache.w_out_LxFxD, c[None] if c.ndim == 1 else c)
-    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)))
+    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(cett, np.float32))
+    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)), cache.mode)
 
 
-def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: float) -> CettThresholds:
+def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: float, *, mesh=None,
+                        mode: str = "auto", dtype=jnp.float32, memory_budget: int | None = None) -> CettThresholds:
     """Per-layer thresholds of the dense model for a target CETT over all real tokens.
 
-    One `find_threshold` call on the `dense_pass` cache: per-layer thresholds whose CETT
-    over all N validation tokens is the largest ≤ c.
+    One search on the `dense_pass` (same `mesh`, `mode`, `dtype`, `memory_budget`):
+    per-layer thresholds whose CETT over all N validation tokens is the largest ≤ c.
 
     How this differs from the reference code: it computes a threshold per batch and
     averages the thresholds over batches. CETT is not linear in t, so the mean of
@@ -175,10 +291,11 @@ def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: floa
         loss_weights); tokens with loss weight 0 are padding and never count.
       cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
     Returns:
-      CettThresholds(threshold, cett, sparsity), each (L,).
+      CettThresholds(threshold, cett, sparsity, mode), each array (L,).
     Raises:
-      UserError: CETT outside [0, 1], or no batch / no real token.
+      UserError: CETT outside [0, 1], bad mode, or no batch / no real token.
     """
     check_cett(cett)
     graphdef, params = as_graph_params(model_or_pair)
-    return cache_thresholds(dense_pass(graphdef, params, batches), cett)
+    cache = dense_pass(graphdef, params, batches, mesh=mesh, mode=mode, dtype=dtype, memory_budget=memory_budget)
+    return cache_thresholds(cache, cett)

@@ -6,13 +6,13 @@ the compiled step is the same, so a resumed run reproduces the uninterrupted los
 Metrics of step s are fetched after step s+1 is dispatched (no pipeline stall); before a
 checkpoint they are checked synchronously, so a checkpoint is only written after a
 finite loss and gradient norm. NaN/inf stops the run with the step number (exit 3) and
-keeps the last good checkpoint. SIGTERM (preemption) saves at the current step and exits 0.
+keeps the last good checkpoint. SIGTERM (preemption) on any process makes every process
+save the same step and exit 0, without a final evaluation (`train/preemption.py`).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -26,8 +26,9 @@ from sparsity_jax.settings import Settings
 from sparsity_jax.train import names
 from sparsity_jax.train.checkpoint import Checkpointer
 from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
+from sparsity_jax.train.preemption import Preemption
 from sparsity_jax.train.setup import Run, peak_flops_per_device
-from sparsity_jax.train.workdir import build_run, resume_point, validation_batches
+from sparsity_jax.train.workdir import build_run, real_tokens, resume_point, validation_batches
 
 DENSE = Sparsify()
 
@@ -53,6 +54,8 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
         process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start, cache_dir=workdir)
     first = next(train_it) if start < total else None  # an empty train split fails here, before any write
     method = make_method(run, meta)
+    log_print(f"validation: {real_tokens(val):,} real tokens in {len(val)} batches of {t.global_batch_size} × "
+              f"{t.seq_len}", main)
     if resumed:
         log_print(f"resumed from {workdir} at step {start}", main)
     else:
@@ -66,8 +69,6 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
         writer.write(0, run.evaluate(state["params"], val, method.eval_sparsify(state, 0)), split=names.EVAL)
     if start >= total:
         log_print(f"already trained to step {start} of {total}; nothing to do", main)
-    stop = {"signal": None}
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     peak = peak_flops_per_device()
     flops, pending, t0, tokens = None, None, time.perf_counter(), 0.0
 
@@ -100,48 +101,55 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
         t0, tokens = time.perf_counter(), 0.0
 
     method.account.restart()
+    preempted = False
     try:
-        step = start
-        for step in range(start, total):
-            batch = run.device_batch(first if step == start else next(train_it))
-            if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
-                flops = method.step_flops(start)[0]  # the method's step (MoE's K, PLD's expected drops)
-                t0 = time.perf_counter()
-            every = t.metrics_every
-            top_k = method.top_k(step)
-            detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not top_k)
-            state, metrics = run.train_step(state, batch, DENSE, detailed, top_k)
-            if detailed:
-                writer.write(step + 1, metrics.pop("detailed"), split=names.UNITS)
-            state, method_metrics = method.after_step(state, step + 1, detailed)
-            log_now = (step + 1) % t.log_every == 0 or step + 1 == total
-            if method_metrics and (names.SSD_ARI in method_metrics or names.SSD_SWITCH in method_metrics or log_now):
-                writer.write(step + 1, method_metrics, split=names.SSD)
+        with Preemption() as preemption:
+            for step in range(start, total):
+                batch = run.device_batch(first if step == start else next(train_it))
+                if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
+                    flops = method.step_flops(start)[0]  # the method's step (MoE's K, PLD's expected drops)
+                    t0 = time.perf_counter()
+                every = t.metrics_every
+                top_k = method.top_k(step)
+                detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not top_k)
+                state, metrics = run.train_step(state, batch, DENSE, detailed, top_k)
+                if detailed:
+                    writer.write(step + 1, metrics.pop("detailed"), split=names.UNITS)
+                state, method_metrics = method.after_step(state, step + 1, detailed)
+                log_now = (step + 1) % t.log_every == 0 or step + 1 == total
+                if method_metrics and (names.SSD_ARI in method_metrics or names.SSD_SWITCH in method_metrics
+                                       or log_now):
+                    writer.write(step + 1, method_metrics, split=names.SSD)
+                if pending is not None:
+                    report(pending[0], check(*pending))
+                pending = (step + 1, metrics)
+                done = step + 1
+                preempted = preemption.reached(done)
+                if done % t.checkpoint_every == 0 or done == total or preempted:
+                    report(done, check(*pending))
+                    pending = None
+                    aside("checkpoint", lambda: ckpt.save(done, state, _meta(run, done, method)))
+                if preempted:
+                    log_print(f"process {jax.process_index()}: preempted (SIGTERM): saved step {done} on every "
+                              "process, exiting")
+                    break
+                if done % t.eval_every == 0 and done != total:
+                    ev = aside("eval", lambda: run.evaluate(state["params"], val, method.eval_sparsify(state, done)))
+                    writer.write(done, ev, split=names.EVAL)
             if pending is not None:
                 report(pending[0], check(*pending))
-            pending = (step + 1, metrics)
-            done = step + 1
-            if done % t.checkpoint_every == 0 or done == total or stop["signal"]:
-                report(done, check(*pending))
-                pending = None
-                aside("checkpoint", lambda: ckpt.save(done, state, _meta(run, done, method)))
-            if done % t.eval_every == 0 and done != total:
-                ev = aside("eval", lambda: run.evaluate(state["params"], val, method.eval_sparsify(state, done)))
-                writer.write(done, ev, split=names.EVAL)
-            if stop["signal"]:
-                log_print(f"received signal {stop['signal']}: saved step {done}, exiting", main)
-                break
-        if pending is not None:
-            report(pending[0], check(*pending))
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         ckpt.close()
         writer.flush()
-    final = run.evaluate(state["params"], val, method.eval_sparsify(state, int(jax.device_get(state["step"]))))
-    summary = {"step": int(jax.device_get(state["step"])), "workdir": os.path.abspath(workdir), **final}
-    summary = {k: np.asarray(v).tolist() for k, v in summary.items()}
+    step_now = int(jax.device_get(state["step"]))
+    summary = {"step": step_now, "workdir": os.path.abspath(workdir)}
+    if preempted:  # the grace period is short: no final evaluation
+        summary["preempted"] = True
+    else:
+        final = run.evaluate(state["params"], val, method.eval_sparsify(state, step_now))
+        writer.write(step_now, final, split=names.EVAL)
+        summary.update({k: np.asarray(v).tolist() for k, v in final.items()})
     summary["method"] = method.meta()
-    writer.write(summary["step"], final, split=names.EVAL)
     writer.close()
     if main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparsity_jax.errors import UserError
@@ -52,6 +53,11 @@ def validation_batches(run: Run, workdir: str) -> list[dict[str, jax.Array]]:
     if not local or real == 0:
         raise UserError("the validation split is empty; use a larger corpus or raise data.val_permille.")
     return [run.device_batch(b) for b in local]
+
+
+def real_tokens(batches: list[dict[str, jax.Array]]) -> int:
+    """Real (loss-weighted) tokens of global batches, on every process."""
+    return int(jax.jit(lambda bs: sum(jnp.sum(b["loss_weights"] > 0) for b in bs))(batches))
 
 
 def checkpoints(workdir: str) -> tuple[Checkpointer, list[int]]:

@@ -6,6 +6,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics import baselines, stats
+from tests.metrics.call_styles import four_call_styles
 
 L, B, T, F = 2, 4, 16, 32
 
@@ -92,25 +93,21 @@ def test_per_token_id_activation_ratio(batch):
     assert not np.isnan(np.asarray(ratio)).any() and np.all(np.asarray(count)[12:] == 0)
 
 
-def test_shard_map_axis_name_matches_global(batch):
+def test_neuron_statistics_in_four_call_styles(batch):
+    """neuron_frequency and per_token_id_activation_ratio: plain, jit on sharded arrays,
+    shard_map and pmap (batch over 4 devices) equal the numpy reference."""
     s, token_mask, token_ids = batch
-    mask = np.abs(s[0]) > 0.8  # (B, T, F), batch split over 4 devices
-    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
-    spec = NamedSharding(mesh, P("data"))
-    args = jax.device_put((mask, token_mask, token_ids), (spec, spec, spec))
+    mask = np.abs(s[0]) > 0.8  # (B, T, F)
 
-    def local(mask, token_mask, token_ids):
-        freq = stats.neuron_frequency(mask, token_mask, axis_name="data")
-        return freq, stats.per_token_id_activation_ratio(mask, token_ids, 16, token_mask, axis_name="data")
+    def both(mask, token_mask, token_ids, axis_name=None):
+        return (stats.neuron_frequency(mask, token_mask, axis_name=axis_name),
+                stats.per_token_id_activation_ratio(mask, token_ids, 16, token_mask, axis_name=axis_name))
 
-    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P()))
-    freq, (ratio, count) = fn(*args)
-    np.testing.assert_allclose(freq, ref_frequency(mask, token_mask), rtol=1e-6)
     want_ratio, want_count = stats.per_token_id_activation_ratio(mask, token_ids, 16, token_mask)
-    np.testing.assert_allclose(ratio, want_ratio, rtol=1e-6)
-    np.testing.assert_array_equal(count, want_count)
-    # And jit on the globally sharded arrays, no axis_name.
-    np.testing.assert_allclose(jax.jit(stats.neuron_frequency)(*args[:2]), freq, rtol=1e-6)
+    for name, (freq, (ratio, count)) in four_call_styles(both, (mask, token_mask, token_ids), (0, 0, 0), n=4).items():
+        np.testing.assert_allclose(freq, ref_frequency(mask, token_mask), rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(ratio, want_ratio, rtol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(count, want_count, err_msg=name)
 
 
 def test_topk_on_sharded_scores(batch):

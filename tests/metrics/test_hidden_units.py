@@ -3,21 +3,18 @@
 The reference below is a loop-based numpy transcription of Wild & Anderson App. A.6
 (functions named as in the paper), applied to each sequence's real tokens only.
 """
-
-import functools
-
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics import hidden_units as hu
+from sparsity_jax.metrics.activation import activation_ratio
+from tests.metrics.call_styles import four_call_styles
 
 PERCENTILES = (50, 65, 75, 90)
 # Jitted once per shape (cheaper than eager op-by-op dispatch); plain eager calls are
-# covered by test_plain_jit_shard_map_agree.
+# covered by test_plain_jit_shard_map_pmap_agree.
 use_fn = jax.jit(hu.hidden_unit_use, static_argnames=("axis_name", "batch_groups"))
 pct_fn = jax.jit(hu.sequence_use_percentiles, static_argnames=("percentiles", "axis_name"))
 
@@ -197,17 +194,13 @@ def test_bad_input_raises_user_error():
         hu.sequence_use_percentiles(mask, (101,))
 
 
-# ---- plain vs jit on sharded arrays vs shard_map, 8 devices ----
-@pytest.fixture(scope="module")
-def mesh():
-    return jax.make_mesh((8,), ("data",))
-
-
+# ---- plain vs jit on sharded arrays vs shard_map vs pmap, 8 devices ----
 GROUPS = (1, 4, 8, 16)  # global batch; 2 devices; 1 device (the paper's); half a device
 
 
 def all_metrics(mask, token_mask, axis_name=None):
     return {
+        "ratio": activation_ratio(mask, token_mask, axis_name),
         "use": {g: hu.hidden_unit_use(mask, token_mask, axis_name, batch_groups=g) for g in GROUPS},
         "pct": hu.sequence_use_percentiles(mask, PERCENTILES, token_mask, axis_name),
         "used": hu.units_used(mask, token_mask, axis_name),
@@ -215,25 +208,19 @@ def all_metrics(mask, token_mask, axis_name=None):
 
 
 @pytest.mark.parametrize("with_layers", [False, True])
-def test_plain_jit_shard_map_agree(mesh, with_layers):
+def test_plain_jit_shard_map_pmap_agree(with_layers):
     # 16 sequences, 2 per device; device 3 holds only padding (sequences 6, 7).
     mask, token_mask = random_batch(2, num_layers=2, batch=16, seq_len=6, num_units=24)
     if not with_layers:
         mask = mask[0]
-    batch_spec = P(None, "data") if with_layers else P("data")
-    sharded = jax.device_put((mask, token_mask), (NamedSharding(mesh, batch_spec),
-                                                  NamedSharding(mesh, P("data"))))
-    settings = {
-        "plain": all_metrics(mask, token_mask),
-        "jit": jax.jit(all_metrics)(*sharded),
-        "shard_map": jax.jit(jax.shard_map(functools.partial(all_metrics, axis_name="data"),
-                                           mesh=mesh, in_specs=(batch_spec, P("data")),
-                                           out_specs=P()))(*sharded),
-    }
+    settings = four_call_styles(all_metrics, (mask, token_mask), batch_axes=(1 if with_layers else 0, 0))
     want_use = {g: reference(ref_use, mask, token_mask, batch_groups=g) for g in GROUPS}
     want_pct = reference(ref_percentiles, mask, token_mask)
     want_used = np.any(mask & token_mask[..., None], axis=(-3, -2))
+    per_token = np.where(token_mask[..., None], mask, False).mean(-1)
+    want_ratio = (per_token * token_mask).sum((-2, -1)) / token_mask.sum()
     for name, got in settings.items():
+        np.testing.assert_allclose(np.asarray(got["ratio"]), want_ratio, rtol=1e-6, err_msg=name)
         for g in GROUPS:
             assert_dicts_close(got["use"][g], want_use[g], where=f"{name} batch_groups={g}")
         assert_dicts_close(got["pct"], want_pct, where=name)

@@ -76,3 +76,33 @@ def test_schedules():
     assert float(f(110)) == pytest.approx(0.1, rel=1e-4)  # decayed to min_lr_ratio
     assert float(f(100)) < 1.0
     assert float(make_schedule(dataclasses.replace(cfg, schedule="cosine"), 110)(110)) == pytest.approx(0.1, rel=1e-3)
+
+
+def test_checkpoints_restore_onto_other_meshes_and_keep_n(tmp_path):
+    """A checkpoint saved on data=8 resumes on data=4, tensor=2 with the uninterrupted
+    losses (1e-5) and evaluates on one device with the 8-device numbers; keep-N keeps N."""
+    from sparsity_jax.train.checkpoint import Checkpointer
+    from sparsity_jax.train.trainer import train
+    from sparsity_jax.train.workdir import build_run, validation_batches
+    from tests.train.helpers import read_losses
+
+    base = {"train.steps": 6, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "train.log_every": 1}
+    train(tiny_config(**base), str(tmp_path / "ref"))  # data = 8
+    assert Checkpointer(str(tmp_path / "ref"), read_only=True).all_steps() == [5, 6]  # keep-N
+    train(tiny_config(**{**base, "train.steps": 3}), str(tmp_path / "moved"))
+    train(tiny_config(**{**base, "mesh.data": 4, "mesh.tensor": 2}), str(tmp_path / "moved"))  # resume at 3
+    want, got = (read_losses(str(tmp_path / w / "metrics.jsonl")) for w in ("ref", "moved"))
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    for s in want:
+        assert abs(want[s] - got[s]) <= 1e-5, (s, want[s], got[s])
+    evals = {}
+    for name, devices, mesh in (("eight", jax.devices(), {}), ("one", jax.devices()[:1], {"mesh.data": 1})):
+        cfg = tiny_config(**{**base, **mesh})
+        run = build(cfg, 259, devices=devices) if name == "one" else build_run(cfg, str(tmp_path / "ref"))
+        ckpt = Checkpointer(str(tmp_path / "ref"), read_only=True)
+        state, _ = ckpt.restore(6, run.abstract_state)
+        ckpt.close()
+        assert len(state["params"]["embed"].sharding.device_set) == len(devices)
+        evals[name] = run.evaluate(state["params"], validation_batches(run, str(tmp_path / "ref")))
+    assert abs(float(evals["one"]["loss"]) - float(evals["eight"]["loss"])) <= 1e-5
+    np.testing.assert_allclose(evals["one"]["activation_ratio"], evals["eight"]["activation_ratio"], atol=1e-5)

@@ -65,9 +65,10 @@ def test_masked_units_are_zero_forward_and_gradient(random, tmp_path):
     # forward: masked units never fire after S
     from flax import nnx
 
-    model = nnx.merge(run.graphdef, state["params"])
     toks = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (4, 32)))
-    _, rec = model.apply(toks, sparsify=Sparsify(unit_mask=jnp.asarray(mask_LxF)), record="mask")
+    record = jax.jit(lambda p, t, m: nnx.merge(run.graphdef, p).apply(t, sparsify=Sparsify(unit_mask=m),
+                                                                       record="mask")[1])
+    rec = record(state["params"], toks, jnp.asarray(mask_LxF))
     for layer in range(2):
         assert not np.asarray(rec["mask"])[layer][..., masked[layer]].any()
     # gradient: masked units' W_in columns and W_out rows receive exactly zero gradient
@@ -76,7 +77,7 @@ def test_masked_units_are_zero_forward_and_gradient(random, tmp_path):
 
     batch = run.device_batch(synthetic_batch(np.random.default_rng(9), 16, 32, VOCAB))
     sp = sparsify_for(state["units"], run.units, Sparsify())
-    grads = jax.grad(lambda p: forward(run.graphdef, p, batch, sp, None)[0]["loss_sum"])(state["params"])
+    grads = jax.jit(jax.grad(lambda p: forward(run.graphdef, p, batch, sp, None)[0]["loss_sum"]))(state["params"])
     for layer in range(2):
         g_in = np.asarray(grads["blocks"][layer]["ffn"]["w_in"])
         g_out = np.asarray(grads["blocks"][layer]["ffn"]["w_out"])
