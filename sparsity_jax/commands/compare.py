@@ -9,7 +9,11 @@ their sparsity. By default the activations of ReLU² Wins §5 (Fig. 3a) at lapto
   * a CETT-vs-sparsity curve (ReLU² Fig. 3a, Sparsing Law Fig. 3): for a grid of CETT
     values the exact per-layer thresholds (one `find_threshold` call for the whole grid)
     and, from one sparse pass per value, the PPL ratio exp(loss_sparse − loss_dense).
-    CETT 0 drops only exact zeros, so its sparsity is the activation's natural sparsity.
+    CETT 0 drops only exact zeros, so its sparsity is the activation's natural sparsity;
+  * predictivity and hardware affinity at the PPL-p% thresholds (ReLU² Table 1's other two
+    aspects, §5.2–5.3): low-rank predictors trained briefly (`--predictor-steps`), their
+    threshold-strategy recall, prediction sparsity and PPL ratio with the predicted FFN
+    mode; the reuse ratio at windows 1 and 8 and the top-average co-activation gap.
 Writes WORKDIR/compare.json, compare.png (sparsity vs CETT and PPL ratio vs sparsity,
 one curve per variant, PPL-1% points marked), compare.md (the PPL-1% table) and, when
 d/L differs, width_depth.png (activation ratio and loss vs d/L).
@@ -35,6 +39,7 @@ from sparsity_jax.errors import UserError, comma_list
 
 TAKES_CONFIG = True
 CONFIG = "configs/relu2/tiny.py"
+ASPECTS = ("recall", "prediction_sparsity", "predictor_ppl_ratio", "reuse_w1", "reuse_w8", "coactivation_gap")
 CETTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
@@ -49,7 +54,10 @@ def add_parser(sub) -> None:
     p.add_argument("--p", type=float, default=1.0, help="PPL-p%% (percent)")
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--cetts", default=",".join(f"{c:g}" for c in CETTS), help="CETT grid of the curves")
+    p.add_argument("--predictor-steps", type=int, default=300,
+                   help="predictor training steps per variant (0: no predictivity / affinity columns)")
     common.add_eval_batches(p)
+    common.add_distributed(p)
 
 
 def _final_step(workdir: str) -> int | None:
@@ -81,7 +89,26 @@ def train_model(settings, variant: str, workdir: str) -> float:
     return time.perf_counter() - t0
 
 
-def analyse(settings, workdir: str, p: float, cetts: Sequence[float], tol: float) -> dict:
+def deployment_aspects(run, params, val, threshold_L, cett: float, workdir: str, step: int,
+                       predictor_steps: int) -> dict:
+    """Predictivity and affinity columns at the per-layer thresholds (threshold strategy;
+    reuse at windows 1 and 8), and the full per-layer results beside them."""
+    from sparsity_jax.commands import affinity, predictor
+    from sparsity_jax.predict.model import PredictorConfig
+
+    cfg = PredictorConfig(steps=predictor_steps, train_batches=4)
+    pred = predictor.predictivity(run, params, val, threshold_L, cett, cfg, [], workdir=workdir, step=step)
+    aff = affinity.affinity_of(run.graphdef, params, val, threshold_L, (1, 8))
+    q, ppl = pred["quality"][0], pred["ppl"]
+    columns = {"recall": q["recall"], "prediction_sparsity": q["prediction_sparsity"],
+               "predictor_ppl_ratio": ppl["predicted"][0]["ppl_ratio"], "oracle_ppl_ratio": ppl["oracle"]["ppl_ratio"],
+               "reuse_w1": float(np.mean(aff["reuse_ratio"]["1"])), "reuse_w8": float(np.mean(aff["reuse_ratio"]["8"])),
+               "coactivation_gap": float(np.mean(aff["coactivation_gap"]))}
+    aff.pop("hot_neuron_cdf")
+    return {"aspects": columns, "predictivity": pred, "affinity": aff}
+
+
+def analyse(settings, workdir: str, p: float, cetts: Sequence[float], tol: float, predictor_steps: int = 300) -> dict:
     """PPL-p% result and CETT-vs-sparsity curve of the final checkpoint of `workdir`."""
     from sparsity_jax.search.ppl import PplSearch
     from sparsity_jax.search.thresholds import cache_thresholds, sparse_pass, threshold_sparsify
@@ -115,13 +142,20 @@ def analyse(settings, workdir: str, p: float, cetts: Sequence[float], tol: float
         "curve": {"cett": list(map(float, cetts)), "realised_cett": thr.cett.mean(axis=0).round(6).tolist(),
                   "sparsity": thr.sparsity.mean(axis=0).round(6).tolist(),
                   "layer_sparsity": thr.sparsity.T.round(6).tolist(), "ppl_ratio": np.round(ratios, 6).tolist()},
+        **(deployment_aspects(run, params, val, r.threshold[0], r.cett, workdir, int(steps[-1]), predictor_steps)
+           if predictor_steps else {}),
     }
+
+
+def _cell(aspects: dict | None, key: str) -> str:
+    return "-" if aspects is None else f"{aspects[key]:.4f}"
 
 
 def table(results: dict, p: float) -> str:
     """Markdown table of the PPL-p% results, one row per variant."""
     head = (f"| variant | d/L | F | params | dense PPL | CETT at PPL-{p:g}% | PPL ratio | sparsity | "
-            "activation ratio | natural sparsity (CETT 0) | sparse evals |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "activation ratio | natural sparsity (CETT 0) | sparse evals | recall | prediction sparsity | "
+            "predictor PPL ratio | reuse w=1 | reuse w=8 | co-activation gap |\n" + "|---" * 17 + "|")
     rows = []
     for name, r in results.items():
         q, c = r["ppl_p"], r["curve"]
@@ -129,7 +163,7 @@ def table(results: dict, p: float) -> str:
         rows.append(f"| {name} | {r['d_model'] / r['num_layers']:.3g} | {r['d_ff']} | {r['parameters']:,} | "
                     f"{r['dense_ppl']:.3f} | {q['cett']:.4f} | "
                     f"{q['ppl_ratio']:.4f} | {q['sparsity']:.4f} | {q['activation_ratio']:.4f} | {natural:.4f} | "
-                    f"{q['evaluations']} |")
+                    f"{q['evaluations']} | " + " | ".join(_cell(r.get("aspects"), k) for k in ASPECTS) + " |")
     return "\n".join([head] + rows)
 
 
@@ -141,6 +175,8 @@ def run(args) -> int:
     from sparsity_jax.search.thresholds import check_cett
 
     check_p(args.p)
+    if args.predictor_steps < 0:
+        raise UserError(f"Pass --predictor-steps ≥ 0 (0: no predictivity / affinity); got {args.predictor_steps}.")
     cetts = sorted(set(comma_list(args.cetts, float, "--cetts")))
     check_cett(cetts)
     config = args.config.partition(":")[0]
@@ -149,12 +185,14 @@ def run(args) -> int:
         raise UserError(f"{config} names no VARIANTS; pass --variants A,B (its :ARG values).")
     overrides = common.overrides(args)
     models = {v: settings.load(f"{config}:{v}", overrides) for v in names}  # every name checked before training
-    os.makedirs(args.workdir, exist_ok=True)
+    common.init_distributed(args)
+    if common.is_main():
+        os.makedirs(args.workdir, exist_ok=True)
     train_seconds = {v: train_model(models[v], v, os.path.join(args.workdir, v)) for v in names}
     results = {}
     for v in names:
         common.log(f"[{v}] PPL-{args.p:g}% search and CETT curve")
-        results[v] = analyse(models[v], os.path.join(args.workdir, v), args.p, cetts, args.tol)
+        results[v] = analyse(models[v], os.path.join(args.workdir, v), args.p, cetts, args.tol, args.predictor_steps)
         results[v]["train_seconds"] = round(train_seconds[v], 1)
         q = results[v]["ppl_p"]
         common.log(f"[{v}] PPL-{args.p:g}%: CETT {q['cett']:.4f}, sparsity {q['sparsity']:.4f} "

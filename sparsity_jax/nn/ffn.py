@@ -2,8 +2,9 @@
 
 Neuron decomposition (ReLU² Wins §3, Sparsing Law §2.2; PAPERS.md): neuron i's output
 is n_i = a_i · W_out[i, :] and its magnitude ‖n_i‖ = |a_i| · ‖W_out[i, :]‖₂ (`FFN`). One
-parameter set serves every sparsity mode (dense, threshold, topk, fat, unit_mask, moe;
-`FFN.__call__`), which can also record the hidden-unit use.
+parameter set serves every sparsity mode (dense, threshold, topk, fat, unit_mask, moe,
+predicted; `FFN.__call__`), which can also record the hidden-unit use, the activation
+scores and its input (what activation predictors learn from, ReLU² App. A.2).
 """
 from __future__ import annotations
 
@@ -17,7 +18,21 @@ from sparsity_jax.nn.moe import moe_ffn
 from sparsity_jax.nn.sparsify import KEEP, MODES, Sparsify
 
 Array = jax.Array
-RECORD = (None, "mask", "scores", "both")
+RECORD_NAMES = ("mask", "scores", "inputs")
+RECORD = (None, "both") + RECORD_NAMES  # the single-value spellings; any tuple of RECORD_NAMES works too
+
+
+def recorded(record) -> frozenset[str]:
+    """The names a `record` value asks for: None → none, "both" → mask and scores, a name
+    of RECORD_NAMES → that one, a tuple / set of names → those."""
+    if record is None:
+        return frozenset()
+    if record == "both":
+        return frozenset(("mask", "scores"))
+    names = (record,) if isinstance(record, str) else tuple(record)
+    if not names or any(n not in RECORD_NAMES for n in names):
+        raise ValueError(f"record must be None, 'both', one of {RECORD_NAMES} or a tuple of them, got {record!r}")
+    return frozenset(names)
 
 
 class FFN(nnx.Module):
@@ -87,7 +102,7 @@ class FFN(nnx.Module):
         """FFN output a @ W_out, (B, T, d)."""
         return a_BxTxF @ self.w_out[...].astype(self.dtype)
 
-    def __call__(self, x_BxTxD: Array, sp: Sparsify = Sparsify(), record: str | None = None) -> Array:
+    def __call__(self, x_BxTxD: Array, sp: Sparsify = Sparsify(), record=None) -> Array:
         """FFN output (B, T, d) in the sparsity mode `sp.mode`.
 
         One parameter set serves every mode (`Sparsify.mode`, rules in
@@ -95,20 +110,24 @@ class FFN(nnx.Module):
         optimizer state / checkpoints survive a switch: dense; threshold (skip
         |a_i|·‖W_out,i‖ < t); topk and fat on the gate score s (σ(W_gate x) for gated
         FFNs, a otherwise); unit_mask (dense with a fixed 0/1 mask, W&A §4.1); moe (SSD's
-        sparse mode over contiguous expert blocks, `nn/moe.py`). A `unit_mask` is applied
-        in every mode but moe (masked units contribute exactly 0 and get exactly 0
-        gradient through this path).
+        sparse mode over contiguous expert blocks, `nn/moe.py`); predicted (a low-rank
+        predictor of the input chooses each token's neurons, `sp.predictor`; the others
+        are zeroed, masked compute as in topk). A `unit_mask` is applied in every mode
+        but moe (masked units contribute exactly 0 and get exactly 0 gradient through
+        this path).
 
-        Recording: with `record` in {'mask', 'scores', 'both'} the FFN sows `mask` (bool,
-        B×T×F, the hidden-unit use after sparsification: a_i != 0, and ‖n_i‖ >
-        record_threshold when a record threshold is given) and/or `scores` (a, compute
-        dtype) as nnx.Intermediate; the moe mode sows the dropped-token count
-        `moe_dropped`. With record=None nothing is sown.
+        Recording (`recorded(record)`: None, 'mask', 'scores', 'inputs', 'both' = mask +
+        scores, or a tuple of names): the FFN sows `mask` (bool, B×T×F, the hidden-unit
+        use after sparsification: a_i != 0, and ‖n_i‖ > record_threshold when a record
+        threshold is given), `scores` (a, compute dtype) and `inputs` (its input x,
+        B×T×d, compute dtype) as nnx.Intermediate; the moe mode sows the dropped-token
+        count `moe_dropped` (and `inputs` when asked). With record=None nothing is sown.
         """
         if sp.mode not in KEEP:
             raise ValueError(f"unknown FFN mode {sp.mode!r}; choose one of {', '.join(MODES)}")
-        if record not in RECORD:
-            raise ValueError(f"record must be one of {RECORD}, got {record!r}")
+        names = recorded(record)
+        if "inputs" in names:
+            self.sow(nnx.Intermediate, "inputs", x_BxTxD.astype(self.dtype))
         if sp.mode == "moe":
             if sp.moe is None:
                 raise ValueError("moe mode needs Sparsify(moe=MoESpec(...))")
@@ -122,22 +141,36 @@ class FFN(nnx.Module):
                 return y[0], aux["dropped"]
 
             y_BxTxD, dropped_B = jax.vmap(one_row)(x_BxTxD)
-            if record is not None:
+            if names:
                 self.sow(nnx.Intermediate, "moe_dropped", jnp.sum(dropped_B))
             return y_BxTxD
-        if sp.mode == "topk" and not 0 < sp.k <= self.w_in.shape[1]:
-            raise ValueError(f"topk mode needs 0 < k <= d_ff={self.w_in.shape[1]}, got k={sp.k}")
+        self._check_mode(sp)
         s, a = self.hidden(x_BxTxD)
         keep_fn = KEEP[sp.mode]
-        needs_mag = sp.mode == "threshold" or (record in ("mask", "both") and sp.record_threshold is not None)
+        needs_mag = sp.mode == "threshold" or ("mask" in names and sp.record_threshold is not None)
         mag = jnp.abs(a).astype(jnp.float32) * self.out_norms() if needs_mag else None
         if keep_fn is not None:
-            a = jnp.where(keep_fn(s, mag, sp), a, jnp.zeros_like(a))
+            a = jnp.where(keep_fn(s, mag, sp, x_BxTxD), a, jnp.zeros_like(a))
         if sp.unit_mask is not None:
             a = a * sp.unit_mask.astype(a.dtype)
-        if record in ("mask", "both"):
+        if "mask" in names:
             used = a != 0 if sp.record_threshold is None else (a != 0) & (mag > sp.record_threshold)
             self.sow(nnx.Intermediate, "mask", used)
-        if record in ("scores", "both"):
+        if "scores" in names:
             self.sow(nnx.Intermediate, "scores", a)
         return self.project(a)
+
+    def _check_mode(self, sp: Sparsify) -> None:
+        """The topk / predicted modes' static settings fit this FFN's shape."""
+        d_model, d_ff = self.w_in.shape
+        if sp.mode == "topk" and not 0 < sp.k <= d_ff:
+            raise ValueError(f"topk mode needs 0 < k <= d_ff={d_ff}, got k={sp.k}")
+        if sp.mode != "predicted":
+            return
+        pr = sp.predictor
+        if pr is None:
+            raise ValueError("predicted mode needs Sparsify(predictor=PredictorSpec(...))")
+        if pr.w1.shape[0] != d_model or pr.w2.shape[-1] != d_ff or pr.w1.shape[-1] != pr.w2.shape[0]:
+            raise ValueError(f"predictor shapes w1 {pr.w1.shape}, w2 {pr.w2.shape} do not fit d={d_model}, F={d_ff}")
+        if pr.strategy == "topk" and not 0 < pr.k <= d_ff:
+            raise ValueError(f"predicted top-k needs 0 < k <= d_ff={d_ff}, got k={pr.k}")

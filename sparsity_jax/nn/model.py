@@ -121,7 +121,7 @@ class LM(nnx.Module):
         positions_BxT: Array | None = None,
         *,
         sparsify: Sparsify = Sparsify(),
-        record: str | None = None,
+        record: str | tuple[str, ...] | None = None,
         layer_keep: Array | None = None,
         layer_scale: Array | None = None,
     ) -> Array:
@@ -166,10 +166,11 @@ class LM(nnx.Module):
         return jnp.stack([blk.ffn.w_out[...] for blk in self.blocks])
 
     def apply(self, tokens_BxT: Array, segment_ids_BxT: Array | None = None, positions_BxT: Array | None = None,
-              *, sparsify: Sparsify = Sparsify(), record: str | None = None,
+              *, sparsify: Sparsify = Sparsify(), record: str | tuple[str, ...] | None = None,
               layer_keep: Array | None = None, layer_scale: Array | None = None) -> tuple[Array, dict[str, Array]]:
         """Forward pass returning (logits, records); records are what the FFNs sowed,
-        stacked over layers: `mask` bool (L, B, T, F) and/or `scores` (L, B, T, F).
+        stacked over layers: `mask` bool (L, B, T, F), `scores` (L, B, T, F) and/or the
+        FFN inputs `inputs` (L, B, T, d), as `record` asks (`nn.ffn.recorded`).
         `layer_keep` (L,) bool drops blocks, `layer_scale` (L,) scales the kept blocks'
         updates (see `__call__`; needs record=None)."""
         if record is None:

@@ -6,7 +6,9 @@ neurons, bool with the shape of their input (…, F):
   threshold  ‖n_i‖ = |a_i|·‖W_out,i‖ ≥ t (ReLU² Wins §3, Sparsing Law Eq. 3);
   top-k      the k largest |s_i| per token, exactly k, ties broken by the lower index
              (Sparsing Law §4.1, on the gate score s);
-  FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1).
+  FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1);
+  predicted  a low-rank predictor's score σ(W2·(W1·x) + b) > 0.5, or its k highest
+             scores per token (ReLU² §4 (2), §5.2, App. A.2; `PredictorSpec`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from flax import struct
 
 Array = jax.Array
 
-MODES = ("dense", "threshold", "topk", "fat", "unit_mask", "moe")
+MODES = ("dense", "threshold", "topk", "fat", "unit_mask", "moe", "predicted")
+PREDICT_STRATEGIES = ("threshold", "topk")
+SCORE_THRESHOLD = 0.5  # ReLU² App. A.2: a neuron is predicted active when its score is above 0.5
 
 
 def threshold_keep(mag: Array, threshold: Array | float) -> Array:
@@ -74,6 +78,56 @@ class MoESpec:
                     router_grad=self.router_grad)
 
 
+def predictor_logits(w1_DxR: Array, w2_RxF: Array, b_F: Array | None, x_xD: Array) -> Array:
+    """Activation-predictor logits W2·(W1·x) + b, float32 (…, F); the scores are their sigmoid.
+
+    ReLU² App. A.2 (and DejaVu / PowerInfer): a two-layer low-rank network on the FFN
+    input x (after the pre-FFN norm); W1 (d, r), W2 (r, F), optional bias b (F,).
+    """
+    logits_xF = (x_xD.astype(jnp.float32) @ w1_DxR.astype(jnp.float32)) @ w2_RxF.astype(jnp.float32)
+    return logits_xF if b_F is None else logits_xF + b_F.astype(jnp.float32)
+
+
+def score_keep(scores: Array, strategy: str, k: int = 0) -> Array:
+    """Neurons a predictor marks active: "threshold" score > 0.5, "topk" exactly the k
+    highest scores per token (ties to the lower index, `topk_keep`; scores are ≥ 0)."""
+    if strategy == "threshold":
+        return scores > SCORE_THRESHOLD
+    if strategy == "topk":
+        return topk_keep(scores, k)
+    raise ValueError(f"unknown predictor strategy {strategy!r}; choose one of {', '.join(PREDICT_STRATEGIES)}")
+
+
+@struct.dataclass
+class PredictorSpec:
+    """Low-rank activation predictors for `Sparsify(mode="predicted", predictor=...)`.
+
+    w1 (L, d, r), w2 (L, r, F), b (L, F) or None for the whole LM (or (d, r), (r, F),
+    (F,) for one layer); `strategy` "threshold" (score > 0.5) or "topk" with `k`
+    neurons per token (static, so each strategy compiles once).
+    """
+
+    w1: Array
+    w2: Array
+    b: Array | None = None
+    strategy: str = struct.field(pytree_node=False, default="threshold")
+    k: int = struct.field(pytree_node=False, default=0)
+
+    def for_layer(self, i: int) -> "PredictorSpec":
+        """The predictor of layer i (stacked arrays sliced)."""
+        if jnp.ndim(self.w1) != 3:
+            return self
+        return self.replace(w1=self.w1[i], w2=self.w2[i], b=None if self.b is None else self.b[i])
+
+    def scores(self, x_xD: Array) -> Array:
+        """σ(W2·(W1·x) + b), float32 (…, F)."""
+        return jax.nn.sigmoid(predictor_logits(self.w1, self.w2, self.b, x_xD))
+
+    def keep(self, x_xD: Array) -> Array:
+        """Bool (…, F): the neurons predicted active for input x."""
+        return score_keep(self.scores(x_xD), self.strategy, self.k)
+
+
 @struct.dataclass
 class Sparsify:
     """How FFNs drop neurons in one forward call.
@@ -82,6 +136,7 @@ class Sparsify:
     is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` (static)
     and `eps` serve `topk` and `fat`. `record_threshold` (None, scalar or (L,)) defines the
     recorded hidden-unit mask for activations without exact zeros (None: `a != 0`).
+    `moe` serves the moe mode, `predictor` (stacked per layer) the predicted mode.
     """
 
     mode: str | tuple[str, ...] = struct.field(pytree_node=False, default="dense")
@@ -91,6 +146,7 @@ class Sparsify:
     unit_mask: Array | None = None
     record_threshold: Array | float | None = None
     moe: MoESpec | None = None
+    predictor: PredictorSpec | None = None
 
     def for_layer(self, i: int, num_layers: int) -> "Sparsify":
         """The settings of layer i (per-layer arrays sliced, per-layer modes picked)."""
@@ -106,15 +162,18 @@ class Sparsify:
             unit_mask=pick(self.unit_mask, 2),
             record_threshold=pick(self.record_threshold, 1),
             moe=None if self.moe is None else self.moe.for_layer(i),
+            predictor=None if self.predictor is None else self.predictor.for_layer(i),
         )
 
 
-# mode -> keep-mask function (gate score s, magnitudes, settings) -> bool (…, F); None keeps all.
+# mode -> keep-mask function (gate score s, magnitudes, settings, FFN input x) -> bool
+# (…, F); None keeps all.
 KEEP: dict[str, Callable | None] = {
     "dense": None,
     "unit_mask": None,
-    "threshold": lambda s, mag, sp: threshold_keep(mag, sp.threshold),
-    "topk": lambda s, mag, sp: topk_keep(s, sp.k),
-    "fat": lambda s, mag, sp: fat_keep(s, sp.eps),
+    "threshold": lambda s, mag, sp, x: threshold_keep(mag, sp.threshold),
+    "topk": lambda s, mag, sp, x: topk_keep(s, sp.k),
+    "fat": lambda s, mag, sp, x: fat_keep(s, sp.eps),
     "moe": None,  # routed to `moe_ffn` before any keep mask
+    "predicted": lambda s, mag, sp, x: sp.predictor.keep(x),
 }

@@ -18,13 +18,17 @@ def _model(d_ff, cett, sparsity, d_model=128, num_layers=4):
 
 def test_compare_report_files_and_table(tmp_path):
     models = {"relu": _model(512, 0.11, 0.80), "swiglu": _model(336, 0.09, 0.60)}
+    models["relu"]["aspects"] = {"recall": 0.91, "prediction_sparsity": 0.62, "predictor_ppl_ratio": 1.05,
+                                 "reuse_w1": 0.7, "reuse_w8": 0.85, "coactivation_gap": 0.3}
     result = {"config": "configs/relu2/tiny.py", "p": 1.0, "models": models, "table": table(models, 1.0)}
     paths = write_compare_report(result, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["compare.json", "compare.png", "compare.md"]
     assert os.path.getsize(paths[1]) > 10_000
     assert json.load(open(paths[0]))["models"]["relu"]["ppl_p"]["cett"] == 0.11
     rows = open(paths[2]).read().splitlines()
-    assert any(r.startswith("| relu | 32 | 512 |") and "| 0.8000 |" in r and "| 0.5000 |" in r for r in rows)
+    assert any(r.startswith("| relu | 32 | 512 |") and "| 0.8000 |" in r and "| 0.5000 |" in r
+               and r.endswith("| 0.9100 | 0.6200 | 1.0500 | 0.7000 | 0.8500 | 0.3000 |") for r in rows)
+    assert any(r.startswith("| swiglu |") and r.endswith("| - | - | - | - | - | - |") for r in rows)
     assert _final_step(str(tmp_path / "missing")) is None
     args = parser().parse_args(["compare", "--workdir", str(tmp_path), "--activations", "relu"])
     assert args.variants == "relu" and args.config == "configs/relu2/tiny.py"

@@ -1,0 +1,138 @@
+"""JSON + PNG of `sparsity-jax predictor` and `sparsity-jax affinity` (ReLU² Wins §5.2–5.3).
+
+Files under the report directory (WORKDIR/report/ by default), read by the run report:
+  predictor.json        predictors, quality per strategy and layer, PPL, "summary" lines
+  predictor_layers.png  recall, prediction and true sparsity per layer (threshold strategy)
+  predictor_topk.png    recall vs prediction sparsity, top-k at several k (Fig. 5a) and
+                        the threshold strategy
+  predictor_ppl.png     validation PPL vs prediction sparsity, dense and oracle lines
+  affinity.json         reuse ratios, activation ratios, co-activation gaps, hot neurons
+  reuse_ratio.png       reuse ratio vs activation ratio per layer, one series per window (Fig. 6)
+  coactivation_gap.png  top-average co-activation gap per layer (Fig. 7)
+  hot_neurons.png       hot-neuron CDF per layer (App. D)
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PREDICTOR_FILES = ("predictor.json", "predictor_layers.png", "predictor_topk.png", "predictor_ppl.png")
+AFFINITY_FILES = ("affinity.json", "reuse_ratio.png", "coactivation_gap.png", "hot_neurons.png")
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(result: dict, out_dir: str, files: tuple[str, ...], plots) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f) for f in files]
+    with open(paths[0], "w") as f:
+        json.dump(result, f, indent=1)
+    for plot, path in zip(plots, paths[1:]):
+        plot(result, path)
+    return paths
+
+
+def _threshold_row(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["strategy"] == "threshold")
+
+
+def _layers(result: dict, path: str) -> None:
+    q = _threshold_row(result["quality"])["layers"]
+    layers = np.arange(len(q["recall"]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(layers, q["recall"], "o-", label="recall")
+    ax.plot(layers, q["prediction_sparsity"], "s-", label="prediction sparsity")
+    ax.plot(layers, q["true_sparsity"], "k--", label="true sparsity (labels)")
+    ax.set(xlabel="layer", ylabel="ratio", ylim=(0, 1.02), xticks=layers,
+           title=f"threshold strategy (score > 0.5), rank {result['rank']}")
+    ax.legend()
+    _save(fig, path)
+
+
+def _topk(result: dict, path: str) -> None:
+    rows = result["quality"]
+    topk = sorted((r for r in rows if r["strategy"] == "topk"), key=lambda r: r["prediction_sparsity"])
+    thr = _threshold_row(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if topk:
+        ax.plot([r["prediction_sparsity"] for r in topk], [r["recall"] for r in topk], "o-", label="top-k")
+        for r in topk:
+            ax.annotate(f"k={r['k']}", (r["prediction_sparsity"], r["recall"]), fontsize=7)
+    ax.plot([thr["prediction_sparsity"]], [thr["recall"]], "*", ms=12, label="threshold (score > 0.5)")
+    ax.axvline(thr["true_sparsity"], color="k", ls=":", label="true sparsity")
+    ax.set(xlabel="prediction sparsity", ylabel="recall", title="recall vs prediction sparsity")
+    ax.legend()
+    _save(fig, path)
+
+
+def _ppl(result: dict, path: str) -> None:
+    quality = {(r["strategy"], r["k"]): r for r in result["quality"]}
+    ppl = result["ppl"]
+    points = [(quality[(r["strategy"], r["k"])]["prediction_sparsity"], r["perplexity"], r) for r in ppl["predicted"]]
+    topk = sorted((p for p in points if p[2]["strategy"] == "topk"), key=lambda p: p[0])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if topk:
+        ax.plot([p[0] for p in topk], [p[1] for p in topk], "o-", label="predicted, top-k")
+        for s, v, r in topk:
+            ax.annotate(f"k={r['k']}", (s, v), fontsize=7)
+    for s, v, r in points:
+        if r["strategy"] == "threshold":
+            ax.plot([s], [v], "*", ms=12, label="predicted, threshold")
+    ax.axhline(ppl["dense"]["perplexity"], color="k", ls=":", label="dense")
+    ax.axhline(ppl["oracle"]["perplexity"], color="tab:red", ls="--",
+               label=f"oracle threshold (sparsity {_threshold_row(result['quality'])['true_sparsity']:.3f})")
+    ax.set(xlabel="prediction sparsity", ylabel="validation PPL", title="PPL with predicted neurons")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_predictor_report(result: dict, out_dir: str) -> list[str]:
+    """predictor.json and its three PNGs; returns the written paths."""
+    return _write(result, out_dir, PREDICTOR_FILES, (_layers, _topk, _ppl))
+
+
+def _reuse(result: dict, path: str) -> None:
+    ratio = result["activation_ratio"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for w, reuse in result["reuse_ratio"].items():
+        order = np.argsort(ratio)
+        ax.plot(np.asarray(ratio)[order], np.asarray(reuse)[order], "o-", ms=4, label=f"window {w}")
+    ax.set(xlabel="activation ratio (layer)", ylabel="reuse ratio", title="reuse ratio vs activation ratio per layer")
+    ax.legend()
+    _save(fig, path)
+
+
+def _gap(result: dict, path: str) -> None:
+    gap = result["coactivation_gap"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(len(gap)), gap, "o-")
+    sub = "" if not result["coactivation_subsampled"] else f", {result['coactivation_neurons']} sampled neurons"
+    ax.set(xlabel="layer", ylabel="top-average co-activation gap", xticks=np.arange(len(gap)),
+           title=f"co-activation gap{sub}")
+    _save(fig, path)
+
+
+def _hot(result: dict, path: str) -> None:
+    cdf = np.asarray(result["hot_neuron_cdf"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer in range(cdf.shape[0]):
+        ax.plot(np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf[layer], label=f"layer {layer}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="fraction of neurons (most frequent first)", ylabel="share of activations", title="hot-neuron CDF")
+    ax.legend()
+    _save(fig, path)
+
+
+def write_affinity_report(result: dict, out_dir: str) -> list[str]:
+    """affinity.json and its three PNGs; returns the written paths."""
+    return _write(result, out_dir, AFFINITY_FILES, (_reuse, _gap, _hot))
