@@ -8,6 +8,9 @@
   ssd       the SSD report and sparse inference with k = 1 … N experts
   compare   tiny ReLU / ReLU² / SiLU / SwiGLU models: PPL-1% sparsity and CETT curves
   scaling   activation-ratio scaling fits: the paper's curves (Table 2) or evaluated runs
+  predictor train and evaluate low-rank activation predictors of a checkpoint (ReLU² §5.2)
+  affinity  reuse ratio, co-activation gap and hot neurons at a CETT (ReLU² §5.3)
+  generate  KV-cache decoding with a dense or sparse (threshold / predictor) FFN: text, tokens/s
 
 Exit codes: 0 done; 2 bad input (one sentence that names the fix, printed before
 anything is written); 3 a non-finite loss (the last good checkpoint is kept); 130
@@ -21,9 +24,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from sparsity_jax.commands import cett, common, compare, evaluate, ppl, report, scaling, ssd, train  # noqa: E402
+from sparsity_jax.commands import (  # noqa: E402
+    affinity, cett, common, compare, evaluate, generate, ppl, predictor, report, scaling, ssd, train)
 
-COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling)}
+COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling,
+                                                       predictor, affinity, generate)}
 OK, BAD_INPUT, NON_FINITE, INTERRUPTED = 0, 2, 3, 130
 
 

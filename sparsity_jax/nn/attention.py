@@ -1,4 +1,10 @@
-"""Multi-head causal self-attention with RoPE, grouped-query heads and packed segments."""
+"""Multi-head causal self-attention with RoPE, grouped-query heads and packed segments.
+
+`Attention.__call__` is the training / evaluation path over whole sequences;
+`Attention.cached` is one decoding call against a preallocated KV cache (infer/): it
+writes the new keys and values at the cache slots [start, start + T) and attends over
+the whole cache under a caller-built mask. Both share `qkv` and `attend`.
+"""
 from __future__ import annotations
 
 import jax
@@ -47,13 +53,33 @@ class Attention(nnx.Module):
         self.rope_theta = rope_theta
         self.dtype = dtype
 
-    def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array) -> Array:
+    def qkv(self, x_BxTxD: Array, positions_BxT: Array) -> tuple[Array, Array, Array]:
+        """Queries (B, T, H, K) and keys (B, T, G, K) with RoPE at `positions`; values (B, T, G, K)."""
         x = x_BxTxD.astype(self.dtype)
         w = lambda v: v[...].astype(self.dtype)  # noqa: E731
         q_BxTxHxK = apply_rope(jnp.einsum("btd,dhk->bthk", x, w(self.wq)), positions_BxT, self.rope_theta)
         k_BxTxGxK = apply_rope(jnp.einsum("btd,dgk->btgk", x, w(self.wk)), positions_BxT, self.rope_theta)
         v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x, w(self.wv))
-        out_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask=attention_mask(segment_ids_BxT)
-        )
-        return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, w(self.wo))
+        return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+
+    def attend(self, q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
+        """Softmax attention of T queries over S keys under a bool mask, projected to (B, T, d)."""
+        out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS)
+        return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.wo[...].astype(self.dtype))
+
+    def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array) -> Array:
+        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT)
+        return self.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, attention_mask(segment_ids_BxT))
+
+    def cached(self, x_BxTxD: Array, positions_BxT: Array, k_cache_BxSxGxK: Array, v_cache_BxSxGxK: Array,
+               start: Array, mask_Bx1xTxS: Array) -> tuple[Array, Array, Array]:
+        """One decoding call: the T new tokens' keys / values go to cache slots [start, start + T),
+        then their queries attend over all S slots where `mask` allows (the caller masks
+        padding and future slots). Returns (output (B, T, d), k cache, v cache)."""
+        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT)
+        at = (0, start, 0, 0)
+        k_cache_BxSxGxK = jax.lax.dynamic_update_slice(k_cache_BxSxGxK, k_BxTxGxK.astype(k_cache_BxSxGxK.dtype), at)
+        v_cache_BxSxGxK = jax.lax.dynamic_update_slice(v_cache_BxSxGxK, v_BxTxGxK.astype(v_cache_BxSxGxK.dtype), at)
+        out_BxTxD = self.attend(q_BxTxHxK, k_cache_BxSxGxK.astype(self.dtype), v_cache_BxSxGxK.astype(self.dtype),
+                                mask_Bx1xTxS)
+        return out_BxTxD, k_cache_BxSxGxK, v_cache_BxSxGxK

@@ -1,0 +1,147 @@
+"""`sparsity-jax generate`: KV-cache decoding of a trained run with a dense or sparse FFN
+(`infer/`), on the run's mesh (the FFN tensor-parallel over `mlp` where the mesh has a
+tensor axis; `--config.mesh.tensor=N` picks another). Prints each row's text, then the
+decode tokens/s, the mean active-neuron share per layer and the budget overflows.
+
+  sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]
+      [--ffn dense|threshold|predictor] [--cett 0.2] [--batch B] [--temperature 0]
+      [--top-p 1] [--seed 0] [--step S] [--margin 0.1] [--eval-batches N]
+"""
+from __future__ import annotations
+
+import os
+
+from sparsity_jax.commands import common
+from sparsity_jax.errors import UserError
+
+TAKES_CONFIG = True
+FFNS = ("dense", "threshold", "predictor")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="KV-cache decoding with a dense or sparse FFN; tokens/s and active shares")
+    common.add_workdir(p)
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several rows)")
+    p.add_argument("--max-new", type=int, default=64, help="tokens generated per row")
+    p.add_argument("--ffn", choices=FFNS, default="dense",
+                   help="dense; threshold: skip |a_i|·‖W_out,i‖ < t_l at --cett; predictor: the trained predictors")
+    p.add_argument("--cett", type=float, default=0.2, help="CETT of the thresholds / of the predictors' labels")
+    p.add_argument("--batch", type=int, default=None, help="rows (default: one per prompt; prompts are cycled)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--margin", type=float, default=0.1, help="neuron budgets: measured quantiles × (1 + margin)")
+    common.add_config(p, what="config file instead of the run's own")
+    common.add_eval_batches(p)
+    common.add_distributed(p)
+
+
+def check_args(args) -> None:
+    from sparsity_jax.search.thresholds import check_cett
+
+    check_cett(args.cett)
+    if args.max_new <= 0:
+        raise UserError(f"Pass --max-new ≥ 1 (tokens to generate); got {args.max_new}.")
+    if args.batch is not None and args.batch <= 0:
+        raise UserError(f"Pass --batch ≥ 1 (rows decoded together); got {args.batch}.")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.margin < 0:
+        raise UserError(f"Pass --temperature ≥ 0, 0 < --top-p ≤ 1 and --margin ≥ 0; got {args.temperature}, "
+                        f"{args.top_p}, {args.margin}.")
+    if not all(args.prompt):
+        raise UserError("Pass non-empty --prompt texts.")
+
+
+def predictor_path(workdir: str, step: int, cett: float) -> str:
+    """The saved predictors of `step` (labels at `cett`, else a_i != 0); UserError when there are none."""
+    from sparsity_jax.predict.store import META, predictor_dir
+
+    for path in (predictor_dir(workdir, step, cett), predictor_dir(workdir, step, None)):
+        if os.path.isfile(os.path.join(path, META)):
+            return path
+    raise UserError(f"no trained predictors for step {step} in {os.path.join(workdir, 'predictors')}; train them "
+                    f"with `sparsity-jax predictor --workdir {workdir} --cett {cett:g}` or use --ffn threshold.")
+
+
+def chooser_of(args, wd, graphdef, params, step):
+    """(chooser, its arrays, a one-line description)."""
+    from sparsity_jax.infer import Dense, Predictor, Threshold
+
+    if args.ffn == "dense":
+        return Dense(), {}, "dense FFN"
+    if args.ffn == "threshold":
+        from sparsity_jax.search.thresholds import thresholds_for_cett
+
+        res = thresholds_for_cett((graphdef, params), wd.val, args.cett)
+        return Threshold(), {"threshold": res.threshold}, (
+            f"threshold FFN at CETT {args.cett:g} (validation activation ratio {1 - res.sparsity.mean():.4f})")
+    from sparsity_jax.infer.choosers import check_predictor
+    from sparsity_jax.predict.store import load
+
+    path = predictor_path(wd.path, step, args.cett)
+    arrays, meta = load(path)
+    cfg = wd.run.model_cfg
+    try:
+        check_predictor(arrays, cfg.num_layers, cfg.d_model, cfg.d_ff)
+    except ValueError as e:
+        raise UserError(f"the predictors in {path} do not fit this model ({e}); retrain them.") from None
+    return Predictor(), arrays, f"predictor FFN ({path}, rank {arrays['w1'].shape[-1]})"
+
+
+def report(gen, dec, rows: int) -> None:
+    st, f, n = gen.stats, dec.cfg.d_ff, float(gen.stats["tokens"])
+    steps = n / rows
+    common.log(f"prefill {gen.prefill_s:.3f} s; decode {int(steps)} steps × {rows} rows in {gen.decode_s:.3f} s: "
+               f"{gen.tokens_per_s():.1f} tokens/s")
+    common.log("layer  active share  computed share  budgets (per shard)  over first budget  ran dense")
+    for i in range(dec.cfg.num_layers):
+        budgets = "-" if dec.budgets is None else (",".join(map(str, dec.budgets[i])) or "none")
+        common.log(f"{i:5d}  {st['kept'][i] / max(n, 1) / f:12.4f}  {st['rows'][i] / max(steps, 1) / f:14.4f}  "
+                   f"{budgets:>19s}  {int(st['over'][i]):17d}  {int(st['dense'][i]):9d}")
+    if dec.budgets is not None:
+        common.log(f"overflows: {int(st['over'].sum())} token-layers over the first budget, {int(st['dense'].sum())} "
+                   f"ran the dense FFN (of {int(n) * dec.cfg.num_layers}); results are exact either way")
+
+
+def run(args) -> int:
+    import jax
+
+    check_args(args)
+
+    def check(settings, steps):
+        step = steps[-1] if args.step is None else args.step
+        if step not in steps:
+            raise UserError(f"no checkpoint at step {step} in {args.workdir}; available steps: {steps}.")
+        if args.ffn == "predictor":
+            predictor_path(args.workdir, step, args.cett)
+
+    common.init_distributed(args)
+    wd = common.open_trained(args, check)
+    try:
+        step = wd.step(args.step)
+        state, _ = wd.restore(step)
+    finally:
+        wd.close()
+    from sparsity_jax.data import get_vocabulary
+    from sparsity_jax.infer import Decoder
+    from sparsity_jax.infer.budget import calibrate
+
+    vocab = get_vocabulary(wd.settings.data, cache_dir=wd.path)
+    encoded = [list(vocab.encode(p)) for p in args.prompt]
+    if not all(encoded):
+        raise UserError("a --prompt encodes to no token; pass longer text.")
+    rows = args.batch or len(encoded)
+    prompts = [encoded[i % len(encoded)] for i in range(rows)]
+    graphdef, params = wd.run.graphdef, state["params"]
+    chooser, arrays, what = chooser_of(args, wd, graphdef, params, step)
+    dec = Decoder(graphdef, params, wd.run.mesh, chooser, arrays)
+    if args.ffn != "dense":
+        dec.set_budgets(calibrate(dec, wd.val, rows=rows, margin=args.margin))
+    gen = dec.generate(prompts, args.max_new, key=jax.random.key(args.seed), temperature=args.temperature,
+                       top_p=args.top_p)
+    common.log(f"step {step}, {what}, mesh {dict(wd.run.mesh.shape)}")
+    for b, prompt in enumerate(prompts):
+        common.log(f"--- row {b}\n{vocab.decode(prompt + [int(t) for t in gen.tokens[b]])}")
+    common.log("---")
+    report(gen, dec, rows)
+    return 0

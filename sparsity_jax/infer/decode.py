@@ -1,0 +1,274 @@
+"""KV-cache decoding of an `LM` with a dense or sparse FFN (`Decoder.generate`).
+
+Built on the LM's own submodules (`embed`, `blocks[i].attn_norm / attn.cached / ffn_norm`,
+`final_norm`, the tied or untied head) rebuilt from (graphdef, params) inside pure jitted
+functions; the FFN runs on `infer.ffn` tables with a chooser (`infer.choosers`). Prefill
+runs the prompt (left-padded, see `infer.cache`) through the masked form of the chooser's
+FFN in one call; every later step feeds one token per row through the sparse form when
+`budgets` are given (else the masked form: the reference). Each function compiles once
+per (batch, prompt length, cache length); the cache and the running statistics are
+donated, so steps update them in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sparsity_jax.infer.cache import KVCache, cache_spec, decode_mask, init_cache, left_pad, positions
+from sparsity_jax.infer.choosers import Act, Dense, layer_arrays
+from sparsity_jax.infer.ffn import build_tables, layer_ffn, table_specs
+from sparsity_jax.infer.sampling import sample
+from sparsity_jax.nn.model import DTYPES
+from sparsity_jax.train import sharding as shd
+
+Array = jax.Array
+STATS = ("kept", "rows", "over", "dense", "tokens")
+
+
+def place(model: nnx.Module, mesh) -> tuple[Any, dict]:
+    """(graphdef, params as a pure dict placed with the training shardings on `mesh`)."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    params = jax.device_put(nnx.to_pure_dict(state), shd.param_shardings(state, mesh))
+    return graphdef, params
+
+
+def tensor_axis(mesh, d_ff: int) -> str | None:
+    """'tensor' when the mesh has a tensor axis that divides F (the FFN is then sharded), else None."""
+    n = mesh.shape.get("tensor", 1)
+    return "tensor" if n > 1 and d_ff % n == 0 else None
+
+
+def _head(model, x_BxTxD: Array) -> Array:
+    dtype = DTYPES[model.cfg.dtype]
+    x_BxTxD = model.final_norm(x_BxTxD)
+    head_DxV = model.embed[...].T if model.cfg.tie_embeddings else model.head[...]
+    return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
+
+
+def _blocks(model, tokens_BxT: Array, attend, ffn):
+    """Embedding → blocks → logits with `attend(i, block, h) -> (out, extra)` and
+    `ffn(i, block, h_NxD) -> (y_NxD, extra)`; returns (logits, attention extras, FFN extras)."""
+    b, t = tokens_BxT.shape
+    x_BxTxD = jnp.take(model.embed[...], tokens_BxT, axis=0).astype(DTYPES[model.cfg.dtype])
+    att, ff = [], []
+    for i, blk in enumerate(model.blocks):
+        h_BxTxD, extra = attend(i, blk, blk.attn_norm(x_BxTxD))
+        x_BxTxD = x_BxTxD + h_BxTxD
+        y_NxD, st = ffn(i, blk, blk.ffn_norm(x_BxTxD).reshape(b * t, -1))
+        x_BxTxD = x_BxTxD + y_NxD.reshape(b, t, -1).astype(x_BxTxD.dtype)
+        att.append(extra)
+        ff.append(st)
+    return _head(model, x_BxTxD), att, ff
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    graphdef: Any
+    chooser: Any
+    mesh: Any
+    axis: str | None
+    budgets: tuple | None
+    chunk: int
+    d_ff: int
+
+    def ffn(self, arrays, tables, sparse: bool):
+        budgets = self.budgets if sparse else None
+
+        def run(i, blk, x_NxD):
+            """(y, stats) in the sparse form; (y, (kept, candidates)) in the masked form."""
+            out = layer_ffn(self.chooser, layer_arrays(arrays, i), tables[i], x_NxD, Act.of(blk.ffn),
+                            mesh=self.mesh, axis=self.axis, budgets=None if budgets is None else budgets[i],
+                            chunk=self.chunk)
+            return out if budgets is not None else (out[0], out[1:])
+        return run
+
+
+def _cached_forward(st: _Static, params, tables, arrays, cache: KVCache, tokens_BxT, start, sparse: bool):
+    model = nnx.merge(st.graphdef, params)
+    t = tokens_BxT.shape[1]
+    pos_BxT = positions(cache.pad_B, start, t)
+    mask = decode_mask(cache.pad_B, start, t, cache.length)
+
+    def attend(i, blk, h):
+        out, k, v = blk.attn.cached(h, pos_BxT, cache.k[i], cache.v[i], start, mask)
+        return out, (k, v)
+
+    logits, kv, ff = _blocks(model, tokens_BxT, attend, st.ffn(arrays, tables, sparse))
+    return logits, KVCache(tuple(k for k, _ in kv), tuple(v for _, v in kv), cache.pad_B), ff
+
+
+def _next(logits_BxV, key, temperature, top_p, greedy: bool) -> Array:
+    """Greedy decoding is its own compiled variant: no sampling code (threefry compiles slowly on CPU)."""
+    return jnp.argmax(logits_BxV, -1).astype(jnp.int32) if greedy else sample(logits_BxV, key, temperature, top_p)
+
+
+def _prefill(st, params, tables, arrays, cache, tokens_BxP, key, temperature, top_p, *, greedy):
+    logits_BxPxV, cache, _ = _cached_forward(st, params, tables, arrays, cache, tokens_BxP, jnp.int32(0), False)
+    return _next(logits_BxPxV[:, -1], key, temperature, top_p, greedy), logits_BxPxV, cache
+
+
+def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top_p, totals, *, greedy):
+    sparse = st.budgets is not None
+    logits_Bx1xV, cache, ff = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
+    b, f = tok_B.shape[0], st.d_ff
+    per_layer = []
+    for out in ff:
+        if sparse:
+            s = out
+            per_layer.append((jnp.sum(s["kept_N"]), s["rows"], b * s["over"], b * s["dense"]))
+        else:
+            per_layer.append((jnp.sum(out[0]), jnp.int32(f), 0, b))
+    add = {k: jnp.asarray([p[j] for p in per_layer], jnp.float32) for j, k in enumerate(STATS[:4])}
+    add["tokens"] = jnp.float32(b)
+    totals = {k: totals[k] + add[k] for k in STATS}
+    logits_BxV = logits_Bx1xV[:, 0]
+    return _next(logits_BxV, key, temperature, top_p, greedy), logits_BxV, cache, totals
+
+
+def masked_forward(graphdef, params, tables, arrays, tokens_BxT, segment_ids_BxT, positions_BxT, *, chooser,
+                   mesh=None, axis=None):
+    """Full sequences (packed segments allowed) through the chooser's masked FFN, no cache:
+    (logits (B, T, V), candidates (L, B, T, F) bool). The reference of the sparse forms and
+    the source of `infer.budget`'s statistics (call under jit)."""
+    st = _Static(graphdef, chooser, mesh, axis, None, 0, 0)
+    model = nnx.merge(graphdef, params)
+    b, t = tokens_BxT.shape
+
+    def attend(i, blk, h):
+        return blk.attn(h, segment_ids_BxT, positions_BxT), None
+
+    logits, _, ff = _blocks(model, tokens_BxT, attend, st.ffn(arrays, tables, False))
+    return logits, jnp.stack([cand_NxF.reshape(b, t, -1) for _, cand_NxF in ff])
+
+
+@dataclasses.dataclass
+class Generation:
+    """What `Decoder.generate` produced; seconds exclude compilation."""
+
+    tokens: np.ndarray  # (B, max_new) int32, the generated tokens
+    logits: np.ndarray | None  # (B, max_new, V) float32 when asked for: the logits each token was drawn from
+    prefill_s: float
+    decode_s: float  # the max_new − 1 one-token steps after prefill
+    stats: dict[str, np.ndarray]  # (L,) sums over decode steps: kept, rows, over, dense; tokens (scalar)
+
+    def tokens_per_s(self) -> float:
+        return float(self.stats["tokens"]) / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+class Decoder:
+    """Jitted KV-cache decoding of one model on a mesh with one chooser.
+
+    `budgets`: per layer, an ascending tuple of per-shard neuron budgets for the sparse
+    form (`infer.budget.budgets_for`); None decodes with the masked form (dense work).
+    `chunk`: rows gathered per block in the sparse products (0 = one gather).
+    """
+
+    def __init__(self, graphdef, params, mesh, chooser=Dense(), arrays: dict | None = None, *,
+                 budgets: tuple | None = None, chunk: int = 0):
+        model = nnx.merge(graphdef, params)
+        self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser
+        self.axis, self.chunk = tensor_axis(mesh, self.cfg.d_ff), chunk
+        keys = chooser.table_keys(model.blocks[0].ffn.act.gated)
+
+        def tables(params):
+            m = nnx.merge(graphdef, params)
+            return [build_tables(blk.ffn, keys) for blk in m.blocks]
+
+        shapes = jax.eval_shape(tables, params)
+        shardings = [{k: NamedSharding(mesh, s) for k, s in table_specs(t, self.axis).items()} for t in shapes]
+        self.tables = jax.jit(tables, out_shardings=shardings)(params)
+        repl = NamedSharding(mesh, P())
+        arrays = arrays or {}
+        arr_sh = {k: NamedSharding(mesh, P(None, *s)) for k, s in chooser.specs(self.axis).items() if k in arrays}
+        self.arrays = {k: jax.device_put(jnp.asarray(v), arr_sh.get(k, repl)) for k, v in arrays.items()}
+        self._candidates = jax.jit(functools.partial(masked_forward, graphdef, chooser=chooser, mesh=mesh,
+                                                     axis=self.axis))
+        self.set_budgets(budgets)
+
+    @property
+    def shards(self) -> int:
+        """How many ways the FFN's neurons are split (budgets are per shard)."""
+        return self.mesh.shape["tensor"] if self.axis else 1
+
+    def set_budgets(self, budgets: tuple | None) -> None:
+        """Per-layer ascending per-shard budgets of the sparse form; None: masked form."""
+        if budgets is not None:
+            budgets = tuple(tuple(int(k) for k in b) for b in budgets)
+            f_local = self.cfg.d_ff // self.shards
+            if len(budgets) != self.cfg.num_layers or any(
+                    list(b) != sorted(set(b)) or any(not 0 < k <= f_local for k in b) for b in budgets):
+                raise ValueError(f"budgets need one ascending tuple of sizes in [1, {f_local}] per layer "
+                                 f"({self.cfg.num_layers}), got {budgets}")
+        self.budgets = budgets
+        self.static = _Static(self.graphdef, self.chooser, self.mesh, self.axis, budgets, self.chunk, self.cfg.d_ff)
+        if not hasattr(self, "_prefill"):  # prefill runs the masked form: it never depends on budgets
+            self._prefill = jax.jit(functools.partial(_prefill, dataclasses.replace(self.static, budgets=None)),
+                                    donate_argnums=(3,), static_argnames="greedy")
+            self._prefills: dict[tuple, Any] = {}
+        self._step = jax.jit(functools.partial(_step, self.static), donate_argnums=(3, 9), static_argnames="greedy")
+        self._steps: dict[tuple, Any] = {}
+
+    def candidates(self, batch: dict[str, Array]) -> tuple[Array, Array]:
+        """(logits (B, T, V), candidates (L, B, T, F)) of a packed batch (inputs, segment_ids,
+        positions) through the chooser's masked FFN."""
+        return self._candidates(self.params, self.tables, self.arrays, batch["inputs"], batch["segment_ids"],
+                                batch["positions"])
+
+    def _new_cache(self, pad_B: Array, length: int) -> KVCache:
+        sh = cache_spec(self.cfg, pad_B.shape[0], length, self.mesh)
+        cache = init_cache(self.cfg, pad_B, length)
+        return jax.device_put(cache, KVCache((sh,) * len(cache.k), (sh,) * len(cache.v),
+                                             NamedSharding(self.mesh, P())))
+
+    def _zeros(self) -> dict[str, Array]:
+        n = self.cfg.num_layers
+        return {k: jnp.zeros((), jnp.float32) if k == "tokens" else jnp.zeros((n,), jnp.float32) for k in STATS}
+
+    def _functions(self, cache, tokens_BxP, key, scal):
+        """The compiled prefill and step for these shapes (compiled ahead, so timings never include it)."""
+        greedy = bool(scal[0] <= 0)
+        pre_key = (tokens_BxP.shape, cache.length, greedy)
+        step_key = (tokens_BxP.shape[0], cache.length, greedy)
+        if pre_key not in self._prefills:
+            self._prefills[pre_key] = self._prefill.lower(self.params, self.tables, self.arrays, cache, tokens_BxP,
+                                                          key, *scal, greedy=greedy).compile()
+        if step_key not in self._steps:
+            self._steps[step_key] = self._step.lower(self.params, self.tables, self.arrays, cache, tokens_BxP[:, 0],
+                                                     jnp.int32(0), key, *scal, self._zeros(), greedy=greedy).compile()
+        return self._prefills[pre_key], self._steps[step_key]
+
+    def generate(self, prompts: list[list[int]], max_new: int, *, key: Array | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, keep_logits: bool = False) -> Generation:
+        """Generates `max_new` tokens after each prompt (token-id lists, left-padded)."""
+        if max_new < 1:
+            raise ValueError(f"max_new must be ≥ 1, got {max_new}")
+        key = jax.random.key(0) if key is None else key
+        tokens_BxP, pad_B = left_pad(prompts)
+        p = tokens_BxP.shape[1]
+        scal = (jnp.float32(temperature), jnp.float32(top_p))
+        cache = self._new_cache(pad_B, p + max_new)
+        prefill, step = self._functions(cache, tokens_BxP, key, scal)
+        t0 = time.perf_counter()
+        tok_B, logits_BxPxV, cache = prefill(self.params, self.tables, self.arrays, cache, tokens_BxP,
+                                             jax.random.fold_in(key, 0), *scal)
+        jax.block_until_ready(tok_B)
+        t1 = time.perf_counter()
+        toks, logits, totals = [tok_B], [logits_BxPxV[:, -1]], self._zeros()
+        for i in range(max_new - 1):
+            tok_B, logits_BxV, cache, totals = step(self.params, self.tables, self.arrays, cache, tok_B,
+                                                    jnp.int32(p + i), jax.random.fold_in(key, i + 1), *scal, totals)
+            toks.append(tok_B)
+            if keep_logits:
+                logits.append(logits_BxV)
+        jax.block_until_ready((toks[-1], totals))
+        t2 = time.perf_counter()
+        return Generation(np.stack(jax.device_get(toks), 1), np.stack(jax.device_get(logits), 1) if keep_logits
+                          else None, t1 - t0, t2 - t1, jax.device_get(totals))

@@ -1,0 +1,177 @@
+"""The decode-time FFN: only the chosen neurons' kernel rows are read and multiplied.
+
+Tables (`build_tables`, once per model): row-major neuron-by-d copies of the kernels,
+`up` = W_inᵀ (F, d), `gate` = W_gateᵀ (F, d), `out` = W_out (F, d) (already that layout
+in Flax), so a neuron's weights are one contiguous d-vector and a gather of K neurons
+reads K contiguous rows; `out_t` = W_outᵀ (d, F) serves the dense mode, whose batch-1
+product x·W_out is ~2× faster in that layout on XLA:CPU (bench/sparse_decode.py), so the
+dense baseline is the best dense we have. Norms ‖W_out,i‖ and ‖W_in,i‖ for the rules.
+
+`sparse_ffn` (one decode step, N = batch rows): the chooser gives each row's candidates;
+their UNION over the rows is compacted into a static budget K (`budgets`, ascending, a
+few buckets chosen by `infer.budget`); `lax.switch` runs the smallest budget that holds
+the union, gathering K rows of each kernel read after the choice, or, when the union
+overflows every budget, the masked dense form — the result is never changed, only the
+time. Unused budget slots point at row 0 with a zero score. `full_ffn` is the masked form
+(prefill, calibration, the reference). With a tensor axis the F axis of the tables is
+sharded, each shard chooses and gathers its own neurons with its own budget, and the
+outputs are summed (`layer_ffn`, shard_map).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from sparsity_jax.infer.choosers import Act, Dense, project
+
+Array = jax.Array
+Tables = dict[str, Array]
+TABLE_SPECS = {"up": (0, 2), "gate": (0, 2), "out": (0, 2), "out_t": (1, 2), "out_norm": (0, 1), "up_norm": (0, 1)}
+
+
+def build_tables(ffn, keys: tuple[str, ...]) -> Tables:
+    """The tables named in `keys` from an `nn.ffn.FFN` (call under jit: the copies are made once)."""
+    k = ffn.kernels()
+    tab = {"up": k["in"].T, "gate": k.get("gate", k["in"]).T, "out": k["out"], "out_t": k["out"].T}
+    make = {**{n: (lambda n=n: tab[n]) for n in tab}, "out_norm": ffn.out_norms,
+            "up_norm": lambda: jnp.linalg.norm(k["in"].astype(jnp.float32), axis=0)}
+    return {n: make[n]() for n in keys if n != "gate" or ffn.act.gated}
+
+
+def table_specs(tab: Tables, axis: str | None) -> dict[str, P]:
+    """PartitionSpecs of one layer's tables: the neuron axis over `axis`."""
+    out = {}
+    for n in tab:
+        dim, rank = TABLE_SPECS[n]
+        spec = [None] * rank
+        spec[dim] = axis
+        out[n] = P(*spec)
+    return out
+
+
+def compact(union_F: Array, k: int) -> Array:
+    """The indices of the True entries of `union_F`, ascending, padded with 0 to length k."""
+    return jnp.flatnonzero(union_F, size=k, fill_value=0).astype(jnp.int32)
+
+
+def _rows(w_FxD: Array, idx_K: Array) -> Array:
+    return w_FxD.at[idx_K].get(mode="promise_in_bounds")
+
+
+def gather_project(w_FxD: Array, idx_K: Array, x_NxD: Array, chunk: int) -> Array:
+    """x @ W[idx]ᵀ, (N, K): the K rows are gathered `chunk` at a time (a scan) so each
+    gathered block is reread from cache, not memory."""
+    k = idx_K.shape[0]
+    if chunk <= 0 or k <= chunk or k % chunk:
+        return project(_rows(w_FxD, idx_K), x_NxD)
+    _, h_CxNxc = jax.lax.scan(lambda _, i: (None, project(_rows(w_FxD, i), x_NxD)), None, idx_K.reshape(-1, chunk))
+    return jnp.moveaxis(h_CxNxc, 0, 1).reshape(x_NxD.shape[0], k)
+
+
+def gather_combine(a_NxK: Array, w_FxD: Array, idx_K: Array, chunk: int) -> Array:
+    """a @ W[idx], (N, d), accumulated over `chunk`-row blocks like `gather_project`."""
+    k = idx_K.shape[0]
+    if chunk <= 0 or k <= chunk or k % chunk:
+        return a_NxK @ _rows(w_FxD, idx_K)
+    a_CxNxc = jnp.moveaxis(a_NxK.reshape(a_NxK.shape[0], -1, chunk), 1, 0)
+
+    def body(y_NxD, ia):
+        return y_NxD + ia[1] @ _rows(w_FxD, ia[0]), None
+
+    y_NxD, _ = jax.lax.scan(body, jnp.zeros((a_NxK.shape[0], w_FxD.shape[1]), a_NxK.dtype),
+                            (idx_K.reshape(-1, chunk), a_CxNxc))
+    return y_NxD
+
+
+def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
+    if "a" in pre:
+        return pre["a"]
+    h_NxF = project(tab["up"], x_NxD)
+    if not act.gated:
+        return act.activate(h_NxF)
+    return pre["s"] * h_NxF if "s" in pre else act.activate(h_NxF, project(tab["gate"], x_NxD))
+
+
+def _gathered_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, chunk: int) -> Array:
+    if "a" in pre:
+        return jnp.take(pre["a"], idx_K, axis=1)
+    h_NxK = gather_project(tab["up"], idx_K, x_NxD, chunk)
+    if not act.gated:
+        return act.activate(h_NxK)
+    if "s" in pre:
+        return jnp.take(pre["s"], idx_K, axis=1) * h_NxK
+    return act.activate(h_NxK, gather_project(tab["gate"], idx_K, x_NxD, chunk))
+
+
+def _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre) -> tuple[Array, Array]:
+    a_NxF = _full_scores(tab, x_NxD, act, pre)
+    if isinstance(chooser, Dense):
+        return jnp.einsum("df,nf->nd", tab["out_t"], a_NxF), cand_NxF
+    keep = chooser.keep(arr, a_NxF, tab.get("out_norm"))
+    keep_NxF = cand_NxF if keep is None else cand_NxF & keep
+    a_NxF = jnp.where(keep_NxF, a_NxF, jnp.zeros_like(a_NxF))
+    return (jnp.einsum("df,nf->nd", tab["out_t"], a_NxF) if "out_t" in tab else a_NxF @ tab["out"]), keep_NxF
+
+
+def full_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act) -> tuple[Array, Array, Array]:
+    """Masked form: (y (N, d), kept (N, F), candidates (N, F)); every neuron computed."""
+    cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
+    y_NxD, keep_NxF = _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre)
+    return y_NxD, keep_NxF, cand_NxF
+
+
+def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple[int, ...],
+               chunk: int = 0) -> tuple[Array, dict[str, Array]]:
+    """Sparse form: y (N, d) and stats {kept_N: kept neurons per row, rows: neurons
+    computed, over: the union exceeded the first budget, dense: it exceeded every budget}."""
+    f = tab["out"].shape[0]
+    cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
+    union_F = jnp.any(cand_NxF, axis=0)
+    count = jnp.sum(union_F, dtype=jnp.int32)
+
+    def at_budget(k: int):
+        idx_K = compact(union_F, k)
+        live_NxK = (jnp.arange(k) < count)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
+        a_NxK = _gathered_scores(tab, x_NxD, act, pre, idx_K, chunk)
+        keep = chooser.keep(arr, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
+        keep_NxK = live_NxK if keep is None else live_NxK & keep
+        a_NxK = jnp.where(keep_NxK, a_NxK, jnp.zeros_like(a_NxK))
+        return gather_combine(a_NxK, tab["out"], idx_K, chunk), jnp.sum(keep_NxK, -1, dtype=jnp.int32)
+
+    def dense():
+        y_NxD, keep_NxF = _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre)
+        return y_NxD, jnp.sum(keep_NxF, -1, dtype=jnp.int32)
+
+    branch = sum((count > k).astype(jnp.int32) for k in budgets) if budgets else jnp.int32(0)
+    y_NxD, kept_N = jax.lax.switch(branch, [functools.partial(at_budget, k) for k in budgets] + [dense])
+    rows = jnp.asarray(tuple(budgets) + (f,), jnp.int32)[branch]
+    over = count > budgets[0] if budgets else jnp.bool_(False)  # no budget: a dense layer by choice
+    return y_NxD, {"kept_N": kept_N, "rows": rows, "over": over, "dense": branch == len(budgets)}
+
+
+def layer_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, axis: str | None = None,
+              budgets: tuple[int, ...] | None = None, chunk: int = 0):
+    """One layer's FFN on (possibly tensor-sharded) tables: `sparse_ffn` with `budgets`
+    (per shard), else `full_ffn`. With `axis`, a shard_map over it: x replicated, each
+    shard its neurons, outputs and counts summed; masks come back (N, F) sharded on F."""
+    def local(arr, tab, x_NxD):
+        if budgets is None:
+            y, keep, cand = full_ffn(chooser, arr, tab, x_NxD, act)
+            return (jax.lax.psum(y, axis) if axis else y), keep, cand
+        y, st = sparse_ffn(chooser, arr, tab, x_NxD, act, budgets, chunk)
+        if axis:
+            y = jax.lax.psum(y, axis)
+            st = {"kept_N": jax.lax.psum(st["kept_N"], axis), "rows": jax.lax.psum(st["rows"], axis),
+                  "over": jax.lax.pmax(st["over"].astype(jnp.int32), axis) > 0,
+                  "dense": jax.lax.pmax(st["dense"].astype(jnp.int32), axis) > 0}
+        return y, st
+
+    if axis is None:
+        return local(arr, tab, x_NxD)
+    out_specs = (P(), P(None, axis), P(None, axis)) if budgets is None else (P(), P())
+    arr_specs = {k: v for k, v in chooser.specs(axis).items() if k in arr}
+    return jax.shard_map(local, mesh=mesh, in_specs=(arr_specs, table_specs(tab, axis), P()),
+                         out_specs=out_specs, check_vma=False)(arr, tab, x_NxD)

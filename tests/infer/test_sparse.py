@@ -1,0 +1,162 @@
+"""Sparse decode FFNs against the masked modes, on 8 fake CPU devices with the FFN
+tensor-sharded 2 ways: threshold decoding == the LM's masked threshold mode; overflowing
+steps are counted and run dense; the predictor chooser against numpy."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sparsity_jax.infer import Decoder, Predictor, Threshold, place
+from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
+from sparsity_jax.infer.choosers import Act, check_predictor
+from sparsity_jax.infer.ffn import build_tables, layer_ffn
+from sparsity_jax.nn.ffn import FFN
+from sparsity_jax.nn.sparsify import Sparsify
+from tests.infer.test_decode import full_logits, tiny
+
+PROMPTS = [[5, 1, 2, 3, 4, 9], [7, 8, 9, 10, 11, 12]]  # equal lengths: decode steps share positions
+NEW = 7
+
+
+def mesh_tp():
+    from sparsity_jax.train.sharding import make_mesh
+
+    return make_mesh(data=4, fsdp=1, tensor=2)
+
+
+def batch_of(tokens_BxT):
+    b, t = tokens_BxT.shape
+    return {"inputs": tokens_BxT, "segment_ids": jnp.ones_like(tokens_BxT), "loss_weights": jnp.ones((b, t)),
+            "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+
+
+def thresholds(model, share: float):
+    """Per-layer thresholds keeping about `share` of the neuron magnitudes of random tokens."""
+    tokens = jax.random.randint(jax.random.key(1), (4, 24), 0, 61)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def quantiles(params):
+        m = nnx.merge(graphdef, params)
+        _, rec = m.apply(tokens, record="scores")
+        norms_LxF = jnp.stack([b.ffn.out_norms() for b in m.blocks])
+        mag = jnp.abs(rec["scores"]) * norms_LxF[:, None, None, :]
+        return jnp.quantile(mag.reshape(mag.shape[0], -1), 1 - share, axis=1)
+
+    return quantiles(params), batch_of(tokens)
+
+
+@functools.cache
+def threshold_decoder(activation: str) -> tuple:
+    """(model, decoder at the 0.3-share thresholds without budgets, thresholds, a calibration batch)."""
+    model = tiny(activation)
+    mesh = mesh_tp()
+    t_L, calib = thresholds(model, 0.3)
+    return model, Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L}), t_L, calib
+
+
+@pytest.mark.parametrize("activation", ["relu2", "swiglu"])
+def test_threshold_decoding_equals_the_masked_threshold_mode(activation):
+    model, dec, t_L, calib = threshold_decoder(activation)
+    if activation == "swiglu":  # the Cauchy–Schwarz candidates of a gated FFN: the whole shard here
+        budgets = ((64,),) * 2
+    else:
+        budgets = calibrate(dec, [calib], rows=2, quantiles=(0.5, 1.0), margin=0.5, align=8)
+        assert all(0 < len(b) and b[-1] < 64 for b in budgets), budgets
+    dec.set_budgets(budgets)
+    gen = dec.generate(PROMPTS, NEW, keep_logits=True)
+    st = gen.stats
+    assert np.all(st["dense"] == 0) and float(st["tokens"]) == 2 * (NEW - 1)
+    share = st["kept"] / float(st["tokens"]) / 128
+    assert np.all((share > 0.05) & (share < 0.6)), share
+    ref = full_logits(model, PROMPTS, gen.tokens, sparsify=Sparsify(mode="threshold", threshold=t_L))
+    for b in range(2):
+        np.testing.assert_allclose(gen.logits[b], ref[b], atol=1e-5, rtol=1e-5)
+
+
+def test_overflowing_steps_are_counted_and_run_dense():
+    _, dec, _, _ = threshold_decoder("relu2")
+    dec.set_budgets(((38,), (34, 36)))
+    gen = dec.generate(PROMPTS, NEW, keep_logits=True)
+    # expected: the candidates of the full sequences at the decode positions, union over
+    # the two rows, the fuller of the two 64-neuron shards against each layer's budgets
+    p = len(PROMPTS[0])
+    seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, gen.tokens)])
+    logits_BxTxV, cand_LxBxTxF = dec.candidates(batch_of(seqs))  # the masked threshold form
+    steps = np.asarray(cand_LxBxTxF)[:, :, p:]
+    fullest_LxS = steps.any(1).reshape(2, NEW - 1, 2, 64).sum(-1).max(-1)
+    np.testing.assert_array_equal(gen.stats["over"], 2 * np.sum(fullest_LxS > np.array([[38], [34]]), 1))
+    np.testing.assert_array_equal(gen.stats["dense"], 2 * np.sum(fullest_LxS > np.array([[38], [36]]), 1))
+    assert 0 < gen.stats["dense"][1] < gen.stats["over"][1] < 2 * (NEW - 1)  # some steps in each bucket
+    # the dense fallback never changes the result
+    np.testing.assert_allclose(gen.logits, np.asarray(logits_BxTxV)[:, p - 1:], atol=1e-5, rtol=1e-5)
+
+
+def np_predicted_ffn(ffn, arr, x):
+    """numpy: the FFN with only the neurons of sigmoid(W2·(W1·x) + b) > 0.5, and that mask."""
+    x = np.asarray(x, np.float64)
+    keep = 1 / (1 + np.exp(-((x @ arr["w1"]) @ arr["w2"] + arr["b"]))) > 0.5
+    w = {k: np.asarray(v, np.float64) for k, v in ffn.kernels().items()}
+    h = x @ w["in"]
+    if "gate" in w:
+        g = x @ w["gate"]
+        a = g / (1 + np.exp(-g)) * h  # swiglu
+    else:
+        a = np.maximum(h, 0) ** 2  # relu2
+    return (a * keep) @ w["out"], keep
+
+
+@pytest.mark.parametrize("activation", ["relu2", "swiglu"])
+def test_predictor_chooser_and_ffn_equal_numpy(activation):
+    d, f, r = 32, 128, 4
+    ffn = FFN(d, f, activation, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    arr = {"w1": rng.normal(size=(d, r)) / 4, "w2": rng.normal(size=(r, f)), "b": rng.normal(size=f) - 1}
+    x = rng.normal(size=(3, d))
+    y_ref, keep_ref = np_predicted_ffn(ffn, arr, x)
+    check_predictor({k: v[None] for k, v in arr.items()}, 1, d, f)
+    mesh = mesh_tp()
+    tab = build_tables(ffn, Predictor().table_keys(ffn.act.gated))
+    arr32 = {k: jnp.asarray(v, jnp.float32) for k, v in arr.items()}
+    x32 = jnp.asarray(x, jnp.float32)
+    run = jax.jit(functools.partial(layer_ffn, Predictor(), act=Act.of(ffn), mesh=mesh, axis="tensor"),
+                  static_argnames="budgets")
+    y_full, keep, cand = run(arr32, tab, x32)
+    np.testing.assert_array_equal(np.asarray(cand), keep_ref)
+    np.testing.assert_array_equal(np.asarray(keep), keep_ref)
+    np.testing.assert_allclose(np.asarray(y_full), y_ref, atol=1e-5, rtol=1e-5)
+    per_shard = keep_ref.any(0).reshape(2, f // 2).sum(-1).max()
+    y_sparse, st = run(arr32, tab, x32, budgets=(int(per_shard),))
+    np.testing.assert_allclose(np.asarray(y_sparse), y_ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(st["kept_N"]), keep_ref.sum(-1))
+    assert not bool(st["dense"]) and int(st["rows"]) == 2 * per_shard
+
+
+def test_predictor_decoding_equals_its_masked_form():
+    model = tiny("relu2")
+    mesh = mesh_tp()
+    k = jax.random.split(jax.random.key(3), 2)
+    arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),
+              "b": -jnp.ones((2, 128))}
+    dec = Decoder(*place(model, mesh), mesh, Predictor(), arrays, budgets=((48,), (48,)))
+    sparse = dec.generate(PROMPTS, NEW, keep_logits=True)
+    seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, sparse.tokens)])
+    logits_BxTxV, cand_LxBxTxF = dec.candidates(batch_of(seqs))  # full sequences, masked predictor FFN
+    p = len(PROMPTS[0])
+    assert np.all(sparse.stats["dense"] == 0)
+    np.testing.assert_allclose(sparse.logits, np.asarray(logits_BxTxV)[:, p - 1:], atol=1e-5, rtol=1e-5)
+    # relu2: a predicted neuron is kept unless its score a is exactly 0, which the stats do not know
+    np.testing.assert_array_equal(sparse.stats["kept"], np.asarray(cand_LxBxTxF)[:, :, p:].sum((1, 2, 3)))
+
+
+def test_budgets_from_union_counts():
+    cand = np.zeros((4, 8), bool)
+    cand[0, :2] = cand[1, 2:4] = cand[2, 4:6] = cand[3, 6:8] = True  # disjoint pairs
+    assert set(union_counts(cand, 1, shards=1)) == {2}
+    assert set(union_counts(cand, 2, shards=1)) == {4}
+    assert set(union_counts(cand, 2, shards=2)) <= {2, 4} and union_counts(cand, 4, shards=2).max() == 4
+    assert budgets_for(np.array([10, 20, 30, 40]), 64, quantiles=(0.5, 1.0), margin=0.0, align=8) == (32, 40)
+    assert budgets_for(np.array([60, 62]), 64, align=8) == ()  # never below F: the layer runs dense
