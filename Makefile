@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
+# test files spread over this many processes (pytest-xdist; one file stays on one worker;
+# tests/conftest.py orders the longest files first)
+TEST_WORKERS ?= 2
 # six checkpoints, so the report can fit the activation ratio over training (Sparsing Law §4)
 DEMO_FLAGS ?= --config.train.checkpoint_every=50 --config.train.keep_checkpoints=6
 
@@ -25,7 +28,7 @@ demo: $(STAMP)
 	@echo "the run's report: $(WORKDIR)/report/index.html"
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) workdirs

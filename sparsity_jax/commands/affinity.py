@@ -98,18 +98,10 @@ def run(args) -> int:
     windows = check_windows(args.windows)
 
     def check(settings, steps):
-        if args.step is not None and args.step not in steps:
-            raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
         if args.neurons is not None and not 2 <= args.neurons <= settings.model.d_ff:
             raise UserError(f"Pass --neurons between 2 and d_ff = {settings.model.d_ff}; got {args.neurons}.")
 
-    common.init_distributed(args)
-    wd = common.open_trained(args, check)
-    try:
-        step = wd.step(args.step)
-        params = wd.restore(step)[0]["params"]
-    finally:
-        wd.close()
+    wd, step, params = common.trained_params(args, check)
     thr = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)
     result = {"workdir": os.path.abspath(args.workdir), "step": step, "target_cett": args.cett,
               "thresholds": thr.threshold.tolist(), "realised_cett": thr.cett.round(6).tolist(),

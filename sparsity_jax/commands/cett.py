@@ -24,23 +24,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sparsity_jax.errors import UserError
     from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
 
     check_cett(args.cett)
-
-    def check(settings, steps):
-        if args.step is not None and args.step not in steps:
-            raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
-
-    common.init_distributed(args)
-    wd = common.open_trained(args, check)
-    try:
-        step = wd.step(args.step)
-        state, _ = wd.restore(step)
-    finally:
-        wd.close()
-    res = thresholds_for_cett((wd.run.graphdef, state["params"]), wd.val, args.cett)
+    wd, step, params = common.trained_params(args)
+    res = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)
     out = {"workdir": os.path.abspath(args.workdir), "step": step, "target_cett": args.cett,
            "threshold": res.threshold.tolist(), "cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
            "activation_ratio": float(1 - res.sparsity.mean())}

@@ -97,6 +97,26 @@ def open_trained(args, check=None, workdir: str | None = None):
     return open_workdir(workdir, st, ckpt, steps)
 
 
+def trained_params(args, check=None):
+    """(workdir, step, params) of the checkpoint `args.step` (None: the latest) of a trained
+    run: checks that step (and `check(settings, steps)`, as in `open_trained`) before
+    anything is built, initialises jax.distributed, opens the workdir and restores."""
+    def check_step(settings, steps):
+        if getattr(args, "step", None) is not None and args.step not in steps:
+            raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
+        if check is not None:
+            check(settings, steps)
+
+    init_distributed(args)
+    wd = open_trained(args, check_step)
+    try:
+        step = wd.step(getattr(args, "step", None))
+        params = wd.restore(step)[0]["params"]
+    finally:
+        wd.close()
+    return wd, step, params
+
+
 def is_main() -> bool:
     import jax
 

@@ -109,19 +109,10 @@ def run(args) -> int:
     check_args(args)
 
     def check(settings, steps):
-        step = steps[-1] if args.step is None else args.step
-        if step not in steps:
-            raise UserError(f"no checkpoint at step {step} in {args.workdir}; available steps: {steps}.")
         if args.ffn == "predictor":
-            predictor_path(args.workdir, step, args.cett)
+            predictor_path(args.workdir, steps[-1] if args.step is None else args.step, args.cett)
 
-    common.init_distributed(args)
-    wd = common.open_trained(args, check)
-    try:
-        step = wd.step(args.step)
-        state, _ = wd.restore(step)
-    finally:
-        wd.close()
+    wd, step, params = common.trained_params(args, check)
     from sparsity_jax.data import get_vocabulary
     from sparsity_jax.infer import Decoder
     from sparsity_jax.infer.budget import calibrate
@@ -132,7 +123,7 @@ def run(args) -> int:
         raise UserError("a --prompt encodes to no token; pass longer text.")
     rows = args.batch or len(encoded)
     prompts = [encoded[i % len(encoded)] for i in range(rows)]
-    graphdef, params = wd.run.graphdef, state["params"]
+    graphdef = wd.run.graphdef
     chooser, arrays, what = chooser_of(args, wd, graphdef, params, step)
     dec = Decoder(graphdef, params, wd.run.mesh, chooser, arrays)
     if args.ffn != "dense":

@@ -139,21 +139,13 @@ def run(args) -> int:
 
     def check(settings, steps):
         m = settings.model
-        if args.step is not None and args.step not in steps:
-            raise UserError(f"no checkpoint at step {args.step} in {args.workdir}; available steps: {steps}.")
         resolve_rank(cfg, m.d_model, m.d_ff, ffn_matrices(m.activation))
         if cfg.labels == "zero" and not ACTIVATIONS[m.activation].exact_zeros:
             raise UserError(f"{m.activation} has no exact zeros, so a_i != 0 labels mark every neuron; use --cett C.")
         if ks is not None and not all(0 < k <= m.d_ff for k in ks):
             raise UserError(f"Pass --topk values between 1 and d_ff = {m.d_ff}; got {ks}.")
 
-    common.init_distributed(args)
-    wd = common.open_trained(args, check)
-    try:
-        step = wd.step(args.step)
-        params = wd.restore(step)[0]["params"]
-    finally:
-        wd.close()
+    wd, step, params = common.trained_params(args, check)
     run_ = wd.run
     if cfg.labels == "cett":
         thr = thresholds_for_cett((run_.graphdef, params), wd.val, args.cett)

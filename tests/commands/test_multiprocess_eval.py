@@ -42,7 +42,7 @@ def _close(a, b, path=""):
 
 
 def test_evaluate_and_cett_on_two_processes_equal_one(tmp_path):
-    """1 process × 8 devices is this test's own process; 2 × 4 run over loopback."""
+    """Both through launch/local_multiprocess.sh: 1 process × 8 devices and 2 × 4 over loopback."""
     run = tmp_path / "run"
     train = tiny_args(**{"train.steps": 20, "train.checkpoint_every": 10, "mesh.data": 2, "mesh.fsdp": 2,
                          "mesh.tensor": 2})
@@ -53,11 +53,8 @@ def test_evaluate_and_cett_on_two_processes_equal_one(tmp_path):
         commands = [["evaluate", "--workdir", str(run), "--ppl-p", "1", "--output", str(ev)] + EVAL_MESH,
                     ["cett", "--workdir", str(run), "--cett", "0.2", "--output", str(ce)] + EVAL_MESH]
         for argv in commands:
-            if n == 1:
-                assert main(argv) == 0
-            else:
-                log = _launch(n, argv, tmp_path)
-                assert argv[0] != "evaluate" or "validation: 1,024 real tokens" in log, log
+            log = _launch(n, argv, tmp_path)
+            assert argv[0] != "evaluate" or "validation: 1,024 real tokens" in log, log
         os.rename(run / "report", tmp_path / f"ppl{n}")  # the sweep's report (ppl.json and figures)
         outputs[n] = [json.load(open(f)) for f in (ev, ce, tmp_path / f"ppl{n}" / "ppl.json")]
     assert [r["step"] for r in outputs[1][0]["checkpoints"]] == [10, 20]

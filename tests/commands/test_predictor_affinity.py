@@ -1,6 +1,6 @@
-"""`sparsity-jax predictor` and `sparsity-jax affinity` on one tiny trained workdir: they
-write their JSON + PNGs (and the predictors), and bad input exits 2 before anything is
-written."""
+"""`sparsity-jax predictor`, `affinity` and `generate` on one tiny trained workdir: they
+write their JSON + PNGs (and the predictors), generation runs with every FFN, and bad
+input exits 2 before anything is written."""
 import json
 import os
 
@@ -37,6 +37,27 @@ def test_predictor_writes_report_and_predictors(workdir):
     params, meta = store.load(r["saved"])
     assert r["saved"].endswith(os.path.join("predictors", "2_cett0.2"))
     assert params["w1"].shape == (2, 32, 1) and meta["target_cett"] == 0.2 and meta["thresholds"] == r["thresholds"]
+    _generate(workdir, "predictor", "--cett", "0.2")  # the saved predictors drive decoding
+
+
+def _generate(workdir, ffn, *extra, rows=2):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["generate", "--workdir", str(workdir), "--prompt", "def f(", "--prompt", "x = ",
+                     "--max-new", "4", "--ffn", ffn, *extra] + FAST)
+    text = out.getvalue()
+    assert code == 0 and text.count("--- row ") == rows and "tokens/s" in text, text
+    if ffn != "dense":  # per-layer shares and the overflow count
+        assert "overflows:" in text and "results are exact either way" in text, text
+    return text
+
+
+def test_generate_dense_and_threshold(workdir):
+    _generate(workdir, "dense")
+    _generate(workdir, "threshold", "--cett", "0.2", "--batch", "3", rows=3)
 
 
 def test_affinity_writes_report(workdir):
@@ -59,6 +80,9 @@ BAD = [
     (["affinity", "--cett", "-0.1"], "CETT between 0 and 1"),
     (["affinity", "--cett", "0.2", "--windows", "1,0"], "positive numbers of previous tokens"),
     (["affinity", "--cett", "0.2", "--step", "7"], "no checkpoint at step 7"),
+    (["generate", "--prompt", "x", "--max-new", "0"], "--max-new ≥ 1"),
+    (["generate", "--prompt", "x", "--step", "7"], "no checkpoint at step 7"),
+    (["generate", "--prompt", "x", "--ffn", "predictor", "--cett", "0.37"], "no trained predictors"),
 ]
 
 
