@@ -12,14 +12,14 @@ budgets come from `infer.budget.calibrate` on a random-token batch at each batch
 whole jitted decode step (attention over a 64-slot cache, head, sampling). Variants are
 timed in alternating rounds (the CPU is shared) and medians reported; sparse / dense is
 the speed-up (dense = the dense decode FFN in its best layout, see `infer.ffn`).
-The "why" lines time the pieces of one layer's sparse product at the 0.15 share.
+The "why" lines time the pieces of the sparse products at the 0.15 share, run first.
 
 Trained part (--workdir): the trained model's greedy decode tokens/s, dense vs threshold
 at its PPL-1% CETT (--cett, or WORKDIR/report/ppl.json, or --ppl-json), and the
 validation PPL of each (the sparse PPL is the masked threshold mode's, `search.thresholds`).
 
     .venv/bin/python bench/sparse_decode.py [--d 1024 --ff 8192 --layers 4 --batches 1,4,16]
-        [--shares 0.5,0.25,0.15,0.05] [--chunk 0] [--rounds 5] [--workdir runs/relu2_tiny --cett C]
+        [--shares 0.5,0.25,0.15,0.05] [--chunk 128] [--rounds 5] [--workdir runs/relu2_tiny --cett C]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sparsity_jax.infer import Decoder, Dense, Predictor, Threshold, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate  # noqa: E402
 from sparsity_jax.infer.choosers import Act, layer_arrays, project  # noqa: E402
-from sparsity_jax.infer.ffn import compact, gather_combine, gather_project, layer_ffn  # noqa: E402
+from sparsity_jax.infer.ffn import CHUNK, compact, gather_combine, gather_project, layer_ffn  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
 from sparsity_jax.train.sharding import make_mesh  # noqa: E402
 
@@ -109,32 +109,40 @@ def step_timer(dec: Decoder, prompts):
     return go
 
 
-def why(d: int, f: int, share: float, reps: int) -> dict[str, float]:
-    """One layer's pieces at `share`: dense products vs gathered ones (ms)."""
-    k = int(round(share * f / 64)) * 64
+def why(d: int, f: int, layers: int, share: float, chunk: int, reps: int) -> dict[str, float]:
+    """The pieces of the sparse products at `share`, batch 1, ms per kernel: each piece runs
+    on `layers` distinct (F, d) kernels in one jit (a decode step's working set, larger
+    than the cache), as the model runs them."""
+    k = int(round(share * f / 32)) * 32
     key = jax.random.split(jax.random.key(3), 4)
-    w_FxD = jax.random.normal(key[0], (f, d))
+    w_LxFxD = [jax.random.normal(jax.random.fold_in(key[0], i), (f, d)) for i in range(layers)]
+    w_LxDxF = [w.T + 0 for w in w_LxFxD]
+    w_LxKxD = [w[:k] + 0 for w in w_LxFxD]
     x_1xD = jax.random.normal(key[1], (1, d))
     a_1xF = jax.random.normal(key[1], (1, f))
     idx_K = jnp.sort(jax.random.choice(key[2], f, (k,), replace=False)).astype(jnp.int32)
     mask_F = jnp.zeros(f, bool).at[idx_K].set(True)
-    w_KxD = w_FxD[:k] + 0
-    w_DxF = w_FxD.T + 0
+
+    def each(fn):
+        return jax.jit(lambda ws, *rest: [fn(w, *rest) for w in ws])
+
     f_ = {
-        "dense x·W_in (F×d rows)": (jax.jit(project), (w_FxD, x_1xD)),
-        "dense a·W_out (d×F copy)": (jax.jit(lambda w, a: jnp.einsum("df,nf->nd", w, a)), (w_DxF, a_1xF)),
-        "dense a·W_out (F×d, Flax layout)": (jax.jit(lambda w, a: a @ w), (w_FxD, a_1xF)),
-        "contiguous K×d product (ideal gather)": (jax.jit(project), (w_KxD, x_1xD)),
-        "gather K rows only (copy)": (jax.jit(lambda w, i: w.at[i].get(mode="promise_in_bounds")), (w_FxD, idx_K)),
-        "gather + product, one gather": (jax.jit(functools.partial(gather_project, chunk=0)), (w_FxD, idx_K, x_1xD)),
-        "gather + product, 64-row blocks": (jax.jit(functools.partial(gather_project, chunk=64)),
-                                            (w_FxD, idx_K, x_1xD)),
-        "gather + combine (out), one gather": (jax.jit(functools.partial(gather_combine, chunk=0)),
-                                               (a_1xF[:, :k], w_FxD, idx_K)),
-        "compact the active set (flatnonzero)": (jax.jit(functools.partial(compact, k=k)), (mask_F,)),
+        "dense x·W_in (F×d rows)": (each(project), (w_LxFxD, x_1xD)),
+        "dense a·W_out (d×F copy)": (each(lambda w, a: jnp.einsum("df,nf->nd", w, a)), (w_LxDxF, a_1xF)),
+        "dense a·W_out (F×d, Flax layout)": (each(lambda w, a: a @ w), (w_LxFxD, a_1xF)),
+        "contiguous K×d product (ideal gather)": (each(project), (w_LxKxD, x_1xD)),
+        "gather K rows only (copy)": (each(lambda w, i: w.at[i].get(mode="promise_in_bounds")), (w_LxFxD, idx_K)),
+        "gather + product, one gather": (each(functools.partial(gather_project, chunk=0)), (w_LxFxD, idx_K, x_1xD)),
+        f"gather + product, {chunk}-row blocks": (each(functools.partial(gather_project, chunk=chunk)),
+                                                  (w_LxFxD, idx_K, x_1xD)),
+        "gather + combine (out), one gather": (each(lambda w, i, a: gather_combine(a, w, i, 0)),
+                                               (w_LxFxD, idx_K, a_1xF[:, :k])),
+        f"gather + combine (out), {chunk}-row blocks": (each(lambda w, i, a: gather_combine(a, w, i, chunk)),
+                                                        (w_LxFxD, idx_K, a_1xF[:, :k])),
+        "compact the active set (flatnonzero)": (each(lambda _, m: compact(m, k)), ([None] * layers, mask_F)),
     }
-    return {n: v * 1e3 for n, v in rounds({n: functools.partial(timed, fn, *a) for n, (fn, a) in f_.items()},
-                                           reps).items()} | {"K": k}
+    ms = rounds({n: functools.partial(timed, fn, *a) for n, (fn, a) in f_.items()}, reps)
+    return {n: v * 1e3 / layers for n, v in ms.items()} | {"K": k}
 
 
 def synthetic(args) -> None:
@@ -146,6 +154,10 @@ def synthetic(args) -> None:
     print(f"model d={args.d} F={args.ff} L={args.layers} {args.activation}, heads {cfg.num_heads}, vocab 259, "
           f"predictor rank {RANK} (synthetic), chunk {args.chunk}, prompt {PROMPT} + {NEW} new tokens, "
           f"{args.rounds} rounds; devices {jax.devices()}")
+    print(f"\n== why: the sparse products' pieces at share 0.15, batch 1, on {args.layers} distinct kernels "
+          f"(median of {args.rounds} rounds, ms per kernel)")
+    for n, v in why(args.d, args.ff, args.layers, 0.15, args.chunk or CHUNK, args.rounds).items():
+        print(f"  {n:44s} {v:8.3f}" if n != "K" else f"  K = {v} rows", flush=True)
     dense = Decoder(graphdef, params, mesh, Dense())
     rng = np.random.default_rng(0)
     for b in args.batches:
@@ -162,7 +174,7 @@ def synthetic(args) -> None:
             thr, pred = planted(model, share, jax.random.key(7))
             for name, chooser, arrays in (("threshold", Threshold(), thr), ("predictor", Predictor(), pred)):
                 dec = Decoder(graphdef, params, mesh, chooser, arrays, chunk=args.chunk)
-                dec.set_budgets(calibrate(dec, calib, rows=b, align=max(args.chunk, 32)))
+                dec.set_budgets(calibrate(dec, calib, rows=b))
                 gen = dec.generate(prompts, NEW)  # compiles; its statistics are the ones reported
                 dense.generate(prompts, NEW)
                 med = rounds({"ffn": ffn_timer(dec, x_LxNxD, True), "ffn_dense": ffn_timer(dense, x_LxNxD, False),
@@ -176,9 +188,6 @@ def synthetic(args) -> None:
                       f"{med['ffn'] * 1e3:8.2f} {med['ffn_dense'] * 1e3:8.2f} {med['ffn_dense'] / med['ffn']:7.2f}x "
                       f"{med['step'] * 1e3:8.2f} {med['step_dense'] * 1e3:8.2f} "
                       f"{med['step_dense'] / med['step']:7.2f}x", flush=True)
-    print(f"\n== why: one layer's pieces at share 0.15, batch 1 (median ms of {args.rounds} rounds)")
-    for n, v in why(args.d, args.ff, 0.15, args.rounds).items():
-        print(f"  {n:42s} {v:8.3f}" if n != "K" else f"  K = {v} rows")
 
 
 def main() -> None:
@@ -189,7 +198,7 @@ def main() -> None:
     p.add_argument("--activation", default="relu2")
     p.add_argument("--shares", default="0.5,0.25,0.15,0.05")
     p.add_argument("--batches", default="1,4,16")
-    p.add_argument("--chunk", type=int, default=0, help="rows gathered per block (0: one gather)")
+    p.add_argument("--chunk", type=int, default=CHUNK, help="rows gathered per block (0: one gather)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workdir", default=None, help="a trained run for the tokens/s and PPL lines")
     p.add_argument("--cett", type=float, default=None, help="its PPL-1%% CETT (default: from --ppl-json)")

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.infer.cache import KVCache, cache_spec, decode_mask, init_cache, left_pad, positions
 from sparsity_jax.infer.choosers import Act, Dense, layer_arrays
-from sparsity_jax.infer.ffn import build_tables, layer_ffn, table_specs
+from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.model import DTYPES
 from sparsity_jax.train import sharding as shd
@@ -168,11 +168,11 @@ class Decoder:
 
     `budgets`: per layer, an ascending tuple of per-shard neuron budgets for the sparse
     form (`infer.budget.budgets_for`); None decodes with the masked form (dense work).
-    `chunk`: rows gathered per block in the sparse products (0 = one gather).
+    `chunk`: rows gathered per block in the sparse products (0 = one gather; `infer.ffn.CHUNK`).
     """
 
     def __init__(self, graphdef, params, mesh, chooser=Dense(), arrays: dict | None = None, *,
-                 budgets: tuple | None = None, chunk: int = 0):
+                 budgets: tuple | None = None, chunk: int = CHUNK):
         model = nnx.merge(graphdef, params)
         self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser
         self.axis, self.chunk = tensor_axis(mesh, self.cfg.d_ff), chunk

@@ -12,7 +12,10 @@ their UNION over the rows is compacted into a static budget K (`budgets`, ascend
 few buckets chosen by `infer.budget`); `lax.switch` runs the smallest budget that holds
 the union, gathering K rows of each kernel read after the choice, or, when the union
 overflows every budget, the masked dense form — the result is never changed, only the
-time. Unused budget slots point at row 0 with a zero score. `full_ffn` is the masked form
+time. Unused budget slots point at row 0 with a zero score. The K rows are gathered in
+blocks of `CHUNK` inside a scan: one K×d gather per kernel writes a fresh buffer to
+memory and, with several layers, costs more than the dense product on XLA:CPU
+(bench/sparse_decode.py, "why"). `full_ffn` is the masked form
 (prefill, calibration, the reference). With a tensor axis the F axis of the tables is
 sharded, each shard chooses and gathers its own neurons with its own budget, and the
 outputs are summed (`layer_ffn`, shard_map).
@@ -29,6 +32,7 @@ from sparsity_jax.infer.choosers import Act, Dense, project
 
 Array = jax.Array
 Tables = dict[str, Array]
+CHUNK = 128  # rows gathered per block (bench/sparse_decode.py --chunk)
 TABLE_SPECS = {"up": (0, 2), "gate": (0, 2), "out": (0, 2), "out_t": (1, 2), "out_norm": (0, 1), "up_norm": (0, 1)}
 
 
@@ -61,28 +65,34 @@ def _rows(w_FxD: Array, idx_K: Array) -> Array:
     return w_FxD.at[idx_K].get(mode="promise_in_bounds")
 
 
+def _blocks(idx_K: Array, chunk: int) -> Array:
+    """`idx_K` padded with row 0 to a multiple of `chunk`, as (C, chunk) blocks."""
+    return jnp.pad(idx_K, (0, -idx_K.shape[0] % chunk)).reshape(-1, chunk)
+
+
 def gather_project(w_FxD: Array, idx_K: Array, x_NxD: Array, chunk: int) -> Array:
-    """x @ W[idx]ᵀ, (N, K): the K rows are gathered `chunk` at a time (a scan) so each
-    gathered block is reread from cache, not memory."""
+    """x @ W[idx]ᵀ, (N, K). With `chunk` > 0 the K rows are gathered `chunk` at a time (a
+    scan; the last block padded with row 0, its columns dropped), so each block is
+    multiplied while it sits in cache and no K×d copy is ever written to memory."""
     k = idx_K.shape[0]
-    if chunk <= 0 or k <= chunk or k % chunk:
+    if chunk <= 0 or k <= chunk:
         return project(_rows(w_FxD, idx_K), x_NxD)
-    _, h_CxNxc = jax.lax.scan(lambda _, i: (None, project(_rows(w_FxD, i), x_NxD)), None, idx_K.reshape(-1, chunk))
-    return jnp.moveaxis(h_CxNxc, 0, 1).reshape(x_NxD.shape[0], k)
+    _, h_CxNxc = jax.lax.scan(lambda _, i: (None, project(_rows(w_FxD, i), x_NxD)), None, _blocks(idx_K, chunk))
+    return jnp.moveaxis(h_CxNxc, 0, 1).reshape(x_NxD.shape[0], -1)[:, :k]
 
 
 def gather_combine(a_NxK: Array, w_FxD: Array, idx_K: Array, chunk: int) -> Array:
-    """a @ W[idx], (N, d), accumulated over `chunk`-row blocks like `gather_project`."""
-    k = idx_K.shape[0]
-    if chunk <= 0 or k <= chunk or k % chunk:
+    """a @ W[idx], (N, d), accumulated over `chunk`-row blocks like `gather_project` (the
+    padded slots weigh 0)."""
+    n, k = a_NxK.shape
+    if chunk <= 0 or k <= chunk:
         return a_NxK @ _rows(w_FxD, idx_K)
-    a_CxNxc = jnp.moveaxis(a_NxK.reshape(a_NxK.shape[0], -1, chunk), 1, 0)
+    a_CxNxc = jnp.moveaxis(jnp.pad(a_NxK, ((0, 0), (0, -k % chunk))).reshape(n, -1, chunk), 1, 0)
 
     def body(y_NxD, ia):
         return y_NxD + ia[1] @ _rows(w_FxD, ia[0]), None
 
-    y_NxD, _ = jax.lax.scan(body, jnp.zeros((a_NxK.shape[0], w_FxD.shape[1]), a_NxK.dtype),
-                            (idx_K.reshape(-1, chunk), a_CxNxc))
+    y_NxD, _ = jax.lax.scan(body, jnp.zeros((n, w_FxD.shape[1]), a_NxK.dtype), (_blocks(idx_K, chunk), a_CxNxc))
     return y_NxD
 
 

@@ -1,6 +1,7 @@
 """Sparse decode FFNs against the masked modes, on 8 fake CPU devices with the FFN
 tensor-sharded 2 ways: threshold decoding == the LM's masked threshold mode; overflowing
-steps are counted and run dense; the predictor chooser against numpy."""
+steps are counted and run dense; the predictor chooser and the blocked gathers against
+numpy."""
 import functools
 
 import jax
@@ -12,7 +13,7 @@ from flax import nnx
 from sparsity_jax.infer import Decoder, Predictor, Threshold, place
 from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
 from sparsity_jax.infer.choosers import Act, check_predictor
-from sparsity_jax.infer.ffn import build_tables, layer_ffn
+from sparsity_jax.infer.ffn import build_tables, gather_combine, gather_project, layer_ffn
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.sparsify import Sparsify
 from tests.infer.test_decode import full_logits, tiny
@@ -55,7 +56,8 @@ def threshold_decoder(activation: str) -> tuple:
     model = tiny(activation)
     mesh = mesh_tp()
     t_L, calib = thresholds(model, 0.3)
-    return model, Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L}), t_L, calib
+    # 24-row blocks: the calibrated budgets (multiples of 8) pad their last block
+    return model, Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L}, chunk=24), t_L, calib
 
 
 @pytest.mark.parametrize("activation", ["relu2", "swiglu"])
@@ -141,7 +143,7 @@ def test_predictor_decoding_equals_its_masked_form():
     k = jax.random.split(jax.random.key(3), 2)
     arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),
               "b": -jnp.ones((2, 128))}
-    dec = Decoder(*place(model, mesh), mesh, Predictor(), arrays, budgets=((48,), (48,)))
+    dec = Decoder(*place(model, mesh), mesh, Predictor(), arrays, budgets=((48,), (48,)), chunk=16)
     sparse = dec.generate(PROMPTS, NEW, keep_logits=True)
     seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, sparse.tokens)])
     logits_BxTxV, cand_LxBxTxF = dec.candidates(batch_of(seqs))  # full sequences, masked predictor FFN
@@ -150,6 +152,18 @@ def test_predictor_decoding_equals_its_masked_form():
     np.testing.assert_allclose(sparse.logits, np.asarray(logits_BxTxV)[:, p - 1:], atol=1e-5, rtol=1e-5)
     # relu2: a predicted neuron is kept unless its score a is exactly 0, which the stats do not know
     np.testing.assert_array_equal(sparse.stats["kept"], np.asarray(cand_LxBxTxF)[:, :, p:].sum((1, 2, 3)))
+
+
+@pytest.mark.parametrize("chunk", [0, 5, 16, 37, 64])
+def test_blocked_gathers_equal_numpy(chunk):
+    rng = np.random.default_rng(chunk)
+    w, x, a = rng.normal(size=(50, 12)), rng.normal(size=(3, 12)), rng.normal(size=(3, 37))
+    idx = np.sort(rng.choice(50, 37, replace=False))
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    h = jax.jit(gather_project, static_argnums=3)(f32(w), jnp.asarray(idx, jnp.int32), f32(x), chunk)
+    y = jax.jit(gather_combine, static_argnums=3)(f32(a), f32(w), jnp.asarray(idx, jnp.int32), chunk)
+    np.testing.assert_allclose(np.asarray(h), x @ w[idx].T, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(y), a @ w[idx], atol=1e-5, rtol=1e-5)
 
 
 def test_budgets_from_union_counts():
