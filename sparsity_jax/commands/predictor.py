@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per predictor minibatch")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--pos-weight", type=float, default=None,
-                   help="weight of the active class (default: #inactive / #active per layer)")
+                   help="weight of the active class (default: 2 × #inactive / #active per layer)")
     p.add_argument("--no-bias", action="store_true", help="score = σ(W2·W1·x) without a bias (ReLU² App. A.2)")
     p.add_argument("--labels", choices=LABELS, default="cett",
                    help="active = ‖n_i‖ above the CETT threshold (default) or a_i != 0")

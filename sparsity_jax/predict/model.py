@@ -28,7 +28,8 @@ class PredictorConfig:
     rank: r, or None for the rank whose parameters are `share` of the FFN's;
     labels: "cett" (‖n_i‖ > t_l, the layer's threshold at a CETT) or "zero" (a_i != 0,
       for activations with exact zeros); pos_weight: weight of the active class in the
-      binary cross-entropy, None = per layer #inactive / #active of the training labels;
+      binary cross-entropy, None = per layer 2 × #inactive / #active of the training
+      labels (`train.RECALL_BIAS`);
     steps, batch_tokens, lr, weight_decay: AdamW on minibatches of real tokens (cosine
       decay to 10%); train_batches: training batches whose tokens form the data set.
     """
@@ -53,7 +54,7 @@ class PredictorConfig:
         if self.labels not in LABELS:
             raise UserError(f"Pass labels as one of {', '.join(LABELS)}; got {self.labels!r}.")
         if self.pos_weight is not None and not self.pos_weight > 0:
-            raise UserError(f"Pass a positive --pos-weight (or none for #inactive/#active); got {self.pos_weight}.")
+            raise UserError(f"Pass a positive --pos-weight (or none for 2 × #inactive/#active); got {self.pos_weight}.")
         for name in ("steps", "batch_tokens", "train_batches"):
             if getattr(self, name) <= 0:
                 raise UserError(f"Pass a positive {name.replace('_', '-')}; got {getattr(self, name)}.")

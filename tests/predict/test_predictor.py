@@ -41,8 +41,8 @@ def test_rank_for_share_and_positive_weight_by_hand():
     assert pm.rank_for_share(128, 512, 2, 0.04, bias=False) == 8
     assert pm.rank_for_share(8, 8, 2, 0.001) == 1
     labels = np.zeros((2, 4, 5), bool)
-    labels[0, :, :1] = True  # 4 of 20 active → 16 / 4
-    np.testing.assert_allclose(positive_weight(labels), [4.0, 1.0])
+    labels[0, :, :1] = True  # 4 of 20 active → RECALL_BIAS 2 × 16 / 4
+    np.testing.assert_allclose(positive_weight(labels), [8.0, 1.0])
     np.testing.assert_allclose(positive_weight(labels, 2.5), [2.5, 2.5])
     with pytest.raises(UserError, match="positive predictor rank"):
         pm.PredictorConfig(rank=0).validate()
