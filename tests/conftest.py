@@ -21,9 +21,10 @@ jax.config.update("jax_threefry_partitionable", True)
 # first. `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`: workers
 # pull whole files in collection order, so starting with these keeps the run from ending
 # on one of them while the other worker idles.
-LONG_FILES = ("tests/train/test_cli.py", "tests/commands/test_demo.py", "tests/commands/test_multiprocess_eval.py",
-              "tests/ssd/test_ssd_training.py", "tests/train/test_mesh.py", "tests/ssd/test_baselines.py",
-              "tests/report/test_ssd_report.py", "tests/commands/test_bad_input.py")
+LONG_FILES = ("tests/train/test_preemption.py", "tests/commands/test_demo.py",
+              "tests/commands/test_multiprocess_eval.py", "tests/train/test_cli.py", "tests/ssd/test_ssd_training.py",
+              "tests/train/test_mesh.py", "tests/ssd/test_baselines.py", "tests/report/test_ssd_report.py",
+              "tests/commands/test_bad_input.py")
 
 
 def pytest_collection_modifyitems(items):
