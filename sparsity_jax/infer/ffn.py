@@ -14,9 +14,9 @@ the union, gathering K rows of each kernel read after the choice, or, when the u
 overflows every budget, the masked dense form — the result is never changed, only the
 time. Unused budget slots point at row 0 with a zero score. The K rows are gathered in
 blocks of `CHUNK` inside a scan: one K×d gather per kernel writes a fresh buffer to
-memory and, with several layers, costs more than the dense product on XLA:CPU
-(bench/sparse_decode.py, "why"). `full_ffn` is the masked form
-(prefill, calibration, the reference). With a tensor axis the F axis of the tables is
+memory, which on XLA:CPU costs about as much as the product it saves
+(bench/sparse_decode.py, "why"). `full_ffn` is the masked form (prefill, calibration,
+the reference). With a tensor axis the F axis of the tables is
 sharded, each shard chooses and gathers its own neurons with its own budget, and the
 outputs are summed (`layer_ffn`, shard_map).
 """
