@@ -180,10 +180,8 @@ def synthetic(args) -> None:
                 med = rounds({"ffn": ffn_timer(dec, x_LxNxD, True), "ffn_dense": ffn_timer(dense, x_LxNxD, False),
                               "step": step_timer(dec, prompts), "step_dense": step_timer(dense, prompts)},
                              args.rounds)
-                st = gen.stats
-                steps = float(st["tokens"]) / b
-                print(f"{name:10s} {share:6.2f} {float(st['kept'].sum() / st['tokens'] / cfg.d_ff / args.layers):8.3f} "
-                      f"{float(st['rows'].sum() / steps / cfg.d_ff / args.layers):8.3f} "
+                st, (active_L, computed_L) = gen.stats, gen.shares(cfg.d_ff)
+                print(f"{name:10s} {share:6.2f} {active_L.mean():8.3f} {computed_L.mean():8.3f} "
                       f"{str(dec.budgets[0]):>18s} {int(st['dense'].sum()):8d} "
                       f"{med['ffn'] * 1e3:8.2f} {med['ffn_dense'] * 1e3:8.2f} {med['ffn_dense'] / med['ffn']:7.2f}x "
                       f"{med['step'] * 1e3:8.2f} {med['step_dense'] * 1e3:8.2f} "

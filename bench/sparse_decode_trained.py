@@ -14,12 +14,11 @@ import os
 
 import numpy as np
 
-from sparsity_jax import settings
+from sparsity_jax.commands.common import open_trained
 from sparsity_jax.infer import Decoder, Dense, Threshold
 from sparsity_jax.infer.budget import calibrate
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search.thresholds import sparse_pass, thresholds_for_cett, threshold_sparsify
-from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config
 
 PROMPT, NEW = 16, 48
 
@@ -44,17 +43,19 @@ def prompts_of(batches, rows: int) -> list[list[int]]:
 
 
 def trained(args, rounds) -> None:
-    ckpt, steps = checkpoints(args.workdir)
-    wd = open_workdir(args.workdir, settings.from_saved(saved_config(ckpt, steps[-1])), ckpt, steps)
-    params = wd.restore(steps[-1])[0]["params"]
-    wd.close()
+    wd = open_trained(args)  # the run's saved config
+    try:
+        step = wd.steps[-1]
+        params = wd.restore(step)[0]["params"]
+    finally:
+        wd.close()
     cett = args.cett if args.cett is not None else ppl_cett(
         args.ppl_json or os.path.join(args.workdir, "report", "ppl.json"))
     graphdef, mesh, m = wd.run.graphdef, wd.run.mesh, wd.run.model_cfg
     thr = thresholds_for_cett((graphdef, params), wd.val, cett, mesh=mesh)
     dense_loss = sparse_pass(graphdef, params, wd.val, Sparsify()).loss
     sparse_loss = sparse_pass(graphdef, params, wd.val, threshold_sparsify(thr.threshold)).loss
-    print(f"\n== trained: {args.workdir} step {steps[-1]} ({m.activation}, d={m.d_model}, F={m.d_ff}, "
+    print(f"\n== trained: {args.workdir} step {step} ({m.activation}, d={m.d_model}, F={m.d_ff}, "
           f"L={m.num_layers}), PPL-1% CETT {cett:.5f}: thresholds {np.round(thr.threshold, 5).tolist()}, "
           f"sparsity {np.round(thr.sparsity, 4).tolist()}")
     print(f"validation PPL: dense {np.exp(dense_loss):.4f}, threshold mode {np.exp(sparse_loss):.4f} "
@@ -70,8 +71,7 @@ def trained(args, rounds) -> None:
         dense.generate(prompts, NEW)
         med = rounds({"dense": lambda: dense.generate(prompts, NEW).decode_s,
                       "sparse": lambda: sparse.generate(prompts, NEW).decode_s}, args.rounds)
-        st, toks = gen.stats, b * (NEW - 1)
+        st, toks, (active_L, computed_L) = gen.stats, b * (NEW - 1), gen.shares(m.d_ff)
         print(f"{b:5d} {toks / med['dense']:11.1f} {toks / med['sparse']:12.1f} {med['dense'] / med['sparse']:7.2f}x "
-              f"{float(st['kept'].sum() / st['tokens'] / m.d_ff / m.num_layers):7.3f} "
-              f"{float(st['rows'].sum() / (st['tokens'] / b) / m.d_ff / m.num_layers):8.3f} "
+              f"{active_L.mean():7.3f} {computed_L.mean():8.3f} "
               f"{str(sparse.budgets[0]):>18s} {int(st['over'].sum()):5d} {int(st['dense'].sum()):11d}", flush=True)

@@ -89,14 +89,15 @@ def chooser_of(args, wd, graphdef, params, step):
 
 
 def report(gen, dec, rows: int) -> None:
-    st, f, n = gen.stats, dec.cfg.d_ff, float(gen.stats["tokens"])
+    st, n = gen.stats, float(gen.stats["tokens"])
     steps = n / rows
+    active_L, computed_L = gen.shares(dec.cfg.d_ff)
     common.log(f"prefill {gen.prefill_s:.3f} s; decode {int(steps)} steps × {rows} rows in {gen.decode_s:.3f} s: "
                f"{gen.tokens_per_s():.1f} tokens/s")
     common.log("layer  active share  computed share  budgets (per shard)  over first budget  ran dense")
     for i in range(dec.cfg.num_layers):
         budgets = "-" if dec.budgets is None else (",".join(map(str, dec.budgets[i])) or "none")
-        common.log(f"{i:5d}  {st['kept'][i] / max(n, 1) / f:12.4f}  {st['rows'][i] / max(steps, 1) / f:14.4f}  "
+        common.log(f"{i:5d}  {active_L[i]:12.4f}  {computed_L[i]:14.4f}  "
                    f"{budgets:>19s}  {int(st['over'][i]):17d}  {int(st['dense'][i]):9d}")
     if dec.budgets is not None:
         common.log(f"overflows: {int(st['over'].sum())} token-layers over the first budget, {int(st['dense'].sum())} "

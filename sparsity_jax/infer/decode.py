@@ -162,6 +162,13 @@ class Generation:
     def tokens_per_s(self) -> float:
         return float(self.stats["tokens"]) / self.decode_s if self.decode_s > 0 else float("nan")
 
+    def shares(self, d_ff: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L,) each: the active share (kept neurons per decoded token / F) and the computed
+        share (neurons multiplied per decode step, all rows together / F)."""
+        n = max(float(self.stats["tokens"]), 1.0)
+        steps = max(n / self.tokens.shape[0], 1.0)
+        return self.stats["kept"] / n / d_ff, self.stats["rows"] / steps / d_ff
+
 
 class Decoder:
     """Jitted KV-cache decoding of one model on a mesh with one chooser.

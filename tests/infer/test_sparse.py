@@ -166,6 +166,18 @@ def test_blocked_gathers_equal_numpy(chunk):
     np.testing.assert_allclose(np.asarray(y), a @ w[idx], atol=1e-5, rtol=1e-5)
 
 
+def test_generation_shares_by_hand():
+    from sparsity_jax.infer.decode import Generation
+
+    # 2 rows × 3 decode steps = 6 tokens, F = 10: layer 0 kept 12 neurons over 6 tokens and
+    # multiplied 15 rows over 3 steps; layer 1 kept 30 and multiplied 30
+    stats = {"kept": np.array([12.0, 30.0]), "rows": np.array([15.0, 30.0]), "tokens": np.float32(6)}
+    gen = Generation(np.zeros((2, 4), np.int32), None, 0.0, 1.0, stats)
+    active, computed = gen.shares(10)
+    np.testing.assert_allclose(active, [0.2, 0.5])
+    np.testing.assert_allclose(computed, [0.5, 1.0])
+
+
 def test_budgets_from_union_counts():
     cand = np.zeros((4, 8), bool)
     cand[0, :2] = cand[1, 2:4] = cand[2, 4:6] = cand[3, 6:8] = True  # disjoint pairs
