@@ -96,7 +96,8 @@ def main() -> None:
         workdir = tempfile.mkdtemp(prefix="ppl_bench_")
         train(tiny_config(**SIZES[args.size][0], **{"train.log_every": 1000}), workdir)
     from sparsity_jax.settings import from_saved
-    from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config
+    from sparsity_jax.runtime.trained import checkpoints, saved_config
+from sparsity_jax.runtime.trained import open_trained as open_workdir
 
     ckpt, steps = checkpoints(workdir)
     eval_batches = args.eval_batches or SIZES[args.size][1]

@@ -27,7 +27,8 @@ from sparsity_jax.predict import model as pm  # noqa: E402
 from sparsity_jax.predict.data import token_set, training_batches  # noqa: E402
 from sparsity_jax.predict.train import train_predictors  # noqa: E402
 from sparsity_jax.search.thresholds import thresholds_for_cett  # noqa: E402
-from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config  # noqa: E402
+from sparsity_jax.runtime.trained import checkpoints, saved_config
+from sparsity_jax.runtime.trained import open_trained as open_workdir  # noqa: E402
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from sparsity_jax.infer.budget import calibrate  # noqa: E402
 from sparsity_jax.infer.choosers import Act, layer_arrays, project  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, compact, gather_combine, gather_project, layer_ffn  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
-from sparsity_jax.train.sharding import make_mesh  # noqa: E402
+from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
 
 RANK, PROMPT, NEW = 64, 16, 48
 

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.train import names  # noqa: E402
+from sparsity_jax.runtime import names  # noqa: E402
 
 TARGET, PAPER = 1.4, 1.44
 
@@ -30,7 +30,7 @@ def _records(workdir: str) -> dict[str, list[dict]]:
     """{split: records sorted by step}, the last record of each step (a resumed run re-logs
     the steps since its checkpoint); the same reader as `sparsity-jax ssd`."""
     from sparsity_jax.errors import UserError
-    from sparsity_jax.train.logger import by_step, read_metrics
+    from sparsity_jax.runtime.logs import by_step, read_metrics
 
     try:
         by_split = read_metrics(workdir)

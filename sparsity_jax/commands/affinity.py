@@ -54,7 +54,7 @@ def affinity_of(graphdef, params, batches, threshold_L, windows: Sequence[int], 
 
     from sparsity_jax.metrics import coactivation, coactivation_gap, hot_neuron_cdf, neuron_frequency, reuse_ratio
     from sparsity_jax.predict.data import record_active
-    from sparsity_jax.train.workdir import real_tokens
+    from sparsity_jax.runtime.trained import real_tokens
 
     t_L = jnp.asarray(threshold_L, jnp.float32)
     masks = [record_active(graphdef, params, b, t_L, False)[1] for b in batches]

@@ -3,8 +3,6 @@ trained workdir, and writing results from process 0 only."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 from sparsity_jax.errors import UserError
 
@@ -52,7 +50,7 @@ def add_distributed(p: argparse.ArgumentParser) -> None:
 
 
 def init_distributed(args) -> None:
-    from sparsity_jax.train import distributed
+    from sparsity_jax.runtime import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
 
@@ -69,7 +67,7 @@ def trained_settings(args, ckpt, steps, config: str | None = None):
     """The settings of a trained workdir: the `config` file if given, else the config saved
     with its latest checkpoint; the command's overrides on top."""
     from sparsity_jax import settings
-    from sparsity_jax.train.workdir import saved_config
+    from sparsity_jax.runtime.trained import saved_config
 
     if config:
         return settings.load(config, overrides(args))
@@ -77,13 +75,14 @@ def trained_settings(args, ckpt, steps, config: str | None = None):
 
 
 def open_trained(args, check=None, workdir: str | None = None):
-    """A trained workdir built for evaluation (`train.workdir.Workdir`): `args.workdir` with
+    """A trained workdir opened for evaluation (`runtime.trained.Trained`): `args.workdir` with
     --config if given, or another `workdir` with its own saved config.
 
     `check(settings, steps)` runs once the settings and checkpoint steps are known and
     before the model, data and validation batches are built: the place for argument
     checks that need them (a --step that must exist, k ≤ N)."""
-    from sparsity_jax.train.workdir import checkpoints, open_workdir
+    from sparsity_jax.runtime.trained import checkpoints
+    from sparsity_jax.runtime.trained import open_trained as open_workdir
 
     workdir = workdir or args.workdir
     ckpt, steps = checkpoints(workdir)
@@ -129,9 +128,9 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def write_json(path: str, obj) -> None:
-    """Writes `obj` as JSON on process 0 (directories created)."""
+def write_json(path, obj) -> None:
+    """Writes `obj` as JSON on process 0 (directories created; any epath)."""
     if is_main():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2)
+        from sparsity_jax.runtime.workdir import write_json as write
+
+        write(path, obj)

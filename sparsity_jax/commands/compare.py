@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
 
 def _final_step(workdir: str) -> int | None:
     """Latest checkpoint step of a workdir, None without checkpoints."""
-    from sparsity_jax.train.checkpoint import Checkpointer, checkpoint_dir
+    from sparsity_jax.runtime.checkpoint import Checkpointer, checkpoint_dir
 
     if not os.path.isdir(checkpoint_dir(workdir)):
         return None
@@ -112,7 +112,7 @@ def analyse(settings, workdir: str, p: float, cetts: Sequence[float], tol: float
     """PPL-p% result and CETT-vs-sparsity curve of the final checkpoint of `workdir`."""
     from sparsity_jax.search.ppl import PplSearch
     from sparsity_jax.search.thresholds import cache_thresholds, sparse_pass, threshold_sparsify
-    from sparsity_jax.train.workdir import open_workdir
+    from sparsity_jax.runtime.trained import open_trained as open_workdir
 
     wd = open_workdir(workdir, settings)
     try:

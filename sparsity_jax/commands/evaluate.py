@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from sparsity_jax.commands import common, ppl
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 TAKES_CONFIG = True
 
@@ -52,7 +52,7 @@ def run(args) -> int:
     common.init_distributed(args)
     wd = common.open_trained(args)
     try:
-        from sparsity_jax.train.workdir import real_tokens
+        from sparsity_jax.runtime.trained import real_tokens
 
         common.log(f"validation: {real_tokens(wd.val):,} real tokens in {len(wd.val)} batches")
         rows = evaluate_checkpoints(wd)

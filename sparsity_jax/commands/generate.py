@@ -54,12 +54,12 @@ def check_args(args) -> None:
 
 def predictor_path(workdir: str, step: int, cett: float) -> str:
     """The saved predictors of `step` (labels at `cett`, else a_i != 0); UserError when there are none."""
-    from sparsity_jax.predict.store import META, predictor_dir
+    from sparsity_jax.predict.store import exists, predictor_dir
 
     for path in (predictor_dir(workdir, step, cett), predictor_dir(workdir, step, None)):
-        if os.path.isfile(os.path.join(path, META)):
-            return path
-    raise UserError(f"no trained predictors for step {step} in {os.path.join(workdir, 'predictors')}; train them "
+        if exists(path):
+            return str(path)
+    raise UserError(f"no trained predictors for step {step} in {workdir}/predictors; train them "
                     f"with `sparsity-jax predictor --workdir {workdir} --cett {cett:g}` or use --ffn threshold.")
 
 

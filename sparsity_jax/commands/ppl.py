@@ -55,7 +55,7 @@ def sweep(wd, ps: list[float], *, last: int = 5, tol: float = 1e-3, topk=None, f
         wd.run.graphdef, wd.steps, lambda s: wd.restore(s)[0]["params"], wd.val, ps,
         tokens_per_step=t.global_batch_size * t.seq_len, warmup_steps=wd.settings.optimizer.warmup_steps,
         last=last, tol=tol, topk=topk, fat_eps=fat_eps, vocab_size=wd.run.model_cfg.vocab_size, log=common.log)
-    from sparsity_jax.train.workdir import real_tokens
+    from sparsity_jax.runtime.trained import real_tokens
 
     out_dir = output_dir or os.path.join(wd.path, "report")
     tokens = real_tokens(wd.val)  # on every process: the batches are global arrays

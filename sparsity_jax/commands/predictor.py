@@ -59,7 +59,7 @@ def predictivity(run, params, val, threshold_L, cett: float | None, cfg, ks, *, 
     from sparsity_jax.predict import store
     from sparsity_jax.predict.data import token_set, training_batches
     from sparsity_jax.predict.train import train_predictors
-    from sparsity_jax.train.workdir import real_tokens
+    from sparsity_jax.runtime.trained import real_tokens
 
     m = run.model_cfg
     n_mats = pm.ffn_matrices(m.activation)
@@ -86,7 +86,7 @@ def predictivity(run, params, val, threshold_L, cett: float | None, cfg, ks, *, 
         "quality": quality, "ppl": ppl,
     }
     if save:
-        result["saved"] = store.predictor_dir(workdir, step, cett)
+        result["saved"] = str(store.predictor_dir(workdir, step, cett))
         store.save(result["saved"], pred, {k: result[k] for k in (
             "step", "labels", "target_cett", "activation", "d_model", "d_ff", "num_layers", "rank", "bias",
             "parameter_share", "thresholds", "training")})
@@ -123,6 +123,7 @@ def summary(r: dict) -> list[str]:
 def run(args) -> int:
     from sparsity_jax.nn.activations import ACTIVATIONS
     from sparsity_jax.predict.evaluate import default_ks
+    from sparsity_jax.predict import store
     from sparsity_jax.predict.model import PredictorConfig, ffn_matrices, resolve_rank
     from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
 
@@ -144,6 +145,8 @@ def run(args) -> int:
             raise UserError(f"{m.activation} has no exact zeros, so a_i != 0 labels mark every neuron; use --cett C.")
         if ks is not None and not all(0 < k <= m.d_ff for k in ks):
             raise UserError(f"Pass --topk values between 1 and d_ff = {m.d_ff}; got {ks}.")
+        step = steps[-1] if args.step is None else args.step
+        store.check_free(store.predictor_dir(args.workdir, step, args.cett if cfg.labels == "cett" else None))
 
     wd, step, params = common.trained_params(args, check)
     run_ = wd.run

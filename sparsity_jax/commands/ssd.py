@@ -67,7 +67,7 @@ def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num
     params, centres, used = inf.inference_experts(
         state["params"], n, structure=structure, sparse_trained=sparse_trained, key=jax.random.key(args.seed),
         labels=labels, n_iter=s.kmeans_iters)
-    params = jax.device_put(params, wd.run.state_shardings["params"])
+    params = jax.device_put(params, wd.run.param_shardings)
     centres = jax.device_put(centres, NamedSharding(wd.run.mesh, PartitionSpec()))
     evaluate = lambda p, sp: wd.run.evaluate(p, wd.val, sp)  # noqa: E731
     dense = evaluate(params, Sparsify())

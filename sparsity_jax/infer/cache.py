@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
 from sparsity_jax.nn.model import DTYPES, ModelConfig
-from sparsity_jax.train.sharding import logical_to_spec
+from sparsity_jax.runtime.sharding import logical_to_spec
 
 Array = jax.Array
 

@@ -27,7 +27,7 @@ from sparsity_jax.infer.choosers import Act, Dense, layer_arrays
 from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.model import DTYPES
-from sparsity_jax.train import sharding as shd
+from sparsity_jax.runtime import sharding as shd
 
 Array = jax.Array
 STATS = ("kept", "rows", "over", "dense", "tokens")

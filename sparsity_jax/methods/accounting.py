@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 
 def step_flops(run, top_k: int = 0) -> float | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from sparsity_jax.methods.accounting import Accounting, StepFlops
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 
 def moe_dropout_top_k(step: int, total_steps: int, k0: int, num_experts: int) -> int:

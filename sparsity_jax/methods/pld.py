@@ -15,7 +15,7 @@ import numpy as np
 
 from sparsity_jax.methods.accounting import Accounting, StepFlops, block_share
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from sparsity_jax.ssd.ari import adjusted_rand_index
 from sparsity_jax.ssd.convert import ffn_params, initial_labels, permute_state
 from sparsity_jax.ssd.kmeans import moefy_clustering, permutation_from_labels
 from sparsity_jax.ssd.schedule import SPARSE, SwitchConfig, decide, initial_state, is_monitor_step
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 
 def switch_config(settings) -> SwitchConfig:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsity_jax.methods.base import Dense
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 Array = jax.Array
 

@@ -1,7 +1,7 @@
 """Small building blocks: logically-annotated parameters, RMSNorm, RoPE.
 
 Every parameter carries its logical axis names as the variable metadata `axes`
-(e.g. ('embed', 'mlp')); `sparsity_jax.train.sharding` maps them to mesh axes with one
+(e.g. ('embed', 'mlp')); `sparsity_jax.runtime.sharding` maps them to mesh axes with one
 rule table. The names are plain metadata so that creating a model never needs a mesh.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ from flax import nnx
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train.step import forward
+from sparsity_jax.runtime.forward import forward
 
 Array = jax.Array
 Batch = dict[str, Array]

@@ -11,8 +11,8 @@ import json
 import os
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.train import names
-from sparsity_jax.train.logger import by_step, read_metrics
+from sparsity_jax.runtime import names
+from sparsity_jax.runtime.logs import by_step, read_metrics
 
 USE = ((names.ACTIVATION_RATIO, "per-token"), (names.USE_PER_SEQUENCE, "per-sequence"),
        (names.USE_PER_BATCH, "per-batch"))

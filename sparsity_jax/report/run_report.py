@@ -11,8 +11,8 @@ import numpy as np
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.report.render import Section, markdown, page
-from sparsity_jax.train import names
-from sparsity_jax.train.logger import by_step, read_metrics
+from sparsity_jax.runtime import names
+from sparsity_jax.runtime.logs import by_step, read_metrics
 
 
 def _plt():

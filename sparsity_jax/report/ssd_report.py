@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparsity_jax.errors import UserError  # noqa: E402
-from sparsity_jax.train import names  # noqa: E402
-from sparsity_jax.train.logger import read_metrics  # noqa: E402
+from sparsity_jax.runtime import names  # noqa: E402
+from sparsity_jax.runtime.logs import read_metrics  # noqa: E402
 
 FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
 

@@ -26,8 +26,8 @@ from sparsity_jax.metrics.threshold_pass import Layout, Scores, setup_block
 from sparsity_jax.metrics.threshold_prep import proxy_count, proxy_tokens
 from sparsity_jax.metrics.threshold_search import PreparedSearch, context, find_prepared
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train.sharding import logical_to_spec
-from sparsity_jax.train.step import forward
+from sparsity_jax.runtime.sharding import logical_to_spec
+from sparsity_jax.runtime.forward import forward
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -74,7 +74,7 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
 
 def search_layout(batches: Sequence[Batch], d_ff: int, mesh=None) -> Layout:
     """Where the scores live: `mesh` (default: the batches' mesh), tokens over the mesh
-    axes of the logical 'batch' axis, F over those of 'mlp' (`train.sharding` rules; an
+    axes of the logical 'batch' axis, F over those of 'mlp' (`runtime.sharding` rules; an
     axis that does not divide stays replicated). One device: `Layout()`."""
     inputs = batches[0]["inputs"]
     mesh = mesh if mesh is not None else getattr(getattr(inputs, "sharding", None), "mesh", None)

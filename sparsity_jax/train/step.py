@@ -1,4 +1,5 @@
-"""Pure train and eval steps over (params, optimizer state) pytrees.
+"""The pure train step over (params, optimizer state) pytrees, on the one forward pass
+(`runtime.forward`).
 
 The model is rebuilt from its graphdef inside the traced function (`nnx.merge`), so the
 steps are plain functions of arrays: jitted once with explicit shardings, no Python
@@ -19,38 +20,13 @@ from flax import nnx
 from sparsity_jax.methods.pld import PLDSchedule
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.ssd.convert import centres_from_params
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
+from sparsity_jax.runtime.forward import forward, summarize
 from sparsity_jax.train.units import UnitConfig, mask_stats, sparsify_for, update_units
 
 Array = jax.Array
 Batch = dict[str, Array]
 State = dict[str, Any]
-
-
-def forward(graphdef, params, batch: Batch, sparsify: Sparsify, record: str | None, layer_keep=None,
-            units: UnitConfig | None = None, detailed: bool = False, layer_scale=None):
-    """Summed cross-entropy, token weight and per-layer activation-ratio sums; with
-    `units`, also the batch's used units (and the detailed per-layer metrics), all from
-    one reduction of the recorded mask (`train.units.mask_stats`). Returns (sums, aux):
-    aux holds the records (`mask` / `scores`, (L, B, T, F)) and the unit statistics
-    (`used`, `detailed`)."""
-    model = nnx.merge(graphdef, params)
-    logits_BxTxV, records = model.apply(
-        batch["inputs"], batch["segment_ids"], batch["positions"], sparsify=sparsify, record=record,
-        layer_keep=layer_keep, layer_scale=layer_scale,
-    )
-    w_BxT = batch["loss_weights"].astype(jnp.float32)
-    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
-    out = {
-        "loss_sum": jnp.sum(ce_BxT * w_BxT),
-        "weight": jnp.sum(w_BxT),
-        "correct_sum": jnp.sum((jnp.argmax(logits_BxTxV, -1) == batch["targets"]) * w_BxT),
-    }
-    if "mask" in records:
-        stats = mask_stats(records["mask"], w_BxT > 0, units, detailed)
-        out["activation_ratio_sum"] = stats.pop(names.ACTIVATION_RATIO) * out["weight"]
-        records = dict(records, **stats)
-    return out, records
 
 
 def _split_micro(batch: Batch, n: int) -> Batch:
@@ -84,9 +60,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
                 if top_k:
                     sp = dataclasses.replace(sparsify, mode="moe", moe=moe.replace(
                         top_k=top_k, centres=centres_from_params(p, moe.num_experts)))
-                out, records = forward(graphdef, p, batch, sp, None, keep_L, layer_scale=scale_L)
+                out, _ = forward(graphdef, p, batch, sp, None, keep_L, layer_scale=scale_L)
                 return out["loss_sum"], (out, {})
-            out, aux = forward(graphdef, p, batch, sparsify, record, None, units, detailed)
+            out, aux = forward(graphdef, p, batch, sparsify, record,
+                               reduce_mask=lambda m, tm: mask_stats(m, tm, units, detailed))
             return out["loss_sum"], (out, {k: aux[k] for k in ("used", "detailed") if k in aux})
 
         grads, (sums, extra) = jax.grad(loss_fn, has_aux=True)(params)
@@ -136,23 +113,3 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
         return new_state, metrics
 
     return train_step
-
-
-def summarize(sums: dict[str, Array]) -> dict[str, Array]:
-    """Token-weighted means from summed step outputs."""
-    weight = jnp.maximum(sums["weight"], 1.0)
-    out = {names.LOSS: sums["loss_sum"] / weight, names.ACCURACY: sums["correct_sum"] / weight,
-           names.TOKENS: sums["weight"]}
-    if "activation_ratio_sum" in sums:
-        out[names.ACTIVATION_RATIO] = sums["activation_ratio_sum"] / weight
-    return out
-
-
-def make_eval_step(graphdef, record: str | None = "mask") -> Callable:
-    """Returns eval_step(params, batch, sparsify) -> summed outputs (add them, then `summarize`)."""
-
-    def eval_step(params, batch: Batch, sparsify: Sparsify = Sparsify()):
-        out, _ = forward(graphdef, params, batch, sparsify, record)
-        return out
-
-    return eval_step

@@ -11,8 +11,6 @@ save the same step and exit 0, without a final evaluation (`train/preemption.py`
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -23,35 +21,39 @@ from sparsity_jax.errors import NonFiniteLoss
 from sparsity_jax.methods import TrainingMethod, make_method
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.settings import Settings
-from sparsity_jax.train import names
-from sparsity_jax.train.checkpoint import Checkpointer
-from sparsity_jax.train.logger import MetricsWriter, log_print, progress_line
+from sparsity_jax.runtime import names
+from sparsity_jax.runtime.checkpoint import Checkpointer
+from sparsity_jax.runtime.logs import MetricsWriter, log_print, progress_line
+from sparsity_jax.runtime.model import peak_flops_per_device
+from sparsity_jax.runtime.trained import data_module, real_tokens, validation_batches
+from sparsity_jax.runtime.workdir import PathLike, Workdir, write_json
 from sparsity_jax.train.preemption import Preemption
-from sparsity_jax.train.setup import Run, peak_flops_per_device
-from sparsity_jax.train.workdir import build_run, real_tokens, resume_point, validation_batches
+from sparsity_jax.train.resume import resume_point
+from sparsity_jax.train.setup import TrainRun, build_run
 
 DENSE = Sparsify()
 
 
-def _meta(run: Run, step: int, method: TrainingMethod) -> dict:
+def _meta(run: TrainRun, step: int, method: TrainingMethod) -> dict:
     return {"data_position": int(step), "step": int(step), "config": run.settings.to_dict(), "method": method.meta()}
 
 
-def train(settings: Settings, workdir: str) -> dict[str, Any]:
-    """Trains `settings` in `workdir`, resuming from its latest checkpoint; returns the final
-    summary. Every input (data, checkpoint, model shape) is checked before anything is written."""
+def train(settings: Settings, workdir: PathLike | Workdir) -> dict[str, Any]:
+    """Trains `settings` in `workdir` (local or any epath), resuming from its latest
+    checkpoint; returns the final summary. Every input (data, checkpoint, model shape) is
+    checked before anything is written."""
     main = jax.process_index() == 0
     t = settings.train
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     run = build_run(settings, workdir)
     val = validation_batches(run, workdir)
     resumed = resume_point(settings, workdir, run)
     start, state, meta = resumed if resumed else (0, None, None)
     total = t.steps
-    from sparsity_jax import data  # imports TensorFlow: only where data is needed
-
-    train_it = data.get_batches(
+    train_it = data_module().get_batches(
         settings.data, split="train", global_batch_size=t.global_batch_size, seq_len=t.seq_len,
-        process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start, cache_dir=workdir)
+        process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start,
+        cache_dir=str(workdir))
     first = next(train_it) if start < total else None  # an empty train split fails here, before any write
     method = make_method(run, meta)
     log_print(f"validation: {real_tokens(val):,} real tokens in {len(val)} batches of {t.global_batch_size} × "
@@ -63,8 +65,7 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoints)
     writer = MetricsWriter(workdir, enabled=main)
     if main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(settings.to_dict(), f, indent=2)
+        write_json(workdir.config, settings.to_dict())
     if start == 0:
         writer.write(0, run.evaluate(state["params"], val, method.eval_sparsify(state, 0)), split=names.EVAL)
     if start >= total:
@@ -142,7 +143,7 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
         ckpt.close()
         writer.flush()
     step_now = int(jax.device_get(state["step"]))
-    summary = {"step": step_now, "workdir": os.path.abspath(workdir)}
+    summary = {"step": step_now, "workdir": str(workdir)}
     if preempted:  # the grace period is short: no final evaluation
         summary["preempted"] = True
     else:
@@ -152,6 +153,5 @@ def train(settings: Settings, workdir: str) -> dict[str, Any]:
     summary["method"] = method.meta()
     writer.close()
     if main:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(workdir.summary, summary)
     return summary

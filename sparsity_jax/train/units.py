@@ -23,7 +23,7 @@ from sparsity_jax.metrics.hidden_units import (
 )
 from sparsity_jax.methods.unit_mask import init_mask, update_mask
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train import names
+from sparsity_jax.runtime import names
 
 Array = jax.Array
 

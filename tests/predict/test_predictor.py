@@ -16,7 +16,7 @@ from sparsity_jax.predict import store
 from sparsity_jax.predict.data import TokenSet, active_labels
 from sparsity_jax.predict.evaluate import _merge, _weights
 from sparsity_jax.predict.train import positive_weight, train_predictors
-from sparsity_jax.train.sharding import make_mesh
+from sparsity_jax.runtime.sharding import make_mesh
 from tests.nn.test_ffn import numpy_topk
 
 
@@ -144,8 +144,10 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path):
     params = pm.init_params(jax.random.key(4), 3, 16, 40, 5)
     params["b"] = jax.random.normal(jax.random.key(5), (3, 40))
     path = store.predictor_dir(str(tmp_path), 30, 0.2)
-    assert path.endswith("predictors/30_cett0.2")
+    assert str(path).endswith("predictors/30_cett0.2")
     store.save(path, params, {"rank": 5, "cett": 0.2})
+    with pytest.raises(UserError, match="already saved"):  # never replaced
+        store.save(path, params, {"rank": 5, "cett": 0.2})
     loaded, meta = store.load(path)
     assert meta["rank"] == 5 and meta["shapes"]["w2"] == [3, 5, 40]
     x = jax.random.normal(jax.random.key(6), (3, 11, 16))

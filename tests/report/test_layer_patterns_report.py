@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from sparsity_jax.cli import main
-from sparsity_jax.train.logger import MetricsWriter
+from sparsity_jax.runtime.logs import MetricsWriter
 
 
 def _run(workdir, losses, use_scale):

@@ -21,7 +21,8 @@ from sparsity_jax.search import PplSearch, find_crossing, thresholds_for_cett
 from sparsity_jax.search.ppl import first_guess
 from sparsity_jax.search.thresholds import sparse_pass, threshold_sparsify
 from sparsity_jax.settings import from_saved
-from sparsity_jax.train.workdir import checkpoints, open_workdir, saved_config
+from sparsity_jax.runtime.trained import checkpoints, saved_config
+from sparsity_jax.runtime.trained import open_trained as open_workdir
 from tests.train.helpers import tiny_config
 
 STEPS = 30

@@ -17,9 +17,9 @@ from sparsity_jax.settings import from_saved
 from sparsity_jax.ssd.convert import centres_from_params
 from sparsity_jax.ssd.inference import moe_sparsify
 from sparsity_jax.train import trainer
-from sparsity_jax.train.checkpoint import Checkpointer
+from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
-from sparsity_jax.train.workdir import validation_batches
+from sparsity_jax.runtime.trained import validation_batches
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
 

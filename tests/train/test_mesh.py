@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train import sharding as shd
+from sparsity_jax.runtime import sharding as shd
 from sparsity_jax.train.optimizer import make_schedule
 from sparsity_jax.train.setup import build
 
@@ -81,9 +81,10 @@ def test_schedules():
 def test_checkpoints_restore_onto_other_meshes_and_keep_n(tmp_path):
     """A checkpoint saved on data=8 resumes on data=4, tensor=2 with the uninterrupted
     losses (1e-5) and evaluates on one device with the 8-device numbers; keep-N keeps N."""
-    from sparsity_jax.train.checkpoint import Checkpointer
+    from sparsity_jax.runtime.checkpoint import Checkpointer
     from sparsity_jax.train.trainer import train
-    from sparsity_jax.train.workdir import build_run, validation_batches
+    from sparsity_jax.runtime.trained import validation_batches
+    from sparsity_jax.train.setup import build_run
     from tests.train.helpers import read_losses
 
     base = {"train.steps": 6, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "train.log_every": 1}

@@ -12,7 +12,7 @@ import pytest
 from sparsity_jax.cli import main
 from sparsity_jax.methods import step_flops
 from sparsity_jax.train import trainer
-from sparsity_jax.train.checkpoint import Checkpointer
+from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
 from tests.train.helpers import TINY, synthetic_batch, tiny_config
 

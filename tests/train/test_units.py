@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.train.checkpoint import Checkpointer
+from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
 from sparsity_jax.train.units import UnitConfig, init_units, update_units
 
@@ -72,7 +72,7 @@ def test_masked_units_are_zero_forward_and_gradient(random, tmp_path):
     for layer in range(2):
         assert not np.asarray(rec["mask"])[layer][..., masked[layer]].any()
     # gradient: masked units' W_in columns and W_out rows receive exactly zero gradient
-    from sparsity_jax.train.step import forward
+    from sparsity_jax.runtime.forward import forward
     from sparsity_jax.train.units import sparsify_for
 
     batch = run.device_batch(synthetic_batch(np.random.default_rng(9), 16, 32, VOCAB))

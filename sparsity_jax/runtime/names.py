@@ -1,6 +1,6 @@
 """The name of every logged quantity: `metrics.jsonl` keys per split and TensorBoard tags.
 
-The writer (`train.logger.MetricsWriter`) refuses a key that is not listed here, and
+The writer (`runtime.logs.MetricsWriter`) refuses a key that is not listed here, and
 `report/` reads through the same constants, so each quantity has one name. Values are
 scalars, per-layer lists (L,) (TensorBoard: `split/name/layer_i`) or, for the few
 families, dicts (`ssd_seconds` by bucket, `seq_use_percentile` by p; TensorBoard:
@@ -63,7 +63,7 @@ _FAMILIES = ((re.compile(r"seq_use_p(\d+)$"), SEQ_USE_PERCENTILE), (re.compile(r
 def check(split: str, key: str) -> None:
     """ValueError unless `key` is a listed quantity of `split` (a programming error)."""
     if key not in KEYS.get(split, ()):
-        raise ValueError(f"metric {key!r} is not a logged quantity of split {split!r}; add it to train/names.py")
+        raise ValueError(f"metric {key!r} is not a logged quantity of split {split!r}; add it to runtime/names.py")
 
 
 def tb_scalars(split: str, key: str, value, tag: str | None = None):

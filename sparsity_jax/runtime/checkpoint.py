@@ -1,37 +1,36 @@
-"""Orbax checkpoints: async, keep-N, atomic; restorable onto any mesh.
+"""Orbax checkpoints: async, keep-N, atomic; restorable onto any mesh, whole or in part.
 
 A checkpoint (directory `<workdir>/checkpoints/<step>/`) holds two items:
   state  the train-state pytree (params, optimizer state, step, RNG key data, and any
-         extra state a feature adds, e.g. unit masks), saved with StandardSave;
+         extra state a training method adds, e.g. unit masks), saved with StandardSave;
   meta   JSON: data position (global batches consumed), the full config (the settings'
          `to_dict()`), and the training method's state (key "method").
 Orbax writes each step to a temporary directory and renames it when complete, so a run
 killed mid-save leaves no partial checkpoint behind: `latest_step` only sees finished
 ones. Restoring takes an abstract target whose leaves carry the *current* mesh's
-shardings, which is how a checkpoint written on one mesh restores onto another.
+shardings, which is how a checkpoint written on one mesh restores onto another;
+`restore_items` reads only some subtrees (evaluation: the parameters, no optimizer state).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from sparsity_jax.errors import UserError
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+from sparsity_jax.runtime.workdir import PathLike, Workdir
 
 
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with user-facing errors."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-        self.directory = checkpoint_dir(workdir)
-        if read_only and not os.path.isdir(self.directory):
-            raise UserError(f"no checkpoints in {workdir}: train first or pass the workdir of a trained run")
+    def __init__(self, workdir: PathLike | Workdir, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
+        wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        self.directory = wd.checkpoints
+        if read_only and not self.directory.is_dir():
+            raise UserError(f"no checkpoints in {wd}: train first or pass the workdir of a trained run")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only
         )
@@ -48,19 +47,26 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
         )
 
-    def restore(self, step: int, abstract_state: Any, hint: str = "") -> tuple[Any, dict]:
-        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs); an
-        unreadable or incompatible step is a UserError naming it (`hint`: the fix to add)."""
+    def _restore(self, step: int, state_args, hint: str) -> tuple[Any, dict]:
         try:
-            out = self.manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-            )
+            out = self.manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for unreadable/incompatible files
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint step {step} in {self.directory} cannot be restored ({reason})"
                             f"{hint or '; move that step directory aside or use the matching config'}.") from e
         return out["state"], dict(out["meta"])
+
+    def restore(self, step: int, abstract_state: Any, hint: str = "") -> tuple[Any, dict]:
+        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs); an
+        unreadable or incompatible step is a UserError naming it (`hint`: the fix to add)."""
+        return self._restore(step, ocp.args.StandardRestore(abstract_state), hint)
+
+    def restore_items(self, step: int, abstract_items: dict[str, Any], hint: str = "") -> tuple[dict, dict]:
+        """Restores only the subtrees `abstract_items` of the saved state (e.g. {"params":
+        ...}), each onto its shardings; nothing else of the checkpoint is read."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_items)
+        return self._restore(step, ocp.args.PyTreeRestore(item=abstract_items, restore_args=restore_args,
+                                                          partial_restore=True), hint)
 
     def restore_meta(self, step: int) -> dict:
         try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.train.logger import MetricsWriter, by_step, read_metrics
+from sparsity_jax.runtime.logs import MetricsWriter, by_step, read_metrics
 
 
 def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_last_line(tmp_path):
