@@ -9,10 +9,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sparsity_jax.metrics.reduce import AxisName, psum
+
 Array = jax.Array
 
 
-def activation_ratio(mask: Array, token_mask: Array | None = None, axis_name: str | None = None) -> Array:
+def activation_ratio(mask: Array, token_mask: Array | None = None, axis_name: AxisName = None) -> Array:
     """Mean over real tokens of (#units used / F).
 
     Args:
@@ -26,6 +28,5 @@ def activation_ratio(mask: Array, token_mask: Array | None = None, axis_name: st
     tm_BxT = jnp.ones(mask.shape[-3:-1], jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
     num = jnp.sum(per_token_xBxT * tm_BxT, axis=(-2, -1))
     den = jnp.sum(tm_BxT)
-    if axis_name is not None:
-        num, den = jax.lax.psum((num, den), axis_name)
+    num, den = psum((num, den), axis_name)
     return num / jnp.maximum(den, 1.0)

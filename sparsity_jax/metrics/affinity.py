@@ -22,9 +22,9 @@ from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
+from sparsity_jax.metrics.reduce import AxisName, check_batch_rank, check_per_token, psum, real_tokens, safe_div
 
 Array = jax.Array
-AxisName = str | tuple[str, ...] | None
 
 
 class ReuseRatio(NamedTuple):
@@ -44,31 +44,18 @@ class Coactivation(NamedTuple):
     tokens: Array  # int32 (): real tokens counted
 
 
-def _psum(x, axis_name: AxisName):
-    return x if axis_name is None else lax.psum(x, axis_name)
-
-
-def _safe_div(num: Array, den: Array) -> Array:
-    """num / den, and 0 where den == 0."""
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
-
-
-def _per_token(mask: Array, x: Array | None, name: str) -> Array | None:
-    """Validates the mask's shape and that x (token_mask, segment_ids) is (B, T)."""
-    if mask.ndim not in (3, 4):
-        raise UserError(f"Pass the active-neuron mask as (B, T, F) or (L, B, T, F); got shape {mask.shape}.")
-    if x is None:
+def _segment_ids(mask: Array, segment_ids: Array | None) -> Array | None:
+    """`segment_ids` checked to be (B, T) (None stays None)."""
+    if segment_ids is None:
         return None
-    x = jnp.asarray(x)
-    if x.shape != mask.shape[-3:-1]:
-        raise UserError(f"Pass {name} with shape (B, T) = {mask.shape[-3:-1]}; got {x.shape}.")
-    return x
+    check_per_token(segment_ids, mask.shape[-3:-1], f"the mask {mask.shape}", "segment_ids")
+    return jnp.asarray(segment_ids)
 
 
 def _token_mask(mask: Array, token_mask: Array | None) -> Array:
     """`token_mask_BxT` as bool (all True for None)."""
-    token_mask = _per_token(mask, token_mask, "token_mask")
-    return jnp.ones(mask.shape[-3:-1], bool) if token_mask is None else token_mask.astype(bool)
+    check_batch_rank(mask, "the active-neuron mask")
+    return real_tokens(token_mask, mask.shape[-3:-1], f"the mask {mask.shape}")
 
 
 def _shift(x_BxTxF: Array, d: int) -> Array:
@@ -122,7 +109,7 @@ def reuse_ratio(
     windows = tuple(int(w) for w in windows)
     mask = jnp.asarray(mask)
     token_mask_BxT = _token_mask(mask, token_mask)
-    seg_BxT = _per_token(mask, segment_ids, "segment_ids")
+    seg_BxT = _segment_ids(mask, segment_ids)
     neuron_chunk = operator.index(neuron_chunk)
     if neuron_chunk < 1:
         raise UserError(f"Pass neuron_chunk as a positive number of neurons; got {neuron_chunk}.")
@@ -187,10 +174,10 @@ def _reuse(mask, token_mask_BxT, seg_BxT, *, windows, axis_name, compact, neuron
         active = jnp.sum(n_active_BxT.astype(jnp.float32)) / num_units
         return reuse_W, jnp.sum(counted_BxT, dtype=jnp.float32), active
 
-    reuse_LxW, counted_L, active_L = _psum(lax.map(one_layer, jnp.arange(mask_LxBxTxF.shape[0])), axis_name)
-    n_real = _psum(jnp.sum(token_mask_BxT, dtype=jnp.float32), axis_name)
-    reuse_WxL = _safe_div(reuse_LxW, counted_L[:, None]).T
-    return reuse_WxL[jnp.array([uniq.index(w) for w in windows])], _safe_div(active_L, n_real)
+    reuse_LxW, counted_L, active_L = psum(lax.map(one_layer, jnp.arange(mask_LxBxTxF.shape[0])), axis_name)
+    n_real = psum(jnp.sum(token_mask_BxT, dtype=jnp.float32), axis_name)
+    reuse_WxL = safe_div(reuse_LxW, counted_L[:, None]).T
+    return reuse_WxL[jnp.array([uniq.index(w) for w in windows])], safe_div(active_L, n_real)
 
 
 # ---- co-activation between neurons ----
@@ -284,8 +271,8 @@ def _coactivation(mask, token_mask_BxT, ids_N, *, chunk, axis_name) -> tuple[Arr
         step = lambda count_NxN, i: (count_NxN + block_counts(i), None)  # noqa: E731
         return lax.scan(step, block_counts(0), jnp.arange(1, steps))[0]
 
-    counts_LxNxN = _psum(lax.map(one_layer, jnp.arange(mask_LxBxTxF.shape[0])), axis_name)
-    return counts_LxNxN, _psum(jnp.sum(token_mask_BxT, dtype=jnp.int32), axis_name)
+    counts_LxNxN = psum(lax.map(one_layer, jnp.arange(mask_LxBxTxF.shape[0])), axis_name)
+    return counts_LxNxN, psum(jnp.sum(token_mask_BxT, dtype=jnp.int32), axis_name)
 
 
 def coactivation_from_counts(counts: Array) -> Array:
@@ -293,7 +280,7 @@ def coactivation_from_counts(counts: Array) -> Array:
     of never-active neurons 0. Counts summed over batches / devices combine exactly."""
     counts = jnp.asarray(counts)
     active_xN = jnp.diagonal(counts, axis1=-2, axis2=-1)
-    return _safe_div(counts.astype(jnp.float32), active_xN[..., :, None].astype(jnp.float32))
+    return safe_div(counts.astype(jnp.float32), active_xN[..., :, None].astype(jnp.float32))
 
 
 def coactivation_gap(matrix: Array, active: Array | None = None) -> Array:
@@ -327,6 +314,6 @@ def _gap(matrix, active) -> Array:
     row_max_xN = jnp.max(jnp.where(off_NxN, matrix, -jnp.inf), axis=-1)
     row_sum_xN = jnp.sum(jnp.where(off_NxN, matrix, 0.0), axis=-1)
     rows = jnp.sum(active_xN, axis=-1, dtype=jnp.float32)
-    top = _safe_div(jnp.sum(jnp.where(active_xN, row_max_xN, 0.0), axis=-1), rows)
-    average = _safe_div(jnp.sum(jnp.where(active_xN, row_sum_xN, 0.0), axis=-1), rows * (n - 1))
+    top = safe_div(jnp.sum(jnp.where(active_xN, row_max_xN, 0.0), axis=-1), rows)
+    average = safe_div(jnp.sum(jnp.where(active_xN, row_sum_xN, 0.0), axis=-1), rows * (n - 1))
     return top - average

@@ -20,6 +20,7 @@ from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
+from sparsity_jax.metrics.reduce import real_tokens, trailing_token_shape
 from sparsity_jax.nn.sparsify import fat_keep, topk_keep
 
 Array = jax.Array
@@ -61,15 +62,9 @@ def _topk(s: Array, k: int, token_mask: Array | None, per_token: bool) -> Array:
     F = s.shape[-1]
     if per_token:
         return topk_keep(s, k)
-    token_shape = s.shape[:-1] if token_mask is None else jnp.shape(token_mask)
-    n_tok = len(token_shape)
-    if s.shape[s.ndim - 1 - n_tok:-1] != tuple(token_shape):
-        raise UserError(f"Pass token_mask with the token shape of s {s.shape}; got {token_shape}.")
-    lead = s.shape[: s.ndim - 1 - n_tok]
-    if token_mask is None:
-        real_N = jnp.ones((math.prod(token_shape),), bool)
-    else:
-        real_N = jnp.asarray(token_mask).reshape(-1).astype(bool)
+    token_shape = trailing_token_shape(s.shape, token_mask)
+    real_N = real_tokens(token_mask, token_shape, f"s {s.shape}").reshape(-1)
+    lead = s.shape[: s.ndim - 1 - len(token_shape)]
     abs_GxNxF = jnp.abs(s).reshape((math.prod(lead), real_N.shape[0], F))
     score_GxM = jnp.where(real_N[:, None], abs_GxNxF, -jnp.inf).reshape((abs_GxNxF.shape[0], -1))
     budget = k * jnp.sum(real_N)

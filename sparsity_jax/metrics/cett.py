@@ -10,7 +10,6 @@ lives in `threshold_search.py`. Counts of token×neuron pairs pass 2³¹ at pod 
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -19,9 +18,9 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.metrics.reduce import AxisName, psum, real_tokens, safe_div
 
 Array = jax.Array
-AxisName = str | tuple[str, ...] | None
 
 # Everything is computed in float32 with HIGHEST matmul precision (no TF32/bf16 passes
 # on GPU/TPU).
@@ -65,11 +64,6 @@ class Layer(NamedTuple):
     w_norm_F: Array  # ‖w_out[i]‖₂
     inv_norm_N: Array  # 1/‖FFN(x)‖ on counted tokens (real, FFN output ≠ 0), 0 elsewhere
     real_N: Array  # bool: real (non-padding) tokens
-
-
-def psum(x, axis_name: AxisName):
-    """lax.psum over `axis_name`; the identity for None."""
-    return x if not axis_name else lax.psum(x, axis_name)
 
 
 # ----- exact pair counts in two int32 words -------------------------------------------------
@@ -174,13 +168,7 @@ def as_layers(a: Array, w_out: Array, token_mask: Array | None) -> tuple[Array, 
     a, w_out = jnp.asarray(a), jnp.asarray(w_out)
     check_shapes(a.shape, w_out.shape)
     layered = w_out.ndim == 3
-    token_shape = a.shape[(1 if layered else 0):-1]
-    if token_mask is None:
-        mask_N = jnp.ones((math.prod(token_shape),), bool)
-    else:
-        token_mask = jnp.asarray(token_mask)
-        check_mask(token_mask.shape, token_shape, a.shape)
-        mask_N = token_mask.reshape(-1).astype(bool)
+    mask_N = real_tokens(token_mask, a.shape[(1 if layered else 0):-1], f"a {a.shape}").reshape(-1)
     F = a.shape[-1]
     a_LxNxF = a.reshape((a.shape[0] if layered else 1, -1, F))
     w_out_LxFxD = w_out if layered else w_out[None]
@@ -195,11 +183,6 @@ def check_shapes(a_shape: tuple, w_shape: tuple) -> None:
     if len(a_shape) < len(w_shape) or a_shape[-1] != w_shape[-2] or (layered and a_shape[0] != w_shape[0]):
         want = "(L, tokens..., F) with L, F" if layered else "(tokens..., F) with F"
         raise UserError(f"Pass a as {want} matching w_out {w_shape}; got a with shape {a_shape}.")
-
-
-def check_mask(mask_shape: tuple, token_shape: tuple, a_shape: tuple) -> None:
-    if tuple(mask_shape) != tuple(token_shape):
-        raise UserError(f"Pass token_mask with the token shape {token_shape} of a {a_shape}; got {mask_shape}.")
 
 
 def per_layer_values(x: Array | float, n_layers: int, layered: bool, what: str) -> Array:
@@ -246,11 +229,6 @@ def truncated(layer: Layer, threshold: Array, axes: Axes = Axes()) -> tuple[Arra
                      axes.neurons)
     ratio_sum = jnp.sum(jnp.linalg.norm(trunc_NxD, axis=-1) * layer.inv_norm_N)
     return ratio_sum, count_words(drop_NxF), trunc_NxD
-
-
-def mean_or_zero(num: Array, den: Array) -> Array:
-    """num / den, and 0 where den == 0."""
-    return jnp.where(den > 0, num / jnp.maximum(den, 1.0), 0.0)
 
 
 def cett(
@@ -309,7 +287,7 @@ def _cett(a, w_out, threshold, token_mask, axis_name: AxisName) -> Array:
         return truncated(layer, t)[0], jnp.sum(layer.inv_norm_N > 0, dtype=jnp.int32)
 
     sum_L, n_L = psum(jax.vmap(one_layer)(a_LxNxF, w_out_LxFxD, t_L), axis_name)
-    cett_L = mean_or_zero(sum_L, n_L.astype(jnp.float32))
+    cett_L = safe_div(sum_L, n_L.astype(jnp.float32))
     return cett_L if layered else cett_L[0]
 
 
@@ -355,5 +333,5 @@ def _cett_curve(a, w_out, thresholds, token_mask, axis_name: AxisName) -> CettCu
     sum_LxT, dropped_LxTx2, n_L = psum(jax.vmap(one_layer)(a_LxNxF, w_out_LxFxD, t_LxT), axis_name)
     dropped_LxT = words_float(normalise_words(dropped_LxTx2))
     pairs = psum(jnp.sum(mask_N, dtype=jnp.int32), axis_name).astype(jnp.float32) * F
-    curve = CettCurve(mean_or_zero(sum_LxT, n_L[:, None].astype(jnp.float32)), mean_or_zero(dropped_LxT, pairs))
+    curve = CettCurve(safe_div(sum_LxT, n_L[:, None].astype(jnp.float32)), safe_div(dropped_LxT, pairs))
     return curve if layered else CettCurve(curve.cett[0], curve.sparsity[0])

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsity_jax.errors import UserError
-
-AxisName = str | tuple[str, ...] | None
+from sparsity_jax.metrics.reduce import AxisName, check_batch_rank, psum, real_tokens, safe_div
 
 # The percentile index is computed in int32 from 100 * F (see _percentile_index).
 _MAX_F = (2**31 - 1) // 100
@@ -27,40 +26,19 @@ _MAX_F = (2**31 - 1) // 100
 def _as_layers(mask: jax.Array, token_mask: jax.Array | None) -> tuple[jax.Array, jax.Array, bool]:
     """Returns (`used_LxBxTxF` bool with padding cleared, `token_mask_BxT`, has_layers)."""
     mask = jnp.asarray(mask)
-    if mask.ndim not in (3, 4):
-        raise UserError(
-            f"Pass the hidden-unit mask as (B, T, F) or (L, B, T, F); got shape {mask.shape}."
-        )
+    check_batch_rank(mask, "the hidden-unit mask")
     has_layers = mask.ndim == 4
     mask_LxBxTxF = mask if has_layers else mask[None]
-    if token_mask is None:
-        token_mask_BxT = jnp.ones(mask_LxBxTxF.shape[1:3], dtype=bool)
-    else:
-        token_mask_BxT = jnp.asarray(token_mask).astype(bool)
-        if token_mask_BxT.shape != mask_LxBxTxF.shape[1:3]:
-            raise UserError(
-                f"Pass token_mask with shape (B, T) = {mask_LxBxTxF.shape[1:3]} to match the "
-                f"mask {mask.shape}; got {token_mask_BxT.shape}."
-            )
+    token_mask_BxT = real_tokens(token_mask, mask_LxBxTxF.shape[1:3], f"the mask {mask.shape}")
     used_LxBxTxF = mask_LxBxTxF.astype(bool) & token_mask_BxT[None, :, :, None]
     return used_LxBxTxF, token_mask_BxT, has_layers
-
-
-def _psum(x: jax.Array, axis_name: AxisName) -> jax.Array:
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    """num / den, and 0 where den == 0."""
-    den = jnp.asarray(den, jnp.float32)
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 def _global_mean(value_LxB: jax.Array, weight_B: jax.Array, axis_name: AxisName) -> jax.Array:
     """Mean of value over the B entries where weight_B is True, over all devices; (L,)."""
     weight_B = weight_B.astype(jnp.float32)
-    num_L = _psum(jnp.sum(value_LxB * weight_B, axis=-1), axis_name)
-    return _safe_div(num_L, _psum(jnp.sum(weight_B), axis_name))
+    num_L = psum(jnp.sum(value_LxB * weight_B, axis=-1), axis_name)
+    return safe_div(num_L, psum(jnp.sum(weight_B), axis_name))
 
 
 def _explicit_shards(x: jax.Array, axis: int) -> int:
@@ -122,10 +100,10 @@ def _batch_use(
     onehot_G = jnp.arange(batch_groups) == group
     used_LxF = jnp.any(seq_used_LxBxF, axis=1)
     mine_LxGxF = onehot_G[None, :, None] & used_LxF[:, None, :]
-    count_LxGxF = _psum(mine_LxGxF.astype(jnp.int32), axis_name)
-    real_G = _psum((onehot_G & jnp.any(seq_real_B)).astype(jnp.int32), axis_name) > 0
+    count_LxGxF = psum(mine_LxGxF.astype(jnp.int32), axis_name)
+    real_G = psum((onehot_G & jnp.any(seq_real_B)).astype(jnp.int32), axis_name) > 0
     frac_LxG = jnp.mean(count_LxGxF > 0, axis=-1, dtype=jnp.float32)
-    return _safe_div(jnp.sum(frac_LxG * real_G, axis=-1), jnp.sum(real_G))
+    return safe_div(jnp.sum(frac_LxG * real_G, axis=-1), jnp.sum(real_G))
 
 
 def hidden_unit_use(
@@ -230,14 +208,14 @@ def use_from_counts(
     per_sequence_L = _global_mean(seq_frac_LxB, seq_real_B, axis_name)
     # Per-sequence sums of per-token counts stay below T * F, exact in int32.
     count_LxB = jnp.sum(count_LxBxF, axis=-1, dtype=jnp.int32)
-    tokens = _psum(jnp.sum(length_B, dtype=jnp.int32), axis_name)
-    per_token_L = _safe_div(_psum(jnp.sum(count_LxB / num_units, axis=-1), axis_name), tokens)
+    tokens = psum(jnp.sum(length_B, dtype=jnp.int32), axis_name)
+    per_token_L = safe_div(psum(jnp.sum(count_LxB / num_units, axis=-1), axis_name), tokens)
     return {
         "per_token": per_token_L,
         "per_sequence": per_sequence_L,
         "per_batch": per_batch_L,
-        "token_over_sequence": _safe_div(per_token_L, per_sequence_L),
-        "sequence_over_batch": _safe_div(per_sequence_L, per_batch_L),
+        "token_over_sequence": safe_div(per_token_L, per_sequence_L),
+        "sequence_over_batch": safe_div(per_sequence_L, per_batch_L),
     }
 
 

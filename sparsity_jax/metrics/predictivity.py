@@ -16,14 +16,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
+from sparsity_jax.metrics.reduce import AxisName, check_batch_rank, psum, real_tokens, safe_div
 from sparsity_jax.nn.sparsify import topk_keep
 
 Array = jax.Array
-AxisName = str | tuple[str, ...] | None
 
 STRATEGIES = ("threshold", "topk")
 REDUCTIONS = ("token", "pooled")
@@ -72,26 +71,10 @@ def _check_strategy(strategy: str, k, num_units: int) -> int | None:
 
 def _check(scores: Array, labels: Array, token_mask: Array | None) -> Array:
     """Validates shapes; returns `token_mask_BxT` as bool."""
-    if scores.ndim not in (3, 4):
-        raise UserError(f"Pass scores and labels as (B, T, F) or (L, B, T, F); got shape {scores.shape}.")
+    check_batch_rank(scores, "scores and labels")
     if labels.shape != scores.shape:
         raise UserError(f"Pass labels with the shape of scores {scores.shape}; got {labels.shape}.")
-    token_shape = scores.shape[-3:-1]
-    if token_mask is None:
-        return jnp.ones(token_shape, bool)
-    token_mask = jnp.asarray(token_mask)
-    if token_mask.shape != token_shape:
-        raise UserError(f"Pass token_mask with shape (B, T) = {token_shape}; got {token_mask.shape}.")
-    return token_mask.astype(bool)
-
-
-def _psum(x, axis_name: AxisName):
-    return x if axis_name is None else lax.psum(x, axis_name)
-
-
-def _safe_div(num: Array, den: Array) -> Array:
-    """num / den, and 0 where den == 0."""
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
+    return real_tokens(token_mask, scores.shape[-3:-1], f"scores {scores.shape}")
 
 
 def predictor_metrics(
@@ -154,21 +137,21 @@ def _metrics(scores, labels, token_mask_BxT, *, strategy, k, reduction, axis_nam
     def real_sum(x_LxBxT):  # sum over real tokens, (L,) float32; exact per row for counts
         return jnp.sum(jnp.sum(jnp.where(token_mask_BxT, x_LxBxT, 0), axis=-1).astype(jnp.float32), axis=-1)
 
-    n_real = _psum(jnp.sum(token_mask_BxT, dtype=jnp.float32), axis_name)
-    pred_total_L, true_total_L = _psum((real_sum(n_pred_LxBxT), real_sum(n_true_LxBxT)), axis_name)
+    n_real = psum(jnp.sum(token_mask_BxT, dtype=jnp.float32), axis_name)
+    pred_total_L, true_total_L = psum((real_sum(n_pred_LxBxT), real_sum(n_true_LxBxT)), axis_name)
     if reduction == "token":
-        recall_LxBxT = _safe_div(hits_LxBxT.astype(jnp.float32), n_true_LxBxT)
-        precision_LxBxT = _safe_div(hits_LxBxT.astype(jnp.float32), n_pred_LxBxT)
+        recall_LxBxT = safe_div(hits_LxBxT.astype(jnp.float32), n_true_LxBxT)
+        precision_LxBxT = safe_div(hits_LxBxT.astype(jnp.float32), n_pred_LxBxT)
         nums = (real_sum(recall_LxBxT), real_sum(n_true_LxBxT > 0),
                 real_sum(precision_LxBxT), real_sum(n_pred_LxBxT > 0))
-        recall_num, recall_den, precision_num, precision_den = _psum(nums, axis_name)
+        recall_num, recall_den, precision_num, precision_den = psum(nums, axis_name)
     else:
-        recall_num = precision_num = _psum(real_sum(hits_LxBxT), axis_name)
+        recall_num = precision_num = psum(real_sum(hits_LxBxT), axis_name)
         recall_den, precision_den = true_total_L, pred_total_L
     return PredictorMetrics(
-        recall=_safe_div(recall_num, recall_den),
-        precision=_safe_div(precision_num, precision_den),
-        prediction_sparsity=jnp.where(n_real > 0, 1.0 - _safe_div(pred_total_L, n_real * num_units), 0.0),
-        true_sparsity=jnp.where(n_real > 0, 1.0 - _safe_div(true_total_L, n_real * num_units), 0.0),
-        predicted_active_per_token=_safe_div(pred_total_L, n_real),
+        recall=safe_div(recall_num, recall_den),
+        precision=safe_div(precision_num, precision_den),
+        prediction_sparsity=jnp.where(n_real > 0, 1.0 - safe_div(pred_total_L, n_real * num_units), 0.0),
+        true_sparsity=jnp.where(n_real > 0, 1.0 - safe_div(true_total_L, n_real * num_units), 0.0),
+        predicted_active_per_token=safe_div(pred_total_L, n_real),
     )

@@ -14,37 +14,24 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
+from sparsity_jax.metrics.reduce import AxisName, check_per_token, psum, safe_div, trailing_token_shape
 
 Array = jax.Array
-AxisName = str | tuple[str, ...] | None
-
-
-def _psum(x, axis_name: AxisName):
-    return x if axis_name is None else lax.psum(x, axis_name)
-
-
-def _safe_div(num: Array, den: Array) -> Array:
-    """num / den, and 0 where den == 0."""
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
 
 
 def _flatten_tokens(mask: Array, token_mask: Array | None, layer_axes: int) -> tuple[Array, Array, tuple[int, ...]]:
     """Returns (active_LxNxF float32 with padding cleared, real_N float32, layer shape)."""
     mask = jnp.asarray(mask)
+    token_shape = trailing_token_shape(mask.shape, token_mask, layer_axes)
     if token_mask is None:
-        token_shape = mask.shape[layer_axes:-1]
         real_N = jnp.ones((math.prod(token_shape),), jnp.float32)
-    else:
-        token_shape = jnp.shape(token_mask)
+    else:  # 0/1 weights kept as given
+        check_per_token(token_mask, token_shape, f"the mask {mask.shape}")
         real_N = jnp.asarray(token_mask).reshape(-1).astype(jnp.float32)
-    n_lead = mask.ndim - 1 - len(token_shape)
-    if n_lead < 0 or mask.shape[n_lead:-1] != tuple(token_shape):
-        raise UserError(f"Pass token_mask with the token axes of the mask {mask.shape}; got shape {token_shape}.")
-    lead = mask.shape[:n_lead]
+    lead = mask.shape[:mask.ndim - 1 - len(token_shape)]
     active_LxNxF = mask.reshape((math.prod(lead), real_N.shape[0], mask.shape[-1])).astype(jnp.float32)
     return active_LxNxF * real_N[:, None], real_N, lead
 
@@ -62,8 +49,8 @@ def neuron_frequency(
     """
     def run(mask, token_mask):
         active_LxNxF, real_N, lead = _flatten_tokens(mask, token_mask, layer_axes)
-        count_LxF, n_real = _psum((jnp.sum(active_LxNxF, axis=1), jnp.sum(real_N)), axis_name)
-        return _safe_div(count_LxF, n_real).reshape(lead + count_LxF.shape[-1:])
+        count_LxF, n_real = psum((jnp.sum(active_LxNxF, axis=1), jnp.sum(real_N)), axis_name)
+        return safe_div(count_LxF, n_real).reshape(lead + count_LxF.shape[-1:])
 
     return run_auto(run, mask, token_mask)
 
@@ -81,7 +68,7 @@ def hot_neuron_cdf(freq: Array) -> Array:
     """
     sorted_F = -jnp.sort(-jnp.asarray(freq, jnp.float32), axis=-1)
     cum_F = jnp.cumsum(sorted_F, axis=-1)
-    return _safe_div(cum_F, cum_F[..., -1:])
+    return safe_div(cum_F, cum_F[..., -1:])
 
 
 def per_token_id_activation_ratio(
@@ -112,8 +99,8 @@ def per_token_id_activation_ratio(
                 f"Pass token_ids with the token shape of the mask {jnp.shape(mask)}; got {jnp.shape(token_ids)}."
             )
         segment = lambda x_N: jax.ops.segment_sum(x_N, ids_N, num_segments=vocab_size)  # noqa: E731
-        sum_LxV = _psum(jax.vmap(segment)(jnp.mean(active_LxNxF, axis=-1)), axis_name)
-        count_V = _psum(segment(real_N), axis_name)
-        return _safe_div(sum_LxV, count_V).reshape(lead + (vocab_size,)), count_V.astype(jnp.int32)
+        sum_LxV = psum(jax.vmap(segment)(jnp.mean(active_LxNxF, axis=-1)), axis_name)
+        count_V = psum(segment(real_N), axis_name)
+        return safe_div(sum_LxV, count_V).reshape(lead + (vocab_size,)), count_V.astype(jnp.int32)
 
     return run_auto(run, mask, token_ids, token_mask)

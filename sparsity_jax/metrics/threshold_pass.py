@@ -24,7 +24,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from sparsity_jax.metrics.cett import (
-    PRECISION, Axes, Layer, count_words, magnitudes, prepare_layer, psum, psum_words, truncated,
+    PRECISION, Axes, count_words, magnitudes, prepare_layer, psum, psum_words, truncated,
 )
 from sparsity_jax.metrics.threshold_prep import Totals
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparsity_jax.metrics.cett import PRECISION, add_words, mean_or_zero
+from sparsity_jax.metrics.cett import PRECISION, add_words
+from sparsity_jax.metrics.reduce import safe_div
 
 Array = jax.Array
 
@@ -161,7 +162,7 @@ def _proxy_from_counts(ratio_PxG1: Array, weight_P: Array, k_PxQ: Array, F: int)
     r0_PxQ = jnp.take_along_axis(ratio_PxG1, i_PxQ, axis=1)
     r1_PxQ = jnp.take_along_axis(ratio_PxG1, i_PxQ + 1, axis=1)
     ratio_PxQ = r0_PxQ + (g_PxQ - i_PxQ) * (r1_PxQ - r0_PxQ)  # linear between the knots
-    return mean_or_zero(jnp.sum(ratio_PxQ * weight_P[:, None], axis=0), jnp.sum(weight_P))
+    return safe_div(jnp.sum(ratio_PxQ * weight_P[:, None], axis=0), jnp.sum(weight_P))
 
 
 def proxy_cett(ctx: _Context, t: Array) -> Array:

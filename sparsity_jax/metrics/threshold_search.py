@@ -17,9 +17,8 @@ import numpy as np
 from jax import lax
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.metrics.cett import (
-    check_mask, check_shapes, mean_or_zero, run_auto, normalise_words, sub_words, words_float, words_min,
-)
+from sparsity_jax.metrics.cett import check_shapes, normalise_words, run_auto, sub_words, words_float, words_min
+from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
     Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks, setup_block,
 )
@@ -145,7 +144,7 @@ def _propose(ctx: _Context, s: _State, target: Array, window: int) -> Array:
 
 def _step(ctx: _Context, s: _State, target: Array, t: Array, ratio_sum: Array, dropped: Array,
           active: Array) -> _State:
-    c = mean_or_zero(ratio_sum, ctx.n_valid)
+    c = safe_div(ratio_sum, ctx.n_valid)
     k = sub_words(dropped, ctx.n_zero)  # t > 0 drops every zero magnitude
     y = c - target
     below = y <= 0
@@ -183,7 +182,7 @@ def _pick(ctx: _Context, s: _State, target: Array, cand: Candidates, window: int
     valid = (target >= 0) & (target <= 1)
     nan_if_invalid = lambda x: jnp.where(valid, x, jnp.nan)  # noqa: E731
     return ThresholdResult(nan_if_invalid(threshold), nan_if_invalid(cett_value),
-                           nan_if_invalid(mean_or_zero(below, ctx.pairs)), s.evals)
+                           nan_if_invalid(safe_div(below, ctx.pairs)), s.evals)
 
 
 def _per_layer(fn):
@@ -243,7 +242,7 @@ def prepare_search(a: Array, w_out: Array, token_mask: Array | None = None) -> P
     if jnp.ndim(w_out) != 3:
         raise UserError(f"Pass w_out with a layer axis (L, F, d) to prepare_search; got {jnp.shape(w_out)}.")
     if token_mask is not None:
-        check_mask(jnp.shape(token_mask), jnp.shape(a)[1:-1], jnp.shape(a))
+        check_per_token(token_mask, jnp.shape(a)[1:-1], f"a {jnp.shape(a)}")
     a, w_out, token_mask = (auto_view(x) for x in (a, w_out, token_mask))
     layout = layout_of(a)
     real = _real(token_mask, jnp.shape(a)[1:-1], layout)
