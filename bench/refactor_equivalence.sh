@@ -18,5 +18,5 @@ $SJ train --config configs/ssd/tiny.py:pld --workdir "$OUT/pld" $SHORT --config.
 $SJ train --config configs/layer_patterns/masking.py:dead --workdir "$OUT/mask" $SHORT \
   --config.unit_mask.at_step=10 --config.train.global_batch_size=16 --config.train.seq_len=64
 $SJ train --config configs/ssd/tiny.py:ssd --workdir "$OUT/ssd" $SHORT --config.train.metrics_every=0 --config.train.global_batch_size=16 \
-  --config.train.seq_len=64 --config.ssd.monitor_every=5 --config.ssd.ari_threshold=0.5
+  --config.train.seq_len=64 --config.method.monitor_every=5 --config.method.ari_threshold=0.5
 $SJ ssd --workdir "$OUT/ssd"

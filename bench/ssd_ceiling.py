@@ -45,14 +45,14 @@ def step_ratio(spec: str) -> dict:
     cfg = load(spec)
     run = build(cfg, vocab_of(cfg), devices=jax.devices()[:1])
     shape = (cfg.train.global_batch_size, cfg.train.seq_len)
-    dense, sparse = step_flops(run, 0), step_flops(run, cfg.ssd.top_k)
+    dense, sparse = step_flops(run, 0), step_flops(run, cfg.method.top_k)
     if not dense or not sparse:
         sys.exit(f"{spec}: XLA gave no cost analysis for the train step on {jax.devices()[0].platform}")
     m = cfg.model
     n_mats = 3 if get_activation(m.activation).gated else 2  # dense FFN fwd+bwd: 6·n_mats·tokens·d·F
     ffn = 6 * n_mats * m.num_layers * shape[0] * shape[1] * m.d_model * m.d_ff
-    return {"spec": spec, "s": sparse / dense, "ffn_share": ffn / dense, "r": cfg.ssd.sparse_share,
-            "kn": cfg.ssd.top_k / cfg.ssd.num_experts, "vocab": vocab_of(cfg),
+    return {"spec": spec, "s": sparse / dense, "ffn_share": ffn / dense, "r": cfg.method.sparse_share,
+            "kn": cfg.method.top_k / cfg.method.num_experts, "vocab": vocab_of(cfg),
             "shape": (m.num_layers, m.d_model, m.d_ff, cfg.train.seq_len)}
 
 

@@ -6,7 +6,7 @@ the kernels AND the input (as inside an LM). Prints, from XLA's cost analysis,
 
     sparse-phase FFN FLOPs / dense FFN FLOPs     (target <= 1.3 · K/N)
 
-for the trainer's default constant gates (`ssd.router_grad=false`) and for SSD App. A's
+for the trainer's default constant gates (`method.router_grad=false`) and for SSD App. A's
 straight-through router gradient (`router_grad=true`), with the ideal split (experts:
 capacity_factor · K/N; router: the selection x·cᵀ for all N experts, 2·S·N·d, that is
 2N/(6·n_mats·F) with n_mats = 2, or 3 gated; the router gradient adds the slot gates'

@@ -55,7 +55,7 @@ def whole_run(workdir: str) -> dict:
     evals = recs.get(names.EVAL, [])
     out = {"workdir": workdir, "final_eval": evals[-1] if evals else None,
            "train_seconds": train_seconds(recs.get(names.TRAIN, []))}
-    ssd = recs.get(names.SSD, [])
+    ssd = recs.get(names.METHOD, [])
     if not ssd:
         return out
     last = ssd[-1]
@@ -84,7 +84,7 @@ def report(workdir: str, dense_workdir: str | None = None) -> str:
     r = whole_run(workdir)
     lines = [f"run {workdir}: {_fmt_eval(r['final_eval'])}  train wall-clock {r['train_seconds']:.0f} s"]
     if "speedup" not in r:
-        return "\n".join(lines + ["  no ssd records: a dense run (ssd.method=dense) has speed-up 1.0 by definition"])
+        return "\n".join(lines + ["  no ssd records: a dense run (method.name=dense) has speed-up 1.0 by definition"])
     sec = r["seconds"]
     per = {k: sec.get(k, 0.0) / n for k, n in r["steps"].items() if n}
     lines += [

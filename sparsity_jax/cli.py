@@ -10,7 +10,7 @@
   scaling   activation-ratio scaling fits: the paper's curves (Table 2) or evaluated runs
   predictor train and evaluate low-rank activation predictors of a checkpoint (ReLU² §5.2)
   affinity  reuse ratio, co-activation gap and hot neurons at a CETT (ReLU² §5.3)
-  generate  KV-cache decoding with a dense or sparse (threshold / predictor) FFN: text, tokens/s
+  generate  KV-cache decoding with a dense or sparse (threshold / predicted) FFN: text, tokens/s
 
 Exit codes: 0 done; 2 bad input (one sentence that names the fix, printed before
 anything is written); 3 a non-finite loss (the last good checkpoint is kept); 130

@@ -14,11 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from default import get_config as base  # noqa: E402
 
 VARIANTS = {
-    "ssd": dict(method="ssd"),
-    "dense": dict(method="dense"),
-    "smoe": dict(method="smoe", num_experts=3, top_k=2),
-    "moe_dropout": dict(method="moe_dropout"),
-    "pld": dict(method="pld", pld_drop_rate=0.25, pld_gamma=0.001),
+    "ssd": dict(name="ssd"),
+    "dense": dict(name="dense"),
+    "smoe": dict(name="smoe", num_experts=3, top_k=2),
+    "moe_dropout": dict(name="moe_dropout"),
+    "pld": dict(name="pld", pld_drop_rate=0.25, pld_gamma=0.001),
 }
 
 
@@ -34,7 +34,7 @@ def get_config(variant: str = "ssd"):
     if variant == "pld":
         c.train.update(dict(record="none", metrics_every=0))
     c.optimizer.update(dict(lr=1e-3, schedule="noam", warmup_steps=2000, weight_decay=0.0, b2=0.98))
-    c.ssd.update(dict(num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
-                      sparse_share=0.5, final_dense_share=0.1))
-    c.ssd.update(VARIANTS[variant])
+    c.method.update(dict(num_experts=32, top_k=6, monitor_every=3000, ari_threshold=0.9,
+                         sparse_share=0.5, final_dense_share=0.1))
+    c.method.update(VARIANTS[variant])
     return c

@@ -20,11 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from default import get_config as base  # noqa: E402
 
 VARIANTS = {
-    "ssd": dict(method="ssd"),
-    "dense": dict(method="dense"),
-    "smoe": dict(method="smoe", num_experts=4, top_k=3),
-    "moe_dropout": dict(method="moe_dropout"),
-    "pld": dict(method="pld", pld_drop_rate=0.25, pld_gamma=0.02),
+    "ssd": dict(name="ssd"),
+    "dense": dict(name="dense"),
+    "smoe": dict(name="smoe", num_experts=4, top_k=3),
+    "moe_dropout": dict(name="moe_dropout"),
+    "pld": dict(name="pld", pld_drop_rate=0.25, pld_gamma=0.02),
 }
 
 
@@ -36,7 +36,7 @@ def get_config(variant: str = "ssd"):
     c.train.update(dict(steps=600, global_batch_size=32, seq_len=128, log_every=50, eval_every=50,
                         checkpoint_every=200, metrics_every=0, record="none"))
     c.optimizer.update(dict(lr=3e-3, schedule="cosine", warmup_steps=50))
-    c.ssd.update(dict(num_experts=32, top_k=6, monitor_every=10, ari_threshold=0.9,
-                      sparse_share=0.5, final_dense_share=0.1))
-    c.ssd.update(VARIANTS[variant])
+    c.method.update(dict(num_experts=32, top_k=6, monitor_every=10, ari_threshold=0.9,
+                         sparse_share=0.5, final_dense_share=0.1))
+    c.method.update(VARIANTS[variant])
     return c

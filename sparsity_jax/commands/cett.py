@@ -5,8 +5,6 @@ realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
 """
 from __future__ import annotations
 
-import os
-
 from sparsity_jax.commands import common
 
 TAKES_CONFIG = True
@@ -29,14 +27,14 @@ def run(args) -> int:
     check_cett(args.cett)
     wd, step, params = common.trained_params(args)
     res = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)
-    out = {"workdir": os.path.abspath(args.workdir), "step": step, "target_cett": args.cett,
-           "threshold": res.threshold.tolist(), "cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
+    out = {"workdir": str(wd.workdir), "step": step, "target_cett": args.cett,
+           "threshold": res.threshold.tolist(), "realised_cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
            "activation_ratio": float(1 - res.sparsity.mean())}
     common.log(f"step {step}, target CETT {args.cett:g}\nlayer  threshold    CETT      sparsity")
     for i, (t, c, s) in enumerate(zip(res.threshold, res.cett, res.sparsity)):
         common.log(f"{i:5d}  {t:9.5f}  {c:8.5f}  {s:8.4f}")
     common.log(f"overall sparsity {res.sparsity.mean():.4f}, activation ratio {out['activation_ratio']:.4f}")
-    output = args.output or os.path.join(args.workdir, "cett.json")
+    output = args.output or wd.workdir.cett_json
     common.write_json(output, out)
     common.log(f"wrote {output}")
     return 0

@@ -116,6 +116,17 @@ def trained_params(args, check=None):
     return wd, step, params
 
 
+def ppl_ps(text: str) -> list[float]:
+    """The p values of --ppl-p (comma-separated), each a positive percentage."""
+    from sparsity_jax.errors import comma_list
+    from sparsity_jax.search.ppl import check_p
+
+    ps = comma_list(text, float, "--ppl-p")
+    for p in ps:
+        check_p(p)
+    return ps
+
+
 def is_main() -> bool:
     import jax
 

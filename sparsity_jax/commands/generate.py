@@ -4,18 +4,17 @@ tensor axis; `--config.mesh.tensor=N` picks another). Prints each row's text, th
 decode tokens/s, the mean active-neuron share per layer and the budget overflows.
 
   sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]
-      [--ffn dense|threshold|predictor] [--cett 0.2] [--batch B] [--temperature 0]
+      [--ffn dense|threshold|predicted] [--cett 0.2] [--batch B] [--temperature 0]
       [--top-p 1] [--seed 0] [--step S] [--margin 0.1] [--eval-batches N]
 """
 from __future__ import annotations
 
-import os
-
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.workdir import Workdir
 
 TAKES_CONFIG = True
-FFNS = ("dense", "threshold", "predictor")
+FFNS = ("dense", "threshold", "predicted")
 
 
 def add_parser(sub) -> None:
@@ -24,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several rows)")
     p.add_argument("--max-new", type=int, default=64, help="tokens generated per row")
     p.add_argument("--ffn", choices=FFNS, default="dense",
-                   help="dense; threshold: skip |a_i|·‖W_out,i‖ < t_l at --cett; predictor: the trained predictors")
+                   help="dense; threshold: skip |a_i|·‖W_out,i‖ < t_l at --cett; predicted: the trained predictors choose")
     p.add_argument("--cett", type=float, default=0.2, help="CETT of the thresholds / of the predictors' labels")
     p.add_argument("--batch", type=int, default=None, help="rows (default: one per prompt; prompts are cycled)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -52,20 +51,20 @@ def check_args(args) -> None:
         raise UserError("Pass non-empty --prompt texts.")
 
 
-def predictor_path(workdir: str, step: int, cett: float) -> str:
+def predictor_path(workdir, step: int, cett: float) -> str:
     """The saved predictors of `step` (labels at `cett`, else a_i != 0); UserError when there are none."""
     from sparsity_jax.predict.store import exists, predictor_dir
 
     for path in (predictor_dir(workdir, step, cett), predictor_dir(workdir, step, None)):
         if exists(path):
             return str(path)
-    raise UserError(f"no trained predictors for step {step} in {workdir}/predictors; train them "
+    raise UserError(f"no trained predictors for step {step} in {Workdir(workdir).predictors}; train them "
                     f"with `sparsity-jax predictor --workdir {workdir} --cett {cett:g}` or use --ffn threshold.")
 
 
 def chooser_of(args, wd, graphdef, params, step):
     """(chooser, its arrays, a one-line description)."""
-    from sparsity_jax.infer import Dense, Predictor, Threshold
+    from sparsity_jax.infer import Dense, Predicted, Threshold
 
     if args.ffn == "dense":
         return Dense(), {}, "dense FFN"
@@ -78,14 +77,14 @@ def chooser_of(args, wd, graphdef, params, step):
     from sparsity_jax.infer.choosers import check_predictor
     from sparsity_jax.predict.store import load
 
-    path = predictor_path(wd.path, step, args.cett)
+    path = predictor_path(wd.workdir, step, args.cett)
     arrays, meta = load(path)
     cfg = wd.run.model_cfg
     try:
         check_predictor(arrays, cfg.num_layers, cfg.d_model, cfg.d_ff)
     except ValueError as e:
         raise UserError(f"the predictors in {path} do not fit this model ({e}); retrain them.") from None
-    return Predictor(), arrays, f"predictor FFN ({path}, rank {arrays['w1'].shape[-1]})"
+    return Predicted(), arrays, f"predicted FFN ({path}, rank {arrays['w1'].shape[-1]})"
 
 
 def report(gen, dec, rows: int) -> None:
@@ -110,7 +109,7 @@ def run(args) -> int:
     check_args(args)
 
     def check(settings, steps):
-        if args.ffn == "predictor":
+        if args.ffn == "predicted":
             predictor_path(args.workdir, steps[-1] if args.step is None else args.step, args.cett)
 
     wd, step, params = common.trained_params(args, check)

@@ -7,11 +7,9 @@ the training-loss curves of other runs beside it.
 """
 from __future__ import annotations
 
-import json
-import os
-
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.workdir import Workdir, read_json
 
 TAKES_CONFIG = False
 
@@ -23,16 +21,16 @@ def add_parser(sub) -> None:
     common.add_distributed(p)
 
 
-def _runs(workdir: str, others: list[str]) -> dict[str, str]:
+def _runs(workdir: str, others: list[str]) -> dict[str, Workdir]:
     """{run name: workdir}; UserError for a missing directory or two runs of one name."""
     runs = {}
     for w in [workdir, *others]:
-        if not os.path.isdir(w):
+        wd = Workdir(w)
+        if not wd.exists():
             raise UserError(f"workdir {w} does not exist; pass the directories of training runs.")
-        name = os.path.basename(os.path.normpath(w))
-        if name in runs:
-            raise UserError(f"{runs[name]} and {w} have the same name {name!r} on the figure; rename or link one.")
-        runs[name] = w
+        if wd.name in runs:
+            raise UserError(f"{runs[wd.name]} and {w} have the same name {wd.name!r} on the figure; rename or link one.")
+        runs[wd.name] = wd
     return runs
 
 
@@ -44,17 +42,16 @@ def run(args) -> int:
     common.init_distributed(args)
     if not common.is_main():  # the report reads files; process 0 writes it
         return 0
-    out_dir = os.path.join(args.workdir, "report")
-    sections, paths = run_report(args.workdir, out_dir)
+    wd = runs[Workdir(args.workdir).name]
+    sections, paths = run_report(wd)
     for s in sections:
         print(f"  {s.title}: " + (f"no data yet ({s.missing})" if s.missing else ", ".join(s.images) or "tables"))
     print(f"wrote {paths[0]} and {paths[1]}")
     if args.compare:
         from sparsity_jax.settings import from_saved
 
-        cfg_path = os.path.join(args.workdir, "config.json")
-        at = from_saved(json.load(open(cfg_path))).unit_mask.at_step if os.path.isfile(cfg_path) else None
-        finals = compare_losses(runs, os.path.join(out_dir, "loss_comparison.png"), at or None)
-        print(f"wrote {out_dir}/loss_comparison.png; final training loss: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in finals.items()))
+        at = from_saved(read_json(wd.config)).unit_mask.at_step if wd.config.is_file() else None
+        png = wd.report_file("loss_comparison.png")
+        finals = compare_losses(runs, png, at or None)
+        print(f"wrote {png}; final training loss: " + ", ".join(f"{k} {v:.4f}" for k, v in finals.items()))
     return 0

@@ -5,11 +5,9 @@
 """
 from __future__ import annotations
 
-import json
-import os
-
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.runtime.workdir import Workdir, as_path, write_text
 
 TAKES_CONFIG = False
 
@@ -26,11 +24,12 @@ def add_parser(sub) -> None:
                         "workdirs/scaling for several)")
 
 
-def builtin(out_dir: str) -> dict:
+def builtin(out_dir) -> dict:
     from sparsity_jax.scaling import builtin_table, fit_builtin, format_table
     from sparsity_jax.scaling.plots import plot_builtin
     from sparsity_jax.scaling.runs import fit_json
 
+    out_dir = as_path(out_dir)
     fits = fit_builtin()
     rows = builtin_table(fits)
     table = format_table(rows)
@@ -38,19 +37,17 @@ def builtin(out_dir: str) -> dict:
     paths = plot_builtin(out_dir, fits)
     out = {"curves": {r["name"]: {**fit_json(fits[r["name"]]), "paper_params": r["paper_params"],
                                   "paper_mae": r["paper_mae"]} for r in rows}}
-    common.write_json(os.path.join(out_dir, "scaling_builtin.json"), out)
-    with open(os.path.join(out_dir, "table2.md"), "w") as f:
-        f.write("# Sparsing Law Table 2, refitted from the released curves\n\n```\n" + table + "\n```\n")
-    print("wrote " + ", ".join([*paths, os.path.join(out_dir, "scaling_builtin.json"),
-                                os.path.join(out_dir, "table2.md")]))
+    common.write_json(out_dir / "scaling_builtin.json", out)
+    write_text(out_dir / "table2.md", "# Sparsing Law Table 2, refitted from the released curves\n\n```\n" + table + "\n```\n")
+    print("wrote " + ", ".join([*paths, str(out_dir / "scaling_builtin.json"), str(out_dir / "table2.md")]))
     return out
 
 
-def runs(workdirs: list[str], out_dir: str, *, form: str, curve: str, drop_warmup: bool) -> dict:
+def runs(workdirs: list[Workdir], out_dir, *, form: str, curve: str, drop_warmup: bool) -> dict:
     from sparsity_jax.scaling.plots import plot_activation_curves
     from sparsity_jax.scaling.runs import fit_json, fit_run
 
-    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    names = [w.name for w in workdirs]
     if len(set(names)) < len(names):
         raise UserError(f"two workdirs share a name in {names}; rename or link one so the curves can be told apart.")
     fitted = {name: fit_run(w, curve, form, drop_warmup) for name, w in zip(names, workdirs)}
@@ -62,10 +59,11 @@ def runs(workdirs: list[str], out_dir: str, *, form: str, curve: str, drop_warmu
               f"c {p['c']:.3g}" + (f", b {p['b']:.3f}" if "b" in p else "")
               + f"; MAE {fit.mae:.2e} on {fit.n_points} points ({fit.dropped} warm-up points dropped); "
               f"AIC {', '.join(f'{k} {v:.1f}' for k, v in fit.aics.items())}")
+    out_dir = as_path(out_dir)
     png = plot_activation_curves({n: (pts["tokens"], pts["ratio"]) for n, (pts, _) in fitted.items()},
-                                 {n: fit for n, (_, fit) in fitted.items()}, os.path.join(out_dir, "scaling.png"))
-    common.write_json(os.path.join(out_dir, "scaling.json"), out)
-    print(f"wrote {png}, {os.path.join(out_dir, 'scaling.json')}")
+                                 {n: fit for n, (_, fit) in fitted.items()}, out_dir / "scaling.png")
+    common.write_json(out_dir / "scaling.json", out)
+    print(f"wrote {png}, {out_dir / 'scaling.json'}")
     return out
 
 
@@ -73,13 +71,12 @@ def run(args) -> int:
     if args.builtin == bool(args.workdirs):
         raise UserError("Pass either --builtin or --workdirs A,B (evaluated runs).")
     if args.builtin:
-        builtin(args.output or os.path.join("workdirs", "scaling_builtin"))
+        builtin(args.output or "workdirs/scaling_builtin")
         return 0
-    workdirs = comma_list(args.workdirs, str, "--workdirs")
+    workdirs = [Workdir(w) for w in comma_list(args.workdirs, str, "--workdirs")]
     for w in workdirs:
-        if not os.path.isdir(w):
+        if not w.exists():
             raise UserError(f"workdir {w} does not exist; pass evaluated runs.")
-    out_dir = args.output or (os.path.join(workdirs[0], "report") if len(workdirs) == 1
-                              else os.path.join("workdirs", "scaling"))
+    out_dir = args.output or (workdirs[0].report if len(workdirs) == 1 else "workdirs/scaling")
     runs(workdirs, out_dir, form=args.form, curve=args.curve, drop_warmup=args.drop_warmup)
     return 0

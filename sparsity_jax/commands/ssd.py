@@ -1,4 +1,4 @@
-"""`sparsity-jax ssd`: the SSD report of an ssd.method=ssd run — PPL over training with
+"""`sparsity-jax ssd`: the SSD report of an method.name=ssd run — PPL over training with
 sparse phases, ARI, speed-ups — and sparse inference with k = 1 … N experts and dynamic
 top-k (SSD §5.2 Fig. 4a, §5.3), optionally against a dense run MoEfied on the fly.
 
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--compare", default=None, help="a dense run of the same model, MoEfied for the PPL-vs-k curve")
     p.add_argument("--k", default=None, help="experts per token to evaluate, e.g. 1,2,4,6 or all (default: 1,2,4,…,N and K)")
     p.add_argument("--drop-share", default="0.75", help="dynamic top-k drop shares (SSD §5.3), e.g. 0.5,0.75; '' for none")
-    p.add_argument("--experts", type=int, default=None, help="N (default: the SSD run's ssd.num_experts)")
+    p.add_argument("--experts", type=int, default=None, help="N (default: the SSD run's method.num_experts)")
     p.add_argument("--structure", default="auto", choices=("auto", "own", "moefy"),
                    help="SSD run's experts: own blocks (auto when it trained sparsely) or MoEfied afresh")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -49,15 +49,15 @@ def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num
     plan = {}
 
     def check(settings, steps):
-        n = int(num_experts or settings.ssd.num_experts)
+        n = int(num_experts or settings.method.num_experts)
         plan["n"] = n
-        plan["ks"] = inf.check_ks(list(range(1, n + 1)) if ks == "all" else ks or inf.default_ks(n, settings.ssd.top_k), n)
+        plan["ks"] = inf.check_ks(list(range(1, n + 1)) if ks == "all" else ks or inf.default_ks(n, settings.method.top_k), n)
         if step is not None and step not in steps:
             raise UserError(f"no checkpoint at step {step} in {workdir}; available steps: {steps}.")
 
     wd = common.open_trained(args, check, workdir)
     try:
-        s, n = wd.settings.ssd, plan["n"]
+        s, n = wd.settings.method, plan["n"]
         step = wd.step(step)
         state, meta = wd.restore(step)
     finally:

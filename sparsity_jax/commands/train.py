@@ -21,13 +21,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sparsity_jax import settings
+    from sparsity_jax.methods import make_method
     from sparsity_jax.report.summary import print_summary
     from sparsity_jax.train.trainer import train
 
     path = args.config or settings.DEFAULT_CONFIG
     st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
     common.init_distributed(args)
-    summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem))
+    summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method)
     if common.is_main():
         print_summary(summary)
     return 0

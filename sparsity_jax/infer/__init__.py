@@ -2,11 +2,11 @@
 
 `Decoder` (decode.py) prefills prompts and decodes one token at a time against a
 preallocated cache (cache.py); its FFN reads only the neurons a chooser picks
-(choosers.py: dense, threshold, predictor; ffn.py: the gather-layout tables and the
+(choosers.py: dense, threshold, predicted; ffn.py: the gather-layout tables and the
 budgeted sparse form); budget.py sizes the per-token neuron budgets from measured
 activations; sampling.py draws tokens.
 """
-from sparsity_jax.infer.choosers import CHOOSERS, Dense, Predictor, Threshold
+from sparsity_jax.infer.choosers import CHOOSERS, Dense, Predicted, Threshold
 from sparsity_jax.infer.decode import Decoder, Generation, masked_forward, place
 
-__all__ = ["CHOOSERS", "Decoder", "Dense", "Generation", "Predictor", "Threshold", "masked_forward", "place"]
+__all__ = ["CHOOSERS", "Decoder", "Dense", "Generation", "Predicted", "Threshold", "masked_forward", "place"]

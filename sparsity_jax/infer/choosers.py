@@ -17,7 +17,7 @@ same numbers.
              |s_i|·‖W_in,i‖·‖x‖ (Cauchy–Schwarz), so the candidates are the neurons whose
              bound reaches t_l (a superset of the kept ones, never missing one); their
              W_in rows are gathered and the exact rule applied to them.
-  Predictor  a low-rank predictor (issue 12): score = sigmoid(W2·(W1·x) + b), W1
+  Predicted  a low-rank predictor (issue 12): score = sigmoid(W2·(W1·x) + b), W1
              (L, d, r), W2 (L, r, F), b (L, F); a neuron is computed iff score > cutoff
              (default 0.5). Nothing of the FFN is read before the choice. (The top-k
              strategy of the predicted mode would need a global top-k across tensor
@@ -106,13 +106,13 @@ class Threshold:
 
 
 @dataclasses.dataclass(frozen=True)
-class Predictor:
+class Predicted:
     """score = sigmoid(W2·(W1·x) + b) > cutoff, in float32 as the masked `predicted` FFN
     mode of issue 12 computes it; arrays {"w1": (L, d, r), "w2": (L, r, F), "b": (L, F)}
     (b optional)."""
 
     cutoff: float = 0.5
-    name: str = "predictor"
+    name: str = "predicted"
 
     def table_keys(self, gated: bool) -> tuple[str, ...]:
         return ("up", "gate", "out") if gated else ("up", "out")
@@ -131,7 +131,7 @@ class Predictor:
         return None
 
 
-CHOOSERS = {"dense": Dense, "threshold": Threshold, "predictor": Predictor}
+CHOOSERS = {"dense": Dense, "threshold": Threshold, "predicted": Predicted}
 
 
 def layer_arrays(arrays: dict[str, Array], i: int) -> dict[str, Array]:

@@ -1,25 +1,30 @@
-"""Training methods behind one interface (`TrainingMethod`): dense, dead-unit masking,
-SSD (switchable sparse-dense) and its baselines SMoE, MoE-Dropout and PLD; their FLOPs
-and wall-clock accounting. `make_method` picks the run's method from its settings."""
+"""Training methods behind one interface, each with its device side (`StepMethod`: train
+state entries, the step's options, the post-gradient update) and host side
+(`TrainingMethod`: variant per step, FLOPs, accounting, SSD's controller): dense (with
+hidden-unit tracking and dead-unit masking), SSD (switchable sparse-dense) and its
+baselines SMoE, MoE-Dropout and PLD. `make_method` is what a command hands the trainer:
+the device side of a run's method from its settings and mesh."""
 from sparsity_jax.methods.accounting import Accounting, StepFlops, block_share, step_flops
-from sparsity_jax.methods.base import Dense, TrainingMethod, saved_state, trained_sparse
-from sparsity_jax.methods.moe import MoEBaseline, moe_dropout_top_k
-from sparsity_jax.methods.pld import PLD, PLDSchedule
-from sparsity_jax.methods.ssd import SSD, switch_config
-from sparsity_jax.methods.unit_mask import DeadUnitMasking
+from sparsity_jax.methods.base import (
+    StepMethod, StepOptions, TrainingMethod, Variant, saved_state, trained_sparse,
+)
+from sparsity_jax.methods.dense import DeadUnitMasking, Dense, DenseStep
+from sparsity_jax.methods.moe import MoEBaseline, MoEStep, moe_dropout_top_k
+from sparsity_jax.methods.pld import PLD, PLDSchedule, PLDStep
+from sparsity_jax.methods.ssd import SSD, SSDStep, switch_config
+
+STEPS = {"dense": DenseStep, "ssd": SSDStep, "smoe": MoEStep, "moe_dropout": MoEStep, "pld": PLDStep}
 
 
-def make_method(run, meta: dict | None = None) -> TrainingMethod:
-    """The training method of a built run (`train.setup.Run`), resumed from a checkpoint's
-    metadata when given."""
-    settings = run.settings
-    kind = {"dense": DeadUnitMasking if settings.unit_mask.at_step else Dense, "ssd": SSD, "smoe": MoEBaseline,
-            "moe_dropout": MoEBaseline, "pld": PLD}[settings.ssd.method]
-    return kind(run, saved_state(meta))
+def make_method(settings, mesh) -> StepMethod:
+    """The device side of the training method `settings.method.name` on `mesh`; its
+    `host(run, meta)` gives the host side once the run is built."""
+    return STEPS[settings.method.name].of(settings, mesh)
 
 
 __all__ = [
-    "PLD", "SSD", "Accounting", "DeadUnitMasking", "Dense", "MoEBaseline", "PLDSchedule", "StepFlops",
-    "TrainingMethod", "block_share", "make_method", "moe_dropout_top_k", "saved_state", "step_flops",
-    "switch_config", "trained_sparse",
+    "PLD", "SSD", "STEPS", "Accounting", "DeadUnitMasking", "Dense", "DenseStep", "MoEBaseline", "MoEStep",
+    "PLDSchedule", "PLDStep", "SSDStep", "StepFlops", "StepMethod", "StepOptions", "TrainingMethod", "Variant",
+    "block_share", "make_method", "moe_dropout_top_k", "saved_state", "step_flops", "switch_config",
+    "trained_sparse",
 ]

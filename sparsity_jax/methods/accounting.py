@@ -12,12 +12,13 @@ from typing import Any
 
 import jax
 
+from sparsity_jax.methods.base import Variant
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime import names
 
 
 def step_flops(run, top_k: int = 0) -> float | None:
-    """FLOPs of one train step of `run` (a `train.setup.Run`) with MoE K = `top_k` (0: the
+    """FLOPs of one train step of `run` (a `train.setup.TrainRun`) with MoE K = `top_k` (0: the
     dense step), from XLA's cost analysis of the lowered (pre-optimisation) HLO.
 
     The lowered HLO counts every dot on every backend; the compiled module's analysis
@@ -27,7 +28,7 @@ def step_flops(run, top_k: int = 0) -> float | None:
     is then counted G times). None where the backend gives no cost analysis.
     """
     try:
-        lowered = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), False, top_k)
+        lowered = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), Variant(top_k=top_k))
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) * run.settings.train.grad_accum or None
@@ -114,7 +115,7 @@ class Accounting:
         self.cum["dense_equiv_flops"] += dense_flops or 0.0
 
     def metrics(self) -> dict[str, Any]:
-        """The ledger as logged quantities (split "ssd")."""
+        """The ledger as logged quantities (split `names.METHOD`)."""
         return {names.SSD_CUM_FLOPS: self.cum["flops"],
                 names.SSD_FLOPS_SPEEDUP: self.cum["dense_equiv_flops"] / max(self.cum["flops"], 1.0),
                 names.SSD_SECONDS: dict(self.cum["seconds"]),

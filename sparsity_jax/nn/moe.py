@@ -223,7 +223,7 @@ def moe_ffn(
     added to dx, and to W_in through the centres). `router_grad=False` gives constant
     gates, so K = N trains exactly as dense. With the gradient, MoE training from scratch
     and SSD's sparse phases diverge (measurements in the README), so the trainer's
-    `ssd.router_grad` defaults to false for every method; this function keeps the
+    `method.router_grad` defaults to false for every method; this function keeps the
     paper's formula as its default.
 
     Dispatch (real sparse compute, selected by `dispatch`):

@@ -1,4 +1,5 @@
-"""JSON + PNG report of a PPL-p% sweep (`search.sweep.stabilised_sweep`).
+"""JSON + PNG report of a PPL-p% sweep (`search.sweep.PplSweep`), and the files of
+`sparsity-jax compare` (`search.compare` + `predict.analysis` results per model).
 
 Files under the output directory (WORKDIR/report/ by default):
   ppl.json                   search results, per-checkpoint rows, Pareto points, and
@@ -12,40 +13,34 @@ Files under the output directory (WORKDIR/report/ by default):
 """
 from __future__ import annotations
 
-import json
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsity_jax.predict.analysis import ASPECTS  # noqa: E402
+from sparsity_jax.runtime.workdir import PathLike, as_path, save_figure, write_json, write_text  # noqa: E402
+
 FILES = ("ppl.json", "activation_over_training.png", "layer_ratios.png", "pareto.png", "neuron_frequency.png")
 
 
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _over_training(result: dict, path: str) -> None:
+def _over_training(result: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = result["checkpoints"]
     for j, s in enumerate(result["search"]):
         x = np.array([r["tokens"] for r in rows], float)
         y = np.array([r["ppl_p"][j]["activation_ratio"] for r in rows])
         warm = np.array([r["warmup"] for r in rows])
-        line, = ax.plot(x, y, "-", label=f"PPL-{s['p']:g}% (CETT {s['cett']:.3f})")
+        line, = ax.plot(x, y, "-", label=f"PPL-{s['p']:g}% (CETT {s['target_cett']:.3f})")
         ax.plot(x[~warm], y[~warm], "o", color=line.get_color())
         ax.plot(x[warm], y[warm], "o", mfc="none", color=line.get_color())
     ax.set(xlabel="training tokens", ylabel="activation ratio", title="activation ratio over training (hollow: warm-up)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _layer_ratios(result: dict, path: str) -> None:
+def _layer_ratios(result: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     last = result["checkpoints"][-1]
     for q in last["ppl_p"]:
@@ -54,10 +49,10 @@ def _layer_ratios(result: dict, path: str) -> None:
     ax.plot(np.arange(len(last["stats"]["dead_ratio"])), last["stats"]["dead_ratio"], "k--", label="dead ratio")
     ax.set(xlabel="layer", ylabel="ratio", title=f"per-layer activation ratio, step {last['step']}")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _pareto(result: dict, path: str) -> None:
+def _pareto(result: dict, path) -> None:
     front = result["pareto"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, key, pts in (("PPL-p%", "p", front["ppl_p"]), ("top-k", "k", front["topk"]), ("FAT-ε", "eps", front["fat"])):
@@ -70,10 +65,10 @@ def _pareto(result: dict, path: str) -> None:
     ax.axhline(front["dense"]["ppl"], color="k", ls=":", label="dense")
     ax.set(xlabel="activation ratio (recorded mask)", ylabel="validation PPL", title="PPL vs activation ratio")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _frequency(arrays: dict, path: str) -> None:
+def _frequency(arrays: dict, path) -> None:
     freq, cdf = np.asarray(arrays["neuron_frequency"]), np.asarray(arrays["hot_cdf"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for layer in range(freq.shape[0]):
@@ -83,36 +78,23 @@ def _frequency(arrays: dict, path: str) -> None:
     ax2.set(xlabel="fraction of neurons (most frequent first)", ylabel="share of activations", title="hot-neuron CDF")
     ax1.legend()
     ax2.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _json_ready(result: dict) -> dict:
-    out = {k: v for k, v in result.items() if k != "arrays"}
-    arrays = result["arrays"]
-    out["last_checkpoint"] = {
-        "neuron_frequency": np.asarray(arrays["neuron_frequency"]).round(6).tolist(),
-        "hot_cdf": np.asarray(arrays["hot_cdf"]).round(6).tolist(),
-    }
-    if "per_token_id" in arrays:
-        out["last_checkpoint"]["per_token_id_activation_ratio"] = np.asarray(arrays["per_token_id"]["ratio"]).round(6).tolist()
-        out["last_checkpoint"]["per_token_id_count"] = np.asarray(arrays["per_token_id"]["count"]).tolist()
-    return out
+def write_ppl_report(result, out_dir: PathLike) -> list[str]:
+    """Writes ppl.json (`result.to_json()`) and the PNGs of a `search.sweep.PplSweep`;
+    returns the written paths."""
+    paths = [as_path(out_dir) / f for f in FILES]
+    data = result.to_json()
+    write_json(paths[0], data)
+    _over_training(data, paths[1])
+    _layer_ratios(data, paths[2])
+    _pareto(data, paths[3])
+    _frequency(result.arrays, paths[4])
+    return [str(p) for p in paths]
 
 
-def write_ppl_report(result: dict, out_dir: str, meta: dict | None = None) -> list[str]:
-    """Writes ppl.json and the PNGs; returns the written paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, f) for f in FILES]
-    with open(paths[0], "w") as f:
-        json.dump({**(meta or {}), **_json_ready(result)}, f, indent=1)
-    _over_training(result, paths[1])
-    _layer_ratios(result, paths[2])
-    _pareto(result, paths[3])
-    _frequency(result["arrays"], paths[4])
-    return paths
-
-
-def _width_depth(result: dict, path: str) -> None:
+def _width_depth(result: dict, path) -> None:
     """Activation ratio at PPL-p% and dense validation loss against d/L (Sparsing Law Fig. 6–7)."""
     rows = sorted((r["d_model"] / r["num_layers"], name, r) for name, r in result["models"].items())
     x = [q[0] for q in rows]
@@ -123,27 +105,47 @@ def _width_depth(result: dict, path: str) -> None:
         for xi, name, r in rows:
             ax.annotate(name, (xi, r["ppl_p"]["activation_ratio"] if ax is ax1 else r["dense_loss"]), fontsize=7)
         ax.set(xscale="log", xlabel="width-depth ratio d/L", ylabel=ylabel)
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def write_compare_report(result: dict, out_dir: str) -> list[str]:
-    """compare.json, compare.png and compare.md of `sparsity-jax compare` (ReLU² Fig. 3a
-    style), and width_depth.png when the models' d/L differ (Sparsing Law Fig. 6–7).
+def _cell(aspects: dict | None, key: str) -> str:
+    return "-" if aspects is None else f"{aspects[key]:.4f}"
+
+
+def compare_table(models: dict, p: float) -> str:
+    """Markdown table of the PPL-p% results of `sparsity-jax compare`, one row per model."""
+    head = (f"| variant | d/L | F | params | dense PPL | CETT at PPL-{p:g}% | PPL ratio | sparsity | "
+            "activation ratio | natural sparsity (CETT 0) | sparse evals | recall | prediction sparsity | "
+            "predictor PPL ratio | reuse w=1 | reuse w=8 | co-activation gap |\n" + "|---" * 17 + "|")
+    rows = []
+    for name, r in models.items():
+        q, c = r["ppl_p"], r["curve"]
+        natural = c["sparsity"][c["target_cett"].index(0.0)] if 0.0 in c["target_cett"] else float("nan")
+        rows.append(f"| {name} | {r['d_model'] / r['num_layers']:.3g} | {r['d_ff']} | {r['parameters']:,} | "
+                    f"{r['dense_ppl']:.3f} | {q['target_cett']:.4f} | "
+                    f"{q['ppl_ratio']:.4f} | {q['sparsity']:.4f} | {q['activation_ratio']:.4f} | {natural:.4f} | "
+                    f"{q['evaluations']} | " + " | ".join(_cell(r.get("aspects"), k) for k in ASPECTS) + " |")
+    return "\n".join([head] + rows)
+
+
+def write_compare_report(result: dict, out_dir: PathLike) -> list[str]:
+    """compare.json (with the markdown "table"), compare.png and compare.md of `sparsity-jax
+    compare` (ReLU² Fig. 3a style), and width_depth.png when the models' d/L differ
+    (Sparsing Law Fig. 6–7).
 
     The figure: left, sparsity (mean over layers, dense activations) vs CETT per
     variant with the PPL-p% point marked; right, PPL ratio vs sparsity along the same
     CETT grid, with the 1 + p% line.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, f"compare.{ext}") for ext in ("json", "png", "md")]
-    with open(paths[0], "w") as f:
-        json.dump(result, f, indent=1)
+    result = {**result, "table": compare_table(result["models"], result["p"])}
+    paths = [as_path(out_dir) / f"compare.{ext}" for ext in ("json", "png", "md")]
+    write_json(paths[0], result)
     p = result["p"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, r in result["models"].items():
         c, q = r["curve"], r["ppl_p"]
-        line, = ax1.plot(c["cett"], c["sparsity"], "o-", ms=3, label=f"{name} (F={r['d_ff']})")
-        ax1.plot([q["cett"]], [q["sparsity"]], "*", ms=12, color=line.get_color())
+        line, = ax1.plot(c["target_cett"], c["sparsity"], "o-", ms=3, label=f"{name} (F={r['d_ff']})")
+        ax1.plot([q["target_cett"]], [q["sparsity"]], "*", ms=12, color=line.get_color())
         ax2.plot(c["sparsity"], c["ppl_ratio"], "o-", ms=3, color=line.get_color(), label=name)
         ax2.plot([q["sparsity"]], [q["ppl_ratio"]], "*", ms=12, color=line.get_color())
     ax1.set(xlabel="CETT", ylabel="sparsity (mean over layers)", title=f"sparsity vs CETT (★ PPL-{p:g}%)")
@@ -152,10 +154,9 @@ def write_compare_report(result: dict, out_dir: str) -> list[str]:
             ylim=(0.995, max(1.08, 1 + 3 * p / 100)))
     ax1.legend()
     ax2.legend()
-    _save(fig, paths[1])
-    with open(paths[2], "w") as f:
-        f.write(f"# PPL-{p:g}% sparsity of the tiny models ({result['config']})\n\n{result['table']}\n")
+    save_figure(fig, paths[1], tight=True)
+    write_text(paths[2], f"# PPL-{p:g}% sparsity of the tiny models ({result['config']})\n\n{result['table']}\n")
     if len({r["d_model"] / r["num_layers"] for r in result["models"].values()}) > 1:
-        paths.append(os.path.join(out_dir, "width_depth.png"))
+        paths.append(as_path(out_dir) / "width_depth.png")
         _width_depth(result, paths[-1])
-    return paths
+    return [str(p) for p in paths]

@@ -7,12 +7,10 @@ Reads only `metrics.jsonl`, so it works on any run's workdir.
 """
 from __future__ import annotations
 
-import json
-import os
-
 from sparsity_jax.errors import UserError
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.logs import by_step, read_metrics
+from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, save_figure, write_json, write_text
 
 USE = ((names.ACTIVATION_RATIO, "per-token"), (names.USE_PER_SEQUENCE, "per-sequence"),
        (names.USE_PER_BATCH, "per-batch"))
@@ -49,7 +47,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_use(units: list[dict], path: str) -> None:
+def plot_use(units: list[dict], path: PathLike) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,12 +63,10 @@ def plot_use(units: list[dict], path: str) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, tight=True)
 
 
-def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = None) -> None:
+def plot_losses(runs: dict[str, list[dict]], path: PathLike, mask_step: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,31 +81,29 @@ def plot_losses(runs: dict[str, list[dict]], path: str, mask_step: int | None = 
     ax.set_ylabel("training loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, tight=True)
 
 
-def layer_patterns_report(workdir: str, out_dir: str | None = None) -> dict:
-    """Writes layer_patterns.{json,md} and use_over_training.png; returns the table."""
-    units = by_step(read_metrics(workdir).get(names.UNITS, {}))
+def layer_patterns_report(workdir: PathLike, out_dir: PathLike | None = None) -> dict:
+    """Writes layer_patterns.{json,md} and use_over_training.png (default: into the run's
+    report directory); returns the table."""
+    wd = Workdir(workdir)
+    units = by_step(read_metrics(wd).get(names.UNITS, {}))
     if not units:
         raise UserError(f"{workdir} has no hidden-unit metrics; train with train.metrics_every > 0")
-    out_dir = out_dir or os.path.join(workdir, "report")
-    os.makedirs(out_dir, exist_ok=True)
+    out = wd.report if out_dir is None else as_path(out_dir)
     first, last = layer_table(units[0]), layer_table(units[-1])
-    result = {"workdir": os.path.abspath(workdir), "first_step": units[0]["step"], "last_step": units[-1]["step"],
+    result = {"workdir": str(wd), "first_step": units[0]["step"], "last_step": units[-1]["step"],
               "first": first, "last": last}
-    with open(os.path.join(out_dir, "layer_patterns.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out_dir, "layer_patterns.md"), "w") as f:
-        f.write(f"# Hidden-unit use per layer ({workdir})\n\n## Step {units[-1]['step']} (last)\n\n")
-        f.write(markdown(last) + f"\n\n## Step {units[0]['step']} (first metrics step)\n\n" + markdown(first) + "\n")
-    plot_use(units, os.path.join(out_dir, "use_over_training.png"))
+    write_json(out / wd.layer_patterns_json.name, result)
+    write_text(out / wd.layer_patterns_md.name,
+               f"# Hidden-unit use per layer ({workdir})\n\n## Step {units[-1]['step']} (last)\n\n"
+               + markdown(last) + f"\n\n## Step {units[0]['step']} (first metrics step)\n\n" + markdown(first) + "\n")
+    plot_use(units, out / "use_over_training.png")
     return result
 
 
-def compare_losses(workdirs: dict[str, str], path: str, mask_step: int | None = None) -> dict[str, float]:
+def compare_losses(workdirs: dict[str, PathLike], path: PathLike, mask_step: int | None = None) -> dict[str, float]:
     """One PNG with the training-loss curves of several runs; returns each run's final loss."""
     runs = {name: by_step(read_metrics(wd).get(names.TRAIN, {})) for name, wd in workdirs.items()}
     plot_losses(runs, path, mask_step)

@@ -1,18 +1,22 @@
 """One report per run: every measurement a workdir holds, as RUN/report/index.html and
 report.md. Reads what training and the evaluation commands left in the workdir
 (metrics.jsonl, eval.json, cett.json, report/*.json); a section without data names the
-command that produces it."""
+command that produces it. Results written before the `target_cett` / `realised_cett`
+vocabulary (a bare "cett") are read through `_result`."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
+from etils import epath
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.report.render import Section, markdown, page
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.logs import by_step, read_metrics
+from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, save_figure, write_text
+
+# what a bare "cett" meant in the files written before the two names: cett.json held the
+# realised CETT per layer; ppl.json's search rows and points held the target (CETT_p)
+LEGACY_CETT = {"cett.json": "realised_cett", "ppl.json": "target_cett"}
 
 
 def _plt():
@@ -24,21 +28,29 @@ def _plt():
     return plt
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, name), dpi=110)
-    _plt().close(fig)
-    return name
+def _renamed(obj, bare: str):
+    """`obj` with every dict's bare "cett" (and "cett_upper") named `bare` (`bare`_upper)."""
+    if isinstance(obj, list):
+        return [_renamed(v, bare) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    names_ = {"cett": bare, "cett_upper": f"{bare}_upper"} if bare not in obj else {}
+    return {names_.get(k, k): _renamed(v, bare) for k, v in obj.items()}
 
 
-def _json(path: str) -> dict | None:
-    if not os.path.isfile(path):
+def _result(path: epath.Path) -> dict | None:
+    """A result file (None when absent); old files' bare "cett" keys renamed (`LEGACY_CETT`)."""
+    if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    data = read_json(path)
+    return _renamed(data, LEGACY_CETT[path.name]) if path.name in LEGACY_CETT else data
 
 
-def training(wd: str, logs: dict, out_dir: str) -> Section:
+def _images(out: epath.Path, files) -> list[str]:
+    return [f for f in files if (out / f).is_file()]
+
+
+def training(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     """Training loss and validation loss / perplexity over steps."""
     s = Section("Training and validation loss")
     train, evals = by_step(logs.get(names.TRAIN, {})), by_step(logs.get(names.EVAL, {}))
@@ -52,7 +64,7 @@ def training(wd: str, logs: dict, out_dir: str) -> Section:
     ax1.legend()
     ax2.plot([r["step"] for r in evals], [np.exp(r[names.LOSS]) for r in evals], "o-", ms=3)
     ax2.set(xlabel="step", ylabel="validation perplexity", yscale="log", title="validation perplexity")
-    s.images.append(_save(fig, out_dir, "training.png"))
+    s.images.append(save_figure(fig, out / "training.png", tight=True).name)
     last = train[-1] if train else {}
     if evals:
         s.text.append(f"Step {evals[-1]['step']}: validation loss {evals[-1][names.LOSS]:.4f}, perplexity "
@@ -61,7 +73,7 @@ def training(wd: str, logs: dict, out_dir: str) -> Section:
     return s
 
 
-def activation(wd: str, logs: dict, out_dir: str) -> Section:
+def activation(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     """Per-layer activation ratio over training (a ≠ 0, or above train.record_threshold)."""
     s = Section("Activation ratio per layer over training")
     rows = [r for r in by_step(logs.get(names.TRAIN, {})) if names.ACTIVATION_RATIO in r]
@@ -74,13 +86,13 @@ def activation(wd: str, logs: dict, out_dir: str) -> Section:
         ax.plot([r["step"] for r in rows], ratio[:, layer], label=f"layer {layer}")
     ax.set(xlabel="step", ylabel="activation ratio", title="activation ratio (training batches)")
     ax.legend(fontsize=7)
-    s.images.append(_save(fig, out_dir, "activation_ratio.png"))
+    s.images.append(save_figure(fig, out / "activation_ratio.png", tight=True).name)
     s.tables.append((["layer", "first logged", "last logged"],
                      [[i, float(ratio[0, i]), float(ratio[-1, i])] for i in range(ratio.shape[1])]))
     return s
 
 
-def unit_use(wd: str, logs: dict, out_dir: str) -> Section:
+def unit_use(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     """W&A per-token / per-sequence / per-batch use and turn-on / turn-off."""
     from sparsity_jax.report.layer_patterns import layer_patterns_report
 
@@ -88,7 +100,7 @@ def unit_use(wd: str, logs: dict, out_dir: str) -> Section:
     if not logs.get(names.UNITS):
         s.missing = "train with train.metrics_every > 0, e.g. sparsity-jax train --config.train.metrics_every=50"
         return s
-    result = layer_patterns_report(wd, out_dir)
+    result = layer_patterns_report(wd, out)
     last = result["last"]
     s.text.append(f"Per-layer use at step {result['last_step']} (% of F; first metrics step {result['first_step']} "
                   "in layer_patterns.md).")
@@ -97,34 +109,34 @@ def unit_use(wd: str, logs: dict, out_dir: str) -> Section:
     return s
 
 
-def sparsity_search(wd: str, out_dir: str) -> Section:
+def sparsity_search(wd: Workdir, out: epath.Path) -> Section:
     """CETT thresholds, PPL-p% sparsity and the baselines' Pareto curves."""
     s = Section("CETT, PPL-p% sparsity and Pareto curves")
-    ppl, cett = _json(os.path.join(out_dir, "ppl.json")), _json(os.path.join(wd, "cett.json"))
+    ppl, cett = _result(out / wd.ppl_json.name), _result(wd.cett_json)
     if ppl is None and cett is None:
         s.missing = f"sparsity-jax evaluate --workdir {wd} (PPL-1%), or sparsity-jax cett --workdir {wd} --cett 0.2"
         return s
     if ppl is not None:
         s.tables.append((["p", "CETT_p", "PPL ratio", "activation ratio", "evaluations"],
-                         [[q["p"], q["cett"], q["ppl_ratio"], q["activation_ratio"], q["evaluations"]]
+                         [[q["p"], q["target_cett"], q["ppl_ratio"], q["activation_ratio"], q["evaluations"]]
                           for q in ppl["search"]]))
-        s.images += [f for f in ("activation_over_training.png", "layer_ratios.png", "pareto.png",
-                                 "neuron_frequency.png") if os.path.isfile(os.path.join(out_dir, f))]
+        s.images += _images(out, ("activation_over_training.png", "layer_ratios.png", "pareto.png",
+                                  "neuron_frequency.png"))
     if cett is not None:
         s.text.append(f"cett.json: step {cett['step']}, target CETT {cett['target_cett']:g}.")
         s.tables.append((["layer", "threshold", "realised CETT", "sparsity"],
-                         [[i, t, c, sp] for i, (t, c, sp) in enumerate(zip(cett["threshold"], cett["cett"],
+                         [[i, t, c, sp] for i, (t, c, sp) in enumerate(zip(cett["threshold"], cett["realised_cett"],
                                                                            cett["sparsity"]))]))
     return s
 
 
-def scaling(wd: str, out_dir: str) -> Section:
+def scaling(wd: Workdir, out: epath.Path) -> Section:
     """Activation ratio over checkpoints and its scaling-law fit (Sparsing Law §4.2)."""
     from sparsity_jax.scaling.plots import plot_activation_curves
     from sparsity_jax.scaling.runs import fit_run
 
     s = Section("Activation ratio over checkpoints and its scaling fit")
-    ev = _json(os.path.join(wd, "eval.json"))
+    ev = _result(wd.eval_json)
     if ev is None:
         s.missing = f"sparsity-jax evaluate --workdir {wd}"
         return s
@@ -137,8 +149,7 @@ def scaling(wd: str, out_dir: str) -> Section:
     except UserError as e:
         s.text.append(f"No fit: {e}")
         return s
-    name = os.path.basename(os.path.normpath(wd))
-    plot_activation_curves({name: (pts["tokens"], pts["ratio"])}, {name: fit}, os.path.join(out_dir, "scaling.png"))
+    plot_activation_curves({wd.name: (pts["tokens"], pts["ratio"])}, {wd.name: fit}, out / "scaling.png")
     s.images.append("scaling.png")
     p = fit.params
     s.text.append(f"{fit.form} law fitted to the PPL-1% activation ratio of {fit.n_points} checkpoints: limit "
@@ -147,59 +158,57 @@ def scaling(wd: str, out_dir: str) -> Section:
     return s
 
 
-def ssd(wd: str, out_dir: str, method: str | None) -> Section:
+def ssd(wd: Workdir, out: epath.Path, method: str | None) -> Section:
     s = Section("SSD: sparse phases, ARI, speed-up, sparse inference")
     if method != "ssd":
-        s.missing = f"not an SSD run (ssd.method={method}); sparsity-jax train --config configs/ssd/tiny.py:ssd trains one"
+        s.missing = f"not an SSD run (method.name={method}); sparsity-jax train --config configs/ssd/tiny.py:ssd trains one"
         return s
-    result = _json(os.path.join(out_dir, "ssd.json"))
+    result = _result(out / wd.ssd_json.name)
     if result is None:
         s.missing = f"sparsity-jax ssd --workdir {wd}"
         return s
     r = result["ssd"]
     s.text.append(f"Sparse share {r['sparse_share']:.2f}, FLOPs speed-up {r['flops']['speedup'] or float('nan'):.3f}.")
-    s.images += [f for f in ("ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
-                 if os.path.isfile(os.path.join(out_dir, f))]
+    s.images += _images(out, ("ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png"))
     return s
 
 
-def optional(title: str, out_dir: str, file: str, command: str, images: tuple[str, ...]) -> Section:
+def optional(title: str, out: epath.Path, file: str, command: str, images: tuple[str, ...]) -> Section:
     """A section that a command writes as `file` + `images` into the report directory."""
     s = Section(title)
-    data = _json(os.path.join(out_dir, file))
+    data = _result(out / file)
     if data is None:
         s.missing = command
         return s
     s.text += [str(t) for t in data.get("summary", [])]
-    s.images += [f for f in images if os.path.isfile(os.path.join(out_dir, f))]
+    s.images += _images(out, images)
     return s
 
 
-def run_report(wd: str, out_dir: str | None = None) -> tuple[list[Section], list[str]]:
-    """Writes index.html and report.md of the run in `wd`; returns (sections, written paths)."""
-    from sparsity_jax.settings import from_saved
+def run_report(workdir: PathLike, out_dir: PathLike | None = None) -> tuple[list[Section], list[str]]:
+    """Writes index.html and report.md of the run in `workdir` (default: into its report
+    directory); returns (sections, written paths)."""
+    from sparsity_jax.report.ssd_report import run_method
 
-    if not os.path.isdir(wd):
-        raise UserError(f"workdir {wd} does not exist; pass the directory of a training run.")
-    out_dir = out_dir or os.path.join(wd, "report")
-    cfg = _json(os.path.join(wd, "config.json"))
-    method = from_saved(cfg).ssd.method if cfg is not None else None
-    logs = read_metrics(wd) if os.path.isfile(os.path.join(wd, "metrics.jsonl")) else {}
-    os.makedirs(out_dir, exist_ok=True)
+    wd = Workdir(workdir)
+    if not wd.exists():
+        raise UserError(f"workdir {workdir} does not exist; pass the directory of a training run.")
+    out = wd.report if out_dir is None else as_path(out_dir)
+    method = run_method(wd)
+    logs = read_metrics(wd) if wd.metrics.is_file() else {}
+    out.mkdir(parents=True, exist_ok=True)
     sections = [
-        training(wd, logs, out_dir), activation(wd, logs, out_dir), unit_use(wd, logs, out_dir),
-        sparsity_search(wd, out_dir), scaling(wd, out_dir), ssd(wd, out_dir, method),
-        optional("Predictivity (ReLU² Wins §4)", out_dir, "predictor.json",
+        training(wd, logs, out), activation(wd, logs, out), unit_use(wd, logs, out),
+        sparsity_search(wd, out), scaling(wd, out), ssd(wd, out, method),
+        optional("Predictivity (ReLU² Wins §4)", out, wd.predictor_json.name,
                  f"sparsity-jax predictor --workdir {wd} --cett 0.2",
                  ("predictor_layers.png", "predictor_topk.png", "predictor_ppl.png")),
-        optional("Hardware affinity (ReLU² Wins §4)", out_dir, "affinity.json",
+        optional("Hardware affinity (ReLU² Wins §4)", out, wd.affinity_json.name,
                  f"sparsity-jax affinity --workdir {wd} --cett 0.2",
                  ("reuse_ratio.png", "coactivation_gap.png", "hot_neurons.png")),
     ]
-    title = f"sparsity_jax run report: {os.path.basename(os.path.abspath(wd))}"
-    paths = [os.path.join(out_dir, "index.html"), os.path.join(out_dir, "report.md")]
-    with open(paths[0], "w") as f:
-        f.write(page(title, sections))
-    with open(paths[1], "w") as f:
-        f.write(markdown(title, sections))
-    return sections, paths
+    title = f"sparsity_jax run report: {wd.name}"
+    paths = [out / wd.index_html.name, out / wd.report_md.name]
+    write_text(paths[0], page(title, sections))
+    write_text(paths[1], markdown(title, sections))
+    return sections, [str(p) for p in paths]

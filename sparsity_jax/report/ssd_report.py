@@ -13,7 +13,7 @@ step wins, so resumed runs read cleanly) and the sparse-inference results of
   ppl_vs_k.png          validation PPL vs experts per token: SSD's own experts vs the dense
                         run MoEfied (Fig. 4a), dynamic top-k points (Fig. 5)
 
-Only for ssd.method=ssd runs (`check_ssd_run`: baselines raise a UserError; their
+Only for method.name=ssd runs (`check_ssd_run`: baselines raise a UserError; their
 totals are in bench/ssd_run.py). Phases come from the "ssd" records: `ssd_switch` +1
 (to sparse) / −1 (to dense) after the logged step, `ssd_sparse` for the phase of each
 logged step.
@@ -37,23 +37,23 @@ FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_
 
 
 def run_method(workdir: str) -> str | None:
-    """The `ssd.method` a workdir was trained with (config.json; None without one)."""
+    """The `method.name` a workdir was trained with (config.json; None without one)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
     from sparsity_jax.settings import from_saved
 
     with open(path) as f:
-        return from_saved(json.load(f)).ssd.method
+        return from_saved(json.load(f)).method.name
 
 
 def check_ssd_run(workdir: str) -> None:
-    """UserError unless the workdir is an ssd.method=ssd run: phases, switches and the
+    """UserError unless the workdir is an method.name=ssd run: phases, switches and the
     sparse share come from SSD's switch records, which baselines do not log."""
     method = run_method(workdir)
     if method not in (None, "ssd"):
-        raise UserError(f"sparsity-jax ssd reports ssd.method=ssd runs; {workdir} was trained with "
-                        f"ssd.method={method} — use bench/ssd_run.py {workdir} for its FLOPs/wall-clock")
+        raise UserError(f"sparsity-jax ssd reports method.name=ssd runs; {workdir} was trained with "
+                        f"method.name={method} — use bench/ssd_run.py {workdir} for its FLOPs/wall-clock")
 
 
 def phases(ssd: dict[int, dict], last_step: int) -> list[list]:
@@ -98,7 +98,7 @@ def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list])
 def training_summary(workdir: str) -> dict:
     """Validation curve, phases, ARI trace, FLOPs and wall-clock of an SSD run's logs."""
     m = read_metrics(workdir)
-    evals, ssd, train = m.get(names.EVAL, {}), m.get(names.SSD, {}), m.get(names.TRAIN, {})
+    evals, ssd, train = m.get(names.EVAL, {}), m.get(names.METHOD, {}), m.get(names.TRAIN, {})
     last_step = max([0, *evals, *ssd, *train])
     spans = phases(ssd, last_step)
     last = ssd[max(ssd)] if ssd else {}
@@ -192,7 +192,7 @@ def ssd_report(workdir: str, out_dir: str, *, inference: dict[str, dict] | None 
 
     inference: {run name: `commands.ssd.sparse_inference` result} (SSD first, then the
     MoEfied dense run); compare: the dense run's workdir for the PPL curve. workdir must
-    be an ssd.method=ssd run (`check_ssd_run`); compare may be any run.
+    be an method.name=ssd run (`check_ssd_run`); compare may be any run.
     """
     check_ssd_run(workdir)
     summary = training_summary(workdir)

@@ -1,7 +1,7 @@
 """A short per-layer sparsity summary printed at the end of training."""
 from __future__ import annotations
 
-import os
+from sparsity_jax.runtime.workdir import Workdir
 
 
 def format_summary(summary: dict) -> str:
@@ -15,13 +15,13 @@ def format_summary(summary: dict) -> str:
         "layer  activation ratio  sparsity",
     ]
     lines += [f"{i:>5d}  {r:>16.3f}  {1 - r:>8.3f}" for i, r in enumerate(ratios)]
-    wd = summary.get("workdir", ".")
+    wd = Workdir(summary.get("workdir", "."))
     lines += [
         f"outputs in {wd}:",
-        f"  checkpoints  {os.path.join(wd, 'checkpoints')}",
-        f"  metrics      {os.path.join(wd, 'metrics.jsonl')}",
-        f"  tensorboard  {os.path.join(wd, 'tensorboard')}  (tensorboard --logdir {os.path.join(wd, 'tensorboard')})",
-        f"  summary      {os.path.join(wd, 'summary.json')}",
+        f"  checkpoints  {wd.checkpoints}",
+        f"  metrics      {wd.metrics}",
+        f"  tensorboard  {wd.tensorboard}  (tensorboard --logdir {wd.tensorboard})",
+        f"  summary      {wd.summary}",
     ]
     return "\n".join(lines)
 

@@ -98,7 +98,8 @@ def read_metrics(workdir: PathLike | Workdir) -> dict[str, dict[int, dict[str, A
             if i == len(lines) - 1 or cut:
                 continue
             raise UserError(f"{path} line {i + 1} is not a JSON record; fix or remove that line") from None
-        out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = names.canonical(rec)
+        rec = names.canonical(rec)
+        out.setdefault(rec.get("split", ""), {})[int(rec["step"])] = rec
     return out
 
 

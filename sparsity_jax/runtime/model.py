@@ -93,7 +93,7 @@ class ModelRun:
         shape, repl = (self.model_cfg.num_layers, self.model_cfg.d_ff), shd.replicated(self.mesh)
         if self.settings.unit_mask.at_step and self.settings.train.record in ("mask", "both"):
             items["units"] = {"unit_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=repl)}
-        if self.settings.ssd.method == "ssd":
+        if self.settings.method.name == "ssd":
             items["ssd_labels"] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=repl)
         return items
 

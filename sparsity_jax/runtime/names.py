@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 # splits (the "split" field of every metrics.jsonl record)
-TRAIN, EVAL, UNITS, SSD = "train", "eval", "units", "ssd"
+TRAIN, EVAL, UNITS, METHOD = "train", "eval", "units", "method"
 
 # training and evaluation
 LOSS = "loss"                          # token-weighted cross-entropy, nats
@@ -31,7 +31,7 @@ CURRENT, EVER_USED, MASKED_FRACTION = "current", "ever_used", "masked_fraction"
 USE_PER_SEQUENCE, USE_PER_BATCH = "use_per_sequence", "use_per_batch"
 USE_TOKEN_OVER_SEQUENCE, USE_SEQUENCE_OVER_BATCH = "use_token_over_sequence", "use_sequence_over_batch"
 SEQ_USE_PERCENTILE = "seq_use_percentile"  # {"50": (L,), ...}: fraction of a sequence's tokens
-# training methods (split "ssd"): SSD's controller and every method's accounting
+# training methods (split "method"): SSD's controller and every method's accounting
 SSD_SPARSE = "ssd_sparse"              # 1 in a sparse phase
 SSD_ARI = "ssd_ari"                    # mean ARI over layers of consecutive clusterings
 SSD_SWITCH = "ssd_switch"              # +1 to sparse, -1 to dense, after the logged step
@@ -51,11 +51,12 @@ KEYS: dict[str, frozenset[str]] = {
     TRAIN: frozenset(_STEP | _TRACKING | {GRAD_NORM, LAYERS_KEPT, TOKENS_PER_SEC, STEP_TIME, MFU}),
     EVAL: frozenset(_STEP | {PERPLEXITY}),
     UNITS: frozenset({*USE_NAMES.values(), SEQ_USE_PERCENTILE} | _TRACKING),
-    SSD: frozenset({SSD_SPARSE, SSD_ARI, SSD_SWITCH, SSD_TOP_K, PLD_EXPECTED_KEPT, SSD_CUM_FLOPS,
+    METHOD: frozenset({SSD_SPARSE, SSD_ARI, SSD_SWITCH, SSD_TOP_K, PLD_EXPECTED_KEPT, SSD_CUM_FLOPS,
                     SSD_FLOPS_SPEEDUP, SSD_SECONDS, SSD_STEPS}),
 }
 
 _RENAMED = {"act_ratio": ACTIVATION_RATIO, "use_per_token": ACTIVATION_RATIO}
+_RENAMED_SPLITS = {"ssd": METHOD}
 _FAMILIES = ((re.compile(r"seq_use_p(\d+)$"), SEQ_USE_PERCENTILE), (re.compile(r"ssd_seconds_(\w+)$"), SSD_SECONDS),
              (re.compile(r"ssd_steps_(\w+)$"), SSD_STEPS))
 
@@ -81,10 +82,13 @@ def tb_scalars(split: str, key: str, value, tag: str | None = None):
 
 
 def canonical(record: dict) -> dict:
-    """A metrics.jsonl record with names of older logs mapped to today's (`_RENAMED`,
-    and flat families such as `ssd_seconds_dense` folded into their dict)."""
+    """A metrics.jsonl record with names of older logs mapped to today's (`_RENAMED`, the
+    split "ssd" is "method", and flat families such as `ssd_seconds_dense` folded into
+    their dict)."""
     out: dict = {}
     for key, value in record.items():
+        if key == "split":
+            value = _RENAMED_SPLITS.get(value, value)
         for pattern, family in _FAMILIES:
             match = pattern.match(key)
             if match:

@@ -39,6 +39,9 @@ class Workdir:
     def __str__(self) -> str:
         return os.fspath(self.root)
 
+    def __fspath__(self) -> str:  # a Workdir is accepted wherever a path is (Workdir(Workdir(p)) == Workdir(p))
+        return str(self)
+
     def __repr__(self) -> str:
         return f"Workdir({str(self)!r})"
 
@@ -60,6 +63,16 @@ class Workdir:
     predictors = property(lambda self: self.root / "predictors")
     tokenizer = property(lambda self: self.root / "tokenizer")
     report = property(lambda self: self.root / "report")
+
+    # files of its report directory (written by the evaluation commands and `report`)
+    ppl_json = property(lambda self: self.report / "ppl.json")
+    ssd_json = property(lambda self: self.report / "ssd.json")
+    predictor_json = property(lambda self: self.report / "predictor.json")
+    affinity_json = property(lambda self: self.report / "affinity.json")
+    layer_patterns_json = property(lambda self: self.report / "layer_patterns.json")
+    layer_patterns_md = property(lambda self: self.report / "layer_patterns.md")
+    index_html = property(lambda self: self.report / "index.html")
+    report_md = property(lambda self: self.report / "report.md")
 
     def report_file(self, name: str) -> epath.Path:
         """`report/<name>` (ppl.json, ssd.json, predictivity.json, figures, ...)."""

@@ -4,7 +4,6 @@ overlaid, and dA/d(data-scale ratio) per model size. Plotting only; fits come fr
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import matplotlib
@@ -13,18 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsity_jax.runtime.workdir import PathLike, as_path, save_figure  # noqa: E402
 from sparsity_jax.scaling.fit import (  # noqa: E402
     TOKENS_PER_D, CurveFit, builtin_n_params, derivative_vs_data_ratio, fit_builtin, load_builtin)
 
 PANELS = (("relu", "ReLU"), ("silu", "SiLU"))
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _colors(names) -> dict[str, tuple]:
@@ -34,7 +26,7 @@ def _colors(names) -> dict[str, tuple]:
 
 
 def plot_activation_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                           fits: Mapping[str, CurveFit], path: str) -> str:
+                           fits: Mapping[str, CurveFit], path: PathLike) -> str:
     """Fig. 4 style: activation ratio (%) vs training tokens (billions), one panel per
     form, measured points per model with the fitted law as a line; dropped warm-up
     points hollow. `curves` maps name → (tokens, ratio); returns `path` (PNG)."""
@@ -54,10 +46,10 @@ def plot_activation_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
                ylabel="activation ratio (%)")
         if names:
             ax.legend(fontsize=8, title="model (line = fit)", title_fontsize=8)
-    return _save(fig, path)
+    return str(save_figure(fig, path, tight=True))
 
 
-def plot_derivatives(fits: Mapping[str, CurveFit], n_params: Mapping[str, float], path: str,
+def plot_derivatives(fits: Mapping[str, CurveFit], n_params: Mapping[str, float], path: PathLike,
                      ratios: np.ndarray | None = None) -> str:
     """Derivative figure (Sparsing Law §5): dA/d(ratio) in activation-ratio % per unit of
     data-scale ratio (tokens / non-embedding parameters), one panel per form, for the
@@ -80,12 +72,13 @@ def plot_derivatives(fits: Mapping[str, CurveFit], n_params: Mapping[str, float]
                xlabel="data-scale ratio (tokens / non-embedding params)", ylabel="dA/d(ratio) (% per unit)")
         if names:
             ax.legend(fontsize=8)
-    return _save(fig, path)
+    return str(save_figure(fig, path, tight=True))
 
 
-def plot_builtin(out_dir: str, fits: Mapping[str, CurveFit] | None = None) -> list[str]:
+def plot_builtin(out_dir: PathLike, fits: Mapping[str, CurveFit] | None = None) -> list[str]:
     """Fits the shipped curves (unless `fits` is given) and writes
     activation_vs_tokens.png and derivative_vs_data_ratio.png under `out_dir`."""
     fits = fit_builtin() if fits is None else fits
-    return [plot_activation_curves(load_builtin(), fits, os.path.join(out_dir, "activation_vs_tokens.png")),
-            plot_derivatives(fits, builtin_n_params(fits), os.path.join(out_dir, "derivative_vs_data_ratio.png"))]
+    out = as_path(out_dir)
+    return [plot_activation_curves(load_builtin(), fits, out / "activation_vs_tokens.png"),
+            plot_derivatives(fits, builtin_n_params(fits), out / "derivative_vs_data_ratio.png")]

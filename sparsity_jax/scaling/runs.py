@@ -3,25 +3,22 @@ checkpoint (training tokens, activation ratio at PPL-p% and at CETT 0) and their
 (Sparsing Law §4.2, App. B: warm-up checkpoints may be dropped before fitting)."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.workdir import PathLike, Workdir, read_json
 from sparsity_jax.scaling.fit import CurveFit, fit_activation_curve
 
 MIN_POINTS = 4
 
 
-def run_points(workdir: str, which: str = "ppl1") -> dict:
+def run_points(workdir: PathLike | Workdir, which: str = "ppl1") -> dict:
     """{"tokens", "ratio", "warmup", "steps"} of a run's eval.json: `which` = "ppl<p>" (the
     activation ratio at PPL-p%, stabilised CETT) or "cett0" (a ≠ 0, the natural sparsity)."""
-    path = os.path.join(workdir, "eval.json")
-    if not os.path.isfile(path):
+    path = (workdir if isinstance(workdir, Workdir) else Workdir(workdir)).eval_json
+    if not path.is_file():
         raise UserError(f"{path} does not exist; run `sparsity-jax evaluate --workdir {workdir}` first.")
-    with open(path) as f:
-        rows = json.load(f).get("checkpoints", [])
+    rows = read_json(path).get("checkpoints", [])
     key = "activation_ratio_cett0" if which == "cett0" else None
     p = which[3:] if which.startswith("ppl") else None
     if key is None and p is None:
@@ -37,7 +34,7 @@ def run_points(workdir: str, which: str = "ppl1") -> dict:
     return {"tokens": tokens.astype(float), "ratio": ratio.astype(float), "warmup": warm, "steps": steps}
 
 
-def fit_run(workdir: str, which: str = "ppl1", form: str = "auto", drop_warmup: bool = False) -> tuple[dict, CurveFit]:
+def fit_run(workdir: PathLike | Workdir, which: str = "ppl1", form: str = "auto", drop_warmup: bool = False) -> tuple[dict, CurveFit]:
     """(points, fit) of one run; with `drop_warmup` the checkpoints inside the warm-up are
     left out (the fit reports how many)."""
     pts = run_points(workdir, which)

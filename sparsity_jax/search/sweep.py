@@ -7,6 +7,7 @@ FAT-ε on the last one (Figure 3, `pareto`) and collects neuron statistics per c
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Sequence
 
@@ -216,7 +217,7 @@ def stabilised_sweep(
         for j, p in enumerate(ps):
             ev = sparse_pass(graphdef, prm, batches, threshold_sparsify(thr.threshold[:, j]))
             row["ppl_p"].append({
-                "p": p, "cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
+                "p": p, "target_cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
                 "realised_cett": _tolist(thr.cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
                 "activation_ratio": float(1 - thr.sparsity[:, j].mean()), "ppl_ratio": float(np.exp(ev.loss - cache.loss)),
                 "sparse_run_activation_ratio": _tolist(ev.activation_ratio),
@@ -232,12 +233,12 @@ def stabilised_sweep(
             eps = default_fat_eps(cache) if fat_eps is None else fat_eps
         del cache  # one dense pass at a time from here on
     rows = [rows[s] for s in steps]
-    ppl_points = [{"p": q["p"], "cett": q["cett"], "ppl": float(np.exp(last_loss) * q["ppl_ratio"]),
+    ppl_points = [{"p": q["p"], "target_cett": q["target_cett"], "ppl": float(np.exp(last_loss) * q["ppl_ratio"]),
                    "activation_ratio": float(np.mean(q["sparse_run_activation_ratio"]))} for q in rows[-1]["ppl_p"]]
     log(f"Pareto curves on step {steps[-1]}")
     front = pareto(graphdef, last_params, batches, last_loss, ppl_points,
                    default_topk(d_ff) if topk is None else topk, eps, log)
-    search_json = [{"p": r.p, "cett": r.cett, "cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
+    search_json = [{"p": r.p, "target_cett": r.cett, "target_cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
                     "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
                     "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
                     "evaluations": r.evaluations, "converged": r.converged, "steps": joint} for r in results]
@@ -245,3 +246,46 @@ def stabilised_sweep(
     if "per_token_id" in stats_last:
         arrays["per_token_id"] = stats_last["per_token_id"]
     return {"search": search_json, "checkpoints": rows, "pareto": front, "mode": search.mode, "arrays": arrays}
+
+
+@dataclasses.dataclass
+class PplSweep:
+    """`stabilised_sweep` of a trained workdir: `search` (per p), `checkpoints` (per step),
+    `pareto`, the joint search's `mode`, and `arrays` of the last checkpoint (figures)."""
+
+    workdir: str
+    ppl_p: list[float]
+    tol: float
+    last: int
+    validation_tokens: int
+    search: list[dict]
+    checkpoints: list[dict]
+    pareto: dict
+    mode: str
+    arrays: dict
+
+    def to_json(self) -> dict:
+        """Everything but `arrays`, with the last checkpoint's neuron statistics as lists."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "arrays"}
+        a, r6 = self.arrays, lambda x: np.asarray(x).round(6).tolist()
+        out["last_checkpoint"] = {"neuron_frequency": r6(a["neuron_frequency"]), "hot_cdf": r6(a["hot_cdf"])}
+        if "per_token_id" in a:
+            out["last_checkpoint"]["per_token_id_activation_ratio"] = r6(a["per_token_id"]["ratio"])
+            out["last_checkpoint"]["per_token_id_count"] = np.asarray(a["per_token_id"]["count"]).tolist()
+        return out
+
+
+def sweep_trained(trained, ps: Sequence[float], *, last: int = 5, tol: float = 1e-3, topk: Sequence[int] | None = None,
+                  fat_eps: Sequence[float] | None = None, log: Callable[[str], None] = lambda msg: None) -> PplSweep:
+    """`stabilised_sweep` over every checkpoint of a trained workdir (`runtime.trained.Trained`)
+    on its validation batches."""
+    from sparsity_jax.runtime.trained import real_tokens
+
+    log(f"PPL-p% for p = {list(ps)} on {len(trained.steps)} checkpoints of {trained.path}")
+    t = trained.settings.train
+    result = stabilised_sweep(
+        trained.run.graphdef, trained.steps, lambda s: trained.restore(s)[0]["params"], trained.val, ps,
+        tokens_per_step=t.global_batch_size * t.seq_len, warmup_steps=trained.settings.optimizer.warmup_steps,
+        last=last, tol=tol, topk=topk, fat_eps=fat_eps, vocab_size=trained.run.model_cfg.vocab_size, log=log)
+    return PplSweep(workdir=trained.path, ppl_p=[float(p) for p in ps], tol=tol, last=last,
+                    validation_tokens=real_tokens(trained.val), **result)

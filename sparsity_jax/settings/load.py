@@ -3,8 +3,8 @@
 Config files are Python files with `get_config()` returning an ml_collections
 ConfigDict (this module is the only reader of one); `file.py:ARG` calls
 `get_config("ARG")`. Overrides are strings parsed by the type of the field they set.
-Saved configs (a checkpoint's metadata, config.json) pass through `upgrade`, which holds
-every back-compat shim, then the same validation.
+Config files and saved configs (a checkpoint's metadata, config.json) pass through
+`upgrade`, which holds every back-compat shim, then the same validation.
 """
 from __future__ import annotations
 
@@ -68,9 +68,10 @@ def _parse(key: str, kind: type, raw: str):
 
 def apply_overrides(tree: dict, overrides: dict[str, str]) -> dict:
     """A copy of `tree` with `a.b` keys set from strings, each parsed by its field's type;
-    an unknown key is a UserError that lists the valid ones."""
+    an unknown key is a UserError that lists the valid ones (old keys: `upgrade_key`)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
     for key, raw in overrides.items():
+        key = upgrade_key(key)
         section, _, leaf = key.partition(".")
         if not leaf:
             if key != "seed":
@@ -88,26 +89,45 @@ def apply_overrides(tree: dict, overrides: dict[str, str]) -> dict:
 
 
 def load(path: str = DEFAULT_CONFIG, overrides: dict[str, str] | None = None) -> Settings:
-    """Validated settings of a config file with overrides applied."""
-    return Settings.from_dict(apply_overrides(load_file(path), overrides or {}))
+    """Validated settings of a config file (see `upgrade`) with overrides applied."""
+    return Settings.from_dict(apply_overrides(upgrade(load_file(path)), overrides or {}))
 
 
 def upgrade(saved: dict) -> dict:
-    """A saved config (checkpoint metadata, config.json) in today's form; the only place
-    that knows older forms:
+    """A config (a file's, a checkpoint's metadata, config.json) in today's form; the only
+    place that knows older forms:
+      * section `ssd` (before it held every training method) is `method`, and its field
+        `method` is `name` (`upgrade_key` does the same for an override's key);
       * `ssd.enabled = true` (before `ssd.method` existed) means method ssd;
       * `ssd.router_grad` saved as the string "true"/"false";
-      * keys added since (e.g. `ssd.router_grad`, `data.tfds_data_dir`) take today's
-        defaults; a run trained before `ssd.router_grad` existed had the router
-        gradient on, and resumed it continues with constant gates (the default).
+      * keys added since (e.g. `method.router_grad`, `data.tfds_data_dir`) take today's
+        defaults; a run trained before `router_grad` existed had the router gradient on,
+        and resumed it continues with constant gates (the default).
     """
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
-    ssd = tree.get("ssd", {})
-    if ssd.pop("enabled", False) and ssd.get("method", "dense") == "dense":
-        ssd["method"] = "ssd"
-    if isinstance(ssd.get("router_grad"), str) and ssd["router_grad"].lower() in ("true", "false"):
-        ssd["router_grad"] = ssd["router_grad"].lower() == "true"
+    old = tree.pop("ssd", None)
+    if isinstance(old, dict):
+        if old.pop("enabled", False) and old.get("method", "dense") == "dense":
+            old["method"] = "ssd"
+        if "method" in old:
+            old["name"] = old.pop("method")
+        tree["method"] = {**old, **tree.get("method", {})}
+    elif old is not None:
+        tree["method"] = old  # not a dict: reported under today's name
+    method = tree.get("method")
+    if isinstance(method, dict):
+        grad = method.get("router_grad")
+        if isinstance(grad, str) and grad.lower() in ("true", "false"):
+            method["router_grad"] = grad.lower() == "true"
     return tree
+
+
+def upgrade_key(key: str) -> str:
+    """An override's key in today's form: `ssd.method` is `method.name`, `ssd.X` `method.X`."""
+    section, dot, leaf = key.partition(".")
+    if section != "ssd" or not dot:
+        return key
+    return "method.name" if leaf == "method" else f"method.{leaf}"
 
 
 def from_saved(saved: dict, overrides: dict[str, str] | None = None) -> Settings:

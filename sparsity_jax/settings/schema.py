@@ -151,9 +151,9 @@ class OptimizerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class MethodSettings:
-    """`ssd`: the training method (`sparsity_jax/methods/`) and SSD's options.
+    """`method`: the training method (`sparsity_jax/methods/`) and its options.
 
-    method: dense | ssd (switchable sparse-dense, SSD §4) | smoe | moe_dropout | pld (its
+    name: dense | ssd (switchable sparse-dense, SSD §4) | smoe | moe_dropout | pld (its
     baselines, SSD §5). num_experts / top_k: N and K of ssd's sparse phase and of smoe; N
     and K0 of moe_dropout. router_grad: true keeps SSD App. A's straight-through router
     gradient (gates 1 + α − sg(α)); false (default) uses constant gates, so K = N is
@@ -161,7 +161,7 @@ class MethodSettings:
     step here diverge; the README has the numbers).
     """
 
-    method: str = "dense"
+    name: str = "dense"
     num_experts: int = 32
     top_k: int = 6
     monitor_every: int = 3000     # M: steps between clusterings in a dense phase
@@ -178,24 +178,24 @@ class MethodSettings:
     @property
     def moe(self) -> bool:
         """Whether the method trains MoE steps (ssd's sparse phases, smoe, moe_dropout)."""
-        return self.method in MOE_METHODS
+        return self.name in MOE_METHODS
 
     def check(self) -> None:
-        _one_of("ssd.method", self.method, METHODS)
-        _one_of("ssd.dispatch", self.dispatch, DISPATCH)
-        _positive("ssd", self, "num_experts", "monitor_every", "capacity_factor", "kmeans_iters")
+        _one_of("method.name", self.name, METHODS)
+        _one_of("method.dispatch", self.dispatch, DISPATCH)
+        _positive("method", self, "num_experts", "monitor_every", "capacity_factor", "kmeans_iters")
         if self.moe and not 0 < self.top_k <= self.num_experts:
-            raise _fail("ssd.top_k", self.top_k, f"set it in 1..ssd.num_experts={self.num_experts}")
-        if self.method == "moe_dropout" and self.top_k >= self.num_experts:
-            raise _fail("ssd.top_k", self.top_k, f"moe_dropout grows K from ssd.top_k to ssd.num_experts="
+            raise _fail("method.top_k", self.top_k, f"set it in 1..method.num_experts={self.num_experts}")
+        if self.name == "moe_dropout" and self.top_k >= self.num_experts:
+            raise _fail("method.top_k", self.top_k, f"moe_dropout grows K from method.top_k to method.num_experts="
                         f"{self.num_experts}, so set it below that")
         r, l = self.sparse_share, self.final_dense_share
         if not (0 <= r < 1 and 0 <= l < 1 and r + l < 1):
-            raise _fail("ssd.sparse_share", r, f"SSD needs 0 <= r, l and r + l < 1 (final_dense_share={l})")
+            raise _fail("method.sparse_share", r, f"SSD needs 0 <= r, l and r + l < 1 (final_dense_share={l})")
         if not -1 <= self.ari_threshold <= 1:
-            raise _fail("ssd.ari_threshold", self.ari_threshold, "an ARI threshold lies in [-1, 1]")
+            raise _fail("method.ari_threshold", self.ari_threshold, "an ARI threshold lies in [-1, 1]")
         if self.pld_gamma < 0:
-            raise _fail("ssd.pld_gamma", self.pld_gamma, "set it to 0 or more")
+            raise _fail("method.pld_gamma", self.pld_gamma, "set it to 0 or more")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +217,7 @@ class MeshSettings:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataSettings, "train": TrainSettings, "unit_mask": UnitMaskSettings,
-    "optimizer": OptimizerSettings, "ssd": MethodSettings, "mesh": MeshSettings,
+    "optimizer": OptimizerSettings, "method": MethodSettings, "mesh": MeshSettings,
 }
 
 
@@ -248,7 +248,7 @@ class Settings:
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     unit_mask: UnitMaskSettings = dataclasses.field(default_factory=UnitMaskSettings)
     optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
-    ssd: MethodSettings = dataclasses.field(default_factory=MethodSettings)
+    method: MethodSettings = dataclasses.field(default_factory=MethodSettings)
     mesh: MeshSettings = dataclasses.field(default_factory=MeshSettings)
 
     @classmethod
@@ -272,26 +272,28 @@ class Settings:
     def check(self) -> None:
         """Field ranges and names, then the rules between sections."""
         _model_check(self.model)
-        for section in (self.data, self.train, self.optimizer, self.ssd, self.mesh):
+        for section in (self.data, self.train, self.optimizer, self.method, self.mesh):
             section.check()
-        t, u, s, m = self.train, self.unit_mask, self.ssd, self.model
+        t, u, s, m = self.train, self.unit_mask, self.method, self.model
         if u.at_step < 0 or u.window <= 0:
             raise UserError("config.unit_mask needs at_step >= 0 and window > 0; fix the one that is not.")
         if u.at_step > t.steps:
             raise _fail("unit_mask.at_step", u.at_step, f"it is beyond train.steps={t.steps}")
         if (t.metrics_every or u.at_step) and t.record not in ("mask", "both"):
             raise _fail("train.record", t.record, "hidden-unit metrics and unit masking need train.record=mask (or both)")
-        if u.at_step and s.method != "dense":
-            raise _fail("unit_mask.at_step", u.at_step, f"dead-unit masking trains the dense FFN; set ssd.method=dense "
-                        f"(not {s.method}) or unit_mask.at_step=0")
+        if u.at_step and s.name != "dense":
+            raise _fail("unit_mask.at_step", u.at_step, f"dead-unit masking trains the dense FFN; set "
+                        f"method.name=dense (not {s.name}) or unit_mask.at_step=0")
         if s.moe and m.d_ff % s.num_experts:
-            raise _fail("ssd.num_experts", s.num_experts, f"it must divide model.d_ff={m.d_ff} for ssd.method={s.method}")
-        if s.method == "pld":
+            raise _fail("method.num_experts", s.num_experts,
+                        f"it must divide model.d_ff={m.d_ff} for method.name={s.name}")
+        if s.name == "pld":
             top = (m.num_layers + 1) / (2 * m.num_layers)
             if not 0 <= s.pld_drop_rate <= top:
-                raise _fail("ssd.pld_drop_rate", s.pld_drop_rate, f"set it in [0, {top:.3f}] for {m.num_layers} layers")
+                raise _fail("method.pld_drop_rate", s.pld_drop_rate,
+                            f"set it in [0, {top:.3f}] for {m.num_layers} layers")
             if t.record != "none":
-                raise _fail("train.record", t.record, "ssd.method=pld skips whole blocks and records nothing; "
+                raise _fail("train.record", t.record, "method.name=pld skips whole blocks and records nothing; "
                             "set train.record=none")
         if t.global_batch_size % self.data.num_shards:
             raise _fail("train.global_batch_size", t.global_batch_size,

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 
 from sparsity_jax.errors import NonFiniteLoss
-from sparsity_jax.methods import TrainingMethod, make_method
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.settings import Settings
 from sparsity_jax.runtime import names
@@ -29,23 +28,24 @@ from sparsity_jax.runtime.trained import data_module, real_tokens, validation_ba
 from sparsity_jax.runtime.workdir import PathLike, Workdir, write_json
 from sparsity_jax.train.preemption import Preemption
 from sparsity_jax.train.resume import resume_point
-from sparsity_jax.train.setup import TrainRun, build_run
+from sparsity_jax.train.setup import MethodFactory, TrainRun, build_run
 
-DENSE = Sparsify()
+OWN_FFN = Sparsify()  # the model's own FFN settings; the method's options start from them
 
 
-def _meta(run: TrainRun, step: int, method: TrainingMethod) -> dict:
+def _meta(run: TrainRun, step: int, method) -> dict:
     return {"data_position": int(step), "step": int(step), "config": run.settings.to_dict(), "method": method.meta()}
 
 
-def train(settings: Settings, workdir: PathLike | Workdir) -> dict[str, Any]:
-    """Trains `settings` in `workdir` (local or any epath), resuming from its latest
-    checkpoint; returns the final summary. Every input (data, checkpoint, model shape) is
-    checked before anything is written."""
+def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFactory) -> dict[str, Any]:
+    """Trains `settings` in `workdir` (local or any epath) with the training method
+    `make_method(settings, mesh)` (e.g. `methods.make_method`, the command's choice), resuming
+    from its latest checkpoint; returns the final summary. Every input (data, checkpoint,
+    model shape) is checked before anything is written."""
     main = jax.process_index() == 0
     t = settings.train
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-    run = build_run(settings, workdir)
+    run = build_run(settings, workdir, make_method)
     val = validation_batches(run, workdir)
     resumed = resume_point(settings, workdir, run)
     start, state, meta = resumed if resumed else (0, None, None)
@@ -55,7 +55,7 @@ def train(settings: Settings, workdir: PathLike | Workdir) -> dict[str, Any]:
         process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start,
         cache_dir=str(workdir))
     first = next(train_it) if start < total else None  # an empty train split fails here, before any write
-    method = make_method(run, meta)
+    method = run.method.host(run, meta)  # the host side (`methods.base.TrainingMethod`)
     log_print(f"validation: {real_tokens(val):,} real tokens in {len(val)} batches of {t.global_batch_size} × "
               f"{t.seq_len}", main)
     if resumed:
@@ -108,19 +108,15 @@ def train(settings: Settings, workdir: PathLike | Workdir) -> dict[str, Any]:
             for step in range(start, total):
                 batch = run.device_batch(first if step == start else next(train_it))
                 if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
-                    flops = method.step_flops(start)[0]  # the method's step (MoE's K, PLD's expected drops)
+                    flops = method.step_flops(start)[0]  # the FLOPs of the method's step
                     t0 = time.perf_counter()
-                every = t.metrics_every
-                top_k = method.top_k(step)
-                detailed = bool(run.units is not None and every and (step + 1) % every == 0 and not top_k)
-                state, metrics = run.train_step(state, batch, DENSE, detailed, top_k)
-                if detailed:
+                variant = method.variant(step)
+                state, metrics = run.train_step(state, batch, OWN_FFN, variant)
+                if "detailed" in metrics:
                     writer.write(step + 1, metrics.pop("detailed"), split=names.UNITS)
-                state, method_metrics = method.after_step(state, step + 1, detailed)
-                log_now = (step + 1) % t.log_every == 0 or step + 1 == total
-                if method_metrics and (names.SSD_ARI in method_metrics or names.SSD_SWITCH in method_metrics
-                                       or log_now):
-                    writer.write(step + 1, method_metrics, split=names.SSD)
+                state, method_metrics = method.after_step(state, step + 1, variant)
+                if method_metrics:  # at the log interval, or an event of the method
+                    writer.write(step + 1, method_metrics, split=names.METHOD)
                 if pending is not None:
                     report(pending[0], check(*pending))
                 pending = (step + 1, metrics)

@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     """Two trained tiny workdirs (checkpoints at steps 1 and 2): dense and ssd."""
     base = tmp_path_factory.mktemp("trained")
     out = {}
-    for name, extra in (("dense", {}), ("ssd", {"ssd.method": "ssd", "ssd.num_experts": 4, "ssd.top_k": 2})):
+    for name, extra in (("dense", {}), ("ssd", {"method.name": "ssd", "method.num_experts": 4, "method.top_k": 2})):
         assert main(["train", "--workdir", str(base / name)] + config_args(**SHORT, **extra)) == 0
         out[name] = str(base / name)
     return out
@@ -60,13 +60,13 @@ FRESH = [
     ("schedule", ["train", "--config.optimizer.schedule=linear"], "optimizer.schedule='linear'"),
     ("activation", ["train", "--config.model.activation=tanh"], "model.activation='tanh'"),
     ("task", ["train", "--config.data.task=wiki"], "data.task='wiki' is unknown"),
-    ("method", ["train", "--config.ssd.method=sparse"], "ssd.method='sparse'"),
+    ("method", ["train", "--config.method.name=sparse"], "method.name='sparse'"),
     ("eval_every", ["train", "--config.train.eval_every=0"], "train.eval_every=0"),
     ("eval_batches", ["train", "--config.train.eval_batches=0"], "train.eval_batches=0"),
     ("checkpoint_every", ["train", "--config.train.checkpoint_every=-1"], "train.checkpoint_every=-1"),
     ("negative_lr", ["train", "--config.optimizer.lr=-0.001"], "optimizer.lr=-0.001"),
     ("heads", ["train", "--config.model.num_heads=3"], "must divide model.d_model"),
-    ("experts", ["train", "--config.ssd.method=smoe", "--config.ssd.num_experts=3", "--config.ssd.top_k=2"],
+    ("experts", ["train", "--config.method.name=smoe", "--config.method.num_experts=3", "--config.method.top_k=2"],
      "must divide model.d_ff"),
     ("unknown_key", ["train", "--config.model.bogus=1"], "unknown config key"),
     ("override_type", ["train", "--config.model.d_model=abc"], "is not a valid int"),

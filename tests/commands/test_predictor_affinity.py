@@ -31,13 +31,14 @@ def test_predictor_writes_report_and_predictors(workdir):
         assert (report / f).is_file(), f
     r = json.loads((report / "predictor.json").read_text())
     assert r["step"] == 2 and r["rank"] == 1 and len(r["thresholds"]) == 2 and r["summary"]
+    assert r["target_cett"] == 0.2 and len(r["realised_cett"]) == 2 and "cett" not in r
     assert [(q["strategy"], q["k"]) for q in r["quality"]] == [("threshold", None), ("topk", 32), ("topk", 8)]
     assert r["quality"][1]["prediction_sparsity"] == pytest.approx(0.5)  # top-32 of F = 64
     assert len(r["ppl"]["predicted"]) == 3 and r["ppl"]["dense"]["perplexity"] > 1
     params, meta = store.load(r["saved"])
     assert r["saved"].endswith(os.path.join("predictors", "2_cett0.2"))
     assert params["w1"].shape == (2, 32, 1) and meta["target_cett"] == 0.2 and meta["thresholds"] == r["thresholds"]
-    _generate(workdir, "predictor", "--cett", "0.2")  # the saved predictors drive decoding
+    _generate(workdir, "predicted", "--cett", "0.2")  # the saved predictors drive decoding
 
 
 def _generate(workdir, ffn, *extra, rows=2):
@@ -82,7 +83,7 @@ BAD = [
     (["affinity", "--cett", "0.2", "--step", "7"], "no checkpoint at step 7"),
     (["generate", "--prompt", "x", "--max-new", "0"], "--max-new ≥ 1"),
     (["generate", "--prompt", "x", "--step", "7"], "no checkpoint at step 7"),
-    (["generate", "--prompt", "x", "--ffn", "predictor", "--cett", "0.37"], "no trained predictors"),
+    (["generate", "--prompt", "x", "--ffn", "predicted", "--cett", "0.37"], "no trained predictors"),
 ]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsity_jax.infer import Decoder, Predictor, Threshold, place
+from sparsity_jax.infer import Decoder, Predicted, Threshold, place
 from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
 from sparsity_jax.infer.choosers import Act, check_predictor
 from sparsity_jax.infer.ffn import build_tables, gather_combine, gather_project, layer_ffn
@@ -121,10 +121,10 @@ def test_predictor_chooser_and_ffn_equal_numpy(activation):
     y_ref, keep_ref = np_predicted_ffn(ffn, arr, x)
     check_predictor({k: v[None] for k, v in arr.items()}, 1, d, f)
     mesh = mesh_tp()
-    tab = build_tables(ffn, Predictor().table_keys(ffn.act.gated))
+    tab = build_tables(ffn, Predicted().table_keys(ffn.act.gated))
     arr32 = {k: jnp.asarray(v, jnp.float32) for k, v in arr.items()}
     x32 = jnp.asarray(x, jnp.float32)
-    run = jax.jit(functools.partial(layer_ffn, Predictor(), act=Act.of(ffn), mesh=mesh, axis="tensor"),
+    run = jax.jit(functools.partial(layer_ffn, Predicted(), act=Act.of(ffn), mesh=mesh, axis="tensor"),
                   static_argnames="budgets")
     y_full, keep, cand = run(arr32, tab, x32)
     np.testing.assert_array_equal(np.asarray(cand), keep_ref)
@@ -143,7 +143,7 @@ def test_predictor_decoding_equals_its_masked_form():
     k = jax.random.split(jax.random.key(3), 2)
     arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),
               "b": -jnp.ones((2, 128))}
-    dec = Decoder(*place(model, mesh), mesh, Predictor(), arrays, budgets=((48,), (48,)), chunk=16)
+    dec = Decoder(*place(model, mesh), mesh, Predicted(), arrays, budgets=((48,), (48,)), chunk=16)
     sparse = dec.generate(PROMPTS, NEW, keep_logits=True)
     seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, sparse.tokens)])
     logits_BxTxV, cand_LxBxTxF = dec.candidates(batch_of(seqs))  # full sequences, masked predictor FFN

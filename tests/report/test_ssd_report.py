@@ -8,20 +8,21 @@ import pytest
 from sparsity_jax.cli import main
 from bench.ssd_run import whole_run
 from sparsity_jax.errors import UserError
-from sparsity_jax.methods import step_flops
+from sparsity_jax.methods import make_method, step_flops
 from sparsity_jax.report.ssd_report import FILES, phases, ssd_report
 from sparsity_jax.train import trainer
 from tests.train.helpers import tiny_config
 
-SSD = {"ssd.method": "ssd", "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 2, "ssd.ari_threshold": -1.0,
-       "ssd.kmeans_iters": 5, "train.steps": 12, "train.eval_every": 4, "train.checkpoint_every": 100}
+SSD = {"method.name": "ssd", "method.num_experts": 8, "method.top_k": 2, "method.monitor_every": 2,
+       "method.ari_threshold": -1.0, "method.kmeans_iters": 5, "train.steps": 12, "train.eval_every": 4,
+       "train.checkpoint_every": 100}
 
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
     ssd, dense = str(tmp_path_factory.mktemp("ssd")), str(tmp_path_factory.mktemp("dense"))
-    trainer.train(tiny_config(**SSD), ssd)
-    trainer.train(tiny_config(**dict(SSD, **{"ssd.method": "dense", "train.steps": 4})), dense)
+    trainer.train(tiny_config(**SSD), ssd, make_method)
+    trainer.train(tiny_config(**dict(SSD, **{"method.name": "dense", "train.steps": 4})), dense, make_method)
     return ssd, dense
 
 
@@ -61,11 +62,11 @@ def test_non_ssd_run_is_refused(workdirs, tmp_path, ssd_cfg, method):
     run = str(tmp_path / "run")
     shutil.copytree(workdirs[0], run, ignore=shutil.ignore_patterns("checkpoints", "report"))
     cfg = json.load(open(os.path.join(run, "config.json")))
-    cfg["ssd"] = {k: v for k, v in cfg["ssd"].items() if k not in ("method", "enabled")} | ssd_cfg
+    cfg["ssd"] = {k: v for k, v in cfg.pop("method").items() if k != "name"} | ssd_cfg  # an old config
     if method == "pld":  # a valid pld config records nothing
         cfg["train"].update(record="none", metrics_every=0)
     json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
-    with pytest.raises(UserError, match=f"was trained with ssd.method={method} — use bench/ssd_run.py {run}"):
+    with pytest.raises(UserError, match=f"was trained with method.name={method} — use bench/ssd_run.py {run}"):
         ssd_report(run, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -74,7 +75,7 @@ def test_old_config_enabled_means_ssd_and_dense_compare_is_fine(workdirs, tmp_pa
     run = str(tmp_path / "run")
     shutil.copytree(workdirs[0], run, ignore=shutil.ignore_patterns("checkpoints", "report"))
     cfg = json.load(open(os.path.join(run, "config.json")))
-    cfg["ssd"] = {k: v for k, v in cfg["ssd"].items() if k != "method"} | {"enabled": True}
+    cfg["ssd"] = {k: v for k, v in cfg.pop("method").items() if k != "name"} | {"enabled": True}
     json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
     r = ssd_report(run, str(tmp_path / "out"), compare=workdirs[1])
     assert r["ssd"]["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and r["dense"]["phases"] == [["dense", 0, 4]]

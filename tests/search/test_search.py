@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sparsity_jax.methods import make_method
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.threshold_search import find_threshold
 from sparsity_jax.cli import main
@@ -33,7 +34,7 @@ def workdir(tmp_path_factory):
     from sparsity_jax.train.trainer import train
 
     wd = str(tmp_path_factory.mktemp("search_run"))
-    train(tiny_config(**{"train.steps": STEPS, "train.checkpoint_every": 10, "train.log_every": 30}), wd)
+    train(tiny_config(**{"train.steps": STEPS, "train.checkpoint_every": 10, "train.log_every": 30}), wd, make_method)
     return wd
 
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.methods import PLDSchedule, block_share, moe_dropout_top_k, step_flops
+from sparsity_jax.methods import PLDSchedule, block_share, make_method, moe_dropout_top_k, step_flops
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.settings import from_saved
 from sparsity_jax.ssd.convert import centres_from_params
@@ -25,9 +25,9 @@ from tests.train.test_trainer import patch_step
 
 NO_RECORD = {"train.record": "none", "train.metrics_every": 0, "train.checkpoint_every": 100}
 METHODS = {
-    "smoe": {"ssd.method": "smoe", "ssd.num_experts": 4, "ssd.top_k": 2},
-    "moe_dropout": {"ssd.method": "moe_dropout", "ssd.num_experts": 4, "ssd.top_k": 2},
-    "pld": {"ssd.method": "pld", "ssd.pld_drop_rate": 0.5, "ssd.pld_gamma": 0.5, **NO_RECORD},
+    "smoe": {"method.name": "smoe", "method.num_experts": 4, "method.top_k": 2},
+    "moe_dropout": {"method.name": "moe_dropout", "method.num_experts": 4, "method.top_k": 2},
+    "pld": {"method.name": "pld", "method.pld_drop_rate": 0.5, "method.pld_gamma": 0.5, **NO_RECORD},
 }
 
 
@@ -54,7 +54,7 @@ def test_pld_keep_schedule():
     assert np.all(np.diff(pld.keep_probs(50)) < 0)  # deeper blocks drop more often
     np.testing.assert_allclose(np.asarray(pld.keep_probs(jnp.int32(100), jnp)), pld.keep_probs(100), rtol=1e-6)
     with pytest.raises(UserError, match="pld_drop_rate"):  # mean drop ≤ (L + 1)/(2L) = 0.625 at L = 4
-        tiny_config(**{**METHODS["pld"], "model.num_layers": 4, "ssd.pld_drop_rate": 0.7})
+        tiny_config(**{**METHODS["pld"], "model.num_layers": 4, "method.pld_drop_rate": 0.7})
 
 
 def test_block_share_matches_xla():
@@ -72,27 +72,27 @@ def test_block_share_matches_xla():
 
 
 def test_method_validation():
-    assert tiny_config(**{"ssd.method": "smoe"}).ssd.method == "smoe"
+    assert tiny_config(**{"method.name": "smoe"}).method.name == "smoe"
     legacy = tiny_config().to_dict()
-    legacy["ssd"]["enabled"] = True  # configs saved before ssd.method
-    del legacy["ssd"]["method"]
-    assert from_saved(legacy).ssd.method == "ssd"
-    with pytest.raises(UserError, match="ssd.method='sparse'"):
-        tiny_config(**{"ssd.method": "sparse"})
+    legacy["ssd"] = {k: v for k, v in legacy.pop("method").items() if k != "name"}
+    legacy["ssd"]["enabled"] = True  # configs saved before ssd.method (and before method.name)
+    assert from_saved(legacy).method.name == "ssd"
+    with pytest.raises(UserError, match="method.name='sparse'"):
+        tiny_config(**{"method.name": "sparse"})
     with pytest.raises(UserError, match="train.record=none"):
-        tiny_config(**{"ssd.method": "pld"})
+        tiny_config(**{"method.name": "pld"})
     with pytest.raises(UserError, match="must divide model.d_ff"):
-        tiny_config(**{"ssd.method": "smoe", "ssd.num_experts": 3, "ssd.top_k": 2})
-    with pytest.raises(UserError, match="grows K from ssd.top_k"):
-        tiny_config(**{"ssd.method": "moe_dropout", "ssd.num_experts": 4, "ssd.top_k": 4})
+        tiny_config(**{"method.name": "smoe", "method.num_experts": 3, "method.top_k": 2})
+    with pytest.raises(UserError, match="grows K from method.top_k"):
+        tiny_config(**{"method.name": "moe_dropout", "method.num_experts": 4, "method.top_k": 4})
     with pytest.raises(UserError, match="dead-unit masking trains the dense FFN"):
-        tiny_config(**{"ssd.method": "smoe", "ssd.num_experts": 4, "ssd.top_k": 2, "unit_mask.at_step": 3})
+        tiny_config(**{"method.name": "smoe", "method.num_experts": 4, "method.top_k": 2, "unit_mask.at_step": 3})
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
 def trained(request, tmp_path_factory):
     wd = str(tmp_path_factory.mktemp(request.param))
-    summary = trainer.train(tiny_config(**METHODS[request.param]), wd)
+    summary = trainer.train(tiny_config(**METHODS[request.param]), wd, make_method)
     return request.param, wd, summary
 
 
@@ -139,9 +139,9 @@ def test_pld_resume_reproduces_losses(trained, tmp_path, monkeypatch):
         return state, m
 
     patch_step(monkeypatch, 5, term)
-    trainer.train(tiny_config(**METHODS[method]), str(tmp_path))
+    trainer.train(tiny_config(**METHODS[method]), str(tmp_path), make_method)
     monkeypatch.undo()
-    trainer.train(tiny_config(**METHODS[method]), str(tmp_path))
+    trainer.train(tiny_config(**METHODS[method]), str(tmp_path), make_method)
     want, got = read_losses(os.path.join(wd, "metrics.jsonl")), read_losses(str(tmp_path / "metrics.jsonl"))
     assert sorted(got) == sorted(want)
     for s in want:
@@ -169,10 +169,10 @@ def test_smoe_is_evaluated_as_its_moe(trained):
 
 def test_router_grad_setting():
     for method in ("ssd", "smoe", "moe_dropout"):
-        assert tiny_config(**{"ssd.method": method}).ssd.router_grad is False
-    assert tiny_config(**{"ssd.method": "smoe", "ssd.router_grad": "True"}).ssd.router_grad is True
+        assert tiny_config(**{"method.name": method}).ssd.router_grad is False
+    assert tiny_config(**{"method.name": "smoe", "method.router_grad": "True"}).ssd.router_grad is True
     with pytest.raises(UserError, match="not a valid bool"):
-        tiny_config(**{"ssd.method": "ssd", "ssd.router_grad": "maybe"})
+        tiny_config(**{"method.name": "ssd", "method.router_grad": "maybe"})
     with pytest.raises(UserError, match="router_grad='maybe' is a str"):  # e.g. an untyped saved config
         from_saved({"ssd": {"router_grad": "maybe"}})
     assert from_saved({"ssd": {"router_grad": "TRUE"}}).ssd.router_grad is True
@@ -181,8 +181,8 @@ def test_router_grad_setting():
 def test_smoe_with_all_experts_trains_like_dense(tmp_path):
     """K = N with constant gates (the smoe default) is the dense step, also in training."""
     short = {"train.steps": 6, "train.eval_every": 100, **NO_RECORD}
-    trainer.train(tiny_config(**short), str(tmp_path / "dense"))
-    trainer.train(tiny_config(**short, **{"ssd.method": "smoe", "ssd.num_experts": 4, "ssd.top_k": 4}),
+    trainer.train(tiny_config(**short), str(tmp_path / "dense"), make_method)
+    trainer.train(tiny_config(**short, **{"method.name": "smoe", "method.num_experts": 4, "method.top_k": 4}),
                   str(tmp_path / "smoe"))
     dense, smoe = (read_losses(str(tmp_path / name / "metrics.jsonl")) for name in ("dense", "smoe"))
     assert sorted(smoe) == sorted(dense) == list(range(1, 7))

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.methods import trained_sparse
+from sparsity_jax.methods import make_method, trained_sparse
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.moe import moe_ffn
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
@@ -20,7 +20,7 @@ N = 8  # tiny d_ff = 64 → experts of 8 neurons
 
 @pytest.fixture(scope="module")
 def lm():
-    run = build(tiny_config(), 259, devices=jax.devices()[:1])
+    run = build(tiny_config(), 259, make_method, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
     batches = [run.device_batch(synthetic_batch(rng, 16, 32, 259)) for _ in range(2)]
     params = run.init_state(jax.random.key(0))["params"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sparsity_jax.methods import DenseStep, make_method
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.moe import moe_ffn, route
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
@@ -185,9 +186,9 @@ NL = 4  # experts in the tiny LM (d_ff = 64)
 
 @pytest.fixture(scope="module")
 def run_and_states():
-    run = build(tiny_config(), 259, devices=jax.devices()[:1])  # one device: faster compiles
+    run = build(tiny_config(), 259, make_method, devices=jax.devices()[:1])  # one device: faster compiles
     batch = synthetic_batch(np.random.default_rng(0), 16, 32, 259)
-    step = jax.jit(make_train_step(run.graphdef, run.tx, record=None))
+    step = jax.jit(make_train_step(run.graphdef, run.tx, DenseStep(record=None)))
     state, _ = step(run.init_state(jax.random.key(0)), batch)  # non-zero Adam moments
     state = dict(state, units=run.init_state(jax.random.key(0))["units"])
     state["units"]["ever"] = jax.random.bernoulli(jax.random.key(3), 0.5, state["units"]["ever"].shape)
@@ -240,7 +241,8 @@ def test_train_step_commutes_with_conversion(run_and_states):
     want, _ = dense_step(state, batch)
     got_dense, _ = dense_step(conv_state, batch)
     zero_centres = jnp.zeros_like(conv.centres)
-    got_moe, _ = jax.jit(make_train_step(run.graphdef, run.tx, record=None))(conv_state, batch, moe_mode(zero_centres))
+    moe_step = jax.jit(make_train_step(run.graphdef, run.tx, DenseStep(record=None)))
+    got_moe, _ = moe_step(conv_state, batch, moe_mode(zero_centres))
     for got in (got_dense, got_moe):
         back = unpermute(got, conv.perms)
         for key in ("params", "opt_state"):

@@ -55,4 +55,4 @@ def test_resume_mid_sparse_phase_is_the_same_schedule():
 
 def test_bad_shares():
     with pytest.raises(UserError, match=r"r \+ l < 1"):  # the run's settings check the shares
-        tiny_config(**{"ssd.method": "ssd", "ssd.sparse_share": 0.95, "ssd.final_dense_share": 0.1})
+        tiny_config(**{"method.name": "ssd", "method.sparse_share": 0.95, "method.final_dense_share": 0.1})

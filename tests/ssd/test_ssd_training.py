@@ -6,13 +6,13 @@ import signal
 
 import pytest
 
-from sparsity_jax.methods import step_flops
+from sparsity_jax.methods import make_method, step_flops
 from sparsity_jax.train import trainer
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
 
-SSD = {"ssd.method": "ssd", "model.d_ff": 256, "ssd.num_experts": 8, "ssd.top_k": 2, "ssd.monitor_every": 4,
-       "ssd.ari_threshold": -1.0, "ssd.kmeans_iters": 10, "train.steps": 40, "train.checkpoint_every": 100}
+SSD = {"method.name": "ssd", "model.d_ff": 256, "method.num_experts": 8, "method.top_k": 2, "method.monitor_every": 4,
+       "method.ari_threshold": -1.0, "method.kmeans_iters": 10, "train.steps": 40, "train.checkpoint_every": 100}
 
 
 def ssd_records(workdir):
@@ -22,7 +22,7 @@ def ssd_records(workdir):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("ssd_ref"))
-    trainer.train(tiny_config(**SSD), wd)
+    trainer.train(tiny_config(**SSD), wd, make_method)
     return wd
 
 
@@ -49,9 +49,9 @@ def test_resume_mid_sparse_phase_reproduces_losses(reference, tmp_path, monkeypa
         return state, m
 
     patch_step(monkeypatch, 12, term)  # step 12 lies inside the first sparse phase (8..18)
-    trainer.train(tiny_config(**SSD), str(tmp_path))
+    trainer.train(tiny_config(**SSD), str(tmp_path), make_method)
     monkeypatch.undo()
-    trainer.train(tiny_config(**SSD), str(tmp_path))
+    trainer.train(tiny_config(**SSD), str(tmp_path), make_method)
     want, got = read_losses(os.path.join(reference, "metrics.jsonl")), read_losses(str(tmp_path / "metrics.jsonl"))
     assert sorted(got) == sorted(want) == list(range(1, 41))
     for s in want:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from sparsity_jax.methods import make_method
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime import sharding as shd
@@ -21,7 +22,7 @@ VOCAB = 64
 def losses_on(devices, mesh, steps=3, grad_accum=1):
     cfg = tiny_config(**{"mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
                          "train.grad_accum": grad_accum, "model.num_kv_heads": 2, "model.num_heads": 4})
-    run = build(cfg, VOCAB, devices=devices)
+    run = build(cfg, VOCAB, make_method, devices=devices)
     state = run.init_state(jax.random.key(0))
     rng = np.random.default_rng(0)
     out = []
@@ -62,7 +63,7 @@ def test_logical_rules_skip_axes_that_do_not_divide():
 
 def test_bad_batch_for_mesh_is_a_user_error():
     with pytest.raises(UserError, match="divisible by mesh"):
-        build(tiny_config(**{"train.global_batch_size": 12, "data.num_shards": 4}), VOCAB)
+        build(tiny_config(**{"train.global_batch_size": 12, "data.num_shards": 4}), VOCAB, make_method)
 
 
 def test_schedules():
@@ -88,10 +89,11 @@ def test_checkpoints_restore_onto_other_meshes_and_keep_n(tmp_path):
     from tests.train.helpers import read_losses
 
     base = {"train.steps": 6, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "train.log_every": 1}
-    train(tiny_config(**base), str(tmp_path / "ref"))  # data = 8
+    train(tiny_config(**base), str(tmp_path / "ref"), make_method)  # data = 8
     assert Checkpointer(str(tmp_path / "ref"), read_only=True).all_steps() == [5, 6]  # keep-N
-    train(tiny_config(**{**base, "train.steps": 3}), str(tmp_path / "moved"))
-    train(tiny_config(**{**base, "mesh.data": 4, "mesh.tensor": 2}), str(tmp_path / "moved"))  # resume at 3
+    train(tiny_config(**{**base, "train.steps": 3}), str(tmp_path / "moved"), make_method)
+    moved = tiny_config(**{**base, "mesh.data": 4, "mesh.tensor": 2})
+    train(moved, str(tmp_path / "moved"), make_method)  # resume at 3
     want, got = (read_losses(str(tmp_path / w / "metrics.jsonl")) for w in ("ref", "moved"))
     assert sorted(got) == sorted(want) == list(range(1, 7))
     for s in want:
@@ -99,7 +101,8 @@ def test_checkpoints_restore_onto_other_meshes_and_keep_n(tmp_path):
     evals = {}
     for name, devices, mesh in (("eight", jax.devices(), {}), ("one", jax.devices()[:1], {"mesh.data": 1})):
         cfg = tiny_config(**{**base, **mesh})
-        run = build(cfg, 259, devices=devices) if name == "one" else build_run(cfg, str(tmp_path / "ref"))
+        run = (build(cfg, 259, make_method, devices=devices) if name == "one"
+               else build_run(cfg, str(tmp_path / "ref"), make_method))
         ckpt = Checkpointer(str(tmp_path / "ref"), read_only=True)
         state, _ = ckpt.restore(6, run.abstract_state)
         ckpt.close()

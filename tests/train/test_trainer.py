@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsity_jax.cli import main
-from sparsity_jax.methods import step_flops
+from sparsity_jax.methods import make_method, step_flops
 from sparsity_jax.train import trainer
 from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
@@ -22,8 +22,8 @@ def patch_step(monkeypatch, at_step, effect):
     (state, metrics) passes through `effect`."""
     real_build = trainer.build_run
 
-    def build_run(cfg, workdir):
-        run = real_build(cfg, workdir)
+    def build_run(cfg, workdir, make_method):
+        run = real_build(cfg, workdir, make_method)
         step_fn, calls = run.train_step, {"n": 0}
 
         class Wrapped:
@@ -87,7 +87,7 @@ def test_step_flops_count_every_micro_batch():
     global batch), up to the optimizer update (counted twice, negligible)."""
     flops = {}
     for g in (1, 2):
-        run = build(tiny_config(**{"train.grad_accum": g}), 259)
+        run = build(tiny_config(**{"train.grad_accum": g}), 259, make_method)
         run.device_batch(synthetic_batch(np.random.default_rng(0), 16, 32, 259))
         flops[g] = step_flops(run)
     assert flops[1] > 1e6

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsity_jax.methods import Variant, make_method
+from sparsity_jax.methods.units import UnitConfig, init_units, sparsify_for, update_units
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
-from sparsity_jax.train.units import UnitConfig, init_units, update_units
 
 from tests.train.helpers import synthetic_batch, tiny_config
 
@@ -42,13 +43,13 @@ def few_token_batch(rng, real=3):
 
 
 def run_steps(cfg, steps, start_state=None, seed=0, make_batch=few_token_batch):
-    run = build(cfg, VOCAB)
+    run = build(cfg, VOCAB, make_method)
     state = run.init_state(jax.random.key(0)) if start_state is None else start_state
     rng = np.random.default_rng(seed)
     history = []
     for i in range(steps):
         batch = run.device_batch(make_batch(rng))
-        state, m = run.train_step(state, batch, Sparsify(), True)
+        state, m = run.train_step(state, batch, Sparsify(), Variant(detailed=True))
         history.append(jax.device_get(m))
     return run, state, history
 
@@ -73,10 +74,9 @@ def test_masked_units_are_zero_forward_and_gradient(random, tmp_path):
         assert not np.asarray(rec["mask"])[layer][..., masked[layer]].any()
     # gradient: masked units' W_in columns and W_out rows receive exactly zero gradient
     from sparsity_jax.runtime.forward import forward
-    from sparsity_jax.train.units import sparsify_for
 
     batch = run.device_batch(synthetic_batch(np.random.default_rng(9), 16, 32, VOCAB))
-    sp = sparsify_for(state["units"], run.units, Sparsify())
+    sp = sparsify_for(state["units"], run.method.units, Sparsify())
     grads = jax.jit(jax.grad(lambda p: forward(run.graphdef, p, batch, sp, None)[0]["loss_sum"]))(state["params"])
     for layer in range(2):
         g_in = np.asarray(grads["blocks"][layer]["ffn"]["w_in"])
