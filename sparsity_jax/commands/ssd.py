@@ -7,12 +7,10 @@ top-k (SSD §5.2 Fig. 4a, §5.3), optionally against a dense run MoEfied on the 
 from __future__ import annotations
 
 import json
-import os
-
-import jax
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.runtime.workdir import Workdir
 
 TAKES_CONFIG = True
 
@@ -36,50 +34,30 @@ def add_parser(sub) -> None:
 
 def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num_experts: int | None,
                      step: int | None = None) -> dict:
-    """Validation PPL of one checkpoint (default: the latest) run as an MoE with each k in
-    `ks` (None: `inference.default_ks`, "all": 1 … N) and with dynamic top-k; dense
-    checkpoints (and any with structure="moefy") are MoEfied with a key from --seed.
-    Checks k and the step before any evaluation. Returns a JSON-able dict."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from sparsity_jax.methods import trained_sparse
-    from sparsity_jax.nn.sparsify import Sparsify
+    """`ssd.inference.sparse_inference` of one workdir's checkpoint `step` (default: the
+    latest) with each k in `ks` (None: `inference.default_ks`, "all": 1 … N); k, N and the
+    step are checked before the model is built. Returns its JSON."""
     from sparsity_jax.ssd import inference as inf
 
     plan = {}
 
     def check(settings, steps):
-        n = int(num_experts or settings.method.num_experts)
-        plan["n"] = n
+        n = plan["n"] = int(num_experts or settings.method.num_experts)
         plan["ks"] = inf.check_ks(list(range(1, n + 1)) if ks == "all" else ks or inf.default_ks(n, settings.method.top_k), n)
         if step is not None and step not in steps:
             raise UserError(f"no checkpoint at step {step} in {workdir}; available steps: {steps}.")
 
     wd = common.open_trained(args, check, workdir)
     try:
-        s, n = wd.settings.method, plan["n"]
-        step = wd.step(step)
-        state, meta = wd.restore(step)
+        r = inf.sparse_inference(wd, wd.step(step), wd.settings.method, num_experts=plan["n"], ks=plan["ks"],
+                                 drop_shares=drop_shares, structure=structure, seed=args.seed)
     finally:
         wd.close()
-    sparse_trained = trained_sparse(meta)
-    labels = state.get("ssd_labels") if n == s.num_experts else None
-    params, centres, used = inf.inference_experts(
-        state["params"], n, structure=structure, sparse_trained=sparse_trained, key=jax.random.key(args.seed),
-        labels=labels, n_iter=s.kmeans_iters)
-    params = jax.device_put(params, wd.run.param_shardings)
-    centres = jax.device_put(centres, NamedSharding(wd.run.mesh, PartitionSpec()))
-    evaluate = lambda p, sp: wd.run.evaluate(p, wd.val, sp)  # noqa: E731
-    dense = evaluate(params, Sparsify())
-    rows = inf.sweep(evaluate, params, centres, n, plan["ks"], drop_shares, seq_len=wd.settings.train.seq_len)
-    common.log(f"{workdir} step {step} ({used} experts, N={n}): dense PPL {dense['perplexity']:.3f}; "
-               + ", ".join(f"k={r['k']}" + (f"/drop {r['drop_share']:g}" if r["drop_share"] else "")
-                           + f" {r['perplexity']:.3f}" for r in rows))
-    return {"workdir": os.path.abspath(workdir), "step": step, "structure": used, "sparse_trained": sparse_trained,
-            "num_experts": n, "ks": plan["ks"], "ari_threshold": s.ari_threshold,
-            "train_top_k": s.top_k if sparse_trained else None, "dispatch": inf.default_dispatch(),
-            "seq_len": wd.settings.train.seq_len,
-            "dense": {"loss": float(dense["loss"]), "perplexity": float(dense["perplexity"])}, "rows": rows}
+    common.log(f"{workdir} step {r.step} ({r.structure} experts, N={r.num_experts}): dense PPL "
+               f"{r.dense['perplexity']:.3f}; " + ", ".join(
+                   f"k={q['k']}" + (f"/drop {q['drop_share']:g}" if q["drop_share"] else "") + f" {q['perplexity']:.3f}"
+                   for q in r.rows))
+    return r.to_json()
 
 
 def _ks(text: str | None):
@@ -94,7 +72,7 @@ def run(args) -> int:
     from sparsity_jax.ssd.inference import check_drop_shares
 
     check_ssd_run(args.workdir)  # before any evaluation work
-    if args.compare and not os.path.isdir(args.compare):
+    if args.compare and not Workdir(args.compare).exists():
         raise UserError(f"--compare workdir {args.compare} does not exist; pass the workdir of a dense run.")
     shares = check_drop_shares(comma_list(args.drop_share, float, "--drop-share (numbers in [0, 1))",
                                           allow_empty=True))
@@ -106,7 +84,7 @@ def run(args) -> int:
     if args.compare:  # the same N and ks as the SSD run
         inference["dense, MoEfied"] = sparse_inference(args, args.compare, ks=ssd["ks"], drop_shares=(),
                                                        structure="moefy", num_experts=ssd["num_experts"])
-    out_dir = args.output or os.path.join(args.workdir, "report")
+    out_dir = args.output or Workdir(args.workdir).report
     if not common.is_main():
         return 0
     result = ssd_report(args.workdir, out_dir, inference=inference, compare=args.compare, tau=ssd["ari_threshold"])

@@ -20,9 +20,6 @@ logged step.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -32,22 +29,22 @@ import numpy as np  # noqa: E402
 from sparsity_jax.errors import UserError  # noqa: E402
 from sparsity_jax.runtime import names  # noqa: E402
 from sparsity_jax.runtime.logs import read_metrics  # noqa: E402
+from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, save_figure, write_json  # noqa: E402
 
 FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
 
 
-def run_method(workdir: str) -> str | None:
+def run_method(workdir: PathLike) -> str | None:
     """The `method.name` a workdir was trained with (config.json; None without one)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    config = Workdir(workdir).config
+    if not config.is_file():
         return None
     from sparsity_jax.settings import from_saved
 
-    with open(path) as f:
-        return from_saved(json.load(f)).method.name
+    return from_saved(read_json(config)).method.name
 
 
-def check_ssd_run(workdir: str) -> None:
+def check_ssd_run(workdir: PathLike) -> None:
     """UserError unless the workdir is an method.name=ssd run: phases, switches and the
     sparse share come from SSD's switch records, which baselines do not log."""
     method = run_method(workdir)
@@ -95,7 +92,7 @@ def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list])
     return out
 
 
-def training_summary(workdir: str) -> dict:
+def training_summary(workdir: PathLike) -> dict:
     """Validation curve, phases, ARI trace, FLOPs and wall-clock of an SSD run's logs."""
     m = read_metrics(workdir)
     evals, ssd, train = m.get(names.EVAL, {}), m.get(names.METHOD, {}), m.get(names.TRAIN, {})
@@ -104,7 +101,7 @@ def training_summary(workdir: str) -> dict:
     last = ssd[max(ssd)] if ssd else {}
     sparse_steps = sum(e - s for k, s, e in spans if k == "sparse")
     return {
-        "workdir": os.path.abspath(workdir), "last_step": last_step,
+        "workdir": str(Workdir(workdir)), "last_step": last_step,
         "eval": [{"step": s, "loss": r[names.LOSS], "perplexity": float(np.exp(r[names.LOSS]))}
                  for s, r in sorted(evals.items())],
         "phases": spans, "sparse_share": sparse_steps / max(last_step, 1),
@@ -118,18 +115,12 @@ def training_summary(workdir: str) -> dict:
     }
 
 
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _shade(ax, spans: list[list]) -> None:
     for i, (kind, start, end) in enumerate(k for k in spans if k[0] == "sparse"):
         ax.axvspan(start, end, color="0.85", label="sparse phase" if i == 0 else None)
 
 
-def _ppl_over_training(summary: dict, compare: dict | None, path: str) -> None:
+def _ppl_over_training(summary: dict, compare: dict | None, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     _shade(ax, summary["phases"])
     for name, s in (("SSD", summary), ("dense", compare)):
@@ -137,10 +128,10 @@ def _ppl_over_training(summary: dict, compare: dict | None, path: str) -> None:
             ax.plot([r["step"] for r in s["eval"]], [r["perplexity"] for r in s["eval"]], "o-", ms=3, label=name)
     ax.set(xlabel="step", ylabel="validation PPL", title="validation PPL (grey: sparse phases)", yscale="log")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _ari(summary: dict, tau: float | None, path: str) -> None:
+def _ari(summary: dict, tau: float | None, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     _shade(ax, summary["phases"])
     pts = summary["ari"]
@@ -151,10 +142,10 @@ def _ari(summary: dict, tau: float | None, path: str) -> None:
         ax.axvline(sw["step"], color="C3" if sw["to"] == "sparse" else "C2", lw=0.8)
     ax.set(xlabel="step", ylabel="mean ARI over layers", title="activation-pattern similarity", ylim=(-0.05, 1.05))
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _speedup(summary: dict, path: str) -> None:
+def _speedup(summary: dict, path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     trace = np.asarray(summary["flops"]["trace"] or np.zeros((0, 2)))
     _shade(ax1, summary["phases"])
@@ -166,10 +157,10 @@ def _speedup(summary: dict, path: str) -> None:
     ax2.bar(list(secs), list(secs.values()), color=[colors.get(k, "C2") for k in secs])
     sp = summary["wall_clock"].get("run_speedup_vs_all_dense")
     ax2.set(ylabel="seconds", title="wall-clock per phase" + (f" (est. speed-up {sp:.2f}×)" if sp else ""))
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def _ppl_vs_k(runs: dict[str, dict], path: str) -> None:
+def _ppl_vs_k(runs: dict[str, dict], path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, res) in enumerate(runs.items()):
         fixed = [r for r in res["rows"] if r["drop_share"] == 0]
@@ -183,27 +174,26 @@ def _ppl_vs_k(runs: dict[str, dict], path: str) -> None:
     ax.set(xlabel="experts per token (of N)", ylabel="validation PPL", title="sparse inference (dotted: dense)",
            xscale="log", yscale="log")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
-def ssd_report(workdir: str, out_dir: str, *, inference: dict[str, dict] | None = None,
-               compare: str | None = None, tau: float | None = None) -> dict:
+def ssd_report(workdir: PathLike, out_dir: PathLike, *, inference: dict[str, dict] | None = None,
+               compare: PathLike | None = None, tau: float | None = None) -> dict:
     """Writes `FILES` into out_dir; returns the JSON dict.
 
-    inference: {run name: `commands.ssd.sparse_inference` result} (SSD first, then the
+    inference: {run name: `ssd.inference.SparseInference` JSON} (SSD first, then the
     MoEfied dense run); compare: the dense run's workdir for the PPL curve. workdir must
     be an method.name=ssd run (`check_ssd_run`); compare may be any run.
     """
     check_ssd_run(workdir)
     summary = training_summary(workdir)
     dense = training_summary(compare) if compare else None
-    os.makedirs(out_dir, exist_ok=True)
+    out = as_path(out_dir)
     result = {"ssd": summary, "dense": dense, "ari_threshold": tau, "inference": inference or {}}
-    with open(os.path.join(out_dir, "ssd.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    _ppl_over_training(summary, dense, os.path.join(out_dir, "ppl_over_training.png"))
-    _ari(summary, tau, os.path.join(out_dir, "ari.png"))
-    _speedup(summary, os.path.join(out_dir, "speedup.png"))
+    write_json(out / "ssd.json", result)
+    _ppl_over_training(summary, dense, out / "ppl_over_training.png")
+    _ari(summary, tau, out / "ari.png")
+    _speedup(summary, out / "speedup.png")
     if inference:
-        _ppl_vs_k(inference, os.path.join(out_dir, "ppl_vs_k.png"))
+        _ppl_vs_k(inference, out / "ppl_vs_k.png")
     return result

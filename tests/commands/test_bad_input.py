@@ -73,6 +73,7 @@ FRESH = [
     ("missing_file", ["train", "--config", "configs/nope.py"], "not found"),
     ("tfds", ["train", "--config.data.task=lm1b", "--config.data.tfds_data_dir=TMP/tfds"], "is not prepared"),
     ("compare_activation", ["compare", "--activations", "relu,bogus"], "unknown activation 'bogus'"),
+    ("compare_predictor_steps", ["compare", "--predictor-steps", "-1"], "--predictor-steps ≥ 0"),
 ]
 
 
@@ -141,6 +142,11 @@ TRAINED = [
      "have the same name 'dense'"),
     ("ssd_k0", "ssd", None, ["ssd", "--workdir", "WD", "--k", "0"], "k must be in 1..4"),
     ("ppl_last0", "dense", None, ["ppl", "--workdir", "WD", "--ppl-p", "1", "--last", "0"], "--last > 0"),
+    ("ppl_topk", "dense", None, ["ppl", "--workdir", "WD", "--ppl-p", "1", "--topk", "65"], "between 1 and d_ff = 64"),
+    ("ssd_step", "ssd", None, ["ssd", "--workdir", "WD", "--step", "7"], "no checkpoint at step 7"),
+    ("ssd_dense_run", "dense", None, ["ssd", "--workdir", "WD"], "bench/ssd_run.py"),
+    ("ssd_missing_compare", "ssd", None, ["ssd", "--workdir", "WD", "--compare", "/nonexistent/run"],
+     "/nonexistent/run does not exist"),
     ("cett_step", "dense", None, ["cett", "--workdir", "WD", "--cett", "0.2", "--step", "7"],
      "no checkpoint at step 7"),
     ("corrupt_evaluate", "dense", _corrupt_latest, ["evaluate", "--workdir", "WD"], "checkpoint step 2"),

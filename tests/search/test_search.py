@@ -173,7 +173,7 @@ def test_cett_command_writes_json_and_table(workdir, loaded, capsys):
     run, val, params = loaded
     want = thresholds_for_cett((run.graphdef, params[20]), val, 0.2)  # the same validation batches
     assert data["step"] == 20 and data["threshold"] == pytest.approx(want.threshold.tolist(), rel=1e-6)
-    assert np.all(np.asarray(data["cett"]) <= 0.2 + 1e-6)
+    assert data["target_cett"] == 0.2 and np.all(np.asarray(data["realised_cett"]) <= 0.2 + 1e-6)
     assert data["activation_ratio"] == pytest.approx(1 - want.sparsity.mean(), rel=1e-6)
     assert "layer  threshold" in capsys.readouterr().out
 
@@ -192,8 +192,8 @@ def test_ppl_command_writes_report(workdir, tmp_path):
     assert [r["warmup"] for r in rows] == [True, True, False]  # optimizer.warmup_steps = 20
     for r in rows:
         (q,) = r["ppl_p"]
-        assert q["cett"] == s["cett"] and abs(q["activation_ratio"] - (1 - np.mean(q["sparsity"]))) < 1e-6
-        assert np.all(np.asarray(q["realised_cett"]) <= s["cett"] + 1e-6)
+        assert q["target_cett"] == s["target_cett"] and abs(q["activation_ratio"] - (1 - np.mean(q["sparsity"]))) < 1e-6
+        assert np.all(np.asarray(q["realised_cett"]) <= s["target_cett"] + 1e-6)
         np.testing.assert_allclose(r["stats"]["activation_ratio"], 1 - np.asarray(q["sparsity"]), atol=1e-6)
     front = data["pareto"]
     assert [p["k"] for p in front["topk"]] == [16] and front["topk"][0]["activation_ratio"] <= 16 / 64 + 1e-6
