@@ -63,6 +63,7 @@ def final_step(workdir: Workdir) -> int | None:
 
 def train_model(settings, variant: str, workdir: Workdir) -> float:
     """Trains (or resumes) one model unless its final checkpoint exists; returns seconds spent."""
+    from sparsity_jax.methods import make_method
     from sparsity_jax.train.trainer import train
 
     done = final_step(workdir)
@@ -73,7 +74,7 @@ def train_model(settings, variant: str, workdir: Workdir) -> float:
     common.log(f"[{variant}] training {settings.train.steps} steps: d={m.d_model} L={m.num_layers} "
                f"F={m.d_ff} in {workdir}")
     t0 = time.perf_counter()
-    train(settings, workdir)
+    train(settings, workdir, make_method)
     return time.perf_counter() - t0
 
 
