@@ -2,6 +2,8 @@
 #   make demo   create .venv, install, train the default model offline, evaluate its checkpoints
 #               (PPL-1% included) and write its report (WORKDIR/report/index.html)
 #   make test   create .venv, install with test extras, run the suite on CPU with 8 fake devices
+# Both install the versions pinned in constraints.txt (the ones the suite passed with);
+#   make lock   re-resolve the newest versions pyproject.toml allows into constraints.txt
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,12 +15,12 @@ TEST_WORKERS ?= 2
 # six checkpoints, so the report can fit the activation ratio over training (Sparsing Law §4)
 DEMO_FLAGS ?= --config.train.checkpoint_every=50 --config.train.keep_checkpoints=6
 
-.PHONY: demo test clean
+.PHONY: demo test lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,6 +31,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 tests
+
+# a throw-away venv with no constraints: the newest versions pyproject.toml admits today
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	{ head -2 constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
+	@echo "constraints.txt refreshed: run make clean test before committing it"
 
 clean:
 	rm -rf $(VENV) workdirs

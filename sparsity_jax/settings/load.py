@@ -31,8 +31,17 @@ def _module(path: str):
     file = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(f"_sparsity_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # an import that fails, a syntax error: the user's file, one sentence
+        raise UserError(f"config file {file} cannot be loaded ({_reason(e)}); fix that file or its imports.") from None
     return module, file
+
+
+def _reason(e: Exception) -> str:
+    """`Type: first line of the message` of an exception raised by a config file."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def variants(path: str) -> tuple[str, ...]:
@@ -50,7 +59,11 @@ def load_file(path: str = DEFAULT_CONFIG) -> dict:
     try:
         cfg = module.get_config(arg) if arg else module.get_config()
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"config {path}:{arg} cannot be built ({e}); pass one of the variants it names.") from None
+        if arg:
+            raise UserError(f"config {path}:{arg} cannot be built ({e}); pass one of the variants it names.") from None
+        raise UserError(f"config file {file}: get_config() failed ({_reason(e)}); fix that file.") from None
+    except Exception as e:
+        raise UserError(f"config file {file}: get_config() failed ({_reason(e)}); fix that file.") from None
     return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
 
 
