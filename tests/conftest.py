@@ -4,6 +4,8 @@ The environment variables must be set before JAX is imported anywhere, which is 
 they live at the top of conftest.py.
 """
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -11,6 +13,14 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One persistent XLA compilation cache per test run, shared by the xdist workers and every
+# subprocess they start (the CLI, multi-process and fault tests compile the same tiny steps
+# again in each new process). The controller creates it before it starts its workers (they
+# inherit the variable) and removes it at the end, so a timing of `make test` is always a
+# cold start; set JAX_COMPILATION_CACHE_DIR to keep one.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"sparsity_jax_xla_{os.getpid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
@@ -30,3 +40,9 @@ LONG_FILES = ("tests/train/test_preemption.py", "tests/commands/test_demo.py",
 def pytest_collection_modifyitems(items):
     rank = {path: i for i, path in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FILES)))  # stable: the rest keep order
+
+
+def pytest_sessionfinish(session):
+    """The run's own compilation cache goes when the run ends (the controller, after its workers)."""
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
