@@ -12,7 +12,8 @@ same numbers.
   Dense      every neuron (the reference and the dense baseline).
   Threshold  keep |a_i|·‖W_out,i‖ ≥ t_l (`nn.sparsify.threshold_keep`, the masked
              `threshold` mode). Non-gated: a = σ(W_in x) is computed in full, the
-             candidates are exactly the kept neurons with a ≠ 0. Gated: the gate
+             candidates are exactly the neurons active at t_l (`active_at`: kept, a ≠ 0).
+             Gated: the gate
              s = σ(W_gate x) is computed in full; |a_i| = |s_i|·|W_in,i·x| ≤
              |s_i|·‖W_in,i‖·‖x‖ (Cauchy–Schwarz), so the candidates are the neurons whose
              bound reaches t_l (a superset of the kept ones, never missing one); their
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from sparsity_jax.nn.sparsify import threshold_keep
+from sparsity_jax.nn.sparsify import active_at, magnitudes, threshold_keep
 
 Array = jax.Array
 Tables = dict[str, Array]
@@ -93,16 +94,15 @@ class Threshold:
         t = arr["threshold"]
         if not act.gated:
             a_NxF = act.activate(project(tab["up"], x_NxD))
-            mag_NxF = jnp.abs(a_NxF).astype(jnp.float32) * tab["out_norm"]
-            return threshold_keep(mag_NxF, t) & (a_NxF != 0), {"a": a_NxF}
+            return active_at(magnitudes(a_NxF, tab["out_norm"]), t), {"a": a_NxF}
         s_NxF = act.sigma(project(tab["gate"], x_NxD))
         x_norm_N = jnp.linalg.norm(x_NxD.astype(jnp.float32), axis=-1)
         bound_NxF = (jnp.abs(s_NxF).astype(jnp.float32) * (tab["up_norm"] * tab["out_norm"])
                      * x_norm_N[:, None] * BOUND_SLACK)
-        return threshold_keep(bound_NxF, t) & (s_NxF != 0), {"s": s_NxF}
+        return active_at(bound_NxF, t), {"s": s_NxF}  # bound ≥ ‖n_i‖: never misses one
 
     def keep(self, arr, a_NxK: Array, out_norm_K: Array | None) -> Array | None:
-        return threshold_keep(jnp.abs(a_NxK).astype(jnp.float32) * out_norm_K, arr["threshold"])
+        return threshold_keep(magnitudes(a_NxK, out_norm_K), arr["threshold"])
 
 
 @dataclasses.dataclass(frozen=True)

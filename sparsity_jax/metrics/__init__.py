@@ -15,9 +15,17 @@ from sparsity_jax.metrics.hidden_units import (
 )
 from sparsity_jax.metrics.predictivity import predicted_active, predictor_metrics
 from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf, neuron_frequency, per_token_id_activation_ratio
-from sparsity_jax.metrics.threshold_search import find_threshold
+from sparsity_jax.metrics.threshold_pass import Layout, Scores
+from sparsity_jax.metrics.threshold_search import (
+    ThresholdResult, check_target_cett, find_prepared, find_threshold, prepare_search,
+)
+from sparsity_jax.metrics.threshold_setup import (
+    PreparedSearch, Proxies, finish_setup, search_proxies, setup_search_block,
+)
 
 __all__ = [
+    "Layout", "PreparedSearch", "Proxies", "Scores", "ThresholdResult", "check_target_cett", "finish_setup",
+    "find_prepared", "prepare_search", "search_proxies", "setup_search_block",
     "activation_ratio", "cett", "cett_curve", "coactivation", "coactivation_from_counts", "coactivation_gap",
     "dead_ratio", "fat_mask", "find_threshold", "hidden_unit_use", "hot_neuron_cdf", "init_unit_tracking",
     "neuron_frequency", "neuron_magnitudes", "per_token_id_activation_ratio", "predicted_active",

@@ -1,6 +1,7 @@
 """CETT — cumulative error of tail truncation (ReLU² §3, Sparsing Law Eq. 3).
 
-With neuron outputs n_i = a_i · w_out[i] and the inactive set D_t = {i : ‖n_i‖ < t},
+With neuron outputs n_i = a_i · w_out[i] and the inactive set D_t = {i : ‖n_i‖ < t}
+(the neurons `nn.sparsify.threshold_keep` does not keep),
 one token's CETT is ‖Σ_{i∈D_t} n_i‖ / ‖FFN(x)‖ and a layer's CETT its mean over the
 real tokens. `cett` evaluates it at one threshold (and states the conventions of every
 function here), `cett_curve` at many. The exact threshold search for a target CETT
@@ -19,6 +20,7 @@ from jax.sharding import PartitionSpec
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.reduce import AxisName, psum, real_tokens, safe_div
+from sparsity_jax.nn.sparsify import magnitudes, out_norms, threshold_keep
 
 Array = jax.Array
 
@@ -129,17 +131,15 @@ def neuron_magnitudes(a: Array, w_out: Array) -> Array:
     Returns:
       float32 array with the shape of `a`.
     """
-    w_norm = jnp.linalg.norm(jnp.asarray(w_out, jnp.float32), axis=-1)
+    a, w_norm = jnp.asarray(a), out_norms(w_out)
     # (L, F) -> (L, 1, ..., 1, F) so that it broadcasts over a's token axes.
-    w_norm = w_norm.reshape(w_norm.shape[:-1] + (1,) * (a.ndim - w_norm.ndim) + w_norm.shape[-1:])
-    return jnp.abs(jnp.asarray(a, jnp.float32)) * w_norm
+    return magnitudes(a, w_norm.reshape(w_norm.shape[:-1] + (1,) * (a.ndim - w_norm.ndim) + w_norm.shape[-1:]))
 
 
-def magnitudes(layer: Layer) -> Array:
+def layer_magnitudes(layer: Layer) -> Array:
     """‖n_i‖ of a prepared layer, (N, F) float32; +inf on padding tokens (never below a
     threshold). Recomputed where used (one fused elementwise op), never stored."""
-    mag_NxF = jnp.abs(layer.a_NxF.astype(jnp.float32)) * layer.w_norm_F
-    return jnp.where(layer.real_N[:, None], mag_NxF, jnp.inf)
+    return jnp.where(layer.real_N[:, None], magnitudes(layer.a_NxF, layer.w_norm_F), jnp.inf)
 
 
 def run_auto(fn, *args, out_sharding=None):
@@ -209,7 +209,7 @@ def prepare_layer(a_NxF: Array, w_out_FxD: Array, mask_N: Array, axes: Axes = Ax
         norm_N = jnp.linalg.norm(full_NxD, axis=-1)
         valid_N = mask_N & (norm_N > 0)
         inv_norm_N = jnp.where(valid_N, 1.0 / jnp.where(valid_N, norm_N, 1.0), 0.0)
-    return Layer(a_NxF, w_out_FxD, jnp.linalg.norm(w_out_FxD, axis=-1), inv_norm_N, mask_N)
+    return Layer(a_NxF, w_out_FxD, out_norms(w_out_FxD), inv_norm_N, mask_N)
 
 
 def truncated(layer: Layer, threshold: Array, axes: Axes = Axes()) -> tuple[Array, Array, Array]:
@@ -223,7 +223,7 @@ def truncated(layer: Layer, threshold: Array, axes: Axes = Axes()) -> tuple[Arra
     trunc_NxD); the first two are this device's parts, to psum over the token axis (and,
     for the count, the neuron axis).
     """
-    drop_NxF = magnitudes(layer) < threshold
+    drop_NxF = ~threshold_keep(layer_magnitudes(layer), threshold)
     a_NxF = layer.a_NxF.astype(jnp.float32)
     trunc_NxD = psum(jnp.matmul(jnp.where(drop_NxF, a_NxF, 0.0), layer.w_out_FxD, precision=PRECISION),
                      axes.neurons)
@@ -243,7 +243,8 @@ def cett(
     Neuron decomposition of an FFN with activation scores `a` (..., F) and output kernel
     `w_out` (F, d) (Flax layout: row i is neuron i's output vector):
       n_i = a_i · w_out[i],  FFN(x) = Σ_i n_i = a @ w_out,  ‖n_i‖ = |a_i| · ‖w_out[i]‖₂.
-    For a threshold t the inactive set is D_t = {i : ‖n_i‖ < t} and one token's CETT is
+    For a threshold t the inactive set is D_t = {i : ‖n_i‖ < t} (not kept by
+    `nn.sparsify.threshold_keep`) and one token's CETT is
     ‖Σ_{i∈D_t} n_i‖ / ‖FFN(x)‖. The layer's CETT is the mean of that ratio over the real
     tokens (`token_mask`), which is what the reference code reports.
 

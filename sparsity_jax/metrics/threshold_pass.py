@@ -24,9 +24,10 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from sparsity_jax.metrics.cett import (
-    PRECISION, Axes, count_words, magnitudes, prepare_layer, psum, psum_words, truncated,
+    PRECISION, Axes, count_words, layer_magnitudes, prepare_layer, psum, psum_words, truncated,
 )
 from sparsity_jax.metrics.threshold_prep import Totals
+from sparsity_jax.nn.sparsify import active_at, threshold_keep
 
 Array = jax.Array
 
@@ -158,7 +159,7 @@ def setup_kernel(axes: Axes, a, w_out_LxFxD, real, pos_P, here_P) -> tuple[Array
 
     def one_layer(args):
         layer = prepare_layer(*args, real_M, axes)
-        mag_MxF = magnitudes(layer)
+        mag_MxF = layer_magnitudes(layer)
         finite_MxF = jnp.isfinite(mag_MxF)
         pos_MxF = finite_MxF & (mag_MxF > 0)
         rows_PxF = jnp.where(mine_P[:, None], args[0][row_P].astype(jnp.float32), 0.0)
@@ -300,13 +301,13 @@ def finish_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, inv:
             w_full_FxD = _gather(layer.w_out_FxD, axes.neurons)
 
             def candidates(t_lo, t_hi):
-                mag_MxF = magnitudes(layer)
-                row, col, ok = first_true((mag_MxF >= t_lo) & (mag_MxF < t_hi) & (mag_MxF > 0), window)
+                mag_MxF = layer_magnitudes(layer)
+                row, col, ok = first_true(active_at(mag_MxF, t_lo) & ~threshold_keep(mag_MxF, t_hi), window)
                 e = jnp.where(ok, mag_MxF[row, col], jnp.inf)
                 a_W = jnp.where(ok, a_MxF[row, col].astype(jnp.float32), 0.0)
                 e, ok, row, col, a_W = compact(window, *(_gather(x, axes.neurons) for x in
                                                          (e, ok, row, col + col_offset, a_W)))
-                lo_MxF = jnp.where(mag_MxF < t_lo, a_MxF.astype(jnp.float32), 0.0)
+                lo_MxF = jnp.where(threshold_keep(mag_MxF, t_lo), 0.0, a_MxF.astype(jnp.float32))
                 product = lambda x: psum(jnp.matmul(x, layer.w_out_FxD, precision=PRECISION), axes.neurons)  # noqa
                 if window >= M:  # every token's truncated sum at t_lo, then the candidates'
                     trunc_MxD = product(lo_MxF)
@@ -318,8 +319,8 @@ def finish_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, inv:
                 return Candidates(e, delta, ok, jnp.float32(jnp.inf))
 
             def fallback(t_lo, t_hi):
-                mag_MxF = magnitudes(layer)
-                t_safe = jnp.min(jnp.where((mag_MxF >= t_lo) & (mag_MxF > 0), mag_MxF, jnp.inf))
+                mag_MxF = layer_magnitudes(layer)
+                t_safe = jnp.min(jnp.where(active_at(mag_MxF, t_lo), mag_MxF, jnp.inf))
                 return Candidates(jnp.full((window,), jnp.inf), jnp.zeros((window,), jnp.float32),
                                   jnp.zeros((window,), bool), t_safe if not axes.every else lax.pmin(t_safe, axes.every))
 

@@ -17,6 +17,7 @@ from jax import lax
 
 from sparsity_jax.metrics.cett import PRECISION, add_words
 from sparsity_jax.metrics.reduce import safe_div
+from sparsity_jax.nn.sparsify import magnitudes, out_norms
 
 Array = jax.Array
 
@@ -47,7 +48,7 @@ def add_totals(x: Totals, y: Totals) -> Totals:
                   jnp.maximum(x.pos_max, y.pos_max), x.proxy_LxPxF + y.proxy_LxPxF)
 
 
-class _Context(NamedTuple):
+class SearchContext(NamedTuple):
     """Per-layer, target-independent search data."""
 
     sample_PxF: Array  # proxy tokens' magnitudes, sorted per token
@@ -101,7 +102,7 @@ def _proxy_curves(rows_PxF: Array, w_out_FxD: Array, order_PxF: Array, inv_norm_
     return lax.map(one_token, (rows_PxF, order_PxF, inv_norm_P), batch_size=batch)
 
 
-def build_context(totals: Totals, w_out_LxFxD: Array) -> _Context:
+def build_context(totals: Totals, w_out_LxFxD: Array) -> SearchContext:
     """Every layer's target-independent search data (leading L axis), from the set-up
     pass's totals and the full output kernels:
       * a proxy — the P tokens of `proxy_tokens` — whose CETT curves are computed exactly
@@ -117,7 +118,7 @@ def build_context(totals: Totals, w_out_LxFxD: Array) -> _Context:
 
     def one_layer(rows_PxF, w_out_FxD, n_valid, n_pos, n_zero, pos_min, pos_max):
         w_out_FxD = w_out_FxD.astype(jnp.float32)
-        mag_PxF = jnp.abs(rows_PxF) * jnp.linalg.norm(w_out_FxD, axis=-1)
+        mag_PxF = magnitudes(rows_PxF, out_norms(w_out_FxD))
         order_PxF = jnp.argsort(mag_PxF, axis=-1)
         norm_P = jnp.linalg.norm(jnp.matmul(rows_PxF, w_out_FxD, precision=PRECISION), axis=-1)
         inv_norm_P = jnp.where(norm_P > 0, 1.0 / jnp.where(norm_P > 0, norm_P, 1.0), 0.0)
@@ -128,7 +129,7 @@ def build_context(totals: Totals, w_out_LxFxD: Array) -> _Context:
         S = quantiles_S.shape[0]
         grid_Q = quantiles_S[np.linspace(0, S - 1, min(_PROXY_GRID, S)).astype(np.int32)]
         proxy_Q = _proxy_from_counts(ratio_PxG1, weight_P, _counts_below(sample_PxF, grid_Q), F)
-        return _Context(
+        return SearchContext(
             sample_PxF=sample_PxF, ratio_PxG1=ratio_PxG1, weight_P=weight_P, grid_Q=grid_Q,
             proxy_Q=lax.cummax(proxy_Q), quantiles_S=quantiles_S,
             top=jnp.maximum(jnp.nextafter(pos_max, jnp.inf), jnp.finfo(jnp.float32).tiny),
@@ -165,13 +166,13 @@ def _proxy_from_counts(ratio_PxG1: Array, weight_P: Array, k_PxQ: Array, F: int)
     return safe_div(jnp.sum(ratio_PxQ * weight_P[:, None], axis=0), jnp.sum(weight_P))
 
 
-def proxy_cett(ctx: _Context, t: Array) -> Array:
+def proxy_cett(ctx: SearchContext, t: Array) -> Array:
     """CETT of the proxy tokens at threshold t."""
     k_P = jax.vmap(lambda s_F: jnp.searchsorted(s_F, t, side="left", method="compare_all"))(ctx.sample_PxF)
     return _proxy_from_counts(ctx.ratio_PxG1, ctx.weight_P, k_P[:, None], ctx.sample_PxF.shape[1])[0]
 
 
-def proxy_inverse(ctx: _Context, c: Array) -> Array:
+def proxy_inverse(ctx: SearchContext, c: Array) -> Array:
     """Threshold where the tabulated proxy CETT reaches c (linear between grid points)."""
     i = jnp.clip(jnp.searchsorted(ctx.proxy_Q, c, side="right", method="compare_all"), 1, ctx.grid_Q.shape[0] - 1)
     c0, c1 = ctx.proxy_Q[i - 1], ctx.proxy_Q[i]

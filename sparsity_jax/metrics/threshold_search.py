@@ -3,7 +3,7 @@
 `find_threshold(a, w_out, c)` returns per layer the largest threshold t with CETT(t) ≤ c
 (thresholding is ‖n_i‖ < t, see `cett.py`), by a jitted bracketing search on truncated
 products with an exact finish; `find_threshold` states the contract and the algorithm.
-`prepare_search` / `find_prepared` reuse the set-up (`threshold_prep.py`) across targets;
+`prepare_search` / `find_prepared` reuse the set-up (`threshold_setup.py`) across targets;
 the passes over the (possibly sharded, possibly recomputed) scores are `threshold_pass.py`.
 """
 from __future__ import annotations
@@ -20,11 +20,10 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import check_shapes, normalise_words, run_auto, sub_words, words_float, words_min
 from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
-    Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks, setup_block,
+    Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks,
 )
-from sparsity_jax.metrics.threshold_prep import (
-    Totals, _Context, build_context, proxy_cett, proxy_count, proxy_inverse, proxy_tokens, rank_of, value_at,
-)
+from sparsity_jax.metrics.threshold_prep import SearchContext, proxy_cett, proxy_inverse, rank_of, value_at
+from sparsity_jax.metrics.threshold_setup import PreparedSearch, setup
 
 Array = jax.Array
 
@@ -38,21 +37,6 @@ class ThresholdResult(NamedTuple):
     cett: Array  # float32: realised CETT at threshold
     sparsity: Array  # float32: fraction of real token×neuron pairs with ‖n_i‖ < threshold
     evaluations: Array  # int32: truncated (N, F) x (F, d) products used by the search
-
-
-class PreparedSearch(NamedTuple):
-    """Target-independent set-up of the search for L layers, reused by `find_prepared`
-    for any number of later targets: where the scores are read (`Scores`: cached or
-    recomputed per pass), the output kernels, the token masks (nb, B, T...), 1/‖FFN(x)‖
-    per token (nb, L, B, T...: 1/F of the scores' memory), the proxy context per layer
-    (replicated) and the proxy tokens' scores (L, P, F)."""
-
-    scores: Scores
-    w_out_LxFxD: Array
-    real: Array
-    inv_norm: Array
-    ctx: _Context
-    proxy_LxPxF: Array
 
 
 class _State(NamedTuple):
@@ -84,27 +68,27 @@ def _bits_f32(u: Array) -> Array:
     return lax.bitcast_convert_type(u.astype(jnp.int32), jnp.float32)
 
 
-def _bit_range(ctx: _Context, s: _State) -> tuple[Array, Array]:
+def _bit_range(ctx: SearchContext, s: _State) -> tuple[Array, Array]:
     """Float32 bit patterns [u_a, u_b) that hold every positive magnitude in [t_lo, t_hi)."""
     u_a = jnp.maximum(_f32_bits(s.t_lo), _f32_bits(ctx.pos_min))
     u_b = jnp.minimum(_f32_bits(s.t_hi), _f32_bits(ctx.pos_max) + 1)
     return u_a, u_b
 
 
-def _init(ctx: _Context, target: Array) -> _State:
+def _init(ctx: SearchContext, target: Array) -> _State:
     zero, none = jnp.float32(0.0), jnp.zeros((2,), jnp.int32)
     return _State(t_lo=zero, k_lo=none, c_lo=zero, y_lo=-target, t_hi=ctx.top, k_hi=ctx.n_pos,
                   y_hi=ctx.c_top - target, side=jnp.int32(0), t_last=zero, k_last=none, c_last=zero, k_prev=none,
                   c_prev=zero, width_1ago=ctx.n_pos, width_2ago=ctx.n_pos, evals=jnp.int32(0))
 
 
-def _active(ctx: _Context, s: _State, target: Array, window: int, max_evaluations: int) -> Array:
+def _active(ctx: SearchContext, s: _State, target: Array, window: int, max_evaluations: int) -> Array:
     u_a, u_b = _bit_range(ctx, s)
     wide = words_min(sub_words(s.k_hi, s.k_lo), window + 1) > window
     return (ctx.c_top > target) & (s.evals < max_evaluations) & wide & (u_b - u_a >= 2)
 
 
-def _propose(ctx: _Context, s: _State, target: Array, window: int) -> Array:
+def _propose(ctx: SearchContext, s: _State, target: Array, window: int) -> Array:
     """Next threshold to evaluate, strictly inside (t_lo, t_hi)."""
     q_S = ctx.quantiles_S
     # Step 1: where the proxy reaches the target.
@@ -142,7 +126,7 @@ def _propose(ctx: _Context, s: _State, target: Array, window: int) -> Array:
     return jnp.where((t > s.t_lo) & (t < s.t_hi) & ~stalled, t, t_mid)
 
 
-def _step(ctx: _Context, s: _State, target: Array, t: Array, ratio_sum: Array, dropped: Array,
+def _step(ctx: SearchContext, s: _State, target: Array, t: Array, ratio_sum: Array, dropped: Array,
           active: Array) -> _State:
     c = safe_div(ratio_sum, ctx.n_valid)
     k = sub_words(dropped, ctx.n_zero)  # t > 0 drops every zero magnitude
@@ -163,7 +147,7 @@ def _step(ctx: _Context, s: _State, target: Array, t: Array, ratio_sum: Array, d
     return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, s)
 
 
-def _pick(ctx: _Context, s: _State, target: Array, cand: Candidates, window: int) -> ThresholdResult:
+def _pick(ctx: SearchContext, s: _State, target: Array, cand: Candidates, window: int) -> ThresholdResult:
     """The answer from the merged candidates (ascending): CETT before dropping candidate j
     is the CETT at threshold e_W[j]; the largest feasible first-of-a-tie wins."""
     c_after_W = s.c_lo + jnp.cumsum(cand.delta_W) / jnp.maximum(ctx.n_valid, 1.0)
@@ -212,24 +196,6 @@ def _search(prep: PreparedSearch, target_LxK: Array, window: int, max_evaluation
     return _per_layer(lambda c, s, t, x: _pick(c, s, t, x, window))(ctx, s, target_LxK, cand)
 
 
-@jax.jit
-def setup(scores: Scores, w_out_LxFxD: Array, real: Array) -> tuple[Array, _Context, Array]:
-    """The set-up pass over `scores`: (inv_norm, ctx, proxy_LxPxF) of `PreparedSearch`
-    (not the scores themselves: a jit would copy them). `real`: (nb, B, T...) bool."""
-    block_P, pos_P = proxy_tokens(real.reshape(real.shape[0], -1), proxy_count(w_out_LxFxD.shape[1]))
-    inv_norm, totals_nb = over_blocks(scores, lambda i: setup_block(
-        scores.layout, scores.block(i), w_out_LxFxD, real[i], pos_P, block_P == i))
-    return (inv_norm,) + context(totals_nb, w_out_LxFxD)
-
-
-def context(totals_nb: Totals, w_out_LxFxD: Array) -> tuple[_Context, Array]:
-    """(ctx, proxy_LxPxF) from the blocks' set-up totals (stacked on a leading block axis)."""
-    totals = Totals(*(jnp.sum(x, axis=0) for x in totals_nb[:2]), *(normalise_words(jnp.sum(x, axis=0))
-                    for x in totals_nb[2:4]), jnp.min(totals_nb.pos_min, axis=0),
-                    jnp.max(totals_nb.pos_max, axis=0), jnp.sum(totals_nb.proxy_LxPxF, axis=0))
-    return build_context(totals, w_out_LxFxD), totals.proxy_LxPxF
-
-
 def _default_window(n_tokens: int, n_neurons: int) -> int:
     return int(np.clip(2 ** round(np.log2(max(n_tokens * n_neurons, 1) / 2048)), 4096, 32768))
 
@@ -257,13 +223,16 @@ def _real(token_mask: Array | None, token_shape: tuple, layout: Layout) -> Array
     return (jax.jit(make) if sharding is None else jax.jit(make, out_shardings=sharding))(token_mask)
 
 
-def find_prepared(prep: PreparedSearch, target, *, window: int | None = None,
-                  max_evaluations: int = 64) -> ThresholdResult:
+def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, max_evaluations: int = 64,
+                  check: bool = True) -> ThresholdResult:
     """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
     shared targets, or (L, K) → fields (L, K). Unlike `find_threshold`, where a 1-D target
     on layered input is one target per layer, a (K,) target here is K targets shared by
-    all layers; pass (L, 1) for per-layer targets."""
-    _check_target(target)
+    all layers; pass (L, 1) for per-layer targets. `check=False`: the caller has already
+    checked the target at its boundary (`check_target_cett`); a target outside [0, 1]
+    then gives NaN fields."""
+    if check:
+        check_target_cett(target)
     L, F = prep.w_out_LxFxD.shape[:2]
     target = jnp.asarray(target, jnp.float32)
     if target.ndim > 2 or (target.ndim == 2 and target.shape[0] not in (1, L)):
@@ -275,8 +244,9 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None,
     return jax.tree.map(lambda x: x[:, 0], res) if target.ndim == 0 else res
 
 
-def _check_target(target) -> None:
-    """UserError for a concrete target outside [0, 1] or NaN; traced targets give NaN results."""
+def check_target_cett(target) -> None:
+    """The one check of a target CETT: UserError for a concrete value (scalar or array)
+    outside [0, 1] or NaN; traced targets pass (they give NaN results)."""
     try:
         t = np.asarray(target, dtype=np.float64)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
@@ -353,7 +323,7 @@ def find_threshold(
     Raises:
       UserError: bad shapes, or a concrete target outside [0, 1].
     """
-    _check_target(target)
+    check_target_cett(target)
     check_shapes(jnp.shape(a), jnp.shape(w_out))
     layered = jnp.ndim(w_out) == 3
     L = jnp.shape(w_out)[0] if layered else 1
@@ -373,7 +343,7 @@ def find_threshold(
 
     def run(a, w_out, token_mask, target_LxK):
         prep = prepare_search(a, w_out, token_mask)
-        return tuple(find_prepared(prep, target_LxK, window=window, max_evaluations=max_evaluations))
+        return tuple(find_prepared(prep, target_LxK, window=window, max_evaluations=max_evaluations, check=False))
 
     result = ThresholdResult(*run_auto(run, a, w_out, token_mask, target_LxK))  # explicit-axis tracers
     squeeze = (lambda x: x) if has_k else (lambda x: x[:, 0])

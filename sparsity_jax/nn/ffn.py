@@ -15,7 +15,7 @@ from flax import nnx
 from sparsity_jax.nn.activations import get_activation
 from sparsity_jax.nn.layers import get_initializer, param
 from sparsity_jax.nn.moe import moe_ffn
-from sparsity_jax.nn.sparsify import KEEP, MODES, Sparsify
+from sparsity_jax.nn.sparsify import KEEP, MODES, Sparsify, active_at, magnitudes, out_norms
 
 Array = jax.Array
 RECORD_NAMES = ("mask", "scores", "inputs")
@@ -70,7 +70,7 @@ class FFN(nnx.Module):
 
     def out_norms(self) -> Array:
         """‖W_out[i, :]‖₂ for every neuron i, shape (F,), float32."""
-        return jnp.linalg.norm(self.w_out[...].astype(jnp.float32), axis=-1)
+        return out_norms(self.w_out[...])
 
     def sigma(self, x: Array) -> Array:
         if self.act.name == "fatrelu":
@@ -107,21 +107,22 @@ class FFN(nnx.Module):
 
         One parameter set serves every mode (`Sparsify.mode`, rules in
         `nn/sparsify.py`), so switching modes never changes parameter shapes and
-        optimizer state / checkpoints survive a switch: dense; threshold (skip
-        |a_i|·‖W_out,i‖ < t); topk and fat on the gate score s (σ(W_gate x) for gated
-        FFNs, a otherwise); unit_mask (dense with a fixed 0/1 mask, W&A §4.1); moe (SSD's
-        sparse mode over contiguous expert blocks, `nn/moe.py`); predicted (a low-rank
-        predictor of the input chooses each token's neurons, `sp.predictor`; the others
-        are zeroed, masked compute as in topk). A `unit_mask` is applied in every mode
-        but moe (masked units contribute exactly 0 and get exactly 0 gradient through
-        this path).
+        optimizer state / checkpoints survive a switch: dense; threshold (keep
+        ‖n_i‖ ≥ t, `threshold_keep`); topk and fat on
+        the gate score s (σ(W_gate x) for gated FFNs, a otherwise); unit_mask (dense with
+        a fixed 0/1 mask, W&A §4.1); moe (SSD's sparse mode over contiguous expert
+        blocks, `nn/moe.py`); predicted (a low-rank predictor of the input chooses each
+        token's neurons, `sp.predictor`; the others are zeroed, masked compute as in
+        topk). A `unit_mask` is applied in every mode but moe (masked units contribute
+        exactly 0 and get exactly 0 gradient through this path).
 
         Recording (`recorded(record)`: None, 'mask', 'scores', 'inputs', 'both' = mask +
         scores, or a tuple of names): the FFN sows `mask` (bool, B×T×F, the hidden-unit
-        use after sparsification: a_i != 0, and ‖n_i‖ > record_threshold when a record
-        threshold is given), `scores` (a, compute dtype) and `inputs` (its input x,
-        B×T×d, compute dtype) as nnx.Intermediate; the moe mode sows the dropped-token
-        count `moe_dropped` (and `inputs` when asked). With record=None nothing is sown.
+        use after sparsification: a_i != 0, and active at record_threshold
+        (`active_at`) when one is given), `scores` (a, compute dtype) and `inputs`
+        (its input x, B×T×d, compute dtype) as nnx.Intermediate; the moe mode sows the
+        dropped-token count `moe_dropped` (and `inputs` when asked). With record=None
+        nothing is sown.
         """
         if sp.mode not in KEEP:
             raise ValueError(f"unknown FFN mode {sp.mode!r}; choose one of {', '.join(MODES)}")
@@ -148,13 +149,13 @@ class FFN(nnx.Module):
         s, a = self.hidden(x_BxTxD)
         keep_fn = KEEP[sp.mode]
         needs_mag = sp.mode == "threshold" or ("mask" in names and sp.record_threshold is not None)
-        mag = jnp.abs(a).astype(jnp.float32) * self.out_norms() if needs_mag else None
+        mag = magnitudes(a, self.out_norms()) if needs_mag else None
         if keep_fn is not None:
             a = jnp.where(keep_fn(s, mag, sp, x_BxTxD), a, jnp.zeros_like(a))
         if sp.unit_mask is not None:
             a = a * sp.unit_mask.astype(a.dtype)
         if "mask" in names:
-            used = a != 0 if sp.record_threshold is None else (a != 0) & (mag > sp.record_threshold)
+            used = a != 0 if sp.record_threshold is None else (a != 0) & active_at(mag, sp.record_threshold)
             self.sow(nnx.Intermediate, "mask", used)
         if "scores" in names:
             self.sow(nnx.Intermediate, "scores", a)

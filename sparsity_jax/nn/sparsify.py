@@ -1,9 +1,11 @@
 """How an FFN drops neurons: the `Sparsify` settings, the keep rules and `MoESpec`.
 
-Each rule is defined once here and used by the FFN (`nn/ffn.py`) and by the metrics
-(`metrics/baselines.py`, the Pareto curves). Rules return the mask of KEPT (active)
-neurons, bool with the shape of their input (…, F):
-  threshold  ‖n_i‖ = |a_i|·‖W_out,i‖ ≥ t (ReLU² Wins §3, Sparsing Law Eq. 3);
+Each rule is defined once here and used by the FFN (`nn/ffn.py`), the metrics
+(`metrics/baselines.py`, the CETT search), the predictor labels and decoding. The neuron
+magnitude ‖n_i‖ = |a_i|·‖W_out,i‖ is `magnitudes(a, out_norms(w_out))`. Rules return the
+mask of KEPT (active) neurons, bool with the shape of their input (…, F):
+  threshold  ‖n_i‖ ≥ t (`threshold_keep`; ReLU² Wins §3, Sparsing Law Eq. 3); a neuron
+             is ACTIVE at t when kept and ‖n_i‖ > 0 (`active_at`: t = 0 means a ≠ 0);
   top-k      the k largest |s_i| per token, exactly k, ties broken by the lower index
              (Sparsing Law §4.1, on the gate score s);
   FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1);
@@ -25,9 +27,38 @@ PREDICT_STRATEGIES = ("threshold", "topk")
 SCORE_THRESHOLD = 0.5  # ReLU² App. A.2: a neuron is predicted active when its score is above 0.5
 
 
+def out_norms(w_out: Array) -> Array:
+    """‖W_out,i‖₂ of every neuron i: (…, F) float32 from an output kernel (…, F, d)."""
+    return jnp.linalg.norm(jnp.asarray(w_out).astype(jnp.float32), axis=-1)
+
+
+def magnitudes(a: Array, out_norm: Array) -> Array:
+    """Neuron magnitudes ‖n_i‖ = |a_i|·‖W_out,i‖₂ (ReLU² Wins §3) in float32, the shape of
+    the activation scores `a` (…, F); `out_norm` from `out_norms`, broadcast against a.
+    The one definition: the FFN, the CETT search, the predictor labels and decoding use it."""
+    return jnp.abs(a).astype(jnp.float32) * out_norm
+
+
 def threshold_keep(mag: Array, threshold: Array | float) -> Array:
-    """Neurons whose magnitude |a_i|·‖W_out,i‖ reaches the threshold."""
+    """Neurons KEPT (computed) at threshold t: ‖n_i‖ ≥ t, the complement of the paper's
+    inactive set D_t = {i : ‖n_i‖ < t} (ReLU² Wins §3, Sparsing Law Eq. 3). The FFN's
+    threshold mode keeps by it; the CETT search drops the rest (`metrics.cett`)."""
     return mag >= threshold
+
+
+def active_at(mag: Array, threshold: Array | float) -> Array:
+    """Neurons ACTIVE at threshold t: kept (‖n_i‖ ≥ t, `threshold_keep`) and ‖n_i‖ > 0.
+    The one definition of "active at t": the FFN's recorded mask at a record threshold,
+    the predictor labels (`predict.data`), decoding's candidates (`infer.choosers`) and
+    the search's candidates (`metrics.threshold_pass`).
+
+    A neuron of magnitude 0 adds nothing to the output, so it is never active: t = 0 then
+    means a_i ≠ 0 (the straightforward ReLU sparsity, DejaVu's labels, the hidden-unit
+    mask), where ‖n_i‖ ≥ 0 alone would call every neuron active. For t > 0 active and
+    kept are the same set, so the labels and masks at a searched threshold are exactly
+    the neurons the FFN computes, and no CETT changes (D_t keeps ReLU² §3's definition).
+    """
+    return threshold_keep(mag, threshold) & (mag > 0)
 
 
 def topk_keep(s: Array, k: int) -> Array:

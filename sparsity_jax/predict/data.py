@@ -1,9 +1,11 @@
 """What predictors learn from: FFN inputs and active-neuron labels of a checkpoint's tokens.
 
 Labels follow the magnitude definition of ReLU² §3: neuron i of layer l is active on a
-token when ‖n_i‖ = |a_i|·‖W_out,i‖ > t_l, t_l the layer's threshold at a CETT (the exact
-search of `search.thresholds`), so models without exact zeros (SiLU, SwiGLU) get
-meaningful labels; t_l = 0 gives a_i != 0 (DejaVu's labels, for ReLU-like activations).
+token when it is active at t_l, the layer's threshold at a CETT (the exact search of
+`search.thresholds`): ‖n_i‖ = |a_i|·‖W_out,i‖ ≥ t_l and > 0 (`nn.sparsify.active_at`:
+the neurons the FFN's threshold mode computes), so models without exact zeros (SiLU,
+SwiGLU) get meaningful labels; t_l = 0 gives a_i != 0 (DejaVu's labels, for ReLU-like
+activations).
 The same masks serve the hardware-affinity metrics (ReLU² §5.3).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
 from sparsity_jax.runtime.forward import forward
 
 Array = jax.Array
@@ -25,10 +27,10 @@ Batch = dict[str, Array]
 
 
 def active_labels(a_LxxF: Array, out_norms_LxF: Array, threshold_L: Array) -> Array:
-    """Bool (L, …, F): |a_i|·‖W_out,i‖ > t_l for every layer l (strictly above)."""
+    """Bool (L, …, F): neuron i active at t_l in layer l (`active_at`)."""
     lead = (slice(None),) + (None,) * (a_LxxF.ndim - 2)
-    mag_LxxF = jnp.abs(a_LxxF).astype(jnp.float32) * out_norms_LxF.astype(jnp.float32)[lead]
-    return mag_LxxF > jnp.asarray(threshold_L, jnp.float32)[lead + (None,)]
+    mag_LxxF = magnitudes(a_LxxF, out_norms_LxF.astype(jnp.float32)[lead])
+    return active_at(mag_LxxF, jnp.asarray(threshold_L, jnp.float32)[lead + (None,)])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -37,8 +39,7 @@ def record_active(graphdef, params, batch: Batch, threshold_L: Array, with_input
     (L, B, T, F) at the per-layer thresholds), both sharded like the batch."""
     names = ("inputs", "scores") if with_inputs else ("scores",)
     _, rec = forward(graphdef, params, batch, Sparsify(), names)
-    norms_LxF = jnp.linalg.norm(nnx.merge(graphdef, params).w_out().astype(jnp.float32), axis=-1)
-    return rec.get("inputs"), active_labels(rec["scores"], norms_LxF, threshold_L)
+    return rec.get("inputs"), active_labels(rec["scores"], out_norms(nnx.merge(graphdef, params).w_out()), threshold_L)
 
 
 def to_host(x: Array) -> np.ndarray:

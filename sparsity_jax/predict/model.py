@@ -18,7 +18,7 @@ from sparsity_jax.nn.sparsify import PREDICT_STRATEGIES, PredictorSpec, predicto
 
 Array = jax.Array
 Params = dict[str, Array]
-LABELS = ("cett", "zero")  # active = ‖n_i‖ > t_l at the CETT's thresholds, or a_i != 0
+LABELS = ("cett", "zero")  # active at the CETT's thresholds t_l (`active_at`), or a_i != 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +26,8 @@ class PredictorConfig:
     """How predictors are sized, labelled and trained; `validate()` names the first problem.
 
     rank: r, or None for the rank whose parameters are `share` of the FFN's;
-    labels: "cett" (‖n_i‖ > t_l, the layer's threshold at a CETT) or "zero" (a_i != 0,
-      for activations with exact zeros); pos_weight: weight of the active class in the
+    labels: "cett" (active at t_l, the layer's threshold at a CETT: ‖n_i‖ ≥ t_l) or "zero"
+      (a_i != 0, for activations with exact zeros); pos_weight: weight of the active class in the
       binary cross-entropy, None = per layer 2 × #inactive / #active of the training
       labels (`train.RECALL_BIAS`);
     steps, batch_tokens, lr, weight_decay: AdamW on minibatches of real tokens (cosine

@@ -22,18 +22,19 @@ from flax import nnx
 from jax import lax
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.metrics.threshold_pass import Layout, Scores, setup_block
-from sparsity_jax.metrics.threshold_prep import proxy_count, proxy_tokens
-from sparsity_jax.metrics.threshold_search import PreparedSearch, context, find_prepared
+from sparsity_jax.metrics import (
+    Layout, PreparedSearch, Proxies, Scores, check_target_cett, find_prepared, finish_setup, search_proxies,
+    setup_search_block,
+)
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime.sharding import logical_to_spec
 from sparsity_jax.runtime.forward import forward
+from sparsity_jax.runtime.memory import min_free_bytes
 
 Array = jax.Array
 Batch = dict[str, Array]
 
 MODES = ("auto", "cache", "stream")
-DEFAULT_BUDGET = 2 << 30  # bytes per device assumed free where `memory_stats()` says nothing (CPU)
 _CACHE_SHARE = 0.5  # auto mode caches when the caches take at most this share of the free memory
 
 
@@ -86,23 +87,6 @@ def search_layout(batches: Sequence[Batch], d_ff: int, mesh=None) -> Layout:
     return Layout(mesh, tokens, neurons)
 
 
-def free_memory(memory_budget: int | None = None) -> int:
-    """Bytes free on the most loaded local device (`memory_stats()`), or `memory_budget`,
-    or `DEFAULT_BUDGET` where the backend reports nothing; the minimum over processes."""
-    free = memory_budget
-    if free is None:
-        stats = [d.memory_stats() for d in jax.local_devices()]
-        known = [s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats if s and "bytes_limit" in s]
-        free = min(known) if known else DEFAULT_BUDGET
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        # in MiB as int32: without jax_enable_x64 an int64 would be truncated to int32
-        mib = np.int32(min(free >> 20, np.iinfo(np.int32).max))
-        free = int(np.min(multihost_utils.process_allgather(mib))) << 20
-    return int(free)
-
-
 def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, layout: Layout, dtype=jnp.float32) -> int:
     """Bytes per device of one checkpoint's cached scores (nb, L, B, T, F)."""
     shards = 1 if layout.mesh is None else math.prod(layout.mesh.shape[a] for a in layout.tokens + layout.neurons)
@@ -112,13 +96,14 @@ def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, layout: Layo
 
 def choose_mode(mode: str, need_bytes: int, memory_budget: int | None = None) -> str:
     """"cache" or "stream": as asked, or for "auto" cache when `need_bytes` per device
-    take at most half of `free_memory(memory_budget)` (room for the forward pass and the
-    search's per-block temporaries)."""
+    take at most half of the bytes free on the most loaded device
+    (`runtime.memory.min_free_bytes`, or `memory_budget`), leaving room for the forward
+    pass and the search's per-block temporaries."""
     if mode not in MODES:
         raise UserError(f"Pass the search mode as one of {', '.join(MODES)}; got {mode!r}.")
     if mode != "auto":
         return mode
-    return "cache" if need_bytes <= _CACHE_SHARE * free_memory(memory_budget) else "stream"
+    return "cache" if need_bytes <= _CACHE_SHARE * min_free_bytes(budget=memory_budget) else "stream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,15 +128,14 @@ def _constrain(x: Array, layout: Layout, kind: str) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layout", "dtype"), donate_argnames=("cache", "inv_norm"))
-def _dense_step(graphdef, params, batch: Batch, i: Array, cache: Array | None, inv_norm: Array, proxy,
+def _dense_step(graphdef, params, batch: Batch, i: Array, cache: Array | None, inv_norm: Array, proxies: Proxies,
                 layout: Layout, dtype):
     """One batch of the dense pass: its loss sums, its scores stored at block i (cache
-    mode), its set-up outputs (`threshold_pass.setup_block`)."""
+    mode), its set-up outputs (`metrics.setup_search_block`)."""
     out, records = forward(graphdef, params, batch, Sparsify(), "scores")
     s_LxBxTxF = records["scores"].astype(dtype)
-    block_P, pos_P = proxy
     w_out = nnx.merge(graphdef, params).w_out()
-    inv_LxBxT, totals = setup_block(layout, s_LxBxTxF, w_out, batch["loss_weights"] > 0, pos_P, block_P == i)
+    inv_LxBxT, totals = setup_search_block(layout, s_LxBxTxF, w_out, batch["loss_weights"] > 0, proxies, i)
     inv_norm = _constrain(lax.dynamic_update_index_in_dim(inv_norm, inv_LxBxT, i, 0), layout, "layer_tokens")
     if cache is not None:
         cache = _constrain(lax.dynamic_update_index_in_dim(cache, s_LxBxTxF, i, 0), layout, "scores")
@@ -185,7 +169,8 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
       mode: "cache" (hold the scores), "stream" (hold none: every search pass recomputes
         them with the dense model, one batch at a time) or "auto" (`choose_mode`).
       dtype: storage dtype of the scores (the searches compute in float32).
-      memory_budget: bytes per device `auto` may assume free (default: `free_memory`).
+      memory_budget: bytes per device `auto` may assume free (default: what
+        `runtime.memory` reads).
       caches: how many such caches will be held at once (the joint PPL-p% search), for
         `auto`.
     Returns:
@@ -198,14 +183,14 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
     mode = choose_mode(mode, caches * cache_bytes(batches, L, F, layout, dtype), memory_budget)
     stacked = _stack(list(batches), layout)
     real = stacked["loss_weights"] > 0
-    proxy = proxy_tokens(real.reshape(len(batches), -1), proxy_count(F))
+    proxies = search_proxies(real, F)
     shape = (len(batches), L) + tuple(batches[0]["inputs"].shape)
     cache = _zeros(shape + (F,), dtype, layout, "scores") if mode == "cache" else None
     inv_norm = _zeros(shape, jnp.float32, layout, "layer_tokens")
     totals, sums = [], []
     for i, batch in enumerate(batches):
         cache, inv_norm, block_totals, block_sums, w_out = _dense_step(
-            graphdef, params, batch, jnp.int32(i), cache, inv_norm, proxy, layout, dtype)
+            graphdef, params, batch, jnp.int32(i), cache, inv_norm, proxies, layout, dtype)
         totals.append(block_totals)
         sums.append(block_sums)
     loss_sum, weight = (float(x) for x in np.sum(jax.device_get(sums), axis=0))  # one host sync, replicated
@@ -215,12 +200,8 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
         scores = Scores(cache, None, layout, len(batches))
     else:
         scores = Scores(None, (params, stacked), layout, len(batches), compute=_StreamScores(graphdef, dtype))
-    ctx, proxy_rows = _context(jax.tree.map(lambda *x: jnp.stack(x), *totals), w_out)
-    prepared = PreparedSearch(scores, w_out, real, inv_norm, ctx, proxy_rows)
+    prepared = finish_setup(scores, w_out, real, inv_norm, jax.tree.map(lambda *x: jnp.stack(x), *totals))
     return DenseCache(prepared, stacked["inputs"], loss_sum / weight, weight, mode)
-
-
-_context = jax.jit(context)
 
 
 # The jitted steps take the graphdef as a static argument, so each model structure
@@ -253,21 +234,20 @@ def threshold_sparsify(threshold_L) -> Sparsify:
     return Sparsify(mode="threshold", threshold=np.asarray(threshold_L, np.float32))
 
 
-def check_cett(cett) -> None:
-    c = np.asarray(cett, np.float64)
-    if not np.all((c >= 0) & (c <= 1)):
-        raise UserError(f"Pass a CETT between 0 and 1; got {cett!r}.")
+# The one check of a target CETT, at the boundary (commands, `thresholds_for_cett`); the
+# functions below it trust their input.
+check_cett = check_target_cett
 
 
 def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
     """Exact per-layer thresholds for CETT value(s) on a dense pass.
 
     `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
-    passes shared by the K targets). `prepared`: another set-up to search instead of the
+    passes shared by the K targets), in [0, 1] (checked by the caller, `check_cett`;
+    outside it the fields are NaN). `prepared`: another set-up to search instead of the
     cache's own (default).
     """
-    check_cett(cett)
-    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(cett, np.float32))
+    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(cett, np.float32), check=False)
     return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)), cache.mode)
 
 
