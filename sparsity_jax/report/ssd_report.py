@@ -1,6 +1,6 @@
 """JSON + PNG report of an SSD run (SSD §4–5, Fig. 4a, Fig. 5, Fig. 6).
 
-Reads the run's `metrics.jsonl` (splits "eval", "train", "ssd"; the last record of each
+Reads the run's `metrics.jsonl` (splits "eval", "train", "method"; the last record of each
 step wins, so resumed runs read cleanly) and the sparse-inference results of
 `sparsity-jax ssd`. Files under the output directory:
 
@@ -14,7 +14,7 @@ step wins, so resumed runs read cleanly) and the sparse-inference results of
                         run MoEfied (Fig. 4a), dynamic top-k points (Fig. 5)
 
 Only for method.name=ssd runs (`check_ssd_run`: baselines raise a UserError; their
-totals are in bench/ssd_run.py). Phases come from the "ssd" records: `ssd_switch` +1
+totals are in bench/ssd_run.py). Phases come from the "method" records: `ssd_switch` +1
 (to sparse) / −1 (to dense) after the logged step, `ssd_sparse` for the phase of each
 logged step.
 """

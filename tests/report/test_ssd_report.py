@@ -39,7 +39,7 @@ def test_report_files_and_numbers(workdirs, tmp_path, capsys):
     assert s["phases"][:2] == [["dense", 0, 4], ["sparse", 4, 9]] and s["phases"][-1][::2] == ["dense", 12]
     # the first clustering (step 2) has nothing to compare with: the first ARI is at step 4
     assert s["ari"][0]["step"] == 4 and s["eval"][-1]["step"] == 12
-    run = trainer.build_run(tiny_config(**SSD), ssd)
+    run = trainer.build_run(tiny_config(**SSD), ssd, make_method)
     dense_flops, sparse_flops = step_flops(run, 0), step_flops(run, 2)
     assert s["flops"]["speedup"] == pytest.approx(12 * dense_flops / (7 * dense_flops + 5 * sparse_flops), rel=1e-9)
     # steps per phase as logged by the FLOPs accounting: the phases above, 5 sparse + 7 dense

@@ -17,6 +17,7 @@ from sparsity_jax.settings import from_saved
 from sparsity_jax.ssd.convert import centres_from_params
 from sparsity_jax.ssd.inference import moe_sparsify
 from sparsity_jax.train import trainer
+from sparsity_jax.runtime import names
 from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.train.setup import build
 from sparsity_jax.runtime.trained import validation_batches
@@ -101,13 +102,13 @@ def test_baseline_trains_with_finite_loss_and_fewer_flops(trained):
     losses = read_losses(os.path.join(wd, "metrics.jsonl"))
     assert sorted(losses) == list(range(1, 13)) and all(np.isfinite(list(losses.values())))
     assert np.isfinite(summary["loss"]) and summary["method"]["method"] == method
-    ssd = records(wd, "ssd")
+    ssd = records(wd, names.METHOD)
     assert ssd[-1]["step"] == 12
     seconds = summary["method"]["cum"]["seconds"]
     assert seconds["checkpoint"] > 0.0  # saves are charged to their own bucket
     assert seconds["compile"] > 0.0  # and the first step of each compiled variant to compile
     cfg = tiny_config(**METHODS[method])
-    run = trainer.build_run(cfg, wd)
+    run = trainer.build_run(cfg, wd, make_method)
     if method != "pld":  # speed-up = 12 dense steps / Σ FLOPs of the K of each step (XLA counts)
         ks = {"smoe": [2] * 12, "moe_dropout": [2] * 4 + [3] * 4 + [0] * 4}[method]
         want = 12 * step_flops(run, 0) / sum(step_flops(run, k) for k in ks)
@@ -155,7 +156,7 @@ def test_smoe_is_evaluated_as_its_moe(trained):
     if method != "smoe":
         pytest.skip("smoe only")
     cfg = tiny_config(**METHODS[method])
-    run = trainer.build_run(cfg, wd)
+    run = trainer.build_run(cfg, wd, make_method)
     val = validation_batches(run, wd)
     state, _ = Checkpointer(wd, read_only=True).restore(12, run.abstract_state)
     params = state["params"]
@@ -175,7 +176,7 @@ def test_router_grad_setting():
         tiny_config(**{"method.name": "ssd", "method.router_grad": "maybe"})
     with pytest.raises(UserError, match="router_grad='maybe' is a str"):  # e.g. an untyped saved config
         from_saved({"ssd": {"router_grad": "maybe"}})
-    assert from_saved({"ssd": {"router_grad": "TRUE"}}).ssd.router_grad is True
+    assert from_saved({"ssd": {"router_grad": "TRUE"}}).method.router_grad is True
 
 
 def test_smoe_with_all_experts_trains_like_dense(tmp_path):

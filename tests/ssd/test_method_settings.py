@@ -8,7 +8,8 @@ from tests.train.helpers import tiny_config
 
 
 def test_old_ssd_section_reads_as_method():
-    old = {"ssd": {"method": "pld", "pld_drop_rate": 0.5, "router_grad": "true"}, "train": {"record": "none", "metrics_every": 0}}
+    old = {"ssd": {"method": "pld", "pld_drop_rate": 0.5, "router_grad": "true"},
+           "train": {"record": "none", "metrics_every": 0}}
     new = upgrade(old)
     assert "ssd" not in new and new["method"] == {"name": "pld", "pld_drop_rate": 0.5, "router_grad": True}
     s = from_saved(old)

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from sparsity_jax.methods import make_method, step_flops
+from sparsity_jax.runtime import names
 from sparsity_jax.train import trainer
 from tests.train.helpers import read_losses, tiny_config
 from tests.train.test_trainer import patch_step
@@ -16,7 +17,8 @@ SSD = {"method.name": "ssd", "model.d_ff": 256, "method.num_experts": 8, "method
 
 
 def ssd_records(workdir):
-    return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if '"ssd"' in l]
+    recs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [r for r in recs if r["split"] == names.METHOD]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_switches_and_flops(reference):
     assert switches[:2] == [(8, 1.0), (18, -1.0)]
     assert all(step <= 36 for step, _ in switches)        # the final 10% (steps 36..40) stays dense
     last = recs[-1]
-    run = trainer.build_run(tiny_config(**SSD), reference)
+    run = trainer.build_run(tiny_config(**SSD), reference, make_method)
     dense, sparse = step_flops(run, 0), step_flops(run, 2)  # the compiled dense and MoE (K = 2) steps
     n = last["ssd_steps"]
     assert n["dense"] + n["sparse"] == 40 and n["sparse"] >= 10

@@ -59,7 +59,7 @@ def test_nan_in_parameters_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert len(err) == 1 and "at step 7" in err[0] and "last good checkpoint is kept" in err[0], err
     ckpt = Checkpointer(str(tmp_path), read_only=True)
     assert ckpt.all_steps() == [5]
-    state, meta = ckpt.restore(5, trainer.build_run(tiny_config(), str(tmp_path)).abstract_state)
+    state, meta = ckpt.restore(5, trainer.build_run(tiny_config(), str(tmp_path), make_method).abstract_state)
     assert meta["data_position"] == 5 and all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
