@@ -170,8 +170,8 @@ def test_smoe_is_evaluated_as_its_moe(trained):
 
 def test_router_grad_setting():
     for method in ("ssd", "smoe", "moe_dropout"):
-        assert tiny_config(**{"method.name": method}).ssd.router_grad is False
-    assert tiny_config(**{"method.name": "smoe", "method.router_grad": "True"}).ssd.router_grad is True
+        assert tiny_config(**{"method.name": method}).method.router_grad is False
+    assert tiny_config(**{"method.name": "smoe", "method.router_grad": "True"}).method.router_grad is True
     with pytest.raises(UserError, match="not a valid bool"):
         tiny_config(**{"method.name": "ssd", "method.router_grad": "maybe"})
     with pytest.raises(UserError, match="router_grad='maybe' is a str"):  # e.g. an untyped saved config
@@ -184,7 +184,7 @@ def test_smoe_with_all_experts_trains_like_dense(tmp_path):
     short = {"train.steps": 6, "train.eval_every": 100, **NO_RECORD}
     trainer.train(tiny_config(**short), str(tmp_path / "dense"), make_method)
     trainer.train(tiny_config(**short, **{"method.name": "smoe", "method.num_experts": 4, "method.top_k": 4}),
-                  str(tmp_path / "smoe"))
+                  str(tmp_path / "smoe"), make_method)
     dense, smoe = (read_losses(str(tmp_path / name / "metrics.jsonl")) for name in ("dense", "smoe"))
     assert sorted(smoe) == sorted(dense) == list(range(1, 7))
     assert max(abs(dense[s] - smoe[s]) for s in dense) < 1e-4, (dense, smoe)
