@@ -24,7 +24,8 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.metrics.cett import mean_or_zero, prepare_layer, truncated  # noqa: E402
+from sparsity_jax.metrics.cett import layer_magnitudes, prepare_layer, truncated  # noqa: E402
+from sparsity_jax.metrics.reduce import safe_div  # noqa: E402
 from sparsity_jax.metrics.threshold_search import find_threshold  # noqa: E402
 
 CANDIDATES, BISECTION_STEPS = 65_536, 16
@@ -37,9 +38,10 @@ def reference_search(a_LxNxF, w_out_LxFxD, targets_K):
 
     def one_layer(a_NxF, w_out_FxD):
         layer = prepare_layer(a_NxF, w_out_FxD, mask_N)
-        mag = layer.mag_NxF.reshape(-1)
+        mag = layer_magnitudes(layer).reshape(-1)
         cand_C = jnp.linspace(jnp.min(mag), jnp.quantile(mag, 0.99), CANDIDATES)
-        c_at = lambda t: mean_or_zero(truncated(layer, t)[0], layer.n_valid)  # noqa: E731
+        counted = jnp.sum(layer.inv_norm_N > 0)  # real tokens with FFN output ≠ 0
+        c_at = lambda t: safe_div(truncated(layer, t)[0], counted)  # noqa: E731
 
         def one_target(target):
             def bisect(_, lo_hi):

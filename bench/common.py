@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sparsity_jax.methods import Variant, make_method  # noqa: E402
 from sparsity_jax.nn.sparsify import Sparsify  # noqa: E402
 from sparsity_jax.settings import load  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
@@ -18,7 +19,7 @@ from tests.train.helpers import synthetic_batch  # noqa: E402
 
 def make(overrides: dict, vocab: int = 259):
     settings = load("configs/default.py", {k: str(v) for k, v in overrides.items()})
-    run = build(settings, vocab)
+    run = build(settings, vocab, make_method)
     state = run.init_state(jax.random.key(0))
     rng = np.random.default_rng(0)
     t = settings.train
@@ -28,7 +29,7 @@ def make(overrides: dict, vocab: int = 259):
 
 def compiled_stats(run, state, batch, detailed: bool = False) -> dict:
     """FLOPs, bytes accessed (XLA cost analysis) and peak memory of the compiled step."""
-    compiled = run.train_step.lower(state, batch, Sparsify(), detailed).compile()
+    compiled = run.train_step.lower(state, batch, Sparsify(), Variant(detailed=detailed)).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()

@@ -12,18 +12,19 @@ import jax
 import numpy as np
 
 from common import compiled_stats, make
+from sparsity_jax.methods import Variant
 from sparsity_jax.nn.sparsify import Sparsify
 
 
 def timed(run, state, batch, detailed, steps=10):
     import time
 
-    state, m = run.train_step(state, batch, Sparsify(), detailed)
+    state, m = run.train_step(state, batch, Sparsify(), Variant(detailed=detailed))
     jax.block_until_ready(m)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, m = run.train_step(state, batch, Sparsify(), detailed)
+        state, m = run.train_step(state, batch, Sparsify(), Variant(detailed=detailed))
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), state

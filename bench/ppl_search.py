@@ -90,19 +90,19 @@ def main() -> None:
     args = ap.parse_args()
     workdir = args.workdir
     if workdir is None:
+        from sparsity_jax.methods import make_method
         from sparsity_jax.train.trainer import train
         from tests.train.helpers import tiny_config
 
         workdir = tempfile.mkdtemp(prefix="ppl_bench_")
-        train(tiny_config(**SIZES[args.size][0], **{"train.log_every": 1000}), workdir)
+        train(tiny_config(**SIZES[args.size][0], **{"train.log_every": 1000}), workdir, make_method)
     from sparsity_jax.settings import from_saved
-    from sparsity_jax.runtime.trained import checkpoints, saved_config
-from sparsity_jax.runtime.trained import open_trained as open_workdir
+    from sparsity_jax.runtime.trained import checkpoints, open_trained, saved_config
 
     ckpt, steps = checkpoints(workdir)
     eval_batches = args.eval_batches or SIZES[args.size][1]
     settings = from_saved(saved_config(ckpt, steps[-1]), {"train.eval_batches": str(eval_batches)})
-    wd = open_workdir(workdir, settings, ckpt, steps)
+    wd = open_trained(workdir, settings, ckpt, steps)
     run, val, steps = wd.run, wd.val, steps[-args.last:]
     params = [wd.restore(s)[0]["params"] for s in steps]
     wd.close()

@@ -40,6 +40,7 @@ from sparsity_jax.search.thresholds import (  # noqa: E402
     _StreamScores, _dense_step, _sparse_step, cache_thresholds, dense_pass, search_layout, threshold_sparsify,
 )
 from sparsity_jax.settings import load  # noqa: E402
+from sparsity_jax.methods import make_method  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
 from tests.train.helpers import synthetic_batch  # noqa: E402
 
@@ -50,7 +51,7 @@ GiB = float(1 << 30)
 def make_run(args, mesh: dict, devices=None):
     over = {"model.d_model": args.d, "model.num_layers": args.layers, "model.num_heads": 4, "model.d_ff": args.ffn,
             "train.seq_len": args.seq, "train.global_batch_size": args.batch, **mesh}
-    return build(load("configs/default.py", {k: str(v) for k, v in over.items()}), VOCAB, devices=devices)
+    return build(load("configs/default.py", {k: str(v) for k, v in over.items()}), VOCAB, make_method, devices=devices)
 
 
 def sds(shape, dtype, sharding):

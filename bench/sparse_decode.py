@@ -36,7 +36,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.infer import Decoder, Dense, Predictor, Threshold, place  # noqa: E402
+from sparsity_jax.infer import Decoder, Dense, Predicted, Threshold, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate  # noqa: E402
 from sparsity_jax.infer.choosers import Act, layer_arrays, project  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, compact, gather_combine, gather_project, layer_ffn  # noqa: E402
@@ -171,7 +171,7 @@ def synthetic(args) -> None:
               f"{'speed-up':>8s}")
         for share in args.shares:
             thr, pred = planted(model, share, jax.random.key(7))
-            for name, chooser, arrays in (("threshold", Threshold(), thr), ("predictor", Predictor(), pred)):
+            for name, chooser, arrays in (("threshold", Threshold(), thr), ("predicted", Predicted(), pred)):
                 dec = Decoder(graphdef, params, mesh, chooser, arrays, chunk=args.chunk)
                 dec.set_budgets(calibrate(dec, calib, rows=b))
                 gen = dec.generate(prompts, NEW)  # compiles; its statistics are the ones reported

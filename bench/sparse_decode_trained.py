@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from sparsity_jax.commands.common import open_trained
 from sparsity_jax.infer import Decoder, Dense, Threshold
 from sparsity_jax.infer.budget import calibrate
 from sparsity_jax.nn.sparsify import Sparsify
@@ -27,7 +26,7 @@ def ppl_cett(path: str, p: float = 1.0) -> float:
     """CETT_p of PPL-`p`% from a `sparsity-jax ppl` report's ppl.json."""
     for row in json.load(open(path))["search"]:
         if row["p"] == p:
-            return float(row["cett"])
+            return float(row.get("target_cett", row.get("cett")))  # "cett" in ppl.json written before issue 19
     raise SystemExit(f"{path} has no PPL-{p:g}% search; run `sparsity-jax ppl --ppl-p {p:g}` or pass --cett.")
 
 
@@ -43,7 +42,11 @@ def prompts_of(batches, rows: int) -> list[list[int]]:
 
 
 def trained(args, rounds) -> None:
-    wd = open_trained(args)  # the run's saved config
+    from sparsity_jax.runtime.trained import checkpoints, open_trained, saved_config
+    from sparsity_jax.settings import from_saved
+
+    ckpt, steps = checkpoints(args.workdir)
+    wd = open_trained(args.workdir, from_saved(saved_config(ckpt, steps[-1])), ckpt, steps)  # the run's saved config
     try:
         step = wd.steps[-1]
         params = wd.restore(step)[0]["params"]

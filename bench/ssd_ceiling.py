@@ -23,7 +23,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.methods import step_flops  # noqa: E402
+from sparsity_jax.methods import make_method, step_flops  # noqa: E402
 from sparsity_jax.nn.activations import get_activation  # noqa: E402
 from sparsity_jax.settings import load  # noqa: E402
 from sparsity_jax.train.setup import build  # noqa: E402
@@ -43,7 +43,7 @@ def step_ratio(spec: str) -> dict:
     """Dense and sparse (K of N experts) train-step FLOPs of a config, lowered for one device
     on its global batch (the step splits it into train.grad_accum micro-batches)."""
     cfg = load(spec)
-    run = build(cfg, vocab_of(cfg), devices=jax.devices()[:1])
+    run = build(cfg, vocab_of(cfg), make_method, devices=jax.devices()[:1])
     shape = (cfg.train.global_batch_size, cfg.train.seq_len)
     dense, sparse = step_flops(run, 0), step_flops(run, cfg.method.top_k)
     if not dense or not sparse:

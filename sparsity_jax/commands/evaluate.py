@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from sparsity_jax.report.cett_report import write_ppl_report
     from sparsity_jax.runtime.trained import real_tokens
     from sparsity_jax.search.evaluate import evaluate_run
 
@@ -37,6 +38,8 @@ def run(args) -> int:
         output = args.output or wd.workdir.eval_json
         common.write_json(output, out.to_json())
         common.log(f"wrote {output}")
+        if out.sweep is not None and common.is_main():  # the PPL-p% sweep's own report, as `ppl` writes it
+            common.log("wrote " + ", ".join(write_ppl_report(out.sweep, wd.workdir.report)))
     finally:
         wd.close()
     return 0

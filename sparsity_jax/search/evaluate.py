@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparsity_jax.runtime import names
-from sparsity_jax.search.sweep import sweep_trained
+from sparsity_jax.search.sweep import PplSweep, sweep_trained
 
 Log = Callable[[str], None]
 
@@ -18,15 +18,18 @@ Log = Callable[[str], None]
 @dataclasses.dataclass
 class Evaluation:
     """eval.json: one row per checkpoint; `ppl_search` (the sweep's per-p search) when
-    PPL-p% was asked for, each row then holding {"<p>": activation ratio} under "ppl_p"."""
+    PPL-p% was asked for, each row then holding {"<p>": activation ratio} under "ppl_p";
+    `sweep`: that whole sweep (its own report, ppl.json; not part of eval.json)."""
 
     workdir: str
     validation_tokens: int
     checkpoints: list[dict]
     ppl_search: list[dict] | None = None
+    sweep: PplSweep | None = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "sweep" and getattr(self, f.name) is not None}
 
 
 def evaluate_checkpoints(trained, log: Log = lambda msg: None) -> list[dict]:
@@ -57,5 +60,5 @@ def evaluate_run(trained, ps: Sequence[float] = (), log: Log = lambda msg: None)
         by_step = {r["step"]: r for r in sweep.checkpoints}
         for row in rows:
             row["ppl_p"] = {f"{q['p']:g}": q["activation_ratio"] for q in by_step[row["step"]]["ppl_p"]}
-        out.ppl_search = sweep.search
+        out.ppl_search, out.sweep = sweep.search, sweep
     return out
