@@ -37,7 +37,7 @@ case "${1:-}" in
     tar czf /tmp/sparsity_jax_src.tgz -C "$HERE" --exclude .venv --exclude workdirs --exclude .git .
     gcloud compute tpus tpu-vm scp /tmp/sparsity_jax_src.tgz "$TPU_NAME:/tmp/" --zone "$ZONE" $PROJECT_FLAG --worker=all
     ssh_all "mkdir -p $REMOTE_DIR && tar xzf /tmp/sparsity_jax_src.tgz -C $REMOTE_DIR && cd $REMOTE_DIR && \
-      python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'" ;;
+      python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'" ;;
   run)
     shift
     args=$(printf '%q ' "$@")

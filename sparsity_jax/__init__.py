@@ -2,22 +2,32 @@
 exploiting their activation sparsity.
 
 Sub-packages (the data flow runs down this list; `nn` and `metrics` never import TensorFlow):
-  settings  the only reader of config files: frozen, validated, typed sections.
-  nn        Flax NNX modules: activations, sparsity rules, the FFN (dense | threshold | top-k |
-            FAT-ε | unit mask | MoE | predicted over one parameter set), attention, the LM.
+  settings  the only reader of config files: frozen, validated, typed sections; `upgrade`
+            reads old configs and checkpoints.
+  nn        Flax NNX modules: activations, sparsity rules (the one neuron magnitude and "active
+            at t"), the FFN (dense | threshold | top-k | FAT-ε | unit mask | MoE | predicted
+            over one parameter set), attention, the LM.
   metrics   pure functions over arrays: activation ratio, hidden-unit use, CETT and the exact
-            threshold search, baselines, neuron statistics, predictivity, hardware affinity.
+            threshold search (a public prepared-search builder), baselines, neuron statistics,
+            predictivity, hardware affinity; one home for the reductions (`reduce`).
   data      seqio tasks (local_code, text_files, c4_en, lm1b) and the batch iterator.
-  methods   training methods behind one interface (dense, dead-unit masking, SSD, SMoE,
-            MoE-Dropout, PLD) and their FLOPs / wall-clock accounting.
+  runtime   what every workflow shares: mesh and logical-axis rules, the one forward pass,
+            a model on its mesh, trained workdirs opened for evaluation, Orbax checkpoints,
+            logged names and logs, the `Workdir` layout on any epath filesystem, device memory.
+  methods   training methods that own their host and device side (dense, dead-unit masking
+            with unit tracking, SSD, SMoE, MoE-Dropout, PLD) and their FLOPs / wall-clock accounting.
   ssd       MoEfication algorithms: balanced k-means, ARI, conversion, schedule, sparse inference.
-  train     mesh and sharding rules, optimizer, jitted steps, checkpoints, logs, workdirs, the loop.
-  search    CETT thresholds of a model, PPL-p% over checkpoints, Pareto curves.
+  train     optimizer, the jitted train step (one options object from the method), resume,
+            preemption, the loop; it knows no training method by name.
+  search    CETT thresholds of a model, PPL-p% over checkpoints, Pareto curves, the
+            evaluate / sweep / compare workflows.
   scaling   activation-ratio scaling-law fits (Sparsing Law §4) and the paper's curves.
-  predict   low-rank activation predictors: labels at a CETT, training, evaluation, storage.
+  predict   low-rank activation predictors (labels, training, evaluation, storage) and the
+            predictivity and affinity workflows.
   infer     KV-cache decoding whose FFN computes only the chosen neurons.
-  report    JSON + PNG reports of every kind.
-  commands  one module per `sparsity-jax` command; cli.py holds the table and exit codes.
+  report    renders typed results: JSON, markdown tables, PNG figures, the run report.
+  commands  one module per `sparsity-jax` command (parse, validate once, call, write); cli.py
+            holds the table and exit codes.
 """
 
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ class Predictivity:
     `predict.evaluate.quality` / `perplexities` return them."""
 
     step: int
-    labels: str  # "cett" (‖n_i‖ > t_l) or "zero" (a_i != 0)
+    labels: str  # "cett" (active at t_l: ‖n_i‖ ≥ t_l > 0, `nn.sparsify.active_at`) or "zero" (a_i != 0)
     target_cett: float | None
     activation: str
     d_model: int

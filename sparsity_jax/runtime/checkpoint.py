@@ -68,6 +68,15 @@ class Checkpointer:
         return self._restore(step, ocp.args.PyTreeRestore(item=abstract_items, restore_args=restore_args,
                                                           partial_restore=True), hint)
 
+    def saved_tree(self, step: int) -> dict:
+        """The saved state's structure with each array's shape and dtype (Orbax metadata),
+        read without restoring anything."""
+        try:
+            return dict(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").tree)
+        except Exception as e:
+            raise UserError(f"checkpoint step {step} in {self.directory} has no readable state metadata; move that "
+                            "step directory aside.") from e
+
     def restore_meta(self, step: int) -> dict:
         try:
             return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])

@@ -21,6 +21,8 @@ from sparsity_jax.runtime import sharding as shd
 from sparsity_jax.runtime.forward import make_eval_step, summarize
 from sparsity_jax.settings import Settings
 
+NOT_EVALUATED = ("opt_state", "step", "rng")  # train-state entries evaluation never restores
+
 # Peak dense bf16 FLOP/s per chip, for the MFU estimate (None: unknown device).
 PEAK_FLOPS = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
@@ -85,16 +87,15 @@ class ModelRun:
         """The run's own FFN settings for a (restored) state, see `own_sparsify`."""
         return own_sparsify(self.settings, state)
 
-    def eval_items(self) -> dict[str, Any]:
-        """Abstract subtrees of the train state that evaluation restores: the parameters,
-        the unit mask of dead-unit masking, SSD's expert labels (`runtime.checkpoint`
-        restores just these, no optimizer state)."""
-        items = {"params": self.abstract_params}
-        shape, repl = (self.model_cfg.num_layers, self.model_cfg.d_ff), shd.replicated(self.mesh)
-        if self.settings.unit_mask.at_step and self.settings.train.record in ("mask", "both"):
-            items["units"] = {"unit_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=repl)}
-        if self.settings.method.name == "ssd":
-            items["ssd_labels"] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=repl)
+    def eval_items(self, saved: dict) -> dict[str, Any]:
+        """Abstract subtrees of a saved train state (`Checkpointer.saved_tree`) that
+        evaluation restores: the parameters on their shardings and every entry a training
+        method added (e.g. the dead-unit mask, SSD's expert labels) replicated; never the
+        optimizer state, the step or the RNG."""
+        repl = shd.replicated(self.mesh)
+        items = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=repl), v)
+                 for k, v in saved.items() if k not in NOT_EVALUATED}
+        items["params"] = self.abstract_params  # on the mesh's parameter shardings
         return items
 
     def evaluate(self, params, batches: list[dict[str, jax.Array]], sparsify: Sparsify = Sparsify()) -> dict:

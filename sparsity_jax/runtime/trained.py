@@ -102,9 +102,9 @@ class Trained:
         return step
 
     def restore(self, step: int) -> tuple[dict, dict]:
-        """(state, metadata) of checkpoint `step` on this run's mesh: the parameters and what
-        evaluation needs besides (`ModelRun.eval_items`), no optimizer state."""
-        return self.ckpt.restore_items(step, self.run.eval_items())
+        """(state, metadata) of checkpoint `step` on this run's mesh: the parameters and the
+        training method's entries (`ModelRun.eval_items`), no optimizer state."""
+        return self.ckpt.restore_items(step, self.run.eval_items(self.ckpt.saved_tree(step)))
 
     def close(self) -> None:
         self.ckpt.close()

@@ -17,11 +17,11 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from sparsity_jax.metrics.cett import psum
+from sparsity_jax.metrics.reduce import psum
 from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
 from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
-from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
     Batch, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
@@ -52,7 +52,7 @@ def default_fat_eps(cache: DenseCache) -> list[float]:
 
 @functools.partial(jax.jit, static_argnames=("vocab_size",))
 def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, vocab_size: int):
-    """Over all blocks: per layer and neuron the real tokens where ‖n_i‖ ≥ t_l (L, F),
+    """Over all blocks: per layer and neuron the real tokens where it is active at t_l (L, F),
     per layer and input id the summed active counts (L, V), per id its real tokens (V,),
     and the real tokens — all replicated."""
     layout = prep.scores.layout
@@ -63,8 +63,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
 
         def one_layer(args):
             a_MxF, w_out_FxD, t = args
-            mag_MxF = jnp.abs(a_MxF.astype(jnp.float32)) * jnp.linalg.norm(w_out_FxD.astype(jnp.float32), axis=-1)
-            active_MxF = real_M[:, None] & (mag_MxF >= t)
+            active_MxF = real_M[:, None] & active_at(magnitudes(a_MxF, out_norms(w_out_FxD)), t)
             per_token_M = psum(jnp.sum(active_MxF, axis=1, dtype=jnp.int32), axes.neurons).astype(jnp.float32)
             return jnp.sum(active_MxF, axis=0, dtype=jnp.int32), jax.ops.segment_sum(per_token_M, ids_M, vocab_size)
 
