@@ -25,8 +25,8 @@ def _rename(obj, path: str):
         for k, v in obj.items():
             if path.endswith("cett.json") and k == "cett":
                 k = "realised_cett"
-            elif path.endswith("ppl.json") and k == "cett" and isinstance(v, (int, float)):
-                k = "target_cett"
+            elif path.endswith(("ppl.json", "eval.json")) and k in ("cett", "cett_upper"):
+                k = "target_" + k  # the search's target (and its bracket), not a realised value
             out[k] = _rename(v, path)
         return out
     if isinstance(obj, list):
