@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
 from sparsity_jax.nn.model import DTYPES, ModelConfig
-from sparsity_jax.runtime.sharding import logical_to_spec
+from sparsity_jax.runtime.sharding import logical_sharding
 
 Array = jax.Array
 
@@ -41,7 +41,7 @@ def cache_spec(cfg: ModelConfig, batch: int, length: int, mesh: Mesh) -> NamedSh
     """Sharding of one (B, S, G, K) cache array: rows over (data, fsdp) and KV heads over
     `tensor` where they divide, like the activations and the attention kernels."""
     shape = (batch, length, cfg.kv_heads, cfg.d_model // cfg.num_heads)
-    return NamedSharding(mesh, logical_to_spec(("batch", None, "heads", None), shape, mesh))
+    return logical_sharding(("cache_batch", "cache_sequence", "cache_heads", "cache_kv"), shape, mesh)
 
 
 def init_cache(cfg: ModelConfig, pad_B: Array, length: int) -> KVCache:

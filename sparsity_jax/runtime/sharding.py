@@ -1,7 +1,8 @@
 """Device mesh and the one table that maps logical axis names to mesh axes.
 
-Parameters carry logical axis names (`axes` metadata, see `nn.layers.param`);
-activations use 'batch'. Mesh axes: `data` (pure data parallel), `fsdp` (data parallel
+Parameters carry logical axis names (`axes` metadata, see `nn.layers.param`); activations
+and the KV cache have their own (`activation_*`, `cache_*`, as MaxText), placed by
+`logical_sharding` / `constrain`. Mesh axes: `data` (pure data parallel), `fsdp` (data parallel
 with parameters sharded along 'embed', as MaxText's fsdp), `tensor` (Megatron-style
 sharding of 'mlp', 'heads', 'vocab'). A dimension that a mesh axis does not divide stays
 replicated along that axis, so any model runs on any mesh (at some memory cost).
@@ -19,13 +20,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    # parameters
     "embed": ("fsdp",),
     "mlp": ("tensor",),
     "heads": ("tensor",),
     "vocab": ("tensor",),
     "expert": (),
-    "seq": (),
+    # activations (MaxText's names): batch-major, the feature axes as their parameters'
+    "activation_batch": ("data", "fsdp"),
+    "activation_length": (),
+    "activation_embed": (),
+    "activation_mlp": ("tensor",),
+    "activation_heads": ("tensor",),
+    "activation_vocab": ("tensor",),
+    # the KV cache of decoding: (batch, cache slot, KV head, head dim)
+    "cache_batch": ("data", "fsdp"),
+    "cache_sequence": (),
+    "cache_heads": ("tensor",),
+    "cache_kv": (),
 }
 
 
@@ -64,6 +76,19 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     return P(*spec)
 
 
+def logical_sharding(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    """NamedSharding of a value with logical `axes` on `mesh` (`logical_to_spec`)."""
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None) -> jax.Array:
+    """`x` constrained to its logical `axes` inside a jitted function (no-op without a mesh
+    or on one device), so activations are partitioned as the parameters are."""
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_sharding(axes, x.shape, mesh))
+
+
 def param_shardings(abstract_params: nnx.State, mesh: Mesh) -> dict:
     """NamedShardings for a params State (Variables with `axes` metadata), as a pure dict."""
     def one(var):
@@ -75,8 +100,9 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh) -> dict:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Batch-major arrays sharded over (data, fsdp), other dims replicated."""
-    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+    """Batch-major arrays sharded over the mesh axes of 'activation_batch' (data, fsdp),
+    other dims replicated; the batch must divide (the settings check it)."""
+    return NamedSharding(mesh, P(LOGICAL_RULES["activation_batch"], *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -75,15 +75,16 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
 
 def search_layout(batches: Sequence[Batch], d_ff: int, mesh=None) -> Layout:
     """Where the scores live: `mesh` (default: the batches' mesh), tokens over the mesh
-    axes of the logical 'batch' axis, F over those of 'mlp' (`runtime.sharding` rules; an
-    axis that does not divide stays replicated). One device: `Layout()`."""
+    axes of the logical 'activation_batch' axis, F over those of 'activation_mlp'
+    (`runtime.sharding` rules; an axis that does not divide stays replicated). One
+    device: `Layout()`."""
     inputs = batches[0]["inputs"]
     mesh = mesh if mesh is not None else getattr(getattr(inputs, "sharding", None), "mesh", None)
     if mesh is None or math.prod(mesh.shape.values()) == 1:
         return Layout()
     names = lambda e: () if e is None else ((e,) if isinstance(e, str) else tuple(e))  # noqa: E731
-    tokens = names(logical_to_spec(("batch",), inputs.shape[:1], mesh)[0])
-    neurons = names(logical_to_spec(("mlp",), (d_ff,), mesh)[0])
+    tokens = names(logical_to_spec(("activation_batch",), inputs.shape[:1], mesh)[0])
+    neurons = names(logical_to_spec(("activation_mlp",), (d_ff,), mesh)[0])
     return Layout(mesh, tokens, neurons)
 
 

@@ -128,8 +128,16 @@ def _drop_meta_key(wd, key):
     path.write_text(json.dumps(meta))
 
 
+def _predictors_saved(wd):
+    """Predictors already saved for the latest step (2) at CETT 0.2 (never replaced)."""
+    (wd / "predictors" / "2_cett0.2" / "params").mkdir(parents=True)
+    (wd / "predictors" / "2_cett0.2" / "predictor.json").write_text("{}")
+
+
 # (id, which trained run, how to damage the copy, argv with WD for the copy, phrase)
 TRAINED = [
+    ("predictor_saved", "dense", _predictors_saved, ["predictor", "--workdir", "WD", "--cett", "0.2"],
+     "predictors are already saved in"),
     ("resume_other_model", "dense", None, ["train", "--workdir", "WD"] + config_args(**{**SHORT, "train.steps": 4,
                                                                                                   "model.d_ff": 128}),
      "another model (model.d_ff 64 → 128)"),

@@ -10,8 +10,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+# the default model on 16 × 64-token batches (its own 32 × 128 takes twice as long): every stage runs
 SHORT = {"train.steps": 40, "train.checkpoint_every": 10, "train.keep_checkpoints": 4, "train.metrics_every": 10,
-         "train.eval_every": 20, "train.log_every": 10, "train.eval_batches": 2, "data.max_files": 200}
+         "train.eval_every": 20, "train.log_every": 10, "train.eval_batches": 2, "data.max_files": 200,
+         "train.global_batch_size": 16, "train.seq_len": 64}
 SECTIONS = ("Training and validation loss", "Activation ratio per layer over training",
             "Hidden-unit use per token, sequence and batch (W&amp;A)", "CETT, PPL-p% sparsity and Pareto curves",
             "Activation ratio over checkpoints and its scaling fit")
