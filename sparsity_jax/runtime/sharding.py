@@ -61,12 +61,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
-    """PartitionSpec for a value with logical `axes`; skips mesh axes that don't divide."""
+    """PartitionSpec for a value with logical `axes` (None: replicated); skips mesh axes
+    that don't divide. A name missing from `LOGICAL_RULES` is a ValueError (a typo would
+    otherwise replicate silently)."""
+    unknown = [name for name in axes if name is not None and name not in LOGICAL_RULES]
+    if unknown:
+        raise ValueError(f"logical axes {unknown} are not in runtime.sharding.LOGICAL_RULES")
     used: set[str] = set()
     spec = []
     for name, dim in zip(axes, shape):
         chosen = []
-        for mesh_axis in LOGICAL_RULES.get(name, ()) if name else ():
+        for mesh_axis in LOGICAL_RULES[name] if name else ():
             size = mesh.shape[mesh_axis]
             if mesh_axis in used or size == 1 or dim % (math.prod(mesh.shape[a] for a in chosen) * size):
                 continue

@@ -56,7 +56,9 @@ def test_logical_rules_skip_axes_that_do_not_divide():
     mesh = shd.make_mesh(2, 2, 2)
     assert shd.logical_to_spec(("embed", "mlp"), (32, 64), mesh) == P("fsdp", "tensor")
     assert shd.logical_to_spec(("vocab", "embed"), (259, 32), mesh) == P(None, "fsdp")
-    assert shd.logical_to_spec(("batch", None), (16, 8), mesh) == P(("data", "fsdp"), None)
+    assert shd.logical_to_spec(("activation_batch", None), (16, 8), mesh) == P(("data", "fsdp"), None)
+    with pytest.raises(ValueError, match="not in runtime.sharding.LOGICAL_RULES"):
+        shd.logical_to_spec(("batch", None), (16, 8), mesh)
     with pytest.raises(ValueError, match="devices"):
         shd.make_mesh(3, 1, 1)
 
