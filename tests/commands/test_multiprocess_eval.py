@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sparsity_jax.cli import main
 from tests.train.test_cli import ROOT, tiny_args
