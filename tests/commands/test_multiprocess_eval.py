@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from sparsity_jax.cli import main
 from tests.train.test_cli import ROOT, tiny_args
@@ -42,16 +41,8 @@ def _close(a, b, path=""):
         assert a == b, (path, a, b)
 
 
-def _in_process(argv, capsys) -> str:
-    """The 1 process × 8 devices reference, in this (8-device) test process."""
-    capsys.readouterr()
-    assert main(argv) == 0
-    return capsys.readouterr().out
-
-
-def test_evaluate_and_cett_on_two_processes_equal_one(tmp_path, capsys):
-    """1 process × 8 devices (in this process) and 2 × 4 over loopback through
-    launch/local_multiprocess.sh."""
+def test_evaluate_and_cett_on_two_processes_equal_one(tmp_path):
+    """Both through launch/local_multiprocess.sh: 1 process × 8 devices and 2 × 4 over loopback."""
     run = tmp_path / "run"
     train = tiny_args(**{"train.steps": 20, "train.checkpoint_every": 10, "mesh.data": 2, "mesh.fsdp": 2,
                          "mesh.tensor": 2})
@@ -62,7 +53,7 @@ def test_evaluate_and_cett_on_two_processes_equal_one(tmp_path, capsys):
         commands = [["evaluate", "--workdir", str(run), "--ppl-p", "1", "--output", str(ev)] + EVAL_MESH,
                     ["cett", "--workdir", str(run), "--cett", "0.2", "--output", str(ce)] + EVAL_MESH]
         for argv in commands:
-            log = _in_process(argv, capsys) if n == 1 else _launch(n, argv, tmp_path)
+            log = _launch(n, argv, tmp_path)
             assert argv[0] != "evaluate" or "validation: 1,024 real tokens" in log, log
         os.rename(run / "report", tmp_path / f"ppl{n}")  # the sweep's report (ppl.json and figures)
         outputs[n] = [json.load(open(f)) for f in (ev, ce, tmp_path / f"ppl{n}" / "ppl.json")]
