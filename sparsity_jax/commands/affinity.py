@@ -1,5 +1,5 @@
 """`sparsity-jax affinity`: hardware affinity of one checkpoint's activation pattern (ReLU²
-Wins §4 (3), §5.3, App. D): with neurons active where ‖n_i‖ > t_l (the layer's CETT
+Wins §4 (3), §5.3, App. D): with neurons active where ‖n_i‖ ≥ t_l > 0 (the layer's CETT
 threshold) on the validation batches, the reuse ratio of a sliding window of w previous
 tokens of the same sequence against each layer's activation ratio (Fig. 6), the
 top-average co-activation gap per layer (Fig. 7) and the hot-neuron CDF (computed by

@@ -1,6 +1,6 @@
 """`sparsity-jax predictor`: train and evaluate the low-rank activation predictors of one
-checkpoint (ReLU² Wins §4 (2), §5.2, App. A.2) with `predict.analysis`. Labels at a CETT (‖n_i‖ > t_l with the
-layer's exact threshold on the validation tokens) or a_i != 0; training tokens from the
+checkpoint (ReLU² Wins §4 (2), §5.2, App. A.2) with `predict.analysis`. Labels at a CETT
+(‖n_i‖ ≥ t_l > 0 with the layer's exact threshold on the validation tokens) or a_i != 0; training tokens from the
 run's training split; recall / prediction sparsity for the threshold strategy and top-k
 on validation tokens (Fig. 5a–c), and the validation PPL with the predictor choosing the
 neurons next to the dense model and the oracle threshold mode. Saves the predictors in

@@ -16,15 +16,12 @@ checkpoint (key "method") and given back on resume.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, Protocol
+from typing import Any, Callable, Hashable, NamedTuple, Protocol
 
 import jax
 
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime import sharding as shd
-
-if TYPE_CHECKING:
-    from sparsity_jax.methods.accounting import Accounting
 
 Array = jax.Array
 State = dict[str, Any]
@@ -80,7 +77,7 @@ class TrainingMethod(Protocol):
     """The host side of a training method, once per step."""
 
     name: str
-    account: Accounting
+    account: Any  # methods.accounting.Accounting (which imports this module's Variant)
 
     def variant(self, step: int) -> Hashable:
         """The static variant of the step that trains step `step` + 1."""

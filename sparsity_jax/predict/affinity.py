@@ -1,5 +1,5 @@
 """Hardware affinity of a checkpoint's activation pattern (ReLU² Wins §4 (3), §5.3, App. D):
-with neurons active where ‖n_i‖ > t_l on validation batches, the reuse ratio of a sliding
+with neurons active where ‖n_i‖ ≥ t_l > 0 on validation batches, the reuse ratio of a sliding
 window of w previous tokens of the same sequence against each layer's activation ratio
 (Fig. 6), the top-average co-activation gap per layer (Fig. 7) and the hot-neuron CDF.
 `report.predictivity` renders the result."""

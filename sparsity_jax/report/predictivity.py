@@ -90,7 +90,7 @@ def _ppl(result: dict, path) -> None:
 def predictor_summary(r: dict) -> list[str]:
     """The report's text lines of a `predict.analysis.Predictivity` (as JSON)."""
     t = r["training"]
-    what = "a_i != 0" if r["labels"] == "zero" else f"‖n_i‖ > t_l at CETT {r['target_cett']:g}"
+    what = "a_i != 0" if r["labels"] == "zero" else f"‖n_i‖ ≥ t_l > 0 at CETT {r['target_cett']:g}"
     q = _threshold_row(r["quality"])
     p = r["ppl"]
     pt = _threshold_row(p["predicted"])
@@ -157,7 +157,7 @@ def affinity_summary(r: dict) -> list[str]:
     reuse = " ".join(f"w={w}: {np.mean(v):.4f}" for w, v in r["reuse_ratio"].items())
     sub = f" (a fixed random subsample of {r['coactivation_neurons']} neurons)" if r["coactivation_subsampled"] else ""
     return [
-        f"Step {r['step']}, neurons active where ‖n_i‖ > t_l at CETT {r['target_cett']:g}, "
+        f"Step {r['step']}, neurons active where ‖n_i‖ ≥ t_l > 0 at CETT {r['target_cett']:g}, "
         f"{r['validation_tokens']:,} validation tokens: activation ratio {ratio.mean():.4f} "
         f"(layers {ratio.min():.4f}–{ratio.max():.4f}).",
         f"Reuse ratio, mean over layers: {reuse}.",

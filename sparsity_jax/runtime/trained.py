@@ -52,9 +52,15 @@ def validation_batches(run: ModelRun, workdir: PathLike | Workdir) -> list[dict[
     return [run.device_batch(b) for b in local]
 
 
+@jax.jit
+def _count_real(batches):
+    return sum(jnp.sum(b["loss_weights"] > 0) for b in batches)
+
+
 def real_tokens(batches: list[dict[str, jax.Array]]) -> int:
-    """Real (loss-weighted) tokens of global batches, on every process."""
-    return int(jax.jit(lambda bs: sum(jnp.sum(b["loss_weights"] > 0) for b in bs))(batches))
+    """Real (loss-weighted) tokens of global batches, on every process (one jitted
+    reduction, compiled once per batch structure)."""
+    return int(_count_real(batches))
 
 
 def checkpoints(workdir: PathLike | Workdir) -> tuple[Checkpointer, list[int]]:

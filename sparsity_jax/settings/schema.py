@@ -85,7 +85,7 @@ class TrainSettings:
     async_checkpoints: bool = True
     record: str = "mask"          # what the FFNs record while training: none | mask | scores | both
     metrics_every: int = 50       # per-layer hidden-unit use + percentiles every N steps (0 = off)
-    record_threshold: float = 0.0  # used = |a|·‖W_out,i‖ > t (0: a != 0, for exact-zero activations)
+    record_threshold: float = 0.0  # used = a != 0 and |a|·‖W_out,i‖ ≥ t (active_at; 0: a != 0)
     metrics_batch_groups: int = 1  # "per-batch" granularity: 1 = global batch, -1 = per device (W&A)
 
     def check(self) -> None:
