@@ -1,8 +1,8 @@
 """KV-cache decoding of an `LM` with a dense or sparse FFN (`Decoder.generate`).
 
-Built on the LM's own submodules (`embed`, `blocks[i].attn_norm / attn.cached / ffn_norm`,
-`final_norm`, the tied or untied head) rebuilt from (graphdef, params) inside pure jitted
-functions; the FFN runs on `infer.ffn` tables with a chooser (`infer.choosers`). Prefill
+Every call is the model's own forward (`LM.forward` with its KV cache) rebuilt from
+(graphdef, params) inside pure jitted functions; the FFN hook runs `infer.ffn` tables
+with a chooser (`infer.choosers`). Prefill
 runs the prompt (left-padded, see `infer.cache`) through the masked form of the chooser's
 FFN in one call; every later step feeds one token per row through the sparse form when
 `budgets` are given (else the masked form: the reference). Each function compiles once
@@ -22,11 +22,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sparsity_jax.infer.cache import KVCache, cache_spec, decode_mask, init_cache, left_pad, positions
+from sparsity_jax.infer.cache import KVCache, cache_spec, init_cache, left_pad
 from sparsity_jax.infer.choosers import Act, Dense, layer_arrays
 from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
-from sparsity_jax.nn.model import DTYPES
 from sparsity_jax.runtime import sharding as shd
 
 Array = jax.Array
@@ -46,29 +45,6 @@ def tensor_axis(mesh, d_ff: int) -> str | None:
     return "tensor" if n > 1 and d_ff % n == 0 else None
 
 
-def _head(model, x_BxTxD: Array) -> Array:
-    dtype = DTYPES[model.cfg.dtype]
-    x_BxTxD = model.final_norm(x_BxTxD)
-    head_DxV = model.embed[...].T if model.cfg.tie_embeddings else model.head[...]
-    return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
-
-
-def _blocks(model, tokens_BxT: Array, attend, ffn):
-    """Embedding → blocks → logits with `attend(i, block, h) -> (out, extra)` and
-    `ffn(i, block, h_NxD) -> (y_NxD, extra)`; returns (logits, attention extras, FFN extras)."""
-    b, t = tokens_BxT.shape
-    x_BxTxD = jnp.take(model.embed[...], tokens_BxT, axis=0).astype(DTYPES[model.cfg.dtype])
-    att, ff = [], []
-    for i, blk in enumerate(model.blocks):
-        h_BxTxD, extra = attend(i, blk, blk.attn_norm(x_BxTxD))
-        x_BxTxD = x_BxTxD + h_BxTxD
-        y_NxD, st = ffn(i, blk, blk.ffn_norm(x_BxTxD).reshape(b * t, -1))
-        x_BxTxD = x_BxTxD + y_NxD.reshape(b, t, -1).astype(x_BxTxD.dtype)
-        att.append(extra)
-        ff.append(st)
-    return _head(model, x_BxTxD), att, ff
-
-
 @dataclasses.dataclass(frozen=True)
 class _Static:
     graphdef: Any
@@ -80,29 +56,22 @@ class _Static:
     d_ff: int
 
     def ffn(self, arrays, tables, sparse: bool):
+        """The `LM.forward` FFN hook: (y, stats) in the sparse form; (y, (kept, candidates)) in the masked form."""
         budgets = self.budgets if sparse else None
 
-        def run(i, blk, x_NxD):
-            """(y, stats) in the sparse form; (y, (kept, candidates)) in the masked form."""
-            out = layer_ffn(self.chooser, layer_arrays(arrays, i), tables[i], x_NxD, Act.of(blk.ffn),
-                            mesh=self.mesh, axis=self.axis, budgets=None if budgets is None else budgets[i],
-                            chunk=self.chunk)
-            return out if budgets is not None else (out[0], out[1:])
+        def run(i, ffn_module, h_BxTxD):
+            b, t, d = h_BxTxD.shape
+            out = layer_ffn(self.chooser, layer_arrays(arrays, i), tables[i], h_BxTxD.reshape(b * t, d),
+                            Act.of(ffn_module), mesh=self.mesh, axis=self.axis,
+                            budgets=None if budgets is None else budgets[i], chunk=self.chunk)
+            y_BxTxD = out[0].reshape(b, t, d)
+            return (y_BxTxD, out[1]) if budgets is not None else (y_BxTxD, out[1:])
         return run
 
 
 def _cached_forward(st: _Static, params, tables, arrays, cache: KVCache, tokens_BxT, start, sparse: bool):
     model = nnx.merge(st.graphdef, params)
-    t = tokens_BxT.shape[1]
-    pos_BxT = positions(cache.pad_B, start, t)
-    mask = decode_mask(cache.pad_B, start, t, cache.length)
-
-    def attend(i, blk, h):
-        out, k, v = blk.attn.cached(h, pos_BxT, cache.k[i], cache.v[i], start, mask)
-        return out, (k, v)
-
-    logits, kv, ff = _blocks(model, tokens_BxT, attend, st.ffn(arrays, tables, sparse))
-    return logits, KVCache(tuple(k for k, _ in kv), tuple(v for _, v in kv), cache.pad_B), ff
+    return model.forward(tokens_BxT, cache=cache, start=start, ffn=st.ffn(arrays, tables, sparse))
 
 
 def _next(logits_BxV, key, temperature, top_p, greedy: bool) -> Array:
@@ -141,11 +110,7 @@ def masked_forward(graphdef, params, tables, arrays, tokens_BxT, segment_ids_BxT
     st = _Static(graphdef, chooser, mesh, axis, None, 0, 0)
     model = nnx.merge(graphdef, params)
     b, t = tokens_BxT.shape
-
-    def attend(i, blk, h):
-        return blk.attn(h, segment_ids_BxT, positions_BxT), None
-
-    logits, _, ff = _blocks(model, tokens_BxT, attend, st.ffn(arrays, tables, False))
+    logits, _, ff = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False))
     return logits, jnp.stack([cand_NxF.reshape(b, t, -1) for _, cand_NxF in ff])
 
 

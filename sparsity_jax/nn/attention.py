@@ -1,11 +1,21 @@
 """Multi-head causal self-attention with RoPE, grouped-query heads and packed segments.
 
 `Attention.__call__` is the training / evaluation path over whole sequences;
-`Attention.cached` is one decoding call against a preallocated KV cache (infer/): it
-writes the new keys and values at the cache slots [start, start + T) and attends over
-the whole cache under a caller-built mask. Both share `qkv` and `attend`.
+`Attention.cached` is one decoding call against a preallocated `KVCache`: it writes the
+new keys and values at the cache slots [start, start + T) and attends over the whole
+cache under `decode_mask`. Both share `qkv` and `attend`.
+
+Cache layout: one key and one value array per layer, (B, S, G, K), in a tuple over
+layers, so each layer's update is one in-place `dynamic_update_slice` on a donated
+buffer. Prompts are LEFT-padded to a common length P (`infer.cache.left_pad`): every
+row writes slot `start + i` at the same time and all rows finish prefill at slot P.
+Row b's real tokens start at slot `pad_B[b]`; its RoPE positions are `slot − pad_B[b]`
+(the real tokens sit at positions 0, 1, … exactly as in an unpadded forward pass) and
+its queries never see slots before `pad_B[b]`.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +36,39 @@ def attention_mask(segment_ids_BxT: Array) -> Array:
     causal_TxT = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
     same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
     return (causal_TxT[None] & same_BxTxT)[:, None]
+
+
+class KVCache(NamedTuple):
+    """Keys / values per layer ((B, S, G, K) each) and the left padding of each row (B,)."""
+
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
+    pad_B: Array
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[1]
+
+
+def cache_positions(pad_B: Array, start: Array, t: int) -> Array:
+    """RoPE positions (B, T) of the T tokens written at slots [start, start + T); padding gets 0."""
+    slot_BxT = start + jnp.arange(t, dtype=jnp.int32)[None, :]
+    return jnp.maximum(slot_BxT - pad_B[:, None], 0)
+
+
+def decode_mask(pad_B: Array, start: Array, t: int, length: int) -> Array:
+    """(B, 1, T, S) bool: the query at slot start + i sees slots j with pad_B ≤ j ≤ start + i.
+
+    A padding query (slot < pad_B) sees only its own slot, so its (unused) output stays
+    finite and it never mixes into a real row.
+    """
+    q_T = start + jnp.arange(t, dtype=jnp.int32)
+    j_S = jnp.arange(length, dtype=jnp.int32)
+    causal_TxS = j_S[None, :] <= q_T[:, None]
+    real_BxS = j_S[None, :] >= pad_B[:, None]
+    own_TxS = j_S[None, :] == q_T[:, None]
+    mask_BxTxS = (causal_TxS[None] & real_BxS[:, None, :]) | own_TxS[None]
+    return mask_BxTxS[:, None]
 
 
 class Attention(nnx.Module):

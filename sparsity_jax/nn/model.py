@@ -2,21 +2,23 @@
 
     tokens → embed → L × [x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x))] → RMSNorm → logits
 
-The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.apply` returns
-what the FFNs sowed stacked over layers, and `LM.__call__` can skip whole blocks
+The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.forward` is the
+one forward of training, evaluation and KV-cache decoding (with pluggable FFN calls),
+`LM.apply` returns what the FFNs sowed stacked over layers, and blocks can be skipped
 (progressive layer dropping, Zhang & He 2020).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sparsity_jax.nn.activations import ACTIVATIONS
-from sparsity_jax.nn.attention import Attention
+from sparsity_jax.nn.attention import Attention, KVCache, cache_positions, decode_mask
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.nn.layers import RMSNorm, param
@@ -92,9 +94,26 @@ class Block(nnx.Module):
             kernel_init=cfg.mlp_init, init_std=cfg.init_std, dtype=dtype,
         )
 
-    def __call__(self, x, segment_ids, positions, sp: Sparsify, record):
-        x = x + self.attn(self.attn_norm(x), segment_ids, positions)
-        return x + self.ffn(self.ffn_norm(x), sp, record)
+    def __call__(self, x_BxTxD, segment_ids, positions, sp: Sparsify, record, *, kv=None, ffn=None):
+        """x ↦ x + Attn(norm x); x ↦ x + FFN(norm x): returns (x, kv', ffn extra).
+
+        `kv` = (k cache, v cache, start, mask) runs the attention against a KV cache
+        (`Attention.cached`; kv' is the updated pair, else None); `ffn(ffn_module, h_BxTxD)
+        -> (y_BxTxD, extra)` replaces the FFN call (the gathered decode FFNs of `infer/`;
+        extra is theirs, else None)."""
+        h_BxTxD = self.attn_norm(x_BxTxD)
+        if kv is None:
+            a_BxTxD, kv_out = self.attn(h_BxTxD, segment_ids, positions), None
+        else:
+            a_BxTxD, k, v = self.attn.cached(h_BxTxD, positions, *kv)
+            kv_out = (k, v)
+        x_BxTxD = x_BxTxD + a_BxTxD.astype(x_BxTxD.dtype)
+        h_BxTxD = self.ffn_norm(x_BxTxD)
+        if ffn is None:
+            y_BxTxD, extra = self.ffn(h_BxTxD, sp, record), None
+        else:
+            y_BxTxD, extra = ffn(self.ffn, h_BxTxD)
+        return x_BxTxD + y_BxTxD.astype(x_BxTxD.dtype), kv_out, extra
 
 
 class LM(nnx.Module):
@@ -125,8 +144,33 @@ class LM(nnx.Module):
         layer_keep: Array | None = None,
         layer_scale: Array | None = None,
     ) -> Array:
-        """Logits (B, T, V); one `sparsify` (sliced per layer) and the `record` flag go
-        down to the FFN of every block.
+        """Logits (B, T, V) of `forward` (training and evaluation: no cache, the model's FFNs)."""
+        return self.forward(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record,
+                            layer_keep=layer_keep, layer_scale=layer_scale)[0]
+
+    def forward(
+        self,
+        tokens_BxT: Array,
+        segment_ids_BxT: Array | None = None,
+        positions_BxT: Array | None = None,
+        *,
+        sparsify: Sparsify = Sparsify(),
+        record: str | tuple[str, ...] | None = None,
+        layer_keep: Array | None = None,
+        layer_scale: Array | None = None,
+        cache: KVCache | None = None,
+        start: Array | None = None,
+        ffn: Callable | None = None,
+    ) -> tuple[Array, KVCache | None, list]:
+        """The one forward of training, evaluation and decoding: (logits (B, T, V) float32,
+        the updated cache or None, the per-layer extras of `ffn` or Nones).
+
+        One `sparsify` (sliced per layer) and the `record` flag go down to the FFN of every
+        block. `cache` (`KVCache`) with `start` (int32 scalar) decodes: the T tokens are
+        written at cache slots [start, start + T), their positions and attention mask come
+        from the cache's left padding (`cache_positions`, `decode_mask`; segment ids and
+        positions must then be None). `ffn(i, ffn_module, h_BxTxD) -> (y, extra)` replaces
+        layer i's FFN call (the gathered sparse FFNs of `infer/`).
 
         `layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He
         2020): a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs
@@ -137,26 +181,51 @@ class LM(nnx.Module):
         DeepSpeed's PLD).
         """
         b, t = tokens_BxT.shape
+        n = self.cfg.num_layers
+        dropping = layer_keep is not None or layer_scale is not None
+        if dropping and (record is not None or cache is not None or ffn is not None):
+            raise ValueError("layer_keep / layer_scale (dropped layers) cannot be combined with recording "
+                             "activations, a KV cache or an ffn hook")
+        if cache is not None:
+            if segment_ids_BxT is not None or positions_BxT is not None or start is None:
+                raise ValueError("decoding with a cache needs `start` and takes no segment ids or positions")
+            positions_BxT = cache_positions(cache.pad_B, start, t)
+            mask = decode_mask(cache.pad_B, start, t, cache.length)
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones((b, t), jnp.int32)
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        dtype = DTYPES[self.cfg.dtype]
-        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
-        n = self.cfg.num_layers
-        if (layer_keep is not None or layer_scale is not None) and record is not None:
-            raise ValueError("layer_keep (dropped layers) cannot be combined with recording activations")
+        x_BxTxD = self.embed_tokens(tokens_BxT)
+        ks, vs, extras = [], [], []
         for i, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache.k[i], cache.v[i], start, mask)
+            hook = None if ffn is None else functools.partial(ffn, i)
             run = functools.partial(block, segment_ids=segment_ids_BxT, positions=positions_BxT,
-                                    sp=sparsify.for_layer(i, n), record=record)
+                                    sp=sparsify.for_layer(i, n), record=record, kv=kv, ffn=hook)
+            if not dropping:
+                x_BxTxD, kv_out, extra = run(x_BxTxD)
+                if kv_out is not None:
+                    ks.append(kv_out[0])
+                    vs.append(kv_out[1])
+                extras.append(extra)
+                continue
+            def kept(x, run=run, scale=None if layer_scale is None else layer_scale[i]):
+                y = run(x)[0]
+                return y if scale is None else x + ((y - x) * scale).astype(x.dtype)
             if layer_keep is None:
-                x_BxTxD = run(x_BxTxD)
+                x_BxTxD = kept(x_BxTxD)
             else:  # a dropped block is the identity; lax.cond skips its FLOPs
-                kept = run
-                if layer_scale is not None:
-                    def kept(x, run=run, scale=layer_scale[i]):
-                        return x + ((run(x) - x) * scale).astype(x.dtype)
                 x_BxTxD = jax.lax.cond(layer_keep[i], kept, lambda x: x, x_BxTxD)
+        new_cache = None if cache is None else KVCache(tuple(ks), tuple(vs), cache.pad_B)
+        return self.logits(x_BxTxD), new_cache, extras
+
+    def embed_tokens(self, tokens_BxT: Array) -> Array:
+        """The input embeddings (B, T, d) in the compute dtype."""
+        return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(DTYPES[self.cfg.dtype])
+
+    def logits(self, x_BxTxD: Array) -> Array:
+        """Final norm and the (tied or untied) head: float32 logits (B, T, V)."""
+        dtype = DTYPES[self.cfg.dtype]
         x_BxTxD = self.final_norm(x_BxTxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)

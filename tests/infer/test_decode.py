@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from sparsity_jax.infer import Decoder, place
-from sparsity_jax.infer.cache import decode_mask, left_pad, positions
+from sparsity_jax.infer.cache import cache_positions as positions, decode_mask, left_pad
 from sparsity_jax.infer.sampling import sample, top_p_mask
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.runtime.sharding import make_mesh

@@ -120,7 +120,7 @@ def test_kept_block_update_is_scaled_by_inverse_keep_prob():
     h = jnp.take(model.embed[...], x, axis=0)
     seg = jnp.ones(x.shape, jnp.int32)
     pos = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape)
-    hb = model.blocks[0](h, segment_ids=seg, positions=pos, sp=Sparsify(), record=None)
+    hb = model.blocks[0](h, segment_ids=seg, positions=pos, sp=Sparsify(), record=None)[0]
     h2 = h + 2.0 * (hb - h)
     want = jnp.einsum("btd,dv->btv", model.final_norm(h2), model.embed[...].T if cfg.tie_embeddings else model.head[...])
     np.testing.assert_allclose(np.asarray(scaled), np.asarray(want), rtol=1e-4, atol=1e-4)
