@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsity_jax.nn.layers import apply_rope, get_initializer, param
+from sparsity_jax.nn.layers import RMSNorm, apply_rope, get_initializer, param, rope_frequencies
 
 Array = jax.Array
 
@@ -72,7 +72,15 @@ def decode_mask(pad_B: Array, start: Array, t: int, length: int) -> Array:
 
 
 class Attention(nnx.Module):
-    """Kernels: wq (d, H, K) ('embed', 'heads', None); wk, wv (d, G, K); wo (H, K, d)."""
+    """Kernels: wq (d, H, K) ('embed', 'heads', None); wk, wv (d, G, K); wo (H, K, d).
+
+    Options of pretrained families (`sparsity_jax.hf`), all off by default: `head_dim` K
+    other than d / H, biases bq (H, K), bk, bv (G, K) (Qwen2), an RMSNorm over each
+    head's K features of q and k before RoPE (Qwen3), scaled RoPE frequencies
+    (`rope_scaling` = (kind, factor, low_freq_factor, high_freq_factor, original length),
+    see `layers.rope_frequencies`) and a sliding window (Mistral: a query
+    sees the `window` latest positions, itself included). Scores are scaled by 1/√K.
+    """
 
     def __init__(
         self,
@@ -84,8 +92,14 @@ class Attention(nnx.Module):
         rope_theta: float = 10000.0,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        head_dim: int = 0,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        rope_scaling: tuple = ("none",),
+        window: int = 0,
     ):
-        head_dim = d_model // num_heads
+        head_dim = head_dim or d_model // num_heads
         init = get_initializer("lecun_normal")
         proj_in = lambda g: param(rngs, init, (d_model, g, head_dim), ("embed", "heads", None), param_dtype)  # noqa: E731
         self.wq = proj_in(num_heads)
@@ -93,6 +107,16 @@ class Attention(nnx.Module):
         self.wv = proj_in(num_kv_heads)
         out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2)
         self.wo = param(rngs, out_init, (num_heads, head_dim, d_model), ("heads", None, "embed"), param_dtype)
+        if qkv_bias:
+            zeros = nnx.initializers.zeros_init()
+            self.bq = param(rngs, zeros, (num_heads, head_dim), ("heads", None), param_dtype)
+            self.bk = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
+            self.bv = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, axes=(None,))
+            self.k_norm = RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, axes=(None,))
+        self.qkv_bias, self.qk_norm, self.window = qkv_bias, qk_norm, window
+        self.rope_scaling = tuple(rope_scaling)  # (kind, factor, low, high, original length): static
         self.rope_theta = rope_theta
         self.dtype = dtype
 
@@ -100,10 +124,24 @@ class Attention(nnx.Module):
         """Queries (B, T, H, K) and keys (B, T, G, K) with RoPE at `positions`; values (B, T, G, K)."""
         x = x_BxTxD.astype(self.dtype)
         w = lambda v: v[...].astype(self.dtype)  # noqa: E731
-        q_BxTxHxK = apply_rope(jnp.einsum("btd,dhk->bthk", x, w(self.wq)), positions_BxT, self.rope_theta)
-        k_BxTxGxK = apply_rope(jnp.einsum("btd,dgk->btgk", x, w(self.wk)), positions_BxT, self.rope_theta)
+        q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x, w(self.wq))
+        k_BxTxGxK = jnp.einsum("btd,dgk->btgk", x, w(self.wk))
         v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x, w(self.wv))
+        if self.qkv_bias:
+            q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = q_BxTxHxK + w(self.bq), k_BxTxGxK + w(self.bk), v_BxTxGxK + w(self.bv)
+        if self.qk_norm:
+            q_BxTxHxK, k_BxTxGxK = self.q_norm(q_BxTxHxK), self.k_norm(k_BxTxGxK)
+        freq = None if self.rope_scaling[0] == "none" else rope_frequencies(
+            q_BxTxHxK.shape[-1], self.rope_theta, *self.rope_scaling)
+        q_BxTxHxK = apply_rope(q_BxTxHxK, positions_BxT, self.rope_theta, freq)
+        k_BxTxGxK = apply_rope(k_BxTxGxK, positions_BxT, self.rope_theta, freq)
         return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+
+    def windowed(self, mask_Bx1xTxS: Array, q_T: Array, k_S: Array) -> Array:
+        """`mask` limited to keys less than `window` positions (or cache slots) back."""
+        if not self.window:
+            return mask_Bx1xTxS
+        return mask_Bx1xTxS & ((q_T[..., :, None] - k_S[..., None, :]) < self.window)[..., None, :, :]
 
     def attend(self, q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
         """Softmax attention of T queries over S keys under a bool mask, projected to (B, T, d)."""
@@ -112,7 +150,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array) -> Array:
         q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT)
-        return self.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, attention_mask(segment_ids_BxT))
+        mask = self.windowed(attention_mask(segment_ids_BxT), positions_BxT, positions_BxT)
+        return self.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask)
 
     def cached(self, x_BxTxD: Array, positions_BxT: Array, k_cache_BxSxGxK: Array, v_cache_BxSxGxK: Array,
                start: Array, mask_Bx1xTxS: Array) -> tuple[Array, Array, Array]:
@@ -123,6 +162,8 @@ class Attention(nnx.Module):
         at = (0, start, 0, 0)
         k_cache_BxSxGxK = jax.lax.dynamic_update_slice(k_cache_BxSxGxK, k_BxTxGxK.astype(k_cache_BxSxGxK.dtype), at)
         v_cache_BxSxGxK = jax.lax.dynamic_update_slice(v_cache_BxSxGxK, v_BxTxGxK.astype(v_cache_BxSxGxK.dtype), at)
+        slots = jnp.arange(k_cache_BxSxGxK.shape[1], dtype=jnp.int32)
+        mask_Bx1xTxS = self.windowed(mask_Bx1xTxS, start + jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32), slots)
         out_BxTxD = self.attend(q_BxTxHxK, k_cache_BxSxGxK.astype(self.dtype), v_cache_BxSxGxK.astype(self.dtype),
                                 mask_Bx1xTxS)
         return out_BxTxD, k_cache_BxSxGxK, v_cache_BxSxGxK

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsity_jax.nn.activations import get_activation
+from sparsity_jax.nn.activations import fatrelu, get_activation
 from sparsity_jax.nn.layers import get_initializer, param
 from sparsity_jax.nn.moe import moe_ffn
 from sparsity_jax.nn.sparsify import KEEP, MODES, Sparsify, active_at, magnitudes, out_norms
@@ -73,7 +73,7 @@ class FFN(nnx.Module):
         return out_norms(self.w_out[...])
 
     def sigma(self, x: Array) -> Array:
-        if self.act.name == "fatrelu":
+        if self.act.fn is fatrelu:
             return self.act.fn(x, self.fat_eps)
         return self.act.fn(x)
 
@@ -86,7 +86,7 @@ class FFN(nnx.Module):
 
     def activate(self, h_in: Array, h_gate: Array | None = None) -> Array:
         """Activation scores a from the pre-activations W_in x (and W_gate x when gated)."""
-        return self.sigma(h_gate) * h_in if self.act.gated else self.sigma(h_in)
+        return self.sigma(h_gate) * self.act.up(h_in) if self.act.gated else self.sigma(h_in)
 
     def hidden(self, x_BxTxD: Array) -> tuple[Array, Array]:
         """Gate score s and activation scores a, both (B, T, F) in the compute dtype."""
@@ -94,7 +94,7 @@ class FFN(nnx.Module):
         h_BxTxF = x @ self.w_in[...].astype(self.dtype)
         if self.act.gated:
             s_BxTxF = self.sigma(x @ self.w_gate[...].astype(self.dtype))
-            return s_BxTxF, s_BxTxF * h_BxTxF
+            return s_BxTxF, s_BxTxF * self.act.up(h_BxTxF)
         a_BxTxF = self.sigma(h_BxTxF)
         return a_BxTxF, a_BxTxF
 

@@ -25,6 +25,7 @@ from sparsity_jax.nn.layers import RMSNorm, param
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +44,38 @@ class ModelConfig:
     mlp_init: str = "lecun_normal"
     init_std: float = 0.02
     rope_theta: float = 10000.0
-    dtype: str = "float32"  # compute dtype; params are always float32
+    dtype: str = "float32"  # compute dtype
+    # Options of pretrained families (`sparsity_jax.hf`); the defaults are this project's models.
+    param_dtype: str = "float32"  # parameters (an imported bf16 checkpoint keeps bfloat16)
+    head_dim: int = 0  # K; 0 = d_model // num_heads
+    qkv_bias: bool = False  # biases on q, k, v (Qwen2)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before RoPE (Qwen3)
+    norm_eps: float = 1e-6  # every RMSNorm's eps
+    norm_offset: float = 0.0  # RMSNorm scale (offset + w): 1 is Gemma's (1 + w)
+    rope_scaling: str = "none"  # none | linear | llama3 (`nn.layers.rope_frequencies`)
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_len: int = 8192  # llama3
+    sliding_window: int = 0  # > 0: each query sees that many latest positions (Mistral)
+    embed_scale: float = 1.0  # embeddings × this in the compute dtype (Gemma √d, MiniCPM scale_emb)
+    residual_scale: float = 1.0  # every block's two updates × this (MiniCPM scale_depth / √L)
+    logit_scale: float = 1.0  # final hidden state × this before the head (MiniCPM dim_model_base / d)
 
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+    @property
+    def heads_dim(self) -> int:
+        """K, the width of one attention head."""
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def rope(self) -> tuple:
+        """The RoPE scaling as `Attention` takes it."""
+        return (self.rope_scaling, self.rope_factor, self.rope_low_freq_factor, self.rope_high_freq_factor,
+                self.rope_original_max_len)
 
     def validate(self) -> "ModelConfig":
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
@@ -55,12 +83,14 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.num_kv_heads < 0:
             raise ValueError(f"model.num_kv_heads must be >= 0, got {self.num_kv_heads}")
-        if self.d_model % self.num_heads:
+        if self.head_dim < 0:
+            raise ValueError(f"model.head_dim must be >= 0, got {self.head_dim}")
+        if not self.head_dim and self.d_model % self.num_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} must divide model.d_model={self.d_model}"
             )
-        if (self.d_model // self.num_heads) % 2:
-            raise ValueError("model.d_model / model.num_heads must be even for rotary embeddings")
+        if self.heads_dim % 2:
+            raise ValueError("model.head_dim (d_model / num_heads when 0) must be even for rotary embeddings")
         if self.num_heads % self.kv_heads:
             raise ValueError(
                 f"model.num_kv_heads={self.kv_heads} must divide model.num_heads={self.num_heads}"
@@ -69,30 +99,45 @@ class ModelConfig:
             raise ValueError(
                 f"model.activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(DTYPES)}")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"model.rope_scaling={self.rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
+        if self.norm_eps <= 0 or self.sliding_window < 0 or self.rope_factor <= 0:
+            raise ValueError("model.norm_eps and model.rope_factor must be positive and model.sliding_window >= 0")
         return self
 
     def non_embedding_params(self) -> int:
         """Parameters excluding the embedding / LM head (as scaling-law papers count)."""
         n_mats = 3 if ACTIVATIONS[self.activation].gated else 2
-        head_dim = self.d_model // self.num_heads
+        head_dim = self.heads_dim
         attn = self.d_model * head_dim * (2 * self.num_heads + 2 * self.kv_heads)
         return self.num_layers * (attn + n_mats * self.d_model * self.d_ff + 2 * self.d_model)
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = DTYPES[cfg.dtype]
-        self.attn_norm = RMSNorm(cfg.d_model, dtype=dtype)
+        dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        norm = lambda: RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype, param_dtype=pdtype,  # noqa: E731
+                               offset=cfg.norm_offset)
+        self.attn_norm = norm()
         self.attn = Attention(
-            cfg.d_model, cfg.num_heads, cfg.kv_heads, rngs=rngs, rope_theta=cfg.rope_theta, dtype=dtype
+            cfg.d_model, cfg.num_heads, cfg.kv_heads, rngs=rngs, rope_theta=cfg.rope_theta, dtype=dtype,
+            param_dtype=pdtype, head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
+            norm_eps=cfg.norm_eps, rope_scaling=cfg.rope, window=cfg.sliding_window,
         )
-        self.ffn_norm = RMSNorm(cfg.d_model, dtype=dtype)
+        self.ffn_norm = norm()
         self.ffn = FFN(
             cfg.d_model, cfg.d_ff, cfg.activation, rngs=rngs, fat_eps=cfg.fat_eps,
-            kernel_init=cfg.mlp_init, init_std=cfg.init_std, dtype=dtype,
+            kernel_init=cfg.mlp_init, init_std=cfg.init_std, dtype=dtype, param_dtype=pdtype,
         )
+        self.residual_scale = cfg.residual_scale
+
+    def _scaled(self, u_BxTxD: Array, dtype) -> Array:
+        """A block update in the residual's dtype, × residual_scale (MiniCPM) when not 1."""
+        u_BxTxD = u_BxTxD.astype(dtype)
+        return u_BxTxD if self.residual_scale == 1.0 else u_BxTxD * jnp.asarray(self.residual_scale, dtype)
 
     def __call__(self, x_BxTxD, segment_ids, positions, sp: Sparsify, record, *, kv=None, ffn=None):
         """x ↦ x + Attn(norm x); x ↦ x + FFN(norm x): returns (x, kv', ffn extra).
@@ -107,13 +152,13 @@ class Block(nnx.Module):
         else:
             a_BxTxD, k, v = self.attn.cached(h_BxTxD, positions, *kv)
             kv_out = (k, v)
-        x_BxTxD = x_BxTxD + a_BxTxD.astype(x_BxTxD.dtype)
+        x_BxTxD = x_BxTxD + self._scaled(a_BxTxD, x_BxTxD.dtype)
         h_BxTxD = self.ffn_norm(x_BxTxD)
         if ffn is None:
             y_BxTxD, extra = self.ffn(h_BxTxD, sp, record), None
         else:
             y_BxTxD, extra = ffn(self.ffn, h_BxTxD)
-        return x_BxTxD + y_BxTxD.astype(x_BxTxD.dtype), kv_out, extra
+        return x_BxTxD + self._scaled(y_BxTxD, x_BxTxD.dtype), kv_out, extra
 
 
 class LM(nnx.Module):
@@ -126,12 +171,13 @@ class LM(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg.validate()
-        d = cfg.d_model
-        self.embed = param(rngs, nnx.initializers.normal(d**-0.5), (cfg.vocab_size, d), ("vocab", "embed"))
+        d, pdtype = cfg.d_model, DTYPES[cfg.param_dtype]
+        self.embed = param(rngs, nnx.initializers.normal(d**-0.5), (cfg.vocab_size, d), ("vocab", "embed"), pdtype)
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = RMSNorm(d, dtype=DTYPES[cfg.dtype])
+        self.final_norm = RMSNorm(d, eps=cfg.norm_eps, dtype=DTYPES[cfg.dtype], param_dtype=pdtype,
+                                  offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
-            self.head = param(rngs, nnx.initializers.lecun_normal(), (d, cfg.vocab_size), ("embed", "vocab"))
+            self.head = param(rngs, nnx.initializers.lecun_normal(), (d, cfg.vocab_size), ("embed", "vocab"), pdtype)
 
     def __call__(
         self,
@@ -220,13 +266,19 @@ class LM(nnx.Module):
         return self.logits(x_BxTxD), new_cache, extras
 
     def embed_tokens(self, tokens_BxT: Array) -> Array:
-        """The input embeddings (B, T, d) in the compute dtype."""
-        return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(DTYPES[self.cfg.dtype])
+        """The input embeddings (B, T, d) in the compute dtype (× embed_scale, rounded to
+        that dtype as Gemma's √d, when not 1)."""
+        dtype = DTYPES[self.cfg.dtype]
+        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+        return x_BxTxD if self.cfg.embed_scale == 1.0 else x_BxTxD * jnp.asarray(self.cfg.embed_scale, dtype)
 
     def logits(self, x_BxTxD: Array) -> Array:
-        """Final norm and the (tied or untied) head: float32 logits (B, T, V)."""
+        """Final norm and the (tied or untied) head: float32 logits (B, T, V); the normed
+        state × logit_scale first when not 1 (MiniCPM)."""
         dtype = DTYPES[self.cfg.dtype]
         x_BxTxD = self.final_norm(x_BxTxD)
+        if self.cfg.logit_scale != 1.0:
+            x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.logit_scale, dtype)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
 

@@ -14,7 +14,7 @@ from typing import Any
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.layers import INITIALIZERS
-from sparsity_jax.nn.model import DTYPES, ModelConfig
+from sparsity_jax.nn.model import DTYPES, ROPE_SCALINGS, ModelConfig
 
 RECORD = ("none", "mask", "scores", "both")
 SCHEDULES = ("constant", "cosine", "wsd", "noam")
@@ -230,6 +230,13 @@ def _model_check(m: ModelConfig) -> None:
     _one_of("model.mlp_init", m.mlp_init, tuple(INITIALIZERS))
     _one_of("model.activation", m.activation, tuple(ACTIVATIONS))
     _one_of("model.dtype", m.dtype, tuple(DTYPES))
+    _one_of("model.param_dtype", m.param_dtype, tuple(DTYPES))
+    _one_of("model.rope_scaling", m.rope_scaling, ROPE_SCALINGS)
+    for name in ("head_dim", "sliding_window"):
+        if getattr(m, name) < 0:
+            raise _fail(f"model.{name}", getattr(m, name), "set it to 0 (off) or a positive size")
+    if m.norm_eps <= 0 or m.rope_factor <= 0:
+        raise UserError("config.model needs norm_eps > 0 and rope_factor > 0; fix the one that is not.")
     if m.fat_eps < 0 or m.init_std <= 0 or m.rope_theta <= 0:
         raise UserError("config.model needs fat_eps >= 0, init_std > 0 and rope_theta > 0; fix the one that is not.")
     try:  # the model's own invariants (shapes that must divide) live with the model

@@ -23,6 +23,9 @@ def np_sigma(name, x, eps=0.0):
         "swiglu": lambda v: v / (1 + np.exp(-v)),
         "reglu": lambda v: np.maximum(v, 0),
         "geglu": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
+        "fatreglu": lambda v: np.where(v > eps, v, 0.0),
+        "relu2glu": lambda v: np.maximum(v, 0) ** 2,
+        "drelu": lambda v: np.maximum(v, 0),
     }[name](x)
 
 
@@ -31,14 +34,16 @@ def np_ffn(ffn, x, name):
     w_out = np.asarray(ffn.w_out[...], np.float64)
     x = np.asarray(x, np.float64)
     if ACTIVATIONS[name].gated:
-        a = np_sigma(name, x @ np.asarray(ffn.w_gate[...], np.float64)) * (x @ w_in)
+        up = x @ w_in
+        up = np.maximum(up, 0) if name == "drelu" else up  # dReLU: ReLU on the up projection too
+        a = np_sigma(name, x @ np.asarray(ffn.w_gate[...], np.float64), ffn.fat_eps) * up
     else:
         a = np_sigma(name, x @ w_in, ffn.fat_eps)
     return a, a @ w_out
 
 
 def make(name, **kw):
-    return FFN(D, F, name, rngs=nnx.Rngs(0), fat_eps=0.1 if name == "fatrelu" else 0.0, **kw)
+    return FFN(D, F, name, rngs=nnx.Rngs(0), fat_eps=0.1 if name in ("fatrelu", "fatreglu") else 0.0, **kw)
 
 
 def rand_x(seed=1, shape=(2, 5, D)):
