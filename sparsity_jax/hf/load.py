@@ -1,0 +1,108 @@
+"""`load_pretrained`: a local Hugging Face checkpoint as this project's `LM`, on a mesh.
+
+    model, cfg = load_pretrained("path/to/Llama-3.2-1B")            # bf16 stays bf16
+    logits, rec = model.apply(tokens, record="scores")               # every FFN mode works
+
+The parameters are created abstractly (nothing allocated), then each tensor is read
+once from the memory-mapped safetensors and placed straight onto its training sharding
+(`runtime.sharding.param_shardings`: the same logical-axis rules as training).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.hf import weights
+from sparsity_jax.hf.config import model_config
+from sparsity_jax.nn.model import DTYPES, LM, ModelConfig
+from sparsity_jax.runtime import sharding as shd
+
+STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def read_config(path) -> dict:
+    """The parsed config.json of an HF directory; UserError when there is none."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json; pass a local Hugging Face model directory.")
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path / 'config.json'} is not valid JSON ({e.msg}); fix or re-download it.") from None
+
+
+def stored_dtype(files: dict[str, Path]) -> str:
+    """The dtype the checkpoint stores its embedding in (float32, bfloat16, float16)."""
+    from safetensors import safe_open
+
+    name = "model.embed_tokens.weight"
+    if name not in files:
+        raise UserError(f"tensor {name!r} is missing; the checkpoint does not match its config.json.")
+    with safe_open(str(files[name]), framework="numpy") as f:
+        kind = f.get_slice(name).get_dtype()
+    if kind not in STORED:
+        raise UserError(f"tensors stored as {kind} are not supported; convert the checkpoint to bf16 or fp32.")
+    return STORED[kind]
+
+
+def inspect(path, dtype: str | None = None) -> tuple[ModelConfig, dict[str, Path]]:
+    """(our ModelConfig, {tensor: file}) of an HF directory, every tensor checked against
+    the config (headers only, nothing loaded); `dtype` None keeps the stored dtype."""
+    path = Path(path)
+    hf = read_config(path)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    model_config(hf)  # refuse the family / activation / keys before touching the weights
+    files = weights.shard_files(path)
+    cfg = model_config(hf, dtype or stored_dtype(files))
+    weights.check_tensors(path, cfg, shapes(cfg))
+    return cfg, files
+
+
+def abstract(cfg: ModelConfig):
+    """(graphdef, abstract params State) of the model of `cfg` (nothing allocated)."""
+    return nnx.split(nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def shapes(cfg: ModelConfig) -> dict[tuple, tuple]:
+    return {p: tuple(v.shape) for p, v in weights.flat(nnx.to_pure_dict(abstract(cfg)[1]))}
+
+
+def one_device_mesh():
+    return shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def load_params(files: dict[str, Path], cfg: ModelConfig, mesh) -> dict:
+    """The parameters as a pure dict of global arrays on `mesh` with the training
+    shardings, read one tensor at a time."""
+    _, state = abstract(cfg)
+    sh = dict(weights.flat(shd.param_shardings(state, mesh)))
+    pure = nnx.to_pure_dict(state)
+    dtype = DTYPES[cfg.param_dtype]
+
+    def place(path: tuple, x: np.ndarray) -> None:
+        def shard(index):
+            return np.ascontiguousarray(x[index]).astype(dtype, copy=False)
+
+        weights.set_path(pure, path, jax.make_array_from_callback(x.shape, sh[path], shard))
+
+    weights.read(files, cfg, place)
+    return pure
+
+
+def load_pretrained(path, *, dtype: str | None = None, mesh=None) -> tuple[LM, ModelConfig]:
+    """(LM, ModelConfig) of a local HF directory (config.json + model.safetensors or a
+    sharded model.safetensors.index.json). `dtype` ("float32" | "bfloat16") is the
+    parameter and compute dtype (None: as stored, so bf16 stays bf16); `mesh` (data,
+    fsdp, tensor; None: one device) places every parameter with its training sharding.
+    Bad input is a UserError naming the config key or tensor."""
+    cfg, files = inspect(path, dtype)
+    params = load_params(files, cfg, mesh if mesh is not None else one_device_mesh())
+    graphdef, state = abstract(cfg)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state), cfg

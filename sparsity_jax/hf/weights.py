@@ -1,0 +1,153 @@
+"""Hugging Face tensor names ↔ this project's parameters, and reading them one at a time.
+
+HF (PyTorch) stores a linear layer as (out, in); ours are Flax kernels (in, out), with
+the attention heads as their own axis: q_proj (H·K, d) ↔ wq (d, H, K), o_proj (d, H·K)
+↔ wo (H, K, d), gate / up / down ↔ w_gate / w_in (d, F), w_out (F, d). Heads stay in
+their stored order (head h is rows h·K … h·K + K − 1, grouped query heads as stored), and
+RoPE is the rotate-half form of HF's Llama over those K features, so no permutation is
+needed. Tensors are read memory-mapped (`safetensors.safe_open`) one at a time, reshaped
+as views and handed to `jax.make_array_from_callback`, which copies only each device's
+shard onto its device: the host never holds more than one tensor.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.nn.model import ModelConfig
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def layout(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
+    """{our parameter path: (HF tensor name, transform)}; transforms: copy, T (transpose),
+    q / kv (out, in) → (d, heads, K), o (d, H·K) → (H, K, d), bias_q / bias_kv (heads·K,) → (heads, K)."""
+    out = {("embed",): ("model.embed_tokens.weight", "copy"), ("final_norm", "scale"): ("model.norm.weight", "copy")}
+    if not cfg.tie_embeddings:
+        out[("head",)] = ("lm_head.weight", "T")
+    for i in range(cfg.num_layers):
+        p, b = f"model.layers.{i}.", ("blocks", i)
+        out[b + ("attn_norm", "scale")] = (p + "input_layernorm.weight", "copy")
+        out[b + ("ffn_norm", "scale")] = (p + "post_attention_layernorm.weight", "copy")
+        for ours, theirs, how in (("wq", "q_proj", "q"), ("wk", "k_proj", "kv"), ("wv", "v_proj", "kv"),
+                                  ("wo", "o_proj", "o")):
+            out[b + ("attn", ours)] = (p + f"self_attn.{theirs}.weight", how)
+        if cfg.qkv_bias:
+            for ours, theirs, how in (("bq", "q_proj", "bias_q"), ("bk", "k_proj", "bias_kv"),
+                                      ("bv", "v_proj", "bias_kv")):
+                out[b + ("attn", ours)] = (p + f"self_attn.{theirs}.bias", how)
+        if cfg.qk_norm:
+            out[b + ("attn", "q_norm", "scale")] = (p + "self_attn.q_norm.weight", "copy")
+            out[b + ("attn", "k_norm", "scale")] = (p + "self_attn.k_norm.weight", "copy")
+        out[b + ("ffn", "w_gate")] = (p + "mlp.gate_proj.weight", "T")
+        out[b + ("ffn", "w_in")] = (p + "mlp.up_proj.weight", "T")
+        out[b + ("ffn", "w_out")] = (p + "mlp.down_proj.weight", "T")
+    return out
+
+
+def to_ours(x: np.ndarray, how: str, cfg: ModelConfig) -> np.ndarray:
+    """An HF tensor in our layout (a view where numpy allows)."""
+    k, d = cfg.heads_dim, cfg.d_model
+    if how == "copy":
+        return x
+    if how == "T":
+        return x.T
+    if how in ("q", "kv"):
+        return x.T.reshape(d, -1, k)
+    if how == "o":
+        return x.T.reshape(-1, k, d)
+    return x.reshape(-1, k)  # bias_q, bias_kv
+
+
+def to_theirs(x: np.ndarray, how: str) -> np.ndarray:
+    """Our parameter in the HF layout (the inverse of `to_ours`)."""
+    if how == "copy":
+        return x
+    if how == "T":
+        return x.T
+    if how in ("q", "kv"):
+        return x.reshape(x.shape[0], -1).T
+    if how == "o":
+        return x.reshape(-1, x.shape[-1]).T
+    return x.reshape(-1)
+
+
+def expected_shape(shape: tuple, how: str) -> tuple:
+    """The HF shape of a parameter of our `shape`."""
+    if how in ("T", "q", "kv"):
+        return (int(np.prod(shape[1:])), shape[0]) if how != "T" else tuple(reversed(shape))
+    if how == "o":
+        return (shape[-1], int(np.prod(shape[:-1])))
+    if how.startswith("bias"):
+        return (int(np.prod(shape)),)
+    return tuple(shape)
+
+
+def shard_files(path: Path) -> dict[str, Path]:
+    """{tensor name: the .safetensors file holding it} of an HF directory."""
+    if (path / INDEX).is_file():
+        index = json.loads((path / INDEX).read_text())
+        return {name: path / file for name, file in index["weight_map"].items()}
+    if (path / SINGLE).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / SINGLE), framework="numpy") as f:
+            return {name: path / SINGLE for name in f.keys()}
+    raise UserError(f"{path} has neither {SINGLE} nor {INDEX}; pass a Hugging Face model directory with "
+                    "safetensors weights.")
+
+
+def check_tensors(path: Path, cfg: ModelConfig, shapes: dict[tuple, tuple]) -> dict[str, Path]:
+    """Every tensor the model needs exists with the right shape (names the first that does
+    not), read from the safetensors headers only; returns `shard_files`."""
+    from safetensors import safe_open
+
+    files = shard_files(path)
+    by_file: dict[Path, list] = {}
+    for ours, (name, how) in layout(cfg).items():
+        if name not in files:
+            raise UserError(f"tensor {name!r} is missing from {path}; the checkpoint does not match its config.json.")
+        by_file.setdefault(files[name], []).append((name, expected_shape(shapes[ours], how)))
+    for file, items in by_file.items():
+        with safe_open(str(file), framework="numpy") as f:
+            for name, want in items:
+                got = tuple(f.get_slice(name).get_shape())
+                if got != want:
+                    raise UserError(f"tensor {name!r} in {file.name} has shape {got}, but config.json implies "
+                                    f"{want}; fix the config or the weights.")
+    return files
+
+
+def read(files: dict[str, Path], cfg: ModelConfig,
+         place: Callable[[tuple, np.ndarray], None]) -> None:
+    """Reads each tensor once (memory-mapped, one at a time), converts it to our layout
+    and passes it to `place(our path, array)`, which puts it on the devices."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list] = {}
+    for ours, (name, how) in layout(cfg).items():
+        by_file.setdefault(files[name], []).append((ours, name, how))
+    for file, items in by_file.items():
+        with safe_open(str(file), framework="numpy") as f:
+            for ours, name, how in items:
+                place(ours, to_ours(f.get_tensor(name), how, cfg))
+
+
+def flat(tree: dict, prefix: tuple = ()) -> Iterator[tuple[tuple, object]]:
+    """(path, leaf) of a nested dict whose list-like levels have int keys."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from flat(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def set_path(tree: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        tree = tree[k]
+    tree[path[-1]] = value
