@@ -11,6 +11,8 @@
   predictor train and evaluate low-rank activation predictors of a checkpoint (ReLU² §5.2)
   affinity  reuse ratio, co-activation gap and hot neurons at a CETT (ReLU² §5.3)
   generate  KV-cache decoding with a dense or sparse (threshold / predicted) FFN: text, tokens/s
+  import    a local Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma, MiniCPM) as a run
+  export    a run's gated model as a Hugging Face directory that transformers loads
 
 Exit codes: 0 done; 2 bad input (one sentence that names the fix, printed before
 anything is written); 3 a non-finite loss (the last good checkpoint is kept); 130
@@ -25,10 +27,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from sparsity_jax.commands import (  # noqa: E402
-    affinity, cett, common, compare, evaluate, generate, ppl, predictor, report, scaling, ssd, train)
+    affinity, cett, common, compare, evaluate, export_hf, generate, import_hf, ppl, predictor, report, scaling, ssd,
+    train)
 
 COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling,
                                                        predictor, affinity, generate)}
+COMMANDS.update({"import": import_hf, "export": export_hf})
 OK, BAD_INPUT, NON_FINITE, INTERRUPTED = 0, 2, 3, 130
 
 

@@ -1,6 +1,9 @@
 """`sparsity-jax train`: train a model in a workdir, resuming from its latest checkpoint.
 
-  sparsity-jax train [--config FILE] [--workdir DIR] [--config.a.b=V ...] [multi-process flags]
+  sparsity-jax train [--config FILE] [--workdir DIR] [--init-from RUN] [--config.a.b=V ...] [multi-process flags]
+
+--init-from RUN starts a fresh run from RUN's parameters (e.g. `sparsity-jax import`'s),
+with this command's settings (`--config.model.activation=reglu` ReLU-fies a SwiGLU model).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model (resumes from the workdir's latest checkpoint)")
     common.add_config(p)
     p.add_argument("--workdir", default=None, help="run directory (default: workdirs/<config name>)")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start from the parameters of RUN's latest checkpoint (e.g. an imported model); same shapes")
     common.add_distributed(p)
 
 
@@ -28,7 +33,8 @@ def run(args) -> int:
     path = args.config or settings.DEFAULT_CONFIG
     st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
     common.init_distributed(args)
-    summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method)
+    summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method,
+                    init_from=getattr(args, "init_from", None))
     if common.is_main():
         print_summary(summary)
     return 0

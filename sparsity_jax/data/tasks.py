@@ -17,6 +17,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from sparsity_jax.data import sources
+from sparsity_jax.data.hf_vocab import hf_vocabulary, tokenizer_path
 from sparsity_jax.errors import UserError
 from sparsity_jax.settings import BUILTIN_TASKS, DataSettings
 # tfds name, text field and the tfds split serving as validation (lm1b has no
@@ -175,9 +176,11 @@ def spm_model_path(data_cfg, cache_dir: str | None = None) -> str:
                         f"spm_{source_name(cfg)}_{int(cfg.spm_vocab_size)}.model")
 
 
-def _vocab_key(cfg) -> str:
+def _vocab_key(cfg, cache_dir: str | None = None) -> str:
     if cfg.vocab == "byte":
         return "byte"
+    if cfg.vocab == "hf":
+        return f"hf_{_fingerprint(tokenizer_path(cfg.tokenizer, cache_dir))}"
     return f"spm_{_fingerprint(cfg.spm_path)}" if cfg.spm_path else \
         f"spm{int(cfg.spm_vocab_size)}"
 
@@ -191,6 +194,8 @@ def get_vocabulary(data_cfg, cache_dir: str | None = None) -> seqio.Vocabulary:
         return seqio.TaskRegistry.get(cfg.task).output_features["targets"].vocabulary
     if cfg.vocab == "byte":
         return seqio.ByteVocabulary()
+    if cfg.vocab == "hf":
+        return hf_vocabulary(cfg.tokenizer, cache_dir)
     path = spm_model_path(cfg, cache_dir)
     if not os.path.exists(path):
         if cfg.spm_path:
@@ -226,7 +231,7 @@ def get_task(data_cfg, cache_dir: str | None = None) -> seqio.Task:
         return task
     name = source_name(cfg)
     if cfg.vocab != "byte":
-        name = f"{name}_{_vocab_key(cfg)}"
+        name = f"{name}_{_vocab_key(cfg, cache_dir)}"
     if name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(name)
     source = make_source(cfg)

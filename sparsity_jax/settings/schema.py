@@ -44,7 +44,8 @@ class DataSettings:
     """`data`: the seqio task and its pipeline (`sparsity_jax.data`)."""
 
     task: str = "local_code"      # local_code | text_files | c4_en | lm1b | a registered seqio task
-    vocab: str = "byte"           # byte | sentencepiece
+    vocab: str = "byte"           # byte | sentencepiece | hf (a pretrained model's tokenizer, data.tokenizer)
+    tokenizer: str = ""           # hf: tokenizer.json or tokenizer.model; relative = under the workdir
     spm_path: str = ""            # a trained SentencePiece .model; "" = train one into the workdir
     spm_vocab_size: int = 4096
     text_glob: str = ""           # text_files: .txt / .jsonl files (** allowed)
@@ -57,7 +58,9 @@ class DataSettings:
     tfds_data_dir: str = ""       # c4_en / lm1b: where the prepared TFDS datasets are ("" = TFDS default)
 
     def check(self) -> None:
-        _one_of("data.vocab", self.vocab, ("byte", "sentencepiece"))
+        _one_of("data.vocab", self.vocab, ("byte", "sentencepiece", "hf"))
+        if self.vocab == "hf" and not self.tokenizer:
+            raise _fail("data.tokenizer", self.tokenizer, "data.vocab=hf needs a tokenizer.json or tokenizer.model path")
         if not self.task:
             raise _fail("data.task", self.task, f"name a task, e.g. one of {', '.join(BUILTIN_TASKS)}")
         if self.task == "text_files" and not self.text_glob:

@@ -26,6 +26,7 @@ from sparsity_jax.runtime.logs import MetricsWriter, log_print, progress_line
 from sparsity_jax.runtime.model import peak_flops_per_device
 from sparsity_jax.runtime.trained import data_module, real_tokens, validation_batches
 from sparsity_jax.runtime.workdir import PathLike, Workdir, write_json
+from sparsity_jax.train.init_from import restore_params
 from sparsity_jax.train.preemption import Preemption
 from sparsity_jax.train.resume import resume_point
 from sparsity_jax.train.setup import MethodFactory, TrainRun, build_run
@@ -37,11 +38,13 @@ def _meta(run: TrainRun, step: int, method) -> dict:
     return {"data_position": int(step), "step": int(step), "config": run.settings.to_dict(), "method": method.meta()}
 
 
-def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFactory) -> dict[str, Any]:
+def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFactory,
+          init_from: PathLike | None = None) -> dict[str, Any]:
     """Trains `settings` in `workdir` (local or any epath) with the training method
     `make_method(settings, mesh)` (e.g. `methods.make_method`, the command's choice), resuming
     from its latest checkpoint; returns the final summary. Every input (data, checkpoint,
-    model shape) is checked before anything is written."""
+    model shape) is checked before anything is written. `init_from`: a fresh run starts
+    from that run's parameters (`train.init_from`)."""
     main = jax.process_index() == 0
     t = settings.train
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
@@ -62,6 +65,8 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
         log_print(f"resumed from {workdir} at step {start}", main)
     else:
         state = run.init_state(jax.random.key(settings.seed))
+        if init_from is not None:
+            state = {**state, "params": restore_params(init_from, run.abstract_params)}
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoints)
     writer = MetricsWriter(workdir, enabled=main)
     if main:

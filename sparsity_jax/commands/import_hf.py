@@ -1,0 +1,37 @@
+"""`sparsity-jax import`: a local Hugging Face checkpoint as a run directory.
+
+  sparsity-jax import --hf DIR --workdir RUN [--dtype float32|bfloat16] [--config FILE] [--config.data.*=V ...]
+
+RUN then holds checkpoints/0, config.json and tokenizer/ like a trained run, so every
+evaluation command runs on it; --config / --config.* set its other sections (the data
+to evaluate on, batch sizes, the mesh). RUN must not exist.
+"""
+from __future__ import annotations
+
+from sparsity_jax.commands import common
+from sparsity_jax.errors import UserError
+
+TAKES_CONFIG = True
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("import", help="import a Hugging Face checkpoint (Llama, Mistral, Qwen, Gemma, MiniCPM) as a run")
+    p.add_argument("--hf", required=True, help="local Hugging Face model directory (config.json, *.safetensors)")
+    common.add_workdir(p, help="the new run directory to create")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="parameter and compute dtype (default: as stored; bf16 stays bf16)")
+    common.add_config(p)
+
+
+def run(args) -> int:
+    from sparsity_jax import settings
+    from sparsity_jax.hf.run import import_run
+
+    over = common.overrides(args)
+    model_keys = sorted(k for k in over if k.startswith("model."))
+    if model_keys:
+        raise UserError(f"import takes the model from the checkpoint's config.json; drop --config.{model_keys[0]}.")
+    base = settings.load(args.config or settings.DEFAULT_CONFIG, over)
+    import_run(args.hf, args.workdir, base, dtype=args.dtype, log=common.log)
+    return 0
+

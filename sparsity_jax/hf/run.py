@@ -1,0 +1,116 @@
+"""A Hugging Face checkpoint as a run directory, and a run's checkpoint back to HF.
+
+`import_run` writes what a trained run holds: `checkpoints/0/` (an Orbax checkpoint of
+the parameters, its metadata carrying the settings), `config.json` (the settings) and
+`tokenizer/` (the model's tokenizer files, with data.vocab = hf), so `evaluate`, `cett`,
+`ppl`, `predictor`, `affinity`, `generate` and `ssd` open it as any trained run.
+`export_run` writes a gated model's parameters as `model.safetensors` + `config.json`
+(+ the tokenizer files) that transformers loads. Both check everything before they write
+and never write into an existing directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.hf import weights
+from sparsity_jax.hf.config import hf_config
+from sparsity_jax.hf.load import inspect, load_params
+from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.runtime.workdir import Workdir, write_json
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def import_settings(base, cfg, tokenizer: str | None):
+    """`base` settings with the imported model and, when it has one, its tokenizer."""
+    data = base.data
+    if tokenizer:
+        data = dataclasses.replace(data, vocab="hf", tokenizer=f"tokenizer/{tokenizer}")
+    return base.replace(model=cfg, data=data)
+
+
+def import_run(hf_dir, workdir, base_settings, *, dtype: str | None = None, log=print) -> dict:
+    """Imports the HF directory `hf_dir` into the new run directory `workdir` with the
+    settings `base_settings` (their model replaced by the checkpoint's); returns a summary."""
+    from sparsity_jax.runtime.checkpoint import Checkpointer
+
+    src, wd = Path(hf_dir), Workdir(workdir)
+    if wd.root.exists():
+        raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
+    cfg, files = inspect(src, dtype)
+    tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if (src / n).is_file()), None)
+    st = import_settings(base_settings, cfg, tokenizer)
+    m = st.mesh
+    try:
+        mesh = shd.make_mesh(m.data, m.fsdp, m.tensor)
+    except ValueError as e:
+        raise UserError(f"{e}.") from None
+    params = load_params(files, cfg, mesh)
+    if tokenizer:
+        wd.tokenizer.mkdir(parents=True, exist_ok=False)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, Path(str(wd.tokenizer)) / name)
+    ckpt = Checkpointer(wd, keep=1, async_save=False)
+    try:
+        ckpt.save(0, {"params": params}, {"data_position": 0, "step": 0, "config": st.to_dict(),
+                                          "method": {"method": "dense"}, "imported_from": str(src.resolve())})
+    finally:
+        ckpt.close()
+    write_json(wd.config, st.to_dict())
+    n = sum(int(np.prod(x.shape)) for _, x in weights.flat(params))
+    summary = {"workdir": str(wd), "from": str(src), "parameters": n, "dtype": cfg.param_dtype,
+               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)"}
+    log(f"imported {src} → {wd}: {n:,} parameters ({cfg.param_dtype}), activation {cfg.activation}, tokenizer "
+        f"{summary['tokenizer']}")
+    return summary
+
+
+def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path:
+    """Writes `params` (a pure dict, our layout) of model `cfg` as an HF directory `out`."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; export into a new directory (nothing is ever overwritten).")
+    config = hf_config(cfg, cfg.param_dtype)
+    tensors = {}
+    for path, (name, how) in weights.layout(cfg).items():
+        x = params
+        for k in path:
+            x = x[k]
+        tensors[name] = np.ascontiguousarray(weights.to_theirs(np.asarray(jax.device_get(x)), how))
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, out / name)
+    log(f"exported {config['model_type']} ({config['hidden_act']}) with {len(tensors)} tensors → {out}")
+    return out
+
+
+def saved_model(workdir, step: int | None = None):
+    """(model config, parameters on one device, Workdir) of a run's checkpoint."""
+    from sparsity_jax.hf.load import abstract, one_device_mesh
+    from sparsity_jax.train.init_from import restore_params, saved_run
+
+    ckpt, step, st, saved = saved_run(workdir, step)
+    ckpt.close()
+    cfg = st.model_config(int(saved["embed"].shape[0]))
+    mesh = one_device_mesh()
+    _, state = abstract(cfg)
+    sh = shd.param_shardings(state, mesh)
+    from flax import nnx
+
+    target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state), sh)
+    return cfg, restore_params(workdir, target, step, what="export"), Workdir(workdir)

@@ -1,0 +1,65 @@
+"""Parameters of another run's checkpoint: `train --init-from RUN` starts from them (e.g.
+an imported pretrained model, ReLU-fied by training it with --config.model.activation=
+relu as ReluLLaMA / ProSparse did), and `export` reads them.
+
+Only the parameters are read, onto the shardings the caller asks for; their shapes must
+be the caller's model's, else one sentence names the first that differs (before
+anything is written).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.trained import checkpoints, saved_config
+from sparsity_jax.settings import Settings, from_saved
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}/{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def saved_run(workdir, step: int | None = None) -> tuple[Any, int, Settings, dict]:
+    """(read-only checkpointer, step, saved settings, saved params tree (shapes)) of a run;
+    the caller closes the checkpointer."""
+    ckpt, steps = checkpoints(workdir)
+    try:
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise UserError(f"no checkpoint at step {step} in {workdir}; available steps: {steps}.")
+        st = from_saved(saved_config(ckpt, step))
+        tree = ckpt.saved_tree(step)
+        if "params" not in tree:
+            raise UserError(f"checkpoint step {step} in {workdir} holds no parameters; pass a run's workdir.")
+    except BaseException:
+        ckpt.close()
+        raise
+    return ckpt, step, st, tree["params"]
+
+
+def restore_params(workdir, abstract_params: dict, step: int | None = None, what: str = "--init-from") -> dict:
+    """The parameters of `workdir`'s checkpoint `step` (None: the latest) onto the
+    shardings of `abstract_params` (ShapeDtypeStructs; dtypes are cast to them)."""
+    ckpt, step, _, saved = saved_run(workdir, step)
+    try:
+        want, have = _leaves(abstract_params), _leaves(saved)
+        for name, spec in want.items():
+            got = tuple(have[name].shape) if name in have else None
+            if got != tuple(spec.shape):
+                raise UserError(f"{what} {workdir}: parameter {name} is {got or 'missing'} there but "
+                                f"{tuple(spec.shape)} in this model; use settings with the same model shape.")
+        extra = sorted(set(have) - set(want))
+        if extra:
+            raise UserError(f"{what} {workdir}: its parameter {extra[0]} has no place in this model; use settings "
+                            "with the same model shape.")
+        state, _ = ckpt.restore_items(step, {"params": abstract_params})
+    finally:
+        ckpt.close()
+    return jax.tree.map(lambda x, s: x.astype(s.dtype), state["params"], abstract_params)
