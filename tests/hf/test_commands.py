@@ -1,0 +1,161 @@
+"""`sparsity-jax import` / `export` / `train --init-from` in-process: an imported fixture
+with its own tokenizer runs cett, ppl, predictor, affinity and generate end to end;
+import → export → import is exact; bad input is one sentence, exit 2, nothing written."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from sparsity_jax.cli import main
+from sparsity_jax.errors import UserError
+from sparsity_jax.hf import load_pretrained
+from sparsity_jax.hf.config import hf_config, same_math
+from sparsity_jax.hf.run import export_run
+from sparsity_jax.hf.weights import flat
+from sparsity_jax.nn.model import ModelConfig
+from tests.commands.test_bad_input import snapshot
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
+LLAMA = FIXTURES / "llama_gqa_llama3"  # the fixture with a tokenizer.json
+WORDS = "the quick brown fox jumps over lazy dog sparse activations in large language models relu silu".split()
+SMALL = {"train.seq_len": "16", "train.global_batch_size": "8", "train.eval_batches": "1", "data.num_shards": "1",
+         "data.val_permille": "500", "data.task": "text_files"}
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    d = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)
+    for name in ("a", "b"):  # hash buckets 127 and 718: one validation, one train file at val_permille 500
+        (d / f"{name}.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(30)))
+    return [f"--config.{k}={v}" for k, v in {**SMALL, "data.text_glob": str(d / "*.txt")}.items()]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, text):
+    run = tmp_path_factory.mktemp("imp") / "run"
+    code, out, err = run_cli("import", "--hf", LLAMA, "--workdir", run, *text)
+    assert code == 0, err
+    return run
+
+
+def test_import_writes_a_run_with_the_tokenizer(imported):
+    assert (imported / "tokenizer" / "tokenizer.json").is_file() and (imported / "checkpoints" / "0").is_dir()
+    cfg = json.loads((imported / "config.json").read_text())
+    assert cfg["data"]["vocab"] == "hf" and cfg["data"]["tokenizer"] == "tokenizer/tokenizer.json"
+    assert cfg["model"]["activation"] == "swiglu" and cfg["model"]["rope_scaling"] == "llama3"
+
+
+def test_evaluation_commands_run_on_an_imported_model(imported):
+    code, out, err = run_cli("cett", "--workdir", imported, "--cett", "0.2")
+    assert code == 0, err
+    cett = json.loads((imported / "cett.json").read_text())
+    assert len(cett["threshold"]) == 2 and all(abs(c - 0.2) < 0.01 for c in cett["realised_cett"])
+    code, out, err = run_cli("ppl", "--workdir", imported, "--ppl-p", "1")
+    assert code == 0, err
+    assert (imported / "report" / "ppl.json").is_file()
+    code, out, err = run_cli("predictor", "--workdir", imported, "--cett", "0.2", "--steps", "4", "--train-batches",
+                             "1", "--batch-tokens", "32", "--topk", "8")
+    assert code == 0, err
+    code, out, err = run_cli("affinity", "--workdir", imported, "--cett", "0.2", "--windows", "1,4")
+    assert code == 0, err
+    code, out, err = run_cli("generate", "--workdir", imported, "--prompt", "the quick", "--max-new", "3", "--ffn",
+                             "threshold", "--cett", "0.2")
+    assert code == 0 and out.count("--- row ") == 1 and "the quick" in out, err + out
+
+
+def test_import_export_import_is_exact(imported, tmp_path):
+    code, _, err = run_cli("export", "--workdir", imported, "--hf", tmp_path / "out")
+    assert code == 0, err
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    for name in ("qwen2_bias", "qwen3_qknorm", "gemma", "minicpm", "llama_relu_tied_linear", "mistral_window"):
+        model, cfg = load_pretrained(FIXTURES / name)
+        from flax import nnx
+
+        export_run(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg, tmp_path / name, log=lambda m: None)
+    for name, src in [("out", LLAMA)] + [(n, FIXTURES / n) for n in ("qwen2_bias", "qwen3_qknorm", "gemma", "minicpm",
+                                                                     "llama_relu_tied_linear", "mistral_window")]:
+        a, cfg_a = load_pretrained(src)
+        b, cfg_b = load_pretrained(tmp_path / name)
+        assert cfg_a == cfg_b, name
+        from flax import nnx
+
+        pa = dict(flat(nnx.to_pure_dict(nnx.state(a, nnx.Param))))
+        pb = dict(flat(nnx.to_pure_dict(nnx.state(b, nnx.Param))))
+        assert pa.keys() == pb.keys()
+        for k in pa:
+            np.testing.assert_array_equal(np.asarray(pa[k]), np.asarray(pb[k]), err_msg=f"{name} {k}")
+
+
+def test_export_refuses_a_non_gated_ffn():
+    with pytest.raises(UserError, match="no stock class"):
+        hf_config(ModelConfig(activation="relu2"), "float32")
+    assert same_math(ModelConfig(dtype="bfloat16", param_dtype="bfloat16"), ModelConfig())
+
+
+def _bad_dir(tmp_path, edit_config=None, edit_weights=None) -> Path:
+    d = tmp_path / "bad"
+    shutil.copytree(LLAMA, d)
+    if edit_config:
+        cfg = json.loads((d / "config.json").read_text())
+        edit_config(cfg)
+        (d / "config.json").write_text(json.dumps(cfg))
+    if edit_weights:
+        from safetensors.numpy import load_file, save_file
+
+        w = load_file(str(d / "model.safetensors"))
+        edit_weights(w)
+        save_file(w, str(d / "model.safetensors"))
+    return d
+
+
+BAD_HF = [
+    ("no config", lambda d: (d / "config.json").unlink(), None, "has no config.json"),
+    ("model_type", lambda c: c.update(model_type="gpt2"), None, "model_type 'gpt2' in config.json is not supported"),
+    ("hidden_act", lambda c: c.update(hidden_act="mish"), None, "hidden_act 'mish' in config.json is not supported"),
+    ("rope", lambda c: c.update(rope_parameters={"rope_type": "yarn", "factor": 2.0}), None, "rope type 'yarn'"),
+    ("softcap", lambda c: c.update(final_logit_softcapping=30.0), None, "final_logit_softcapping"),
+    ("missing", None, lambda w: w.pop("model.layers.1.mlp.up_proj.weight"),
+     "tensor 'model.layers.1.mlp.up_proj.weight' is missing"),
+    ("shape", None, lambda w: w.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}),
+     "tensor 'model.layers.0.self_attn.k_proj.weight' in model.safetensors has shape (8, 32)"),
+]
+
+
+@pytest.mark.parametrize("what,config,tensors,message", BAD_HF, ids=[b[0] for b in BAD_HF])
+def test_bad_checkpoints_are_one_sentence_and_write_nothing(tmp_path, what, config, tensors, message):
+    if what == "no config":
+        d = _bad_dir(tmp_path)
+        config(d)
+    else:
+        d = _bad_dir(tmp_path, config, tensors)
+    code, out, err = run_cli("import", "--hf", d, "--workdir", tmp_path / "run")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_into_an_existing_run_and_init_from_another_shape(imported, tmp_path, text):
+    before = snapshot(imported)
+    code, _, err = run_cli("import", "--hf", LLAMA, "--workdir", imported)
+    assert code == 2 and "already exists" in err and snapshot(imported) == before, err
+    new = tmp_path / "relu"
+    code, _, err = run_cli("train", "--workdir", new, "--init-from", imported, "--config.model.d_model=16",
+                           "--config.model.num_heads=2", "--config.model.num_layers=2", "--config.model.d_ff=32",
+                           "--config.model.vocab_size=96", *text)
+    assert code == 2 and "--init-from" in err and "same model shape" in err and err.count("\n") == 1, err
+    assert not new.exists() or snapshot(new) == {}, snapshot(new)
