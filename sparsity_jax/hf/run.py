@@ -58,7 +58,7 @@ def import_run(hf_dir, workdir, base_settings, *, dtype: str | None = None, log=
         wd.tokenizer.mkdir(parents=True, exist_ok=False)
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
-                shutil.copyfile(src / name, Path(str(wd.tokenizer)) / name)
+                (wd.tokenizer / name).write_bytes((src / name).read_bytes())
     ckpt = Checkpointer(wd, keep=1, async_save=False)
     try:
         ckpt.save(0, {"params": params}, {"data_position": 0, "step": 0, "config": st.to_dict(),

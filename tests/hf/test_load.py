@@ -80,3 +80,23 @@ def test_sharded_load_gives_the_one_device_logits(loaded):
         one = np.asarray(nnx.jit(lambda m, t: m(t))(loaded[name][0], tokens))
         eight = np.asarray(nnx.jit(lambda m, t: m(t))(model, jax.device_put(tokens, shd.batch_sharding(mesh))))
         assert np.abs(eight - one).max() <= 1e-5 * np.abs(one).max(), name
+
+
+def test_bf16_checkpoints_stay_bf16_unless_asked(tmp_path, loaded):
+    import ml_dtypes
+    import shutil
+    from safetensors.numpy import load_file, save_file
+
+    src = FIXTURES / "qwen2_bias"
+    shutil.copytree(src, tmp_path / "bf16")
+    w = load_file(str(src / "model.safetensors"))
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}, str(tmp_path / "bf16" / "model.safetensors"))
+    model, cfg = load_pretrained(tmp_path / "bf16")
+    assert cfg.param_dtype == cfg.dtype == "bfloat16" and model.blocks[0].attn.bq[...].dtype == jnp.bfloat16
+    assert model.embed[...].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(model.embed[...]), w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16))
+    model32, cfg32 = load_pretrained(tmp_path / "bf16", dtype="float32")
+    assert cfg32.param_dtype == "float32" and model32.embed[...].dtype == jnp.float32
+    ref = np.load(src / "reference.npz")
+    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(ref["tokens"]))
+    assert logits.dtype == jnp.float32 and rel_err(logits, ref["logits"]) < 0.1  # bf16 weights and compute
