@@ -28,7 +28,7 @@ EXPORT_ACTS = {"swiglu": "silu", "reglu": "relu", "relu2glu": "relu2", "geglu": 
 ROPE_TYPES = {None: "none", "default": "none", "linear": "linear", "llama3": "llama3"}
 # keys that change the math when set (truthy / not the neutral value) and that no family here models
 REFUSED = ("attention_bias", "mlp_bias", "attn_logit_softcapping", "final_logit_softcapping",
-           "query_pre_attn_scalar", "use_bidirectional_attention", "use_sliding_window", "layer_types_sliding")
+           "query_pre_attn_scalar", "use_bidirectional_attention", "use_sliding_window")
 
 
 def _fail(what: str) -> UserError:
@@ -82,6 +82,10 @@ def model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
         if hf.get(key):
             raise UserError(f"config.json sets {key}={hf[key]!r}, which this importer does not model; "
                             "only checkpoints without it load exactly.")
+    kinds = set(hf.get("layer_types") or ()) - {"full_attention", "sliding_attention" if family == "mistral" else ""}
+    if kinds:
+        raise UserError(f"config.json has layer_types {sorted(kinds)}, which this importer does not model for "
+                        f"{family}; only full attention (Mistral: its sliding window) loads exactly.")
     try:
         d, heads, layers = int(hf["hidden_size"]), int(hf["num_attention_heads"]), int(hf["num_hidden_layers"])
         fields = dict(vocab_size=int(hf["vocab_size"]), d_model=d, num_layers=layers, num_heads=heads,

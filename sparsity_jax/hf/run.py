@@ -1,9 +1,11 @@
 """A Hugging Face checkpoint as a run directory, and a run's checkpoint back to HF.
 
 `import_run` writes what a trained run holds: `checkpoints/0/` (an Orbax checkpoint of
-the parameters, its metadata carrying the settings), `config.json` (the settings) and
-`tokenizer/` (the model's tokenizer files, with data.vocab = hf), so `evaluate`, `cett`,
-`ppl`, `predictor`, `affinity`, `generate` and `ssd` open it as any trained run.
+the parameters, its metadata carrying the settings), `config.json` (the settings), an
+empty `metrics.jsonl` (no training steps) and `tokenizer/` (the model's tokenizer files,
+with data.vocab = hf), so `evaluate`, `cett`, `ppl`, `predictor`, `affinity`, `generate`
+and `ssd` open it as any trained run (`ssd --structure moefy` MoEfies it post hoc when
+imported with --config.method.name=ssd --config.method.num_experts=N).
 `export_run` writes a gated model's parameters as `model.safetensors` + `config.json`
 (+ the tokenizer files) that transformers loads. Both check everything before they write
 and never write into an existing directory.
@@ -23,7 +25,7 @@ from sparsity_jax.hf import weights
 from sparsity_jax.hf.config import hf_config
 from sparsity_jax.hf.load import inspect, load_params
 from sparsity_jax.runtime import sharding as shd
-from sparsity_jax.runtime.workdir import Workdir, write_json
+from sparsity_jax.runtime.workdir import Workdir, write_json, write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
@@ -66,6 +68,7 @@ def import_run(hf_dir, workdir, base_settings, *, dtype: str | None = None, log=
     finally:
         ckpt.close()
     write_json(wd.config, st.to_dict())
+    write_text(wd.metrics, "")  # a run with no training steps (`report` and `ssd` read the curves)
     n = sum(int(np.prod(x.shape)) for _, x in weights.flat(params))
     summary = {"workdir": str(wd), "from": str(src), "parameters": n, "dtype": cfg.param_dtype,
                "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)"}

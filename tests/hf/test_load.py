@@ -61,7 +61,7 @@ def test_the_awkward_options_matter(loaded):
     scaling or Gemma's (1 + w) the logits leave the reference (so a loader that dropped
     them would fail above)."""
     for name, change in (("mistral_window", dict(sliding_window=0)), ("llama_gqa_llama3", dict(rope_scaling="none")),
-                         ("gemma", dict(norm_offset=0.0)), ("minicpm", dict(residual_scale=1.0))):
+                         ("gemma", dict(norm_offset=0.0))):
         model, cfg = loaded[name]
         graphdef, state = nnx.split(model, nnx.Param)
         changed = dataclasses.replace(cfg, **change)
