@@ -2,8 +2,10 @@
 
   sparsity-jax train [--config FILE] [--workdir DIR] [--init-from RUN] [--config.a.b=V ...] [multi-process flags]
 
---init-from RUN starts a fresh run from RUN's parameters (e.g. `sparsity-jax import`'s),
-with this command's settings (`--config.model.activation=reglu` ReLU-fies a SwiGLU model).
+--init-from RUN starts a fresh run from RUN's parameters (e.g. `sparsity-jax import`'s):
+its model section (and pretrained tokenizer) comes from RUN, the other sections from
+--config, and `--config.*` overrides apply on top (`--config.model.activation=reglu`
+ReLU-fies a SwiGLU model, as ReluLLaMA / ProSparse did); the shapes must match.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def add_parser(sub) -> None:
     common.add_config(p)
     p.add_argument("--workdir", default=None, help="run directory (default: workdirs/<config name>)")
     p.add_argument("--init-from", default=None, metavar="RUN",
-                   help="start from the parameters of RUN's latest checkpoint (e.g. an imported model); same shapes")
+                   help="start from the parameters of RUN's latest checkpoint (e.g. an imported model) and its "
+                        "model settings (and tokenizer); --config.model.* change them, the shapes must stay")
     common.add_distributed(p)
 
 
@@ -31,7 +34,12 @@ def run(args) -> int:
     from sparsity_jax.train.trainer import train
 
     path = args.config or settings.DEFAULT_CONFIG
-    st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
+    if getattr(args, "init_from", None):  # RUN's model (and tokenizer), the command's overrides on top
+        from sparsity_jax.train.init_from import init_settings
+
+        st = init_settings(path, common.overrides(args), args.init_from)
+    else:
+        st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
     common.init_distributed(args)
     summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method,
                     init_from=getattr(args, "init_from", None))

@@ -63,3 +63,24 @@ def restore_params(workdir, abstract_params: dict, step: int | None = None, what
     finally:
         ckpt.close()
     return jax.tree.map(lambda x, s: x.astype(s.dtype), state["params"], abstract_params)
+
+
+def init_settings(config: str, overrides: dict[str, str], workdir) -> Settings:
+    """The settings of `train --init-from RUN`: the config file's sections with RUN's model
+    and, when RUN uses a pretrained tokenizer (data.vocab = hf), its vocabulary (the path
+    made absolute); the command's `--config.*` overrides go on top of both."""
+    import os
+
+    from sparsity_jax.runtime.workdir import Workdir
+    from sparsity_jax.settings import apply_overrides, load_file, upgrade
+
+    ckpt, _, saved, _ = saved_run(workdir)
+    ckpt.close()
+    tree = upgrade(load_file(config))
+    tree["model"] = saved.to_dict()["model"]
+    if saved.data.vocab == "hf":
+        path = saved.data.tokenizer
+        if not os.path.isabs(path) and "://" not in path:
+            path = os.path.join(str(Workdir(workdir)), path)
+        tree["data"] = {**tree.get("data", {}), "vocab": "hf", "tokenizer": path}
+    return Settings.from_dict(apply_overrides(tree, overrides))

@@ -10,8 +10,8 @@ import random
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from sparsity_jax.cli import main
@@ -153,9 +153,34 @@ def test_import_into_an_existing_run_and_init_from_another_shape(imported, tmp_p
     before = snapshot(imported)
     code, _, err = run_cli("import", "--hf", LLAMA, "--workdir", imported)
     assert code == 2 and "already exists" in err and snapshot(imported) == before, err
-    new = tmp_path / "relu"
-    code, _, err = run_cli("train", "--workdir", new, "--init-from", imported, "--config.model.d_model=16",
-                           "--config.model.num_heads=2", "--config.model.num_layers=2", "--config.model.d_ff=32",
-                           "--config.model.vocab_size=96", *text)
+    new = tmp_path / "other"
+    code, _, err = run_cli("train", "--workdir", new, "--init-from", imported, "--config.model.d_ff=32", *text)
     assert code == 2 and "--init-from" in err and "same model shape" in err and err.count("\n") == 1, err
     assert not new.exists() or snapshot(new) == {}, snapshot(new)
+
+
+def test_train_init_from_starts_from_the_imported_parameters(imported, tmp_path, text):
+    """ReLU-fying the imported SwiGLU model: RUN's model with activation=reglu, its
+    tokenizer; after one step at a negligible learning rate the parameters are still the
+    imported ones (a fresh initialisation would be far from them)."""
+    from sparsity_jax.runtime.checkpoint import Checkpointer
+
+    new = tmp_path / "relu"
+    code, _, err = run_cli("train", "--workdir", new, "--init-from", imported, "--config.model.activation=reglu",
+                           "--config.train.steps=1", "--config.train.checkpoint_every=1", "--config.optimizer.lr=1e-12",
+                           "--config.optimizer.weight_decay=0", "--config.train.metrics_every=0", *text)
+    assert code == 0, err
+    saved = json.loads((new / "config.json").read_text())
+    assert saved["model"]["activation"] == "reglu" and saved["model"]["rope_scaling"] == "llama3"
+    assert saved["data"]["tokenizer"] == str(imported / "tokenizer" / "tokenizer.json")
+    ckpt = Checkpointer(new, read_only=True)
+    trained = ckpt.manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+    ckpt.close()
+    model, _ = load_pretrained(LLAMA)
+    from flax import nnx
+
+    ref = dict(flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    got = {tuple(int(k) if str(k).isdigit() else k for k in p): v for p, v in flat(trained)}
+    assert ref.keys() == got.keys()
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), atol=1e-6, err_msg=str(k))
