@@ -15,7 +15,8 @@ TAKES_CONFIG = True
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("import", help="import a Hugging Face checkpoint (Llama, Mistral, Qwen, Gemma, MiniCPM) as a run")
+    p = sub.add_parser("import", 
+                          help="import a Hugging Face checkpoint (Llama, Mistral, Qwen, Gemma, MiniCPM) as a run")
     p.add_argument("--hf", required=True, help="local Hugging Face model directory (config.json, *.safetensors)")
     common.add_workdir(p, help="the new run directory to create")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,

@@ -94,7 +94,8 @@ def test_bf16_checkpoints_stay_bf16_unless_asked(tmp_path, loaded):
     model, cfg = load_pretrained(tmp_path / "bf16")
     assert cfg.param_dtype == cfg.dtype == "bfloat16" and model.blocks[0].attn.bq[...].dtype == jnp.bfloat16
     assert model.embed[...].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(model.embed[...]), w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16))
+    want = w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(np.asarray(model.embed[...]), want)
     model32, cfg32 = load_pretrained(tmp_path / "bf16", dtype="float32")
     assert cfg32.param_dtype == "float32" and model32.embed[...].dtype == jnp.float32
     ref = np.load(src / "reference.npz")
