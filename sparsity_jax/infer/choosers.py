@@ -43,15 +43,17 @@ BOUND_SLACK = 1 + 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class Act:
-    """An FFN's activation, static: `activate(h_in, h_gate)` and σ (from `nn.ffn.FFN`)."""
+    """An FFN's activation, static: `activate(h_in, h_gate)`, σ and, gated, what the up
+    projection contributes (`up`: identity, ReLU for dReLU) (from `nn.ffn.FFN`)."""
 
     activate: Callable[..., Array]
     sigma: Callable[[Array], Array]
     gated: bool
+    up: Callable[[Array], Array]
 
     @classmethod
     def of(cls, ffn) -> "Act":
-        return cls(ffn.activate, ffn.sigma, ffn.act.gated)
+        return cls(ffn.activate, ffn.sigma, ffn.act.gated, ffn.act.up)
 
 
 def project(w_FxD: Array, x_NxD: Array) -> Array:

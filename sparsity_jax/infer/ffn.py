@@ -102,7 +102,7 @@ def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
     h_NxF = project(tab["up"], x_NxD)
     if not act.gated:
         return act.activate(h_NxF)
-    return pre["s"] * h_NxF if "s" in pre else act.activate(h_NxF, project(tab["gate"], x_NxD))
+    return pre["s"] * act.up(h_NxF) if "s" in pre else act.activate(h_NxF, project(tab["gate"], x_NxD))
 
 
 def _gathered_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, chunk: int) -> Array:
@@ -112,7 +112,7 @@ def _gathered_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Arra
     if not act.gated:
         return act.activate(h_NxK)
     if "s" in pre:
-        return jnp.take(pre["s"], idx_K, axis=1) * h_NxK
+        return jnp.take(pre["s"], idx_K, axis=1) * act.up(h_NxK)
     return act.activate(h_NxK, gather_project(tab["gate"], idx_K, x_NxD, chunk))
 
 

@@ -69,9 +69,7 @@ def init_settings(config: str, overrides: dict[str, str], workdir) -> Settings:
     """The settings of `train --init-from RUN`: the config file's sections with RUN's model
     and, when RUN uses a pretrained tokenizer (data.vocab = hf), its vocabulary (the path
     made absolute); the command's `--config.*` overrides go on top of both."""
-    import os
-
-    from sparsity_jax.runtime.workdir import Workdir
+    from sparsity_jax.runtime.workdir import Workdir, is_remote
     from sparsity_jax.settings import apply_overrides, load_file, upgrade
 
     ckpt, _, saved, _ = saved_run(workdir)
@@ -80,7 +78,7 @@ def init_settings(config: str, overrides: dict[str, str], workdir) -> Settings:
     tree["model"] = saved.to_dict()["model"]
     if saved.data.vocab == "hf":
         path = saved.data.tokenizer
-        if not os.path.isabs(path) and "://" not in path:
-            path = os.path.join(str(Workdir(workdir)), path)
+        if not (path.startswith("/") or is_remote(path)):  # relative: under RUN
+            path = str(Workdir(workdir).root / path)
         tree["data"] = {**tree.get("data", {}), "vocab": "hf", "tokenizer": path}
     return Settings.from_dict(apply_overrides(tree, overrides))

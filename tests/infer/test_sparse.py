@@ -60,10 +60,10 @@ def threshold_decoder(activation: str) -> tuple:
     return model, Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L}, chunk=24), t_L, calib
 
 
-@pytest.mark.parametrize("activation", ["relu2", "swiglu"])
+@pytest.mark.parametrize("activation", ["relu2", "swiglu", "drelu"])
 def test_threshold_decoding_equals_the_masked_threshold_mode(activation):
     model, dec, t_L, calib = threshold_decoder(activation)
-    if activation == "swiglu":  # the Cauchy–Schwarz candidates of a gated FFN: the whole shard here
+    if activation in ("swiglu", "drelu"):  # the Cauchy–Schwarz candidates of a gated FFN: the whole shard here
         budgets = ((64,),) * 2
     else:
         budgets = calibrate(dec, [calib], rows=2, quantiles=(0.5, 1.0), margin=0.5, align=8)
