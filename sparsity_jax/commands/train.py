@@ -35,9 +35,10 @@ def run(args) -> int:
 
     path = args.config or settings.DEFAULT_CONFIG
     if getattr(args, "init_from", None):  # RUN's model (and tokenizer), the command's overrides on top
-        from sparsity_jax.train.init_from import init_settings
+        from sparsity_jax.train.init_from import check_init_shapes, init_settings
 
         st = init_settings(path, common.overrides(args), args.init_from)
+        check_init_shapes(st, args.init_from)
     else:
         st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
     common.init_distributed(args)

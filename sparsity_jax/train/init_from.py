@@ -44,21 +44,40 @@ def saved_run(workdir, step: int | None = None) -> tuple[Any, int, Settings, dic
     return ckpt, step, st, tree["params"]
 
 
+def _check_shapes(workdir, abstract_params: dict, saved: dict, what: str) -> None:
+    want, have = _leaves(abstract_params), _leaves(saved)
+    for name, spec in want.items():
+        got = tuple(have[name].shape) if name in have else None
+        if got != tuple(spec.shape):
+            raise UserError(f"{what} {workdir}: parameter {name} is {got or 'missing'} there but "
+                            f"{tuple(spec.shape)} in this model; use settings with the same model shape.")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise UserError(f"{what} {workdir}: its parameter {extra[0]} has no place in this model; use settings "
+                        "with the same model shape.")
+
+
+def check_init_shapes(settings: Settings, workdir) -> None:
+    """`train --init-from` fails here, before any data or model is built, when the
+    settings' model (with an explicit vocab_size) has other shapes than RUN's."""
+    if not settings.model.vocab_size:
+        return  # the data vocabulary decides; `restore_params` checks later, still before any write
+    from flax import nnx
+
+    from sparsity_jax.nn.model import LM
+
+    abstract = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: LM(settings.model, rngs=nnx.Rngs(0))), nnx.Param)[1])
+    ckpt, _, _, saved = saved_run(workdir)
+    ckpt.close()
+    _check_shapes(workdir, abstract, saved, "--init-from")
+
+
 def restore_params(workdir, abstract_params: dict, step: int | None = None, what: str = "--init-from") -> dict:
     """The parameters of `workdir`'s checkpoint `step` (None: the latest) onto the
     shardings of `abstract_params` (ShapeDtypeStructs; dtypes are cast to them)."""
     ckpt, step, _, saved = saved_run(workdir, step)
     try:
-        want, have = _leaves(abstract_params), _leaves(saved)
-        for name, spec in want.items():
-            got = tuple(have[name].shape) if name in have else None
-            if got != tuple(spec.shape):
-                raise UserError(f"{what} {workdir}: parameter {name} is {got or 'missing'} there but "
-                                f"{tuple(spec.shape)} in this model; use settings with the same model shape.")
-        extra = sorted(set(have) - set(want))
-        if extra:
-            raise UserError(f"{what} {workdir}: its parameter {extra[0]} has no place in this model; use settings "
-                            "with the same model shape.")
+        _check_shapes(workdir, abstract_params, saved, what)
         state, _ = ckpt.restore_items(step, {"params": abstract_params})
     finally:
         ckpt.close()

@@ -66,10 +66,10 @@ def test_evaluation_commands_run_on_an_imported_model(imported):
     assert code == 0, err
     cett = json.loads((imported / "cett.json").read_text())
     assert len(cett["threshold"]) == 2 and all(abs(c - 0.2) < 0.01 for c in cett["realised_cett"])
-    code, out, err = run_cli("ppl", "--workdir", imported, "--ppl-p", "1")
+    code, out, err = run_cli("ppl", "--workdir", imported, "--ppl-p", "1", "--topk", "8", "--fat-eps", "0.1")
     assert code == 0, err
     assert (imported / "report" / "ppl.json").is_file()
-    code, out, err = run_cli("predictor", "--workdir", imported, "--cett", "0.2", "--steps", "4", "--train-batches",
+    code, out, err = run_cli("predictor", "--workdir", imported, "--cett", "0.2", "--steps", "2", "--train-batches",
                              "1", "--batch-tokens", "32", "--topk", "8")
     assert code == 0, err
     code, out, err = run_cli("affinity", "--workdir", imported, "--cett", "0.2", "--windows", "1,4")
