@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsity_jax.nn.layers import apply_rope, get_initializer, param
+from sparsity_jax.nn.layers import apply_rope, constrain, get_initializer, param
 
 Array = jax.Array
 
@@ -103,7 +103,8 @@ class Attention(nnx.Module):
         q_BxTxHxK = apply_rope(jnp.einsum("btd,dhk->bthk", x, w(self.wq)), positions_BxT, self.rope_theta)
         k_BxTxGxK = apply_rope(jnp.einsum("btd,dgk->btgk", x, w(self.wk)), positions_BxT, self.rope_theta)
         v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x, w(self.wv))
-        return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+        heads = lambda y: constrain(y, ("activation_batch", "activation_length", "activation_heads", None))  # noqa: E731
+        return heads(q_BxTxHxK), heads(k_BxTxGxK), heads(v_BxTxGxK)
 
     def attend(self, q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
         """Softmax attention of T queries over S keys under a bool mask, projected to (B, T, d)."""

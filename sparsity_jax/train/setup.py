@@ -64,7 +64,7 @@ def build(settings: Settings, vocab_size: int, method: MethodFactory, *, devices
     state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
     state_sh.update(device.state_shardings({k: v for k, v in abstract.items() if k not in state_sh}, mesh))
     train_step = jax.jit(
-        make_train_step(graphdef, tx, device, settings.train.grad_accum),
+        shd.with_activation_sharding(make_train_step(graphdef, tx, device, settings.train.grad_accum), mesh),
         in_shardings=(state_sh, parts["batch_sharding"], repl), out_shardings=(state_sh, repl), donate_argnums=0,
         static_argnums=(3,),
     )
