@@ -40,9 +40,11 @@ def test_checkpoint_restores_in_the_other_layout_with_the_same_eval_loss(saved_s
     ckpt.save(7, state, {"data_position": 7})
     ckpt.close()
 
-    reader = Checkpointer(tmp_path, read_only=True)
+    reader = Checkpointer(tmp_path, read_only=True)  # one reader per kind of restore (orbax binds its handler)
     assert stacked_layout(reader.saved_tree(7)) is saved_scanned
     restored, meta = reader.restore(7, dst.abstract_state)  # the whole train state (resume)
+    reader.close()
+    reader = Checkpointer(tmp_path, read_only=True)
     items, _ = reader.restore_items(7, dst.eval_items(reader.saved_tree(7)))  # what evaluation reads
     reader.close()
     assert meta["data_position"] == 7 and stacked_layout(restored) is (not saved_scanned)
