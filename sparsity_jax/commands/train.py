@@ -1,6 +1,7 @@
 """`sparsity-jax train`: train a model in a workdir, resuming from its latest checkpoint.
 
   sparsity-jax train [--config FILE] [--workdir DIR] [--config.a.b=V ...] [multi-process flags]
+  sparsity-jax train --config FILE --dry-run [--dry-run-device v5p] [--topology v5e-256]
 """
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def add_parser(sub) -> None:
     common.add_config(p)
     p.add_argument("--workdir", default=None, help="run directory (default: workdirs/<config name>)")
     common.add_distributed(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="compile the train step on abstract inputs and print its memory, FLOPs and compile time "
+                        "per device; reads no data and writes nothing")
+    p.add_argument("--dry-run-device", default=None, help="check the dry run against this device's memory: "
+                   "v4 | v5e | v5p | h100 | h200 (default: the devices' own reported memory)")
+    p.add_argument("--topology", default=None, help="dry run: compile for this TPU topology (e.g. v5e-256; needs libtpu)")
 
 
 def run(args) -> int:
@@ -27,6 +34,10 @@ def run(args) -> int:
 
     path = args.config or settings.DEFAULT_CONFIG
     st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
+    if args.dry_run or args.dry_run_device or args.topology:
+        from sparsity_jax.train.dry_run import run_dry
+
+        return run_dry(st, make_method, path, device=args.dry_run_device, topology=args.topology)
     common.init_distributed(args)
     summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method)
     if common.is_main():
