@@ -248,7 +248,7 @@ class LM(nnx.Module):
         blocks run as their per-layer views)."""
         n = self.cfg.num_layers
         ks, vs, extras = [], [], []
-        for i, block in enumerate(stack.per_layer(self.blocks, n)):
+        for i, block in enumerate(self.layer_blocks()):
             kv = None if cache is None else (cache.k[i], cache.v[i], start, mask)
             hook = None if ffn is None else functools.partial(ffn, i)
             x_BxTxD, kv_out, extra = block(x_BxTxD, segment_ids_BxT, positions_BxT, sparsify.for_layer(i, n), record,
@@ -270,6 +270,10 @@ class LM(nnx.Module):
         x_BxTxD = self.final_norm(x_BxTxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
+
+    def layer_blocks(self) -> list[Block]:
+        """The blocks one by one (a scanned model's as views of its stacked parameters)."""
+        return stack.per_layer(self.blocks, self.cfg.num_layers)
 
     def w_out(self) -> Array:
         """All FFN output kernels stacked: (L, F, d)."""

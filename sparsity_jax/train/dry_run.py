@@ -1,7 +1,8 @@
 """Ahead-of-time dry run of a training config: build the mesh and the train step, lower
 and compile it on abstract inputs (`jax.ShapeDtypeStruct`s: nothing is allocated, no data
 read, nothing written), and report what one step needs per device (XLA's memory
-analysis), its FLOPs (XLA's cost analysis), the compile time and whether it fits a
+analysis), its FLOPs (XLA's cost analysis of the lowered step, as the trainer's MFU
+counts them: `methods.accounting.step_flops`), the compile time and whether it fits a
 device's memory, as MaxText's `train_compile.py` does.
 
 On a CPU machine fake devices stand in for the accelerators
@@ -93,14 +94,15 @@ def dry_run(settings: Settings, method: Callable, *, device: str | None = None, 
     compiled = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), None).compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
+    cost = run.lowered_for_counting(Sparsify(), None).cost_analysis()  # every dot, every block
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     args, out, alias, temp = (int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp"))
     # arguments + temporaries + outputs not aliased to arguments: everything live at once, an
     # upper bound; XLA's own peak (liveness-aware) when it reports a larger one
     peak = max(int(getattr(mem, "peak_memory_in_bytes", 0) or 0), args + out - alias + temp)
     n = len(devices)
-    return DryRun(args, out, alias, temp, peak, float((cost or {}).get("flops", 0.0)) * n, seconds, n,
+    flops = float((cost or {}).get("flops", 0.0)) * settings.train.grad_accum
+    return DryRun(args, out, alias, temp, peak, flops, seconds, n,
                   devices[0].device_kind, capacity, capacity_of,
                   " ".join(f"{k}={v}" for k, v in run.mesh.shape.items()))
 

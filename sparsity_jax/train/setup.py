@@ -18,6 +18,7 @@ from flax import nnx
 from sparsity_jax.nn.model import LM
 from sparsity_jax.runtime import sharding as shd
 from sparsity_jax.runtime.checkpoint import abstract_with_shardings
+from sparsity_jax.runtime.layout import convert_blocks
 from sparsity_jax.runtime.model import ModelRun, model_parts
 from sparsity_jax.runtime.trained import vocab_size
 from sparsity_jax.settings import Settings
@@ -40,6 +41,20 @@ class TrainRun(ModelRun):
     init_state: Callable[[jax.Array], Any] = None
     train_step: Callable = None  # (state, batch, sparsify, variant) -> (state, metrics); variant static
     method: Any = None  # the device side (`methods.base.StepMethod`); `method.host(run, meta)` the host side
+
+    def lowered_for_counting(self, sparsify, variant):
+        """The train step lowered (not compiled) on abstract inputs for XLA's cost analysis,
+        which counts a loop's body once: with scanned blocks (`model.scan_layers`) it is the
+        same step over per-layer blocks, so every block's FLOPs count (the grad-accumulation
+        scan still counts once; callers multiply by train.grad_accum)."""
+        if not self.model_cfg.scan_layers:
+            return self.train_step.lower(self.abstract_state, self.abstract_batch(), sparsify, variant)
+        unrolled = dataclasses.replace(self.model_cfg, scan_layers=False)
+        graphdef = nnx.split(nnx.eval_shape(lambda: LM(unrolled, rngs=nnx.Rngs(0))), nnx.Param)[0]
+        step = make_train_step(graphdef, self.tx, self.method, self.settings.train.grad_accum)
+        state = convert_blocks(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.abstract_state),
+                               False)
+        return jax.jit(step, static_argnums=(3,)).lower(state, self.abstract_batch(), sparsify, variant)
 
 
 def build(settings: Settings, vocab_size: int, method: MethodFactory, *, devices=None) -> TrainRun:
