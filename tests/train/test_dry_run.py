@@ -40,7 +40,8 @@ def test_dry_run_prints_memory_flops_and_fit_and_writes_nothing(tmp_path, capsys
 
 
 @pytest.mark.parametrize("flags,message", [(["--topology", "v5e-256"], "needs libtpu"),
-                                           (["--dry-run-device", "tpu9"], "is not one of")])
+                                           (["--dry-run-device", "tpu9"], "is not one of"),
+                                           (["--config.model.remat=most"], "model.remat")])
 def test_dry_run_bad_target_is_a_user_error(flags, message, tmp_path, capsys):
     assert cli.main(ARGS + ["--workdir", str(tmp_path / "run"), "--dry-run"] + flags) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
