@@ -25,8 +25,8 @@ def step_flops(run, top_k: int = 0) -> float | None:
     does not on GPU (XLA:GPU leaves cuBLAS custom calls out). With train.grad_accum = G
     the micro-batches run in a `lax.scan`, whose body the analysis counts once, so the
     count is multiplied by G (the optimizer update outside the scan, a negligible share,
-    is then counted G times); scanned blocks are counted as their per-layer equivalent
-    (`TrainRun.lowered_for_counting`). None where the backend gives no cost analysis.
+    is then counted G times); scanned or rematerialised blocks count as the per-layer
+    blocks without remat (model FLOPs, as MFU counts them: `TrainRun.lowered_for_counting`). None where the backend gives no cost analysis.
     """
     try:
         lowered = run.lowered_for_counting(Sparsify(), Variant(top_k=top_k))

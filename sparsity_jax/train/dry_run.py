@@ -1,8 +1,9 @@
 """Ahead-of-time dry run of a training config: build the mesh and the train step, lower
 and compile it on abstract inputs (`jax.ShapeDtypeStruct`s: nothing is allocated, no data
 read, nothing written), and report what one step needs per device (XLA's memory
-analysis), its FLOPs (XLA's cost analysis of the lowered step, as the trainer's MFU
-counts them: `methods.accounting.step_flops`), the compile time and whether it fits a
+analysis), its model FLOPs (XLA's cost analysis of the lowered step without remat's
+recomputation, as the trainer's MFU counts them: `methods.accounting.step_flops`), the
+compile time and whether it fits a
 device's memory, as MaxText's `train_compile.py` does.
 
 On a CPU machine fake devices stand in for the accelerators

@@ -43,17 +43,17 @@ class TrainRun(ModelRun):
     method: Any = None  # the device side (`methods.base.StepMethod`); `method.host(run, meta)` the host side
 
     def lowered_for_counting(self, sparsify, variant):
-        """The train step lowered (not compiled) on abstract inputs for XLA's cost analysis,
-        which counts a loop's body once: with scanned blocks (`model.scan_layers`) it is the
-        same step over per-layer blocks, so every block's FLOPs count (the grad-accumulation
-        scan still counts once; callers multiply by train.grad_accum)."""
-        if not self.model_cfg.scan_layers:
+        """The train step lowered (not compiled) on abstract inputs for XLA's cost analysis of
+        the model's FLOPs: over per-layer blocks without remat, since the analysis counts a
+        loop's body once (scanned blocks) and would count rematerialised blocks twice (the
+        grad-accumulation scan still counts once; callers multiply by train.grad_accum)."""
+        if not self.model_cfg.scan_layers and self.model_cfg.remat == "none":
             return self.train_step.lower(self.abstract_state, self.abstract_batch(), sparsify, variant)
-        unrolled = dataclasses.replace(self.model_cfg, scan_layers=False)
+        unrolled = dataclasses.replace(self.model_cfg, scan_layers=False, remat="none")
         graphdef = nnx.split(nnx.eval_shape(lambda: LM(unrolled, rngs=nnx.Rngs(0))), nnx.Param)[0]
         step = make_train_step(graphdef, self.tx, self.method, self.settings.train.grad_accum)
         state = convert_blocks(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.abstract_state),
-                               False)
+                               False)  # a no-op for per-layer blocks
         return jax.jit(step, static_argnums=(3,)).lower(state, self.abstract_batch(), sparsify, variant)
 
 
