@@ -1,6 +1,7 @@
 """`sparsity-jax train`: train a model in a workdir, resuming from its latest checkpoint.
 
   sparsity-jax train [--config FILE] [--workdir DIR] [--init-from RUN] [--config.a.b=V ...] [multi-process flags]
+  sparsity-jax train --config FILE --dry-run [--dry-run-device v5p] [--topology v5e-256]
 
 --init-from RUN starts a fresh run from RUN's parameters (e.g. `sparsity-jax import`'s):
 its model section (and pretrained tokenizer) comes from RUN, the other sections from
@@ -25,6 +26,12 @@ def add_parser(sub) -> None:
                    help="start from the parameters of RUN's latest checkpoint (e.g. an imported model) and its "
                         "model settings (and tokenizer); --config.model.* change them, the shapes must stay")
     common.add_distributed(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="compile the train step on abstract inputs and print its memory, FLOPs and compile time "
+                        "per device; reads no data and writes nothing")
+    p.add_argument("--dry-run-device", default=None, help="check the dry run against this device's memory: "
+                   "v4 | v5e | v5p | h100 | h200 (default: the devices' own reported memory)")
+    p.add_argument("--topology", default=None, help="dry run: compile for this TPU topology (e.g. v5e-256; needs libtpu)")
 
 
 def run(args) -> int:
@@ -41,6 +48,10 @@ def run(args) -> int:
         check_init_shapes(st, args.init_from)
     else:
         st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
+    if args.dry_run or args.dry_run_device or args.topology:
+        from sparsity_jax.train.dry_run import run_dry
+
+        return run_dry(st, make_method, path, device=args.dry_run_device, topology=args.topology)
     common.init_distributed(args)
     summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method,
                     init_from=getattr(args, "init_from", None))

@@ -148,11 +148,11 @@ class Decoder:
         model = nnx.merge(graphdef, params)
         self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser
         self.axis, self.chunk = tensor_axis(mesh, self.cfg.d_ff), chunk
-        keys = chooser.table_keys(model.blocks[0].ffn.act.gated)
+        keys = chooser.table_keys(model.layer_blocks()[0].ffn.act.gated)
 
         def tables(params):
             m = nnx.merge(graphdef, params)
-            return [build_tables(blk.ffn, keys) for blk in m.blocks]
+            return [build_tables(blk.ffn, keys) for blk in m.layer_blocks()]
 
         shapes = jax.eval_shape(tables, params)
         shardings = [{k: NamedSharding(mesh, s) for k, s in table_specs(t, self.axis).items()} for t in shapes]

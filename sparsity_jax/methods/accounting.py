@@ -25,10 +25,11 @@ def step_flops(run, top_k: int = 0) -> float | None:
     does not on GPU (XLA:GPU leaves cuBLAS custom calls out). With train.grad_accum = G
     the micro-batches run in a `lax.scan`, whose body the analysis counts once, so the
     count is multiplied by G (the optimizer update outside the scan, a negligible share,
-    is then counted G times). None where the backend gives no cost analysis.
+    is then counted G times); scanned or rematerialised blocks count as the per-layer
+    blocks without remat (model FLOPs, as MFU counts them: `TrainRun.lowered_for_counting`). None where the backend gives no cost analysis.
     """
     try:
-        lowered = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), Variant(top_k=top_k))
+        lowered = run.lowered_for_counting(Sparsify(), Variant(top_k=top_k))
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) * run.settings.train.grad_accum or None

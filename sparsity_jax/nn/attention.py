@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsity_jax.nn.layers import RMSNorm, apply_rope, get_initializer, param, rope_frequencies
+from sparsity_jax.nn.layers import RMSNorm, apply_rope, constrain, get_initializer, param, rope_frequencies
 
 Array = jax.Array
 
@@ -135,7 +135,8 @@ class Attention(nnx.Module):
             q_BxTxHxK.shape[-1], self.rope_theta, *self.rope_scaling)
         q_BxTxHxK = apply_rope(q_BxTxHxK, positions_BxT, self.rope_theta, freq)
         k_BxTxGxK = apply_rope(k_BxTxGxK, positions_BxT, self.rope_theta, freq)
-        return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+        heads = lambda y: constrain(y, ("activation_batch", "activation_length", "activation_heads", None))  # noqa: E731
+        return heads(q_BxTxHxK), heads(k_BxTxGxK), heads(v_BxTxGxK)
 
     def windowed(self, mask_Bx1xTxS: Array, q_T: Array, k_S: Array) -> Array:
         """`mask` limited to keys less than `window` positions (or cache slots) back."""

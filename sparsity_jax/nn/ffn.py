@@ -11,15 +11,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from sparsity_jax.nn.activations import fatrelu, get_activation
-from sparsity_jax.nn.layers import get_initializer, param
+from sparsity_jax.nn.layers import constrain, get_initializer, param
 from sparsity_jax.nn.moe import moe_ffn
 from sparsity_jax.nn.sparsify import KEEP, MODES, Sparsify, active_at, magnitudes, out_norms
 
 Array = jax.Array
 RECORD_NAMES = ("mask", "scores", "inputs")
 RECORD = (None, "both") + RECORD_NAMES  # the single-value spellings; any tuple of RECORD_NAMES works too
+# names of the pre-activations W_in x and W_gate x for remat policies (`nn.stack.REMAT_POLICIES`)
+PRE_ACTIVATION_NAMES = ("ffn_pre", "ffn_gate_pre")
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_mlp")
 
 
 def recorded(record) -> frozenset[str]:
@@ -89,11 +93,13 @@ class FFN(nnx.Module):
         return self.sigma(h_gate) * self.act.up(h_in) if self.act.gated else self.sigma(h_in)
 
     def hidden(self, x_BxTxD: Array) -> tuple[Array, Array]:
-        """Gate score s and activation scores a, both (B, T, F) in the compute dtype."""
+        """Gate score s and activation scores a, both (B, T, F) in the compute dtype; the
+        pre-activations are named checkpoints (`PRE_ACTIVATION_NAMES`) a remat policy can keep."""
         x = x_BxTxD.astype(self.dtype)
-        h_BxTxF = x @ self.w_in[...].astype(self.dtype)
+        pre = lambda w, name: checkpoint_name(constrain(x @ w[...].astype(self.dtype), HIDDEN_AXES), name)  # noqa: E731
+        h_BxTxF = pre(self.w_in, PRE_ACTIVATION_NAMES[0])
         if self.act.gated:
-            s_BxTxF = self.sigma(x @ self.w_gate[...].astype(self.dtype))
+            s_BxTxF = self.sigma(pre(self.w_gate, PRE_ACTIVATION_NAMES[1]))
             return s_BxTxF, s_BxTxF * self.act.up(h_BxTxF)
         a_BxTxF = self.sigma(h_BxTxF)
         return a_BxTxF, a_BxTxF

@@ -3,10 +3,14 @@
 Every parameter carries its logical axis names as the variable metadata `axes`
 (e.g. ('embed', 'mlp')); `sparsity_jax.runtime.sharding` maps them to mesh axes with one
 rule table. The names are plain metadata so that creating a model never needs a mesh.
+Activations are constrained to logical axes with `constrain`, a no-op unless a caller
+(`runtime.sharding.activation_sharding`) installed a mesh's rules for the trace.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,27 @@ INITIALIZERS: dict[str, Callable[[float], Initializer]] = {
     "xavier_uniform": lambda std: nnx.initializers.xavier_uniform(),
     "normal": lambda std: nnx.initializers.normal(std),
 }
+
+
+# (x, logical axes) -> x constrained; None: no mesh, every constraint is the identity
+_CONSTRAIN: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("constrain", default=None)
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+    """`x` constrained to its logical `axes` (e.g. ('activation_batch', 'activation_length',
+    'activation_embed')) by the rules installed with `constraining`; the identity otherwise."""
+    fn = _CONSTRAIN.get()
+    return x if fn is None else fn(x, tuple(axes))
+
+
+@contextlib.contextmanager
+def constraining(fn: Callable[[Array, tuple], Array] | None) -> Iterator[None]:
+    """Installs `fn(x, axes) -> x` as the activation constraint while a function is traced."""
+    token = _CONSTRAIN.set(fn)
+    try:
+        yield
+    finally:
+        _CONSTRAIN.reset(token)
 
 
 def get_initializer(name: str, std: float = 0.02) -> Initializer:

@@ -5,7 +5,9 @@
 The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.forward` is the
 one forward of training, evaluation and KV-cache decoding (with pluggable FFN calls),
 `LM.apply` returns what the FFNs sowed stacked over layers, and blocks can be skipped
-(progressive layer dropping, Zhang & He 2020).
+(progressive layer dropping, Zhang & He 2020). The blocks run unrolled or scanned over
+stacked parameters (`model.scan_layers`), each rematerialised by `model.remat`
+(`nn/stack.py`).
 """
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparsity_jax.nn import stack
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.attention import Attention, KVCache, cache_positions, decode_mask
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.nn.layers import RMSNorm, param
+from sparsity_jax.nn.layers import RMSNorm, constrain, param
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ROPE_SCALINGS = ("none", "linear", "llama3")
+EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,8 @@ class ModelConfig:
     init_std: float = 0.02
     rope_theta: float = 10000.0
     dtype: str = "float32"  # compute dtype
+    remat: str = "none"  # per-block rematerialisation: none | dots | ffn | full (nn.stack.REMAT_POLICIES)
+    scan_layers: bool = False  # blocks' params stacked on a leading 'layers' axis, run under lax.scan
     # Options of pretrained families (`sparsity_jax.hf`); the defaults are this project's models.
     param_dtype: str = "float32"  # parameters (an imported bf16 checkpoint keeps bfloat16)
     head_dim: int = 0  # K; 0 = d_model // num_heads
@@ -106,6 +112,8 @@ class ModelConfig:
             raise ValueError(f"model.rope_scaling={self.rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
         if self.norm_eps <= 0 or self.sliding_window < 0 or self.rope_factor <= 0:
             raise ValueError("model.norm_eps and model.rope_factor must be positive and model.sliding_window >= 0")
+        if self.remat not in stack.REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r} is not one of {', '.join(stack.REMAT_POLICIES)}")
         return self
 
     def non_embedding_params(self) -> int:
@@ -146,6 +154,7 @@ class Block(nnx.Module):
         (`Attention.cached`; kv' is the updated pair, else None); `ffn(ffn_module, h_BxTxD)
         -> (y_BxTxD, extra)` replaces the FFN call (the gathered decode FFNs of `infer/`;
         extra is theirs, else None)."""
+        x_BxTxD = constrain(x_BxTxD, EMBED_AXES)
         h_BxTxD = self.attn_norm(x_BxTxD)
         if kv is None:
             a_BxTxD, kv_out = self.attn(h_BxTxD, segment_ids, positions), None
@@ -164,16 +173,16 @@ class Block(nnx.Module):
 class LM(nnx.Module):
     """The language model. Call with int tokens (B, T); returns float32 logits (B, T, V).
 
-    Layers are a Python list (unrolled under jit): simple and exact; compile time grows
-    with depth, which is fine for the model sizes this library trains on CPU and small
-    pods.
+    Layers are a Python list (unrolled under jit: compile time grows with depth) or, with
+    `scan_layers`, one block of stacked parameters run under `lax.scan` (`nn/stack.py`).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg.validate()
         d, pdtype = cfg.d_model, DTYPES[cfg.param_dtype]
         self.embed = param(rngs, nnx.initializers.normal(d**-0.5), (cfg.vocab_size, d), ("vocab", "embed"), pdtype)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        blocks = [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]  # the same draws either way
+        self.blocks = stack.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(d, eps=cfg.norm_eps, dtype=DTYPES[cfg.dtype], param_dtype=pdtype,
                                   offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
@@ -227,43 +236,75 @@ class LM(nnx.Module):
         DeepSpeed's PLD).
         """
         b, t = tokens_BxT.shape
-        n = self.cfg.num_layers
         dropping = layer_keep is not None or layer_scale is not None
         if dropping and (record is not None or cache is not None or ffn is not None):
             raise ValueError("layer_keep / layer_scale (dropped layers) cannot be combined with recording "
                              "activations, a KV cache or an ffn hook")
+        if cache is None and ffn is None:
+            x_BxTxD, _ = self.run_layers(self.embed_tokens(tokens_BxT), *self._segments(tokens_BxT, segment_ids_BxT,
+                                         positions_BxT), sparsify, record, layer_keep, layer_scale)
+            return self.logits(x_BxTxD), None, [None] * self.cfg.num_layers
         if cache is not None:
             if segment_ids_BxT is not None or positions_BxT is not None or start is None:
                 raise ValueError("decoding with a cache needs `start` and takes no segment ids or positions")
             positions_BxT = cache_positions(cache.pad_B, start, t)
             mask = decode_mask(cache.pad_B, start, t, cache.length)
+        x_BxTxD, new_cache, extras = self._decode_layers(
+            self.embed_tokens(tokens_BxT), *self._segments(tokens_BxT, segment_ids_BxT, positions_BxT), sparsify,
+            record, cache, start, None if cache is None else mask, ffn)
+        return self.logits(x_BxTxD), new_cache, extras
+
+    @staticmethod
+    def _segments(tokens_BxT, segment_ids_BxT, positions_BxT) -> tuple[Array, Array]:
+        """Segment ids and positions (B, T), defaulting to one unpacked sequence per row."""
+        b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones((b, t), jnp.int32)
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        x_BxTxD = self.embed_tokens(tokens_BxT)
+        return segment_ids_BxT, positions_BxT
+
+    def run_layers(self, x_BxTxD, segment_ids_BxT, positions_BxT, sparsify: Sparsify, record, layer_keep,
+                   layer_scale) -> tuple[Array, dict[str, Array]]:
+        """The blocks over x (B, T, d), unrolled or scanned (`stack.run`) and rematerialised
+        by `cfg.remat`: (x, what the FFNs recorded, stacked (L, ...)). A dropped block
+        (`layer_keep[i]` False) is the identity under `lax.cond`; a kept one's update is
+        scaled by `layer_scale[i]`."""
+        n = self.cfg.num_layers
+
+        def one(block, x, xs_i):
+            sp_i, keep_i, scale_i = xs_i
+
+            def kept(x):
+                call = nnx.capture(block(), nnx.Intermediate)
+                (y, _, _), sown = call(x, segment_ids_BxT, positions_BxT, sp_i, record)
+                y = y if scale_i is None else x + ((y - x) * scale_i).astype(x.dtype)
+                return y, {name: v[-1] for name, v in nnx.to_pure_dict(sown).get("ffn", {}).items()}
+
+            if keep_i is None:
+                return kept(x)
+            return jax.lax.cond(keep_i, kept, lambda x: (x, {}), x)
+
+        pick = lambda v, i: None if v is None else v[i]  # noqa: E731
+        xs = [(sparsify.for_layer(i, n), pick(layer_keep, i), pick(layer_scale, i)) for i in range(n)]
+        return stack.run(self.blocks, x_BxTxD, xs, one, remat=self.cfg.remat)
+
+    def _decode_layers(self, x_BxTxD, segment_ids_BxT, positions_BxT, sparsify, record, cache, start, mask, ffn):
+        """The blocks one by one with a KV cache and / or an FFN hook (decoding; stacked
+        blocks run as their per-layer views)."""
+        n = self.cfg.num_layers
         ks, vs, extras = [], [], []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.layer_blocks()):
             kv = None if cache is None else (cache.k[i], cache.v[i], start, mask)
             hook = None if ffn is None else functools.partial(ffn, i)
-            run = functools.partial(block, segment_ids=segment_ids_BxT, positions=positions_BxT,
-                                    sp=sparsify.for_layer(i, n), record=record, kv=kv, ffn=hook)
-            if not dropping:
-                x_BxTxD, kv_out, extra = run(x_BxTxD)
-                if kv_out is not None:
-                    ks.append(kv_out[0])
-                    vs.append(kv_out[1])
-                extras.append(extra)
-                continue
-            def kept(x, run=run, scale=None if layer_scale is None else layer_scale[i]):
-                y = run(x)[0]
-                return y if scale is None else x + ((y - x) * scale).astype(x.dtype)
-            if layer_keep is None:
-                x_BxTxD = kept(x_BxTxD)
-            else:  # a dropped block is the identity; lax.cond skips its FLOPs
-                x_BxTxD = jax.lax.cond(layer_keep[i], kept, lambda x: x, x_BxTxD)
+            x_BxTxD, kv_out, extra = block(x_BxTxD, segment_ids_BxT, positions_BxT, sparsify.for_layer(i, n), record,
+                                           kv=kv, ffn=hook)
+            if kv_out is not None:
+                ks.append(kv_out[0])
+                vs.append(kv_out[1])
+            extras.append(extra)
         new_cache = None if cache is None else KVCache(tuple(ks), tuple(vs), cache.pad_B)
-        return self.logits(x_BxTxD), new_cache, extras
+        return x_BxTxD, new_cache, extras
 
     def embed_tokens(self, tokens_BxT: Array) -> Array:
         """The input embeddings (B, T, d) in the compute dtype (× embed_scale, rounded to
@@ -282,8 +323,14 @@ class LM(nnx.Module):
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
 
+    def layer_blocks(self) -> list[Block]:
+        """The blocks one by one (a scanned model's as views of its stacked parameters)."""
+        return stack.per_layer(self.blocks, self.cfg.num_layers)
+
     def w_out(self) -> Array:
         """All FFN output kernels stacked: (L, F, d)."""
+        if self.cfg.scan_layers:
+            return self.blocks.ffn.w_out[...]
         return jnp.stack([blk.ffn.w_out[...] for blk in self.blocks])
 
     def apply(self, tokens_BxT: Array, segment_ids_BxT: Array | None = None, positions_BxT: Array | None = None,
@@ -294,15 +341,8 @@ class LM(nnx.Module):
         FFN inputs `inputs` (L, B, T, d), as `record` asks (`nn.ffn.recorded`).
         `layer_keep` (L,) bool drops blocks, `layer_scale` (L,) scales the kept blocks'
         updates (see `__call__`; needs record=None)."""
-        if record is None:
-            return self(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, layer_keep=layer_keep,
-                        layer_scale=layer_scale), {}
-        logits, inter = nnx.capture(self, nnx.Intermediate)(
-            tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record, layer_keep=layer_keep,
-            layer_scale=layer_scale,
-        )
-        out: dict[str, list] = {}
-        for i in range(self.cfg.num_layers):
-            for name, var in inter["blocks"][i]["ffn"].items():
-                out.setdefault(name, []).append(var.get_value()[-1])
-        return logits, {k: jnp.stack(v) for k, v in out.items()}
+        if record is not None and (layer_keep is not None or layer_scale is not None):
+            raise ValueError("layer_keep / layer_scale (dropped layers) cannot be combined with recording activations")
+        x_BxTxD, records = self.run_layers(self.embed_tokens(tokens_BxT), *self._segments(
+            tokens_BxT, segment_ids_BxT, positions_BxT), sparsify, record, layer_keep, layer_scale)
+        return self.logits(x_BxTxD), records

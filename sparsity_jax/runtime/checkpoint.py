@@ -10,6 +10,8 @@ killed mid-save leaves no partial checkpoint behind: `latest_step` only sees fin
 ones. Restoring takes an abstract target whose leaves carry the *current* mesh's
 shardings, which is how a checkpoint written on one mesh restores onto another;
 `restore_items` reads only some subtrees (evaluation: the parameters, no optimizer state).
+Both restore a checkpoint saved with per-layer blocks into a scanned model's stacked
+ones and vice versa (`runtime.layout`), so `model.scan_layers` may change between runs.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.layout import convert_blocks, placed, stacked_layout
 from sparsity_jax.runtime.workdir import PathLike, Workdir
 
 
@@ -56,17 +59,38 @@ class Checkpointer:
                             f"{hint or '; move that step directory aside or use the matching config'}.") from e
         return out["state"], dict(out["meta"])
 
+    def _saved_layout(self, step: int, abstract: Any) -> bool | None:
+        """The saved blocks' layout (stacked or not) when it differs from `abstract`'s, else None."""
+        want = stacked_layout(abstract)
+        if want is None:
+            return None
+        try:
+            have = stacked_layout(self.saved_tree(step))
+        except UserError:  # unreadable metadata: the restore itself names the problem
+            return None
+        return None if have is None or have == want else have
+
+    def _restore_layout(self, step: int, abstract: Any, make_args, hint: str) -> tuple[Any, dict]:
+        have = self._saved_layout(step, abstract)
+        if have is None:
+            return self._restore(step, make_args(abstract), hint)
+        state, meta = self._restore(step, make_args(convert_blocks(abstract, have)), hint)
+        return placed(convert_blocks(state, not have), abstract), meta
+
     def restore(self, step: int, abstract_state: Any, hint: str = "") -> tuple[Any, dict]:
-        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs); an
-        unreadable or incompatible step is a UserError naming it (`hint`: the fix to add)."""
-        return self._restore(step, ocp.args.StandardRestore(abstract_state), hint)
+        """Restores `step` onto the shardings of `abstract_state` (ShapeDtypeStructs), its
+        blocks stacked or per layer as there; an unreadable or incompatible step is a
+        UserError naming it (`hint`: the fix to add)."""
+        return self._restore_layout(step, abstract_state, ocp.args.StandardRestore, hint)
 
     def restore_items(self, step: int, abstract_items: dict[str, Any], hint: str = "") -> tuple[dict, dict]:
         """Restores only the subtrees `abstract_items` of the saved state (e.g. {"params":
-        ...}), each onto its shardings; nothing else of the checkpoint is read."""
-        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_items)
-        return self._restore(step, ocp.args.PyTreeRestore(item=abstract_items, restore_args=restore_args,
-                                                          partial_restore=True), hint)
+        ...}), each onto its shardings (blocks in their layout); nothing else is read."""
+        def make_args(items):
+            restore_args = ocp.checkpoint_utils.construct_restore_args(items)
+            return ocp.args.PyTreeRestore(item=items, restore_args=restore_args, partial_restore=True)
+
+        return self._restore_layout(step, abstract_items, make_args, hint)
 
     def saved_tree(self, step: int) -> dict:
         """The saved state's structure with each array's shape and dtype (Orbax metadata),

@@ -128,7 +128,7 @@ def model_parts(settings: Settings, vocab_size: int, *, devices=None) -> dict[st
     abstract = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                             nnx.to_pure_dict(abstract_params), param_sh)
     bsh = shd.batch_sharding(mesh)
-    eval_step = jax.jit(make_eval_step(graphdef, record="mask"), in_shardings=(param_sh, bsh, shd.replicated(mesh)),
+    eval_step = jax.jit(shd.with_activation_sharding(make_eval_step(graphdef, record="mask"), mesh), in_shardings=(param_sh, bsh, shd.replicated(mesh)),
                         out_shardings=shd.replicated(mesh))
     return dict(settings=settings, model_cfg=mcfg, mesh=mesh, graphdef=graphdef, param_shardings=param_sh,
                 abstract_params=abstract, batch_sharding=bsh, eval_step=eval_step)

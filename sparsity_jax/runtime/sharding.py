@@ -2,20 +2,24 @@
 
 Parameters carry logical axis names (`axes` metadata, see `nn.layers.param`); activations
 and the KV cache have their own (`activation_*`, `cache_*`, as MaxText), placed by
-`logical_sharding` / `constrain`. Mesh axes: `data` (pure data parallel), `fsdp` (data parallel
+`logical_sharding` / `constrain`; `with_activation_sharding` makes the model's own
+constraints (`nn.layers.constrain`, no-ops without a mesh) use this table. Mesh axes: `data` (pure data parallel), `fsdp` (data parallel
 with parameters sharded along 'embed', as MaxText's fsdp), `tensor` (Megatron-style
 sharding of 'mlp', 'heads', 'vocab'). A dimension that a mesh axis does not divide stays
 replicated along that axis, so any model runs on any mesh (at some memory cost).
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sparsity_jax.nn import layers
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -26,6 +30,7 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "heads": ("tensor",),
     "vocab": ("tensor",),
     "expert": (),
+    "layers": (),  # the leading axis of stacked (scanned) blocks: every device holds all layers' slices
     # activations (MaxText's names): batch-major, the feature axes as their parameters'
     "activation_batch": ("data", "fsdp"),
     "activation_length": (),
@@ -92,6 +97,17 @@ def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None) -> ja
     if mesh is None or mesh.size == 1:
         return x
     return jax.lax.with_sharding_constraint(x, logical_sharding(axes, x.shape, mesh))
+
+
+def with_activation_sharding(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` whose trace constrains the model's activations (`nn.layers.constrain`) to the
+    mesh by `LOGICAL_RULES`; wrap a function before `jax.jit`."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with layers.constraining(lambda x, axes: constrain(x, axes, mesh)):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def param_shardings(abstract_params: nnx.State, mesh: Mesh) -> dict:

@@ -15,6 +15,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.layers import INITIALIZERS
 from sparsity_jax.nn.model import DTYPES, ROPE_SCALINGS, ModelConfig
+from sparsity_jax.nn.stack import REMAT_POLICIES
 
 RECORD = ("none", "mask", "scores", "both")
 SCHEDULES = ("constant", "cosine", "wsd", "noam")
@@ -240,6 +241,7 @@ def _model_check(m: ModelConfig) -> None:
             raise _fail(f"model.{name}", getattr(m, name), "set it to 0 (off) or a positive size")
     if m.norm_eps <= 0 or m.rope_factor <= 0:
         raise UserError("config.model needs norm_eps > 0 and rope_factor > 0; fix the one that is not.")
+    _one_of("model.remat", m.remat, tuple(REMAT_POLICIES))
     if m.fat_eps < 0 or m.init_std <= 0 or m.rope_theta <= 0:
         raise UserError("config.model needs fat_eps >= 0, init_std > 0 and rope_theta > 0; fix the one that is not.")
     try:  # the model's own invariants (shapes that must divide) live with the model

@@ -38,8 +38,11 @@ class Conversion:
 
 
 def ffn_params(params: dict) -> list[dict]:
-    """The FFN parameter dicts of every block, in layer order."""
+    """The FFN parameter dicts of every block, in layer order (stacked blocks sliced)."""
     blocks = params["blocks"]
+    if isinstance(blocks, dict) and "ffn" in blocks:  # stacked (scanned) blocks: (L, ...) arrays
+        n = jax.tree.leaves(blocks["ffn"])[0].shape[0]
+        return [jax.tree.map(lambda x, i=i: x[i], blocks["ffn"]) for i in range(n)]
     keys = sorted(blocks, key=int) if isinstance(blocks, dict) else range(len(blocks))
     return [blocks[k]["ffn"] for k in keys]
 
@@ -70,6 +73,8 @@ def permute_params(params: dict, perms_LxF: Array) -> dict:
         return {k: jnp.take(v, perm_F, axis=axis[k]) if k in axis else v for k, v in ffn.items()}
 
     blocks = params["blocks"]
+    if isinstance(blocks, dict) and "ffn" in blocks:  # stacked (scanned) blocks
+        return dict(params, blocks=dict(blocks, ffn=jax.vmap(per_layer)(blocks["ffn"], perms_LxF)))
     keys = sorted(blocks, key=int) if isinstance(blocks, dict) else range(len(blocks))
     new_blocks = {k: dict(blocks[k], ffn=per_layer(blocks[k]["ffn"], perms_LxF[i])) for i, k in enumerate(keys)}
     if not isinstance(blocks, dict):

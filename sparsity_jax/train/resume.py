@@ -16,8 +16,9 @@ from sparsity_jax.runtime.workdir import Workdir
 from sparsity_jax.settings import Settings, from_saved
 from sparsity_jax.train.setup import TrainRun
 
-# model fields that may change on resume: the compute dtype and the init (used at step 0 only)
-_RESUMABLE = ("dtype", "mlp_init", "init_std")
+# model fields that may change on resume: the compute dtype, the init (used at step 0 only)
+# and how the blocks run (the checkpoint restores into either layout, `runtime.layout`)
+_RESUMABLE = ("dtype", "mlp_init", "init_std", "remat", "scan_layers")
 
 
 def resume_point(settings: Settings, workdir: Workdir, run: TrainRun) -> tuple[int, Any, dict] | None:

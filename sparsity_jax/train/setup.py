@@ -18,6 +18,7 @@ from flax import nnx
 from sparsity_jax.nn.model import LM
 from sparsity_jax.runtime import sharding as shd
 from sparsity_jax.runtime.checkpoint import abstract_with_shardings
+from sparsity_jax.runtime.layout import convert_blocks
 from sparsity_jax.runtime.model import ModelRun, model_parts
 from sparsity_jax.runtime.trained import vocab_size
 from sparsity_jax.settings import Settings
@@ -40,6 +41,20 @@ class TrainRun(ModelRun):
     init_state: Callable[[jax.Array], Any] = None
     train_step: Callable = None  # (state, batch, sparsify, variant) -> (state, metrics); variant static
     method: Any = None  # the device side (`methods.base.StepMethod`); `method.host(run, meta)` the host side
+
+    def lowered_for_counting(self, sparsify, variant):
+        """The train step lowered (not compiled) on abstract inputs for XLA's cost analysis of
+        the model's FLOPs: over per-layer blocks without remat, since the analysis counts a
+        loop's body once (scanned blocks) and would count rematerialised blocks twice (the
+        grad-accumulation scan still counts once; callers multiply by train.grad_accum)."""
+        if not self.model_cfg.scan_layers and self.model_cfg.remat == "none":
+            return self.train_step.lower(self.abstract_state, self.abstract_batch(), sparsify, variant)
+        unrolled = dataclasses.replace(self.model_cfg, scan_layers=False, remat="none")
+        graphdef = nnx.split(nnx.eval_shape(lambda: LM(unrolled, rngs=nnx.Rngs(0))), nnx.Param)[0]
+        step = make_train_step(graphdef, self.tx, self.method, self.settings.train.grad_accum)
+        state = convert_blocks(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.abstract_state),
+                               False)  # a no-op for per-layer blocks
+        return jax.jit(step, static_argnums=(3,)).lower(state, self.abstract_batch(), sparsify, variant)
 
 
 def build(settings: Settings, vocab_size: int, method: MethodFactory, *, devices=None) -> TrainRun:
@@ -64,7 +79,7 @@ def build(settings: Settings, vocab_size: int, method: MethodFactory, *, devices
     state_sh = {"step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl}
     state_sh.update(device.state_shardings({k: v for k, v in abstract.items() if k not in state_sh}, mesh))
     train_step = jax.jit(
-        make_train_step(graphdef, tx, device, settings.train.grad_accum),
+        shd.with_activation_sharding(make_train_step(graphdef, tx, device, settings.train.grad_accum), mesh),
         in_shardings=(state_sh, parts["batch_sharding"], repl), out_shardings=(state_sh, repl), donate_argnums=0,
         static_argnums=(3,),
     )

@@ -1,0 +1,47 @@
+"""`sparsity-jax train --dry-run`: compiles the train step on abstract inputs, prints its
+per-device memory, FLOPs and compile time with a JSON last line, writes nothing, and
+exits 2 when the step does not fit the named device (issue 21, acceptance 3)."""
+import json
+
+import pytest
+
+from sparsity_jax import cli
+from sparsity_jax.train import dry_run
+
+ARGS = ["train", "--config", "configs/default.py", "--config.model.num_layers=2", "--config.train.global_batch_size=16",
+        "--config.train.seq_len=64"]
+D, L, F, V, TOKENS = 128, 2, 512, 259, 16 * 64  # the default config's model with the overrides above
+
+
+def test_dry_run_prints_memory_flops_and_fit_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    workdir = tmp_path / "run"
+    assert cli.main(ARGS + ["--workdir", str(workdir), "--dry-run", "--dry-run-device", "v5e"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert not workdir.exists() and not any(tmp_path.iterdir())
+    result = json.loads(out[-1])
+    assert "fits v5e: yes" in out[-2] and result["fits"] is True
+    # an independent count: parameters (non-embedding + tied embedding) and Adam's two moments, float32,
+    # replicated on the data-parallel default mesh, are the step's arguments (plus the int32 batch)
+    n_params = L * (4 * D * D + 2 * D * F + 2 * D) + V * D + D
+    state_bytes = 3 * 4 * n_params
+    assert state_bytes <= result["argument_bytes_per_device"] <= state_bytes * 1.02 + 5 * 4 * TOKENS
+    assert result["peak_bytes_per_device"] >= result["argument_bytes_per_device"] + result["temp_bytes_per_device"] - 1
+    # FLOPs: ~6 per parameter and token (forward + backward, Kaplan et al. 2020) plus attention's
+    model_flops = 6 * TOKENS * (n_params - V * D) + 6 * TOKENS * V * D + 12 * L * TOKENS * 64 * D
+    assert 0.8 < result["flops_per_step"] / model_flops < 1.5, result["flops_per_step"] / model_flops
+    assert result["compile_seconds"] > 0
+
+    # the same step against a device too small for it: one sentence, exit 2, still nothing written
+    monkeypatch.setitem(dry_run.DEVICE_MEMORY, "v5e", result["peak_bytes_per_device"] - 1)
+    assert cli.main(ARGS + ["--workdir", str(workdir), "--dry-run", "--dry-run-device", "v5e"]) == 2
+    captured = capsys.readouterr()
+    assert "fits v5e: NO" in captured.out and "raise train.grad_accum" in captured.err
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("flags,message", [(["--topology", "v5e-256"], "needs libtpu"),
+                                           (["--dry-run-device", "tpu9"], "is not one of"),
+                                           (["--config.model.remat=most"], "model.remat")])
+def test_dry_run_bad_target_is_a_user_error(flags, message, tmp_path, capsys):
+    assert cli.main(ARGS + ["--workdir", str(tmp_path / "run"), "--dry-run"] + flags) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
