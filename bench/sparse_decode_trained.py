@@ -1,25 +1,34 @@
 """The trained part of bench/sparse_decode.py (imports TensorFlow: the run's validation data).
 
-On a trained run's last checkpoint, at its PPL-1% CETT: the per-layer thresholds
-(`search.thresholds.thresholds_for_cett` on all validation tokens), the validation PPL
-dense and with the masked `threshold` FFN mode (what sparse decoding computes), and the
-greedy decode tokens/s dense vs `threshold` (budgets calibrated on the validation
-batches, as `sparsity-jax generate` does) at each batch size, prompts cut from
-validation sequences.
+On a trained run's last checkpoint (configs/relu2/decode.py), at its PPL-1% CETT: the
+per-layer thresholds (`search.thresholds.thresholds_for_cett` on all validation tokens),
+the validation PPL dense and with the masked `threshold` mode, the trained predictors
+(`sparsity-jax predictor --cett C`, if saved) with their recall of the threshold's kept
+neurons and their predicted share, then bench/sparse_decode.py's rows (neuron gathers;
+co-activation layout + block gathers) at each batch size: FFN inputs are the model's
+own FFN inputs at random validation tokens, prompts are cut from validation rows.
+
+`--layout-table W1,W2,...` prints the co-activation layout table instead (ReLU² Wins §4
+hardware affinity as block shares): per run, per layer and on average, the neuron-active
+share of the threshold mode at its PPL-1% CETT and the block-active share at b = 8 … 128
+before and after a layout computed at each b (`infer.layout.affinity_table`).
 """
 from __future__ import annotations
 
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from sparsity_jax.infer import Decoder, Dense, Threshold
-from sparsity_jax.infer.budget import calibrate
+from sparsity_jax.infer import Decoder, Predicted, Threshold
+from sparsity_jax.infer.layout import affinity_table, format_table
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search.thresholds import sparse_pass, thresholds_for_cett, threshold_sparsify
 
-PROMPT, NEW = 16, 48
+PROMPT = 16
 
 
 def ppl_cett(path: str, p: float = 1.0) -> float:
@@ -41,21 +50,47 @@ def prompts_of(batches, rows: int) -> list[list[int]]:
     raise SystemExit(f"fewer than {rows} validation rows with {PROMPT} real tokens")
 
 
-def trained(args, rounds) -> None:
+def load(workdir: str, cett: float | None = None):
+    """(run, step, params, cett, thresholds result) of a run's last checkpoint."""
     from sparsity_jax.runtime.trained import checkpoints, open_trained, saved_config
     from sparsity_jax.settings import from_saved
 
-    ckpt, steps = checkpoints(args.workdir)
-    wd = open_trained(args.workdir, from_saved(saved_config(ckpt, steps[-1])), ckpt, steps)  # the run's saved config
+    ckpt, steps = checkpoints(workdir)
+    wd = open_trained(workdir, from_saved(saved_config(ckpt, steps[-1])), ckpt, steps)  # the run's saved config
     try:
         step = wd.steps[-1]
         params = wd.restore(step)[0]["params"]
     finally:
         wd.close()
-    cett = args.cett if args.cett is not None else ppl_cett(
-        args.ppl_json or os.path.join(args.workdir, "report", "ppl.json"))
+    cett = cett if cett is not None else ppl_cett(os.path.join(workdir, "report", "ppl.json"))
+    thr = thresholds_for_cett((wd.run.graphdef, params), wd.val, cett, mesh=wd.run.mesh)
+    return wd, step, params, cett, thr
+
+
+def records(graphdef, params, batches, sparsify: Sparsify, name: str, max_tokens: int = 2048) -> list[np.ndarray]:
+    """Per layer, the recorded `name` ('mask' or 'inputs') at up to `max_tokens` real validation tokens, (M, ·)."""
+    run = jax.jit(lambda p, t, s, q: nnx.merge(graphdef, p).apply(t, s, q, sparsify=sparsify, record=name)[1][name])
+    out, n = [], 0
+    for batch in batches:
+        rec = np.asarray(run(params, batch["inputs"], batch["segment_ids"], batch["positions"]))
+        real = np.asarray(batch["loss_weights"]).reshape(-1) > 0
+        out.append(rec.reshape(rec.shape[0], -1, rec.shape[-1])[:, real])
+        n += int(real.sum())
+        if n >= max_tokens:
+            break
+    return list(np.concatenate(out, axis=1)[:, :max_tokens])
+
+
+def predictor_arrays(workdir: str, step: int, cett: float):
+    from sparsity_jax.predict.store import exists, load as load_predictor, predictor_dir
+
+    path = predictor_dir(workdir, step, cett)
+    return (load_predictor(path)[0], str(path)) if exists(path) else (None, str(path))
+
+
+def trained(args, compare) -> None:
+    wd, step, params, cett, thr = load(args.workdir, args.cett)
     graphdef, mesh, m = wd.run.graphdef, wd.run.mesh, wd.run.model_cfg
-    thr = thresholds_for_cett((graphdef, params), wd.val, cett, mesh=mesh)
     dense_loss = sparse_pass(graphdef, params, wd.val, Sparsify()).loss
     sparse_loss = sparse_pass(graphdef, params, wd.val, threshold_sparsify(thr.threshold)).loss
     print(f"\n== trained: {args.workdir} step {step} ({m.activation}, d={m.d_model}, F={m.d_ff}, "
@@ -63,18 +98,40 @@ def trained(args, rounds) -> None:
           f"sparsity {np.round(thr.sparsity, 4).tolist()}")
     print(f"validation PPL: dense {np.exp(dense_loss):.4f}, threshold mode {np.exp(sparse_loss):.4f} "
           f"(ratio {np.exp(sparse_loss - dense_loss):.5f})")
-    print(f"{'batch':>5s} {'dense tok/s':>11s} {'sparse tok/s':>12s} {'speed-up':>8s} {'active':>7s} "
-          f"{'computed':>8s} {'budgets (layer 0)':>18s} {'over':>5s} {'dense steps':>11s}")
-    dense = Decoder(graphdef, params, mesh, Dense())
-    sparse = Decoder(graphdef, params, mesh, Threshold(), {"threshold": np.asarray(thr.threshold, np.float32)})
+    t_arr = {"threshold": np.asarray(thr.threshold, np.float32)}
+    choosers = [("threshold", Threshold(), t_arr)]
+    pred, path = predictor_arrays(args.workdir, step, cett)
+    rank = 0
+    if pred is None:
+        print(f"no trained predictors at {path} (`sparsity-jax predictor --workdir {args.workdir} --cett {cett:g}`):"
+              f" predictor rows skipped")
+    else:
+        rank = int(pred["w1"].shape[-1])
+        kept = records(graphdef, params, wd.val, threshold_sparsify(thr.threshold), "mask")
+        cand = [c.reshape(-1, m.d_ff) for c in Decoder(graphdef, params, mesh, Predicted(), pred).candidates(
+            wd.val[0])[1]]
+        kept0 = records(graphdef, params, wd.val[:1], threshold_sparsify(thr.threshold), "mask", 10 ** 9)
+        real = np.asarray(wd.val[0]["loss_weights"]).reshape(-1) > 0
+        rec = [float((c[real] & k).sum() / max(k.sum(), 1)) for c, k in zip(cand, kept0)]
+        print(f"predictors {path} (rank {rank}): recall of the kept neurons {np.round(rec, 4).tolist()}, predicted "
+              f"share {np.round([c[real].mean() for c in cand], 4).tolist()}, kept share "
+              f"{np.round([k.mean() for k in kept], 4).tolist()}")
+        choosers.append(("predicted", Predicted(), pred))
+    inputs = records(graphdef, params, wd.val, Sparsify(), "inputs")
+    rng = np.random.default_rng(0)
     for b in args.batches:
-        prompts = prompts_of(wd.val, b)
-        sparse.set_budgets(calibrate(sparse, wd.val, rows=b))
-        gen = sparse.generate(prompts, NEW)  # compiles; its statistics are the ones reported
-        dense.generate(prompts, NEW)
-        med = rounds({"dense": lambda: dense.generate(prompts, NEW).decode_s,
-                      "sparse": lambda: sparse.generate(prompts, NEW).decode_s}, args.rounds)
-        st, toks, (active_L, computed_L) = gen.stats, b * (NEW - 1), gen.shares(m.d_ff)
-        print(f"{b:5d} {toks / med['dense']:11.1f} {toks / med['sparse']:12.1f} {med['dense'] / med['sparse']:7.2f}x "
-              f"{active_L.mean():7.3f} {computed_L.mean():8.3f} "
-              f"{str(sparse.budgets[0]):>18s} {int(st['over'].sum()):5d} {int(st['dense'].sum()):11d}", flush=True)
+        pick = rng.choice(inputs[0].shape[0], b, replace=False)
+        x_LxNxD = jnp.asarray(np.stack([x[pick] for x in inputs]))
+        print(f"\n-- batch {b}")
+        compare(graphdef, params, mesh, choosers, wd.val, x_LxNxD, prompts_of(wd.val, b), b, args.block, args,
+                gated=m.activation == "swiglu", rank=max(rank, 1))
+
+
+def layout_table(workdirs: list[str]) -> None:
+    for workdir in workdirs:
+        wd, step, params, cett, thr = load(workdir)
+        m = wd.run.model_cfg
+        masks = records(wd.run.graphdef, params, wd.val, threshold_sparsify(thr.threshold), "mask")
+        print(f"\n== {workdir} step {step}: {m.activation}, d={m.d_model}, F={m.d_ff}, L={m.num_layers}, PPL-1% CETT "
+              f"{cett:.5f}, {masks[0].shape[0]} validation tokens; block share before / after a layout at each b")
+        print(format_table(affinity_table(masks)), flush=True)

@@ -20,8 +20,13 @@ import numpy as np
 QUANTILES = (0.5, 0.99)
 
 
-def union_counts(cand_NxF: np.ndarray, rows: int, shards: int = 1, groups: int = 256, seed: int = 0) -> np.ndarray:
-    """(groups,) the largest per-shard count of the union of `rows` random distinct tokens' candidates."""
+def union_counts(cand_NxF: np.ndarray, rows: int, shards: int = 1, groups: int = 256, seed: int = 0,
+                 block: int = 0) -> np.ndarray:
+    """(groups,) the largest per-shard count of the union of `rows` random distinct tokens'
+    candidates; with `block`, the neurons of the blocks of b that the union touches."""
+    if block:
+        n, f = cand_NxF.shape
+        cand_NxF = np.repeat(cand_NxF.reshape(n, f // block, block).any(-1), block, axis=1)
     n, f = cand_NxF.shape
     if f % shards:
         raise ValueError(f"{shards} shards do not divide F={f}")
@@ -64,5 +69,8 @@ def calibrate(decoder, batches, rows: int, *, quantiles: Sequence[float] = QUANT
               align: int = 32, max_tokens: int = 8192, seed: int = 0) -> tuple[tuple[int, ...], ...]:
     """Per-layer budgets of `decoder` (its chooser and shards) for steps of `rows` rows."""
     f_local = decoder.cfg.d_ff // decoder.shards
-    return tuple(budgets_for(union_counts(c, rows, decoder.shards, seed=seed), f_local, quantiles, margin, align)
+    block = getattr(decoder, "block", 0)
+    align = int(np.lcm(align, block)) if block else align
+    return tuple(budgets_for(union_counts(c, rows, decoder.shards, seed=seed, block=block), f_local, quantiles,
+                             margin, align)
                  for c in measured_candidates(decoder, batches, max_tokens))

@@ -29,7 +29,7 @@ from sparsity_jax.infer.sampling import sample
 from sparsity_jax.runtime import sharding as shd
 
 Array = jax.Array
-STATS = ("kept", "rows", "over", "dense", "tokens")
+STATS = ("kept", "rows", "union", "read", "over", "dense", "tokens")
 
 
 def place(model: nnx.Module, mesh) -> tuple[Any, dict]:
@@ -54,6 +54,8 @@ class _Static:
     budgets: tuple | None
     chunk: int
     d_ff: int
+    block: int = 0
+    kernel: str = "auto"
 
     def ffn(self, arrays, tables, sparse: bool):
         """The `LM.forward` FFN hook: (y, stats) in the sparse form; (y, (kept, candidates)) in the masked form."""
@@ -63,7 +65,8 @@ class _Static:
             b, t, d = h_BxTxD.shape
             out = layer_ffn(self.chooser, layer_arrays(arrays, i), tables[i], h_BxTxD.reshape(b * t, d),
                             Act.of(ffn_module), mesh=self.mesh, axis=self.axis,
-                            budgets=None if budgets is None else budgets[i], chunk=self.chunk)
+                            budgets=None if budgets is None else budgets[i], chunk=self.chunk,
+                            block=self.block, kernel=self.kernel)
             y_BxTxD = out[0].reshape(b, t, d)
             return (y_BxTxD, out[1]) if budgets is not None else (y_BxTxD, out[1:])
         return run
@@ -92,10 +95,11 @@ def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top
     for out in ff:
         if sparse:
             s = out
-            per_layer.append((jnp.sum(s["kept_N"]), s["rows"], b * s["over"], b * s["dense"]))
+            per_layer.append((jnp.sum(s["kept_N"]), s["rows"], s["union"], s["read"], b * s["over"], b * s["dense"]))
         else:
-            per_layer.append((jnp.sum(out[0]), jnp.int32(f), 0, b))
-    add = {k: jnp.asarray([p[j] for p in per_layer], jnp.float32) for j, k in enumerate(STATS[:4])}
+            union = jnp.sum(jnp.any(out[1], axis=0))
+            per_layer.append((jnp.sum(out[0]), jnp.int32(f), union, jnp.int32(f), 0, b))
+    add = {k: jnp.asarray([p[j] for p in per_layer], jnp.float32) for j, k in enumerate(STATS[:6])}
     add["tokens"] = jnp.float32(b)
     totals = {k: totals[k] + add[k] for k in STATS}
     logits_BxV = logits_Bx1xV[:, 0]
@@ -122,7 +126,7 @@ class Generation:
     logits: np.ndarray | None  # (B, max_new, V) float32 when asked for: the logits each token was drawn from
     prefill_s: float
     decode_s: float  # the max_new − 1 one-token steps after prefill
-    stats: dict[str, np.ndarray]  # (L,) sums over decode steps: kept, rows, over, dense; tokens (scalar)
+    stats: dict[str, np.ndarray]  # (L,) sums over decode steps: kept, rows, union, read, over, dense; tokens (scalar)
 
     def tokens_per_s(self) -> float:
         return float(self.stats["tokens"]) / self.decode_s if self.decode_s > 0 else float("nan")
@@ -134,6 +138,13 @@ class Generation:
         steps = max(n / self.tokens.shape[0], 1.0)
         return self.stats["kept"] / n / d_ff, self.stats["rows"] / steps / d_ff
 
+    def union_shares(self, d_ff: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L,) each, per decode step: the neuron share of the union of the rows' candidates
+        and the share of neurons in the blocks it touches (the block-active share; equal
+        to the first without blocks)."""
+        steps = max(float(self.stats["tokens"]) / self.tokens.shape[0], 1.0)
+        return self.stats["union"] / steps / d_ff, self.stats["read"] / steps / d_ff
+
 
 class Decoder:
     """Jitted KV-cache decoding of one model on a mesh with one chooser.
@@ -141,13 +152,17 @@ class Decoder:
     `budgets`: per layer, an ascending tuple of per-shard neuron budgets for the sparse
     form (`infer.budget.budgets_for`); None decodes with the masked form (dense work).
     `chunk`: rows gathered per block in the sparse products (0 = one gather; `infer.ffn.CHUNK`).
+    `block`: b > 0 gathers whole contiguous blocks of b neurons (budgets multiples of b);
+    `kernel`: their implementation (`infer.kernels.KERNELS`, "auto" = the backend's).
     """
 
     def __init__(self, graphdef, params, mesh, chooser=Dense(), arrays: dict | None = None, *,
-                 budgets: tuple | None = None, chunk: int = CHUNK):
+                 budgets: tuple | None = None, chunk: int = CHUNK, block: int = 0, kernel: str = "auto"):
         model = nnx.merge(graphdef, params)
         self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser
-        self.axis, self.chunk = tensor_axis(mesh, self.cfg.d_ff), chunk
+        self.axis, self.chunk, self.block, self.kernel = tensor_axis(mesh, self.cfg.d_ff), chunk, block, kernel
+        if block and (self.cfg.d_ff // self.shards) % block:
+            raise ValueError(f"block {block} must divide the per-shard F {self.cfg.d_ff // self.shards}")
         keys = chooser.table_keys(model.layer_blocks()[0].ffn.act.gated)
 
         def tables(params):
@@ -176,11 +191,13 @@ class Decoder:
             budgets = tuple(tuple(int(k) for k in b) for b in budgets)
             f_local = self.cfg.d_ff // self.shards
             if len(budgets) != self.cfg.num_layers or any(
-                    list(b) != sorted(set(b)) or any(not 0 < k <= f_local for k in b) for b in budgets):
-                raise ValueError(f"budgets need one ascending tuple of sizes in [1, {f_local}] per layer "
-                                 f"({self.cfg.num_layers}), got {budgets}")
+                    list(b) != sorted(set(b)) or any(not 0 < k <= f_local or k % max(self.block, 1) for k in b)
+                    for b in budgets):
+                raise ValueError(f"budgets need one ascending tuple of sizes in [1, {f_local}] (multiples of the "
+                                 f"block {self.block}) per layer ({self.cfg.num_layers}), got {budgets}")
         self.budgets = budgets
-        self.static = _Static(self.graphdef, self.chooser, self.mesh, self.axis, budgets, self.chunk, self.cfg.d_ff)
+        self.static = _Static(self.graphdef, self.chooser, self.mesh, self.axis, budgets, self.chunk, self.cfg.d_ff,
+                              self.block, self.kernel)
         if not hasattr(self, "_prefill"):  # prefill runs the masked form: it never depends on budgets
             self._prefill = jax.jit(functools.partial(_prefill, dataclasses.replace(self.static, budgets=None)),
                                     donate_argnums=(3,), static_argnames="greedy")

@@ -19,6 +19,13 @@ memory, which on XLA:CPU costs about as much as the product it saves
 the reference). With a tensor axis the F axis of the tables is
 sharded, each shard chooses and gathers its own neurons with its own budget, and the
 outputs are summed (`layer_ffn`, shard_map).
+
+Block gathers (`block` = b > 0, issue 22): the union is taken over contiguous blocks of
+b neurons (a block counts if any of its neurons is a candidate), the budgets count
+neurons in whole blocks (multiples of b), and the products read whole b×d slabs of
+the (F/b, b, d) views of the tables (`infer.kernels`: XLA, Pallas TPU or Pallas GPU,
+`kernel`). The non-candidate neurons of a chosen block are computed and masked out, so
+the result is the same; a co-activation layout (`infer.layout`) makes the blocks full.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from sparsity_jax.infer import kernels
 from sparsity_jax.infer.choosers import Act, Dense, project
 
 Array = jax.Array
@@ -105,6 +113,22 @@ def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
     return pre["s"] * act.up(h_NxF) if "s" in pre else act.activate(h_NxF, project(tab["gate"], x_NxD))
 
 
+def _view(w_FxD: Array, block: int) -> Array:
+    return w_FxD.reshape(-1, block, w_FxD.shape[-1])
+
+
+def _block_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, bidx: Array, block: int,
+                  chunk: int, kernel: str) -> Array:
+    if "a" in pre:
+        return jnp.take(pre["a"], idx_K, axis=1)
+    up = functools.partial(kernels.block_up, x_NxD, bidx_K=bidx, kernel=kernel, chunk=chunk)
+    if not act.gated:
+        return up(_view(tab["up"], block), act=act.activate)
+    if "s" in pre:
+        return jnp.take(pre["s"], idx_K, axis=1) * up(_view(tab["up"], block))
+    return up(_view(tab["up"], block), gate_GxBxD=_view(tab["gate"], block), act=act.activate)
+
+
 def _gathered_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, chunk: int) -> Array:
     if "a" in pre:
         return jnp.take(pre["a"], idx_K, axis=1)
@@ -134,36 +158,51 @@ def full_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act) -> tuple[Array, 
 
 
 def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple[int, ...],
-               chunk: int = 0) -> tuple[Array, dict[str, Array]]:
+               chunk: int = 0, block: int = 0, kernel: str = "auto") -> tuple[Array, dict[str, Array]]:
     """Sparse form: y (N, d) and stats {kept_N: kept neurons per row, rows: neurons
-    computed, over: the union exceeded the first budget, dense: it exceeded every budget}."""
+    computed, union: neurons in the union of the rows' candidates, read: neurons in the
+    union's blocks (= union without blocks), over: the union exceeded the first budget,
+    dense: it exceeded every budget}. With `block` the budgets are multiples of it."""
     f = tab["out"].shape[0]
     cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
     union_F = jnp.any(cand_NxF, axis=0)
     count = jnp.sum(union_F, dtype=jnp.int32)
+    if block:
+        union_G = jnp.any(union_F.reshape(-1, block), axis=-1)
+        need = jnp.sum(union_G, dtype=jnp.int32) * block
+    else:
+        need = count
 
     def at_budget(k: int):
-        idx_K = compact(union_F, k)
-        live_NxK = (jnp.arange(k) < count)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
-        a_NxK = _gathered_scores(tab, x_NxD, act, pre, idx_K, chunk)
+        if block:
+            bidx = compact(union_G, k // block)
+            idx_K = (bidx[:, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(-1)
+            a_NxK = _block_scores(tab, x_NxD, act, pre, idx_K, bidx, block, chunk, kernel)
+        else:
+            idx_K = compact(union_F, k)
+            a_NxK = _gathered_scores(tab, x_NxD, act, pre, idx_K, chunk)
+        live_NxK = (jnp.arange(k) < need)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
         keep = chooser.keep(arr, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
         keep_NxK = live_NxK if keep is None else live_NxK & keep
         a_NxK = jnp.where(keep_NxK, a_NxK, jnp.zeros_like(a_NxK))
-        return gather_combine(a_NxK, tab["out"], idx_K, chunk), jnp.sum(keep_NxK, -1, dtype=jnp.int32)
+        y_NxD = (kernels.block_down(a_NxK, _view(tab["out"], block), bidx, kernel=kernel, chunk=chunk) if block
+                 else gather_combine(a_NxK, tab["out"], idx_K, chunk))
+        return y_NxD, jnp.sum(keep_NxK, -1, dtype=jnp.int32)
 
     def dense():
         y_NxD, keep_NxF = _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre)
         return y_NxD, jnp.sum(keep_NxF, -1, dtype=jnp.int32)
 
-    branch = sum((count > k).astype(jnp.int32) for k in budgets) if budgets else jnp.int32(0)
+    branch = sum((need > k).astype(jnp.int32) for k in budgets) if budgets else jnp.int32(0)
     y_NxD, kept_N = jax.lax.switch(branch, [functools.partial(at_budget, k) for k in budgets] + [dense])
     rows = jnp.asarray(tuple(budgets) + (f,), jnp.int32)[branch]
-    over = count > budgets[0] if budgets else jnp.bool_(False)  # no budget: a dense layer by choice
-    return y_NxD, {"kept_N": kept_N, "rows": rows, "over": over, "dense": branch == len(budgets)}
+    over = need > budgets[0] if budgets else jnp.bool_(False)  # no budget: a dense layer by choice
+    return y_NxD, {"kept_N": kept_N, "rows": rows, "union": count, "read": need, "over": over,
+                   "dense": branch == len(budgets)}
 
 
 def layer_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, axis: str | None = None,
-              budgets: tuple[int, ...] | None = None, chunk: int = 0):
+              budgets: tuple[int, ...] | None = None, chunk: int = 0, block: int = 0, kernel: str = "auto"):
     """One layer's FFN on (possibly tensor-sharded) tables: `sparse_ffn` with `budgets`
     (per shard), else `full_ffn`. With `axis`, a shard_map over it: x replicated, each
     shard its neurons, outputs and counts summed; masks come back (N, F) sharded on F."""
@@ -171,10 +210,11 @@ def layer_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, a
         if budgets is None:
             y, keep, cand = full_ffn(chooser, arr, tab, x_NxD, act)
             return (jax.lax.psum(y, axis) if axis else y), keep, cand
-        y, st = sparse_ffn(chooser, arr, tab, x_NxD, act, budgets, chunk)
+        y, st = sparse_ffn(chooser, arr, tab, x_NxD, act, budgets, chunk, block, kernel)
         if axis:
             y = jax.lax.psum(y, axis)
             st = {"kept_N": jax.lax.psum(st["kept_N"], axis), "rows": jax.lax.psum(st["rows"], axis),
+                  "union": jax.lax.psum(st["union"], axis), "read": jax.lax.psum(st["read"], axis),
                   "over": jax.lax.pmax(st["over"].astype(jnp.int32), axis) > 0,
                   "dense": jax.lax.pmax(st["dense"].astype(jnp.int32), axis) > 0}
         return y, st

@@ -39,6 +39,8 @@ def test_predictor_writes_report_and_predictors(workdir):
     assert r["saved"].endswith(os.path.join("predictors", "2_cett0.2"))
     assert params["w1"].shape == (2, 32, 1) and meta["target_cett"] == 0.2 and meta["thresholds"] == r["thresholds"]
     _generate(workdir, "predicted", "--cett", "0.2")  # the saved predictors drive decoding
+    text = _generate(workdir, "predicted", "--cett", "0.2", "--layout", "coactivation", "--block", "16")
+    assert "co-activation layout in blocks of 16" in text and "block share (b = 16)" in text, text
 
 
 def _generate(workdir, ffn, *extra, rows=2):
@@ -84,6 +86,8 @@ BAD = [
     (["generate", "--prompt", "x", "--max-new", "0"], "--max-new ≥ 1"),
     (["generate", "--prompt", "x", "--step", "7"], "no checkpoint at step 7"),
     (["generate", "--prompt", "x", "--ffn", "predicted", "--cett", "0.37"], "no trained predictors"),
+    (["generate", "--prompt", "x", "--ffn", "threshold", "--block", "24"], "must divide the FFN width"),
+    (["generate", "--prompt", "x", "--layout", "coactivation"], "needs a sparse FFN"),
 ]
 
 
