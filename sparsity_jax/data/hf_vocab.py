@@ -36,6 +36,12 @@ def _token(cfg: dict, key: str) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
+def _text(b) -> str:
+    """A scalar string from tf.numpy_function: bytes, or a 0-d array of them (eager)."""
+    b = b.item() if isinstance(b, np.ndarray) else b
+    return b.decode("utf-8") if isinstance(b, bytes) else str(b)
+
+
 class HFTokenizerVocabulary(seqio.Vocabulary):
     """A `tokenizer.json` (Hugging Face `tokenizers`) as a seqio vocabulary."""
 
@@ -80,7 +86,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        out = tf.numpy_function(lambda b: np.asarray(self._encode(b.decode("utf-8")), np.int32), [s], tf.int32,
+        out = tf.numpy_function(lambda b: np.asarray(self._encode(_text(b)), np.int32), [s], tf.int32,
                                 stateful=False)
         out.set_shape([None])
         return out

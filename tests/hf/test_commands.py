@@ -184,3 +184,26 @@ def test_train_init_from_starts_from_the_imported_parameters(imported, tmp_path,
     assert ref.keys() == got.keys()
     for k in ref:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), atol=1e-6, err_msg=str(k))
+
+
+def test_the_tokenizer_vocabulary_follows_tokenizer_json_and_its_config(imported):
+    from tokenizers import Tokenizer
+
+    from sparsity_jax.data import get_vocabulary
+    from sparsity_jax.settings import from_saved
+
+    st = from_saved(json.loads((imported / "config.json").read_text()))
+    vocab = get_vocabulary(st.data, cache_dir=str(imported))
+    tok = Tokenizer.from_file(str(LLAMA / "tokenizer.json"))
+    text = "the quick brown fox"
+    assert list(vocab.encode(text)) == [1] + tok.encode(text, add_special_tokens=False).ids  # add_bos_token: <s> = 1
+    assert vocab.eos_id == 2 and vocab.vocab_size == 96
+    assert vocab.decode(vocab.encode(text)) == text
+    import tensorflow as tf
+
+    assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == list(vocab.encode(text))
+
+
+def test_import_refuses_model_overrides(tmp_path):
+    code, _, err = run_cli("import", "--hf", LLAMA, "--workdir", tmp_path / "run", "--config.model.d_ff=8")
+    assert code == 2 and "drop --config.model.d_ff" in err and not (tmp_path / "run").exists(), err

@@ -101,3 +101,29 @@ def test_bf16_checkpoints_stay_bf16_unless_asked(tmp_path, loaded):
     ref = np.load(src / "reference.npz")
     logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(ref["tokens"]))
     assert logits.dtype == jnp.float32 and rel_err(logits, ref["logits"]) < 0.1  # bf16 weights and compute
+
+
+def test_a_sharded_checkpoint_with_an_index_loads_the_same_parameters(tmp_path, loaded):
+    from safetensors.numpy import load_file, save_file
+
+    from sparsity_jax.hf.weights import flat
+
+    name = "llama_gqa_llama3"
+    w = load_file(str(FIXTURES / name / "model.safetensors"))
+    keys = sorted(w)
+    out = tmp_path / "sharded"
+    out.mkdir()
+    (out / "config.json").write_text((FIXTURES / name / "config.json").read_text())
+    weight_map = {}
+    for i, part in enumerate((keys[::2], keys[1::2])):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: w[k] for k in part}, str(out / file))
+        weight_map.update({k: file for k in part})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model, cfg = load_pretrained(out)
+    assert cfg == loaded[name][1]
+    got = dict(flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    want = dict(flat(nnx.to_pure_dict(nnx.state(loaded[name][0], nnx.Param))))
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=str(k))
