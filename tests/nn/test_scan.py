@@ -28,6 +28,8 @@ STEPS, LR = 5, 0.5
 BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=2, d_ff=64)
 KEEP = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], bool)  # PLD's draws: every pattern once
 SCALE = np.array([1.25, 2.0], np.float32)
+# both sides of every comparison compile with these options: LLVM at -O0 halves XLA:CPU's compile time
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CASES = {  # name: (model fields, how the FFNs run, record)
     "relu": (dict(activation="relu"), "dense", "mask"),
     "relu2": (dict(activation="relu2"), "dense", "both"),
@@ -81,6 +83,7 @@ def train(cfg: ModelConfig, mode: str, record, mesh, batches):
 
     jstep = jax.jit(shd.with_activation_sharding(step, mesh), in_shardings=(param_sh, shd.batch_sharding(mesh), None,
                                                                             None), out_shardings=(param_sh, None, None, param_sh))
+    jstep = jstep.lower(params, batches[0], KEEP[0], SCALE).compile(compiler_options=FAST_COMPILE)
     losses, recs, first = [], [], None
     start = params
     for i, batch in enumerate(batches):
