@@ -209,6 +209,7 @@ def main() -> None:
     p.add_argument("--ppl-json", default=None, help="default: WORKDIR/report/ppl.json")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--layout-table", default=None, help="comma-separated trained runs: the layout table only")
+    p.add_argument("--layout-sizes", default="8,16,32,64,128", help="block sizes of the layout table")
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     print("jax", jax.__version__, "| backend", jax.default_backend(), "|", time.strftime("%Y-%m-%d %H:%M"),
@@ -216,7 +217,7 @@ def main() -> None:
     if args.layout_table:
         from bench.sparse_decode_trained import layout_table
 
-        return layout_table(args.layout_table.split(","))
+        return layout_table(args.layout_table.split(","), [int(b) for b in args.layout_sizes.split(",")])
     if not args.skip_synthetic:
         synthetic(args)
     if args.workdir:
