@@ -48,6 +48,8 @@ from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
 from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
 
 RANK, PROMPT, NEW, HIDDEN = 64, 16, 32, 32
+QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)  # budgets: finer buckets than the default, so K stays near the union
+LAYOUTS: dict = {}  # (run, chooser) -> per-layer permutations, computed once for every batch size
 HEAD = (f"{'chooser':9s} {'layout':>6s} {'b':>3s} {'neuron':>6s} {'union':>6s} {'block':>6s} {'comp.':>6s} "
         f"{'dense':>5s} {'FFN ms':>7s} {'dense':>7s} {'speedup':>7s} {'bound':>6s} {'meas/bnd':>8s} {'effic.':>6s} "
         f"{'step ms':>7s} {'dense':>7s} {'speedup':>7s}")
@@ -118,7 +120,7 @@ def row(label: str, layout: str, dec: Decoder, gen, med: dict, gated: bool, rank
 
 
 def compare(graphdef, params, mesh, choosers, calib, x_LxNxD, prompts, rows: int, block: int, args, *,
-            gated: bool, rank: int, layout_tokens: int = 1024) -> None:
+            gated: bool, rank: int, layout_tokens: int = 512, run: str = "synthetic") -> None:
     """Rows for each chooser: neuron gathers, then the co-activation layout with block gathers."""
     dense = Decoder(graphdef, params, mesh, Dense())
     dense.generate(prompts, NEW)
@@ -126,17 +128,20 @@ def compare(graphdef, params, mesh, choosers, calib, x_LxNxD, prompts, rows: int
     for label, chooser, arrays in choosers:
         plain = Decoder(graphdef, params, mesh, chooser, arrays, chunk=args.chunk)
         t0 = time.perf_counter()
-        perms = coactivation_layout(measured_candidates(plain, calib, max_tokens=layout_tokens), block)
+        if (run, label, block) not in LAYOUTS:
+            LAYOUTS[run, label, block] = coactivation_layout(measured_candidates(plain, calib, max_tokens=layout_tokens),
+                                                             block)
+        perms = LAYOUTS[run, label, block]
         t_layout = time.perf_counter() - t0
         blocked = Decoder(graphdef, permute_params(params, perms), mesh, chooser, permute_arrays(arrays, perms),
                           chunk=args.chunk, block=block)
         for layout, dec in (("none", plain), ("coact", blocked)):
-            dec.set_budgets(calibrate(dec, calib, rows=rows))
+            dec.set_budgets(calibrate(dec, calib, rows=rows, quantiles=QUANTILES, margin=0.05))
             gen = dec.generate(prompts, NEW)  # compiles; its statistics are the ones reported
             med = rounds({"ffn": ffn_timer(dec, x_LxNxD, True), "ffn_dense": ffn_timer(dense, x_LxNxD, False),
                           "step": step_timer(dec, prompts), "step_dense": step_timer(dense, prompts)}, args.rounds)
             print(row(label, layout, dec, gen, med, gated, rank), flush=True)
-        print(f"  ({label}: layout computed in {t_layout:.1f} s; budgets layer 0: neuron {plain.budgets[0]}, "
+        print(f"  ({label}: layout {t_layout:.1f} s (0: cached); budgets layer 0: neuron {plain.budgets[0]}, "
               f"block {blocked.budgets[0]})", flush=True)
 
 
@@ -204,6 +209,7 @@ def main() -> None:
     p.add_argument("--ppl-json", default=None, help="default: WORKDIR/report/ppl.json")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--layout-table", default=None, help="comma-separated trained runs: the layout table only")
+    p.add_argument("--layout-sizes", default="8,16,32,64,128", help="block sizes of the layout table")
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     print("jax", jax.__version__, "| backend", jax.default_backend(), "|", time.strftime("%Y-%m-%d %H:%M"),
@@ -211,7 +217,7 @@ def main() -> None:
     if args.layout_table:
         from bench.sparse_decode_trained import layout_table
 
-        return layout_table(args.layout_table.split(","))
+        return layout_table(args.layout_table.split(","), [int(b) for b in args.layout_sizes.split(",")])
     if not args.skip_synthetic:
         synthetic(args)
     if args.workdir:

@@ -124,14 +124,14 @@ def trained(args, compare) -> None:
         x_LxNxD = jnp.asarray(np.stack([x[pick] for x in inputs]))
         print(f"\n-- batch {b}")
         compare(graphdef, params, mesh, choosers, wd.val, x_LxNxD, prompts_of(wd.val, b), b, args.block, args,
-                gated=m.activation == "swiglu", rank=max(rank, 1))
+                gated=m.activation == "swiglu", rank=max(rank, 1), run=args.workdir)
 
 
-def layout_table(workdirs: list[str]) -> None:
+def layout_table(workdirs: list[str], sizes=(8, 16, 32, 64, 128)) -> None:
     for workdir in workdirs:
         wd, step, params, cett, thr = load(workdir)
         m = wd.run.model_cfg
-        masks = records(wd.run.graphdef, params, wd.val, threshold_sparsify(thr.threshold), "mask")
+        masks = records(wd.run.graphdef, params, wd.val, threshold_sparsify(thr.threshold), "mask", 1024)
         print(f"\n== {workdir} step {step}: {m.activation}, d={m.d_model}, F={m.d_ff}, L={m.num_layers}, PPL-1% CETT "
               f"{cett:.5f}, {masks[0].shape[0]} validation tokens; block share before / after a layout at each b")
-        print(format_table(affinity_table(masks)), flush=True)
+        print(format_table(affinity_table(masks, sizes, n_iter=20)), flush=True)

@@ -1,13 +1,16 @@
 """Sparse-decoding models (issue 22): byte-level LMs on `local_code` with F = 4096, wide
-enough that the FFN dominates a decode step, small enough to train on one busy CPU
-core in ≈ 5 min each. `:relu` | `:relu2` | `:swiglu` (parameter-matched as in
+enough that the FFN dominates a decode step, small enough to train on one CPU
+core in ≈ 5 min each when idle (relu2: 2,500–4,000 tokens/s, ≈ 8 min; on a machine
+loaded 4× over, 30+ min). `:relu` | `:relu2` | `:swiglu` (parameter-matched as in
 configs/relu2/tiny.py: gated F = 4096 × 5376 / 8192 = 2688 would fall under 4096, so the
-gated variant keeps F = 4096 and has 1.5× the FFN parameters; its row says so).
+gated variant keeps F = 4096 and has 1.5× the FFN parameters; same F = same layout
+problem, which is what the layout table compares).
 d 256, 2 layers, 600 steps of 16 × 128 tokens. bench/sparse_decode.py --workdir uses
 them at their PPL-1% CETT (`sparsity-jax ppl` first):
 
     sparsity-jax train --config configs/relu2/decode.py:relu2 --workdir workdirs/decode_relu2
-    sparsity-jax ppl --workdir workdirs/decode_relu2
+    sparsity-jax ppl --workdir workdirs/decode_relu2 --ppl-p 1 --topk 2048 --fat-eps 0.1
+    sparsity-jax predictor --workdir workdirs/decode_relu2 --cett C   # C: its PPL-1% CETT
 """
 import os
 import sys
