@@ -61,8 +61,18 @@ def _take(x, perm: np.ndarray, axis: int):
 
 def permute_params(params: dict, perms: Sequence[np.ndarray]) -> dict:
     """The LM's pure param dict with layer i's F axis permuted by perms[i] (W_in, W_gate
-    columns; W_out rows). The function is unchanged."""
+    columns; W_out rows). The function is unchanged. A scanned model's blocks (one block
+    stacked on a leading layers axis, `model.scan_layers`) are permuted layer by layer."""
     out = copy.copy(params)
+    if "ffn" in params["blocks"]:  # stacked: (L, d, F) / (L, F, d)
+        ffn = dict(params["blocks"]["ffn"])
+        for name, axis in (("w_in", 1), ("w_gate", 1), ("w_out", 0)):
+            if name in ffn:
+                stacked = jnp.stack([jnp.take(ffn[name][i], jnp.asarray(p), axis=axis) for i, p in enumerate(perms)])
+                sharding = getattr(ffn[name], "sharding", None)
+                ffn[name] = jax.device_put(stacked, sharding) if sharding is not None else stacked
+        out["blocks"] = {**params["blocks"], "ffn": ffn}
+        return out
     out["blocks"] = copy.copy(params["blocks"])
     for i, perm in enumerate(perms):
         ffn = dict(params["blocks"][i]["ffn"])

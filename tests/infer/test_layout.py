@@ -2,6 +2,7 @@
 function unchanged; threshold and predictor decoding with block gathers, permuted or not,
 equal the masked forward of the unpermuted model; block shares by hand; the layout finds
 planted blocks."""
+import dataclasses
 import functools
 
 import jax
@@ -117,3 +118,18 @@ def test_predictor_block_decoding_permuted_equals_the_unpermuted_masked_form():
     np.testing.assert_array_equal(gen.stats["kept"], np.asarray(cand_LxBxTxF)[:, :, p:].sum((1, 2, 3)))
     union = np.asarray(cand_LxBxTxF)[:, :, p:].any(1).sum((1, 2))  # (L,) union neurons summed over steps
     np.testing.assert_array_equal(gen.stats["union"], union)
+
+
+def test_a_scanned_models_stacked_blocks_permute_as_its_layers_do():
+    """`permute_params` on a `scan_layers` model's stacked blocks equals the per-layer
+    permutation of the same (identically drawn) unrolled model, restacked."""
+    from sparsity_jax.nn.model import LM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=2, d_ff=24, activation="swiglu")
+    pure = lambda c: nnx.to_pure_dict(nnx.state(LM(c, rngs=nnx.Rngs(3)), nnx.Param))  # noqa: E731
+    flat, stacked = pure(cfg), pure(dataclasses.replace(cfg, scan_layers=True))
+    perms = [np.random.default_rng(i).permutation(24) for i in range(2)]
+    want, got = permute_params(flat, perms)["blocks"], permute_params(stacked, perms)["blocks"]["ffn"]
+    for name in ("w_in", "w_gate", "w_out"):
+        np.testing.assert_array_equal(np.asarray(got[name]), np.stack([np.asarray(want[i]["ffn"][name]) for i in range(2)]))
+        assert not np.array_equal(np.asarray(got[name]), np.asarray(stacked["blocks"]["ffn"][name]))
