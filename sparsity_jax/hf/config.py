@@ -157,6 +157,7 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
 
 
 def same_math(a: ModelConfig, b: ModelConfig) -> bool:
-    """Whether two configs describe the same function (dtypes aside)."""
-    strip = dict(dtype="float32", param_dtype="float32")
+    """Whether two configs describe the same function (dtypes and how the blocks run aside:
+    `remat`, `scan_layers`)."""
+    strip = dict(dtype="float32", param_dtype="float32", remat="none", scan_layers=False)
     return dataclasses.replace(a, **strip) == dataclasses.replace(b, **strip)

@@ -2,9 +2,10 @@
 an imported pretrained model, ReLU-fied by training it with --config.model.activation=
 relu as ReluLLaMA / ProSparse did), and `export` reads them.
 
-Only the parameters are read, onto the shardings the caller asks for; their shapes must
-be the caller's model's, else one sentence names the first that differs (before
-anything is written).
+Only the parameters are read, onto the shardings the caller asks for, in the caller's
+layout (per-layer or stacked blocks, `model.scan_layers`); their shapes must be the
+caller's model's, else one sentence names the first that differs (before anything is
+written).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.runtime.layout import convert_blocks, stacked_layout
 from sparsity_jax.runtime.trained import checkpoints, saved_config
 from sparsity_jax.settings import Settings, from_saved
 
@@ -45,6 +47,9 @@ def saved_run(workdir, step: int | None = None) -> tuple[Any, int, Settings, dic
 
 
 def _check_shapes(workdir, abstract_params: dict, saved: dict, what: str) -> None:
+    stacked = stacked_layout(saved)  # compared in the saved layout: scan_layers may differ (runtime.layout)
+    if stacked is not None:
+        abstract_params = convert_blocks(abstract_params, stacked)
     want, have = _leaves(abstract_params), _leaves(saved)
     for name, spec in want.items():
         got = tuple(have[name].shape) if name in have else None

@@ -106,6 +106,8 @@ def test_export_refuses_a_non_gated_ffn():
     with pytest.raises(UserError, match="no stock class"):
         hf_config(ModelConfig(activation="relu2"), "float32")
     assert same_math(ModelConfig(dtype="bfloat16", param_dtype="bfloat16"), ModelConfig())
+    assert same_math(ModelConfig(scan_layers=True, remat="full"), ModelConfig())
+    assert not same_math(ModelConfig(activation="reglu"), ModelConfig())
 
 
 def _bad_dir(tmp_path, edit_config=None, edit_weights=None) -> Path:
@@ -207,3 +209,29 @@ def test_the_tokenizer_vocabulary_follows_tokenizer_json_and_its_config(imported
 def test_import_refuses_model_overrides(tmp_path):
     code, _, err = run_cli("import", "--hf", LLAMA, "--workdir", tmp_path / "run", "--config.model.d_ff=8")
     assert code == 2 and "drop --config.model.d_ff" in err and not (tmp_path / "run").exists(), err
+
+
+def test_init_from_restores_an_imported_model_into_stacked_blocks(imported):
+    """`train --init-from` with `model.scan_layers=True` from a per-layer run: the shapes
+    are checked and the parameters restored in the stacked layout (runtime.layout)."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from sparsity_jax.nn.model import LM
+    from sparsity_jax.train.init_from import restore_params
+
+    model, cfg = load_pretrained(LLAMA)
+    scanned = dataclasses.replace(cfg, scan_layers=True)
+    abstract = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: LM(scanned, rngs=nnx.Rngs(0))), nnx.Param)[1])
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1), ("data",))
+    one = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
+    got = restore_params(imported, abstract)
+    want = nnx.to_pure_dict(nnx.state(model, nnx.Param))["blocks"]
+    for name in ("w_in", "w_gate", "w_out"):
+        np.testing.assert_array_equal(np.asarray(got["blocks"]["ffn"][name]),
+                                      np.stack([np.asarray(want[i]["ffn"][name]) for i in range(cfg.num_layers)]))
+    with pytest.raises(UserError, match="same model shape"):
+        restore_params(imported, {**abstract, "embed": jax.ShapeDtypeStruct((3, 3), np.float32, sharding=one)})
