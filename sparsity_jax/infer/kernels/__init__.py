@@ -30,17 +30,22 @@ def resolve(kernel: str) -> str:
     return {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(jax.default_backend(), "xla")
 
 
+def _pallas(impl: str):
+    """The Pallas kernel module of "tpu" or "gpu" (imported on first use)."""
+    if impl == "tpu":
+        from sparsity_jax.infer.kernels import tpu as mod
+    else:
+        from sparsity_jax.infer.kernels import gpu as mod
+    return mod
+
+
 def block_up(x_NxD, w_GxBxD, bidx_K, *, gate_GxBxD=None, act=None, kernel: str = "auto", interpret: bool = False,
              chunk: int = 0):
     """act(x · W[blocks]ᵀ) (N, K·b); with `gate_GxBxD`, act(h_up, h_gate) (gated); `act` None: no activation."""
     impl = resolve(kernel)
     if impl == "xla":
         return xla.block_up(x_NxD, w_GxBxD, bidx_K, gate_GxBxD=gate_GxBxD, act=act, chunk=chunk)
-    if impl == "tpu":
-        from sparsity_jax.infer.kernels import tpu as mod
-    else:
-        from sparsity_jax.infer.kernels import gpu as mod
-    return mod.block_up(x_NxD, w_GxBxD, bidx_K, gate_GxBxD=gate_GxBxD, act=act, interpret=interpret)
+    return _pallas(impl).block_up(x_NxD, w_GxBxD, bidx_K, gate_GxBxD=gate_GxBxD, act=act, interpret=interpret)
 
 
 def block_down(a_NxK, w_GxBxD, bidx_K, *, kernel: str = "auto", interpret: bool = False, chunk: int = 0):
@@ -48,8 +53,4 @@ def block_down(a_NxK, w_GxBxD, bidx_K, *, kernel: str = "auto", interpret: bool 
     impl = resolve(kernel)
     if impl == "xla":
         return xla.block_down(a_NxK, w_GxBxD, bidx_K, chunk=chunk)
-    if impl == "tpu":
-        from sparsity_jax.infer.kernels import tpu as mod
-    else:
-        from sparsity_jax.infer.kernels import gpu as mod
-    return mod.block_down(a_NxK, w_GxBxD, bidx_K, interpret=interpret)
+    return _pallas(impl).block_down(a_NxK, w_GxBxD, bidx_K, interpret=interpret)
