@@ -2,12 +2,16 @@
 #   make demo   create .venv, install, train the default model offline, evaluate its checkpoints
 #               (PPL-1% included) and write its report (WORKDIR/report/index.html)
 #   make test   create .venv, install with test extras, run the suite on CPU with 8 fake devices
+# and, after them:
+#   make tpu-check  install the tpu extra (libtpu) and compile every hot path for real TPU
+#                   slices on this CPU machine (no TPU attached; tests/tpu)
 # Both install the versions pinned in constraints.txt (the ones the suite passed with);
 #   make lock   re-resolve the newest versions pyproject.toml allows into constraints.txt
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TPU_STAMP := $(VENV)/.installed-tpu
 WORKDIR ?= workdirs/demo
 # test files spread over this many processes (pytest-xdist; one file stays on one worker;
 # tests/conftest.py orders the longest files first)
@@ -17,7 +21,7 @@ TEST_WORKERS ?= 3
 # six checkpoints, so the report can fit the activation ratio over training (Sparsing Law §4)
 DEMO_FLAGS ?= --config.train.checkpoint_every=50 --config.train.keep_checkpoints=6
 
-.PHONY: demo test lock clean
+.PHONY: demo test tpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +36,16 @@ demo: $(STAMP)
 	@echo "the run's report: $(WORKDIR)/report/index.html"
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 -m "not tpu_compile" tests
+
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,tpu]'
+	touch $(TPU_STAMP)
+
+# libtpu compiles for TPU slices with no TPU attached; runtime.hardware keeps it off the
+# network (TPU_SKIP_MDS_QUERY and friends, set when sparsity_jax is imported)
+tpu-check: $(TPU_STAMP)
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 -m tpu_compile tests/tpu
 
 # a throw-away venv with no constraints: the newest versions pyproject.toml admits today
 lock:

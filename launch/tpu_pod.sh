@@ -4,7 +4,7 @@
 # and (optionally) tear the slice down.
 #
 #   launch/tpu_pod.sh create   # create the slice (queued resource when QUEUED=1)
-#   launch/tpu_pod.sh setup    # copy the repo + pip install on every worker
+#   launch/tpu_pod.sh setup    # copy the repo + pip install (the jax and libtpu of constraints.txt) on every worker
 #   launch/tpu_pod.sh run train --config configs/sparsing_law/0p1b.py:relu --workdir gs://BUCKET/runs/sl
 #   launch/tpu_pod.sh delete   # tear down
 #
@@ -37,7 +37,8 @@ case "${1:-}" in
     tar czf /tmp/sparsity_jax_src.tgz -C "$HERE" --exclude .venv --exclude workdirs --exclude .git .
     gcloud compute tpus tpu-vm scp /tmp/sparsity_jax_src.tgz "$TPU_NAME:/tmp/" --zone "$ZONE" $PROJECT_FLAG --worker=all
     ssh_all "mkdir -p $REMOTE_DIR && tar xzf /tmp/sparsity_jax_src.tgz -C $REMOTE_DIR && cd $REMOTE_DIR && \
-      python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'" ;;
+      python3 -m venv .venv && .venv/bin/pip install -q -U pip && \
+      .venv/bin/pip install -q -c constraints.txt -e '.[gcs,tpu]'" ;;
   run)
     shift
     args=$(printf '%q ' "$@")

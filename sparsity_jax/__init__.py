@@ -13,7 +13,8 @@ Sub-packages (the data flow runs down this list; `nn` and `metrics` never import
   data      seqio tasks (local_code, text_files, c4_en, lm1b) and the batch iterator.
   runtime   what every workflow shares: mesh and logical-axis rules, the one forward pass,
             a model on its mesh, trained workdirs opened for evaluation, Orbax checkpoints,
-            logged names and logs, the `Workdir` layout on any epath filesystem, device memory.
+            logged names and logs, the `Workdir` layout on any epath filesystem, device memory,
+            the hardware table and TPU slices compiled for without a TPU (`hardware`).
   methods   training methods that own their host and device side (dense, dead-unit masking
             with unit tracking, SSD, SMoE, MoE-Dropout, PLD) and their FLOPs / wall-clock accounting.
   ssd       MoEfication algorithms: balanced k-means, ARI, conversion, schedule, sparse inference.
@@ -30,4 +31,9 @@ Sub-packages (the data flow runs down this list; `nn` and `metrics` never import
             holds the table and exit codes.
 """
 
+from sparsity_jax.runtime.hardware import no_tpu_environment
+
 __version__ = "0.1.0"
+# libtpu (the `tpu` extra) must not look for a TPU nor a metadata server on a machine with
+# none: before anything here lets JAX start its backends (`runtime.hardware`)
+no_tpu_environment()

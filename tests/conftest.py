@@ -27,6 +27,11 @@ _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"sparsity_jax_xla_{os.getpid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# libtpu (the tpu extra, tests/tpu) must neither look for a TPU nor ask a metadata server
+from sparsity_jax.runtime.hardware import no_tpu_environment  # noqa: E402
+
+no_tpu_environment()
+
 import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)

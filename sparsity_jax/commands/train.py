@@ -1,7 +1,11 @@
 """`sparsity-jax train`: train a model in a workdir, resuming from its latest checkpoint.
 
   sparsity-jax train [--config FILE] [--workdir DIR] [--init-from RUN] [--config.a.b=V ...] [multi-process flags]
-  sparsity-jax train --config FILE --dry-run [--dry-run-device v5p] [--topology v5e-256]
+  sparsity-jax train --config FILE --dry-run [--dry-run-device v5p] [--topology v5p-8] [--tune]
+
+--topology compiles for a TPU slice with no TPU attached (the `tpu` extra: libtpu) and
+adds the compiler's estimated step time, tokens/s and MFU; --tune compiles remat policy ×
+grad_accum and prints, last, the fastest configuration that fits as --config.* flags.
 
 --init-from RUN starts a fresh run from RUN's parameters (e.g. `sparsity-jax import`'s):
 its model section (and pretrained tokenizer) comes from RUN, the other sections from
@@ -14,6 +18,7 @@ import os
 from pathlib import Path
 
 from sparsity_jax.commands import common
+from sparsity_jax.runtime.hardware import CHIPS
 
 TAKES_CONFIG = True
 
@@ -29,9 +34,12 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="compile the train step on abstract inputs and print its memory, FLOPs and compile time "
                         "per device; reads no data and writes nothing")
-    p.add_argument("--dry-run-device", default=None, help="check the dry run against this device's memory: "
-                   "v4 | v5e | v5p | h100 | h200 (default: the devices' own reported memory)")
-    p.add_argument("--topology", default=None, help="dry run: compile for this TPU topology (e.g. v5e-256; needs libtpu)")
+    p.add_argument("--dry-run-device", default=None, help="check the dry run against this chip's memory: "
+                   f"{' | '.join(c.name for c in CHIPS)} (default: the devices' own reported memory)")
+    p.add_argument("--topology", default=None, help="dry run: compile for this TPU slice, a Cloud TPU name (v5p-8, "
+                   "v5litepod-16, v4-32, v6e-8) or libtpu's (v5p:2x2x1); needs the tpu extra (libtpu)")
+    p.add_argument("--tune", action="store_true", help="dry run over remat policy × grad_accum: print the table and "
+                   "the fastest configuration that fits (compiler estimates), as --config.* flags")
 
 
 def run(args) -> int:
@@ -48,6 +56,10 @@ def run(args) -> int:
         check_init_shapes(st, args.init_from)
     else:
         st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
+    if args.tune:
+        from sparsity_jax.train.tune import run_tune
+
+        return run_tune(st, make_method, path, device=args.dry_run_device, topology=args.topology)
     if args.dry_run or args.dry_run_device or args.topology:
         from sparsity_jax.train.dry_run import run_dry
 

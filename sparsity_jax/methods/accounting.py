@@ -28,13 +28,7 @@ def step_flops(run, top_k: int = 0) -> float | None:
     is then counted G times); scanned or rematerialised blocks count as the per-layer
     blocks without remat (model FLOPs, as MFU counts them: `TrainRun.lowered_for_counting`). None where the backend gives no cost analysis.
     """
-    try:
-        lowered = run.lowered_for_counting(Sparsify(), Variant(top_k=top_k))
-        cost = lowered.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) * run.settings.train.grad_accum or None
-    except Exception:  # cost analysis is best effort on some backends
-        return None
+    return run.model_flops(Sparsify(), Variant(top_k=top_k))
 
 
 class StepFlops:

@@ -3,4 +3,5 @@
 loss and records (`forward`), a model placed on a mesh (`model`), a trained workdir opened
 for evaluation (`trained`), Orbax checkpoints (`checkpoint`), the logged-name vocabulary
 (`names`), metrics logs (`logs`), the `Workdir` layout on any epath filesystem
-(`workdir`), device memory (`memory`) and multi-process start-up (`distributed`)."""
+(`workdir`), device memory (`memory`), multi-process start-up (`distributed`) and the
+accelerators: chips, TPU slices and their compile-only devices (`hardware`)."""

@@ -23,22 +23,6 @@ from sparsity_jax.settings import Settings
 
 NOT_EVALUATED = ("opt_state", "step", "rng")  # train-state entries evaluation never restores
 
-# Peak dense bf16 FLOP/s per chip, for the MFU estimate (None: unknown device).
-PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
-}
-
-
-def peak_flops_per_device(device=None) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind
-    for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(prefix):
-            return flops
-    return None
-
-
 def own_sparsify(settings: Settings, state: dict | None = None, base: Sparsify = Sparsify()) -> Sparsify:
     """`base` with what a run's model carries of its own when it tracks hidden units: its
     record threshold and, once dead-unit masking fixed it, the unit mask in

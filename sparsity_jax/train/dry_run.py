@@ -1,19 +1,24 @@
 """Ahead-of-time dry run of a training config: build the mesh and the train step, lower
 and compile it on abstract inputs (`jax.ShapeDtypeStruct`s: nothing is allocated, no data
-read, nothing written), and report what one step needs per device (XLA's memory
-analysis), its model FLOPs (XLA's cost analysis of the lowered step without remat's
-recomputation, as the trainer's MFU counts them: `methods.accounting.step_flops`), the
-compile time and whether it fits a
-device's memory, as MaxText's `train_compile.py` does.
+read, nothing written), and report what one step needs per device, as MaxText's
+`train_compile.py` does: memory (the compiler's memory analysis), model FLOPs (XLA's cost
+analysis of the step without remat's recomputation, as the trainer's MFU counts them), the
+compile time and whether it fits.
 
 On a CPU machine fake devices stand in for the accelerators
-(`XLA_FLAGS=--xla_force_host_platform_device_count=N`); with libtpu installed a TPU
-topology given by name (`v5e-256`) is compiled for without any TPU attached.
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`); with libtpu installed, a TPU slice
+(`--topology v5p-8`, `runtime.hardware`) is compiled for with no TPU attached. The TPU
+compiler then also estimates the step time (its cost analysis' `optimal_seconds`), from
+which tokens/s and MFU follow: compiler estimates, never measurements. XLA counts a loop's
+body once, so a scanned model's estimate is extrapolated from 1- and 2-layer unrolled
+compiles of the same step, and the gradient-accumulation loop's is multiplied by its trip
+count (the optimizer update then counts grad_accum times: the estimate leans high).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from typing import Any, Callable
 
@@ -21,38 +26,63 @@ import jax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.runtime import hardware
 from sparsity_jax.settings import Settings
 from sparsity_jax.train.setup import build
 
-GIB = 1024**3
-# HBM per chip / GPU memory per device, bytes
-DEVICE_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "h100": 80 * GIB, "h200": 141 * GIB}
+GIB = hardware.GIB
+ESTIMATE = "compiler estimate"  # the label of every figure the TPU compiler estimates
+_OOM = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available")
 
 
 @dataclasses.dataclass(frozen=True)
 class DryRun:
-    """What one compiled train step needs; bytes are per device."""
+    """What one compiled train step needs; bytes are per device. `compiler_error`: the
+    compiler refused the step (out of memory), with `peak_bytes_per_device` what it asked."""
 
     argument_bytes_per_device: int
     output_bytes_per_device: int
     alias_bytes_per_device: int
     temp_bytes_per_device: int
     peak_bytes_per_device: int
-    flops_per_step: float
+    flops_per_step: float  # model FLOPs of one step over all devices (no remat recomputation)
     compile_seconds: float
     devices: int
+    hosts: int
     device_kind: str
     capacity_bytes_per_device: int | None  # the memory it is checked against; None: unknown
     capacity_of: str
     mesh: str
+    tokens_per_step: int
+    per_device_batch: int  # sequences per device in one micro-batch
+    peak_flops_per_device: float | None
+    compiler_step_seconds: float | None = None  # the TPU compiler's estimate (see the module doc)
+    compiler_error: str | None = None
 
     @property
     def fits(self) -> bool | None:
+        if self.compiler_error:
+            return False
         cap = self.capacity_bytes_per_device
         return None if cap is None else self.peak_bytes_per_device <= cap
 
+    @property
+    def flops_per_device(self) -> float:
+        return self.flops_per_step / self.devices
+
+    @property
+    def compiler_tokens_per_second(self) -> float | None:
+        s = self.compiler_step_seconds
+        return self.tokens_per_step / s if s else None
+
+    @property
+    def compiler_mfu(self) -> float | None:
+        s, peak = self.compiler_step_seconds, self.peak_flops_per_device
+        return self.flops_per_device / (s * peak) if s and peak else None
+
     def to_json(self) -> dict[str, Any]:
-        return dict(dataclasses.asdict(self), fits=self.fits)
+        return dict(dataclasses.asdict(self), fits=self.fits, flops_per_device=self.flops_per_device,
+                    compiler_tokens_per_second=self.compiler_tokens_per_second, compiler_mfu=self.compiler_mfu)
 
 
 def dry_vocab_size(settings: Settings) -> int:
@@ -63,70 +93,159 @@ def dry_vocab_size(settings: Settings) -> int:
     return 259 if settings.data.vocab == "byte" else int(settings.data.spm_vocab_size)
 
 
-def topology_devices(name: str) -> list:
-    """The devices of a TPU topology by name (e.g. "v5e-256"), compiled for without TPUs."""
-    try:
-        from jax.experimental import topologies
-
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
-    except Exception as e:  # no libtpu, or a name it does not know
-        raise UserError(f"--topology {name} needs libtpu installed (pip install 'jax[tpu]') and a topology it knows "
-                        f"({type(e).__name__}); drop --topology to compile for this machine's devices.") from None
+def target_devices(topology: str | None) -> tuple[list, int]:
+    """The devices to compile for (a TPU slice's, or this machine's) and their host count."""
+    if topology:
+        topo = hardware.parse_topology(topology)
+        devices = hardware.topology_devices(topo)
+        # an executable compiled with no TPU attached cannot be loaded back from JAX's
+        # persistent cache: a dry run neither reads nor writes it
+        jax.config.update("jax_enable_compilation_cache", False)
+        return devices, topo.hosts
+    return jax.devices(), jax.process_count()
 
 
 def _capacity(device: str | None, devices: list) -> tuple[int | None, str]:
     if device is not None:
-        if device not in DEVICE_MEMORY:
-            raise UserError(f"--dry-run-device {device!r} is not one of {', '.join(DEVICE_MEMORY)}; pick one.")
-        return DEVICE_MEMORY[device], device
-    stats = getattr(devices[0], "memory_stats", lambda: None)() or {}
-    limit = stats.get("bytes_limit")
+        chip = hardware.chip_named(device)
+        return chip.hbm_bytes, chip.name
+    chip = hardware.chip_of(devices[0])
+    if chip is not None and chip.hbm_bytes and devices[0].platform == "tpu":
+        return chip.hbm_bytes, chip.name  # compile-only devices report no memory stats
+    try:
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - a device that reports no memory
+        limit = None
     return (int(limit), devices[0].device_kind) if limit else (None, devices[0].device_kind)
 
 
-def dry_run(settings: Settings, method: Callable, *, device: str | None = None, topology: str | None = None) -> DryRun:
-    """Compiles the first train step of `settings` (the method's plain variant) for this
-    machine's devices or a TPU `topology`, checked against `device`'s memory (a key of
-    `DEVICE_MEMORY`; None: the devices' own reported memory, if any)."""
-    devices = topology_devices(topology) if topology else jax.devices()
-    capacity, capacity_of = _capacity(device, devices)
+def with_model(settings: Settings, **model: Any) -> Settings:
+    """`settings` with model fields replaced (e.g. num_layers=1 for a counting variant)."""
+    return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **model))
+
+
+def with_train(settings: Settings, **train: Any) -> Settings:
+    return dataclasses.replace(settings, train=dataclasses.replace(settings.train, **train))
+
+
+def compile_step(settings: Settings, method: Callable, devices: list, variant=None):
+    """(run, compiled step or the compiler's out-of-memory message, compile seconds) of the
+    method's `variant` (None: its plain step; e.g. `methods.base.Variant(top_k=K)`, an MoE step)."""
     run = build(settings, dry_vocab_size(settings), method, devices=devices)
     t0 = time.perf_counter()
-    compiled = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), None).compile()
-    seconds = time.perf_counter() - t0
+    try:
+        compiled = run.train_step.lower(run.abstract_state, run.abstract_batch(), Sparsify(), variant).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled = str(e).splitlines()[0].split("RESOURCE_EXHAUSTED: ")[-1]
+    return run, compiled, time.perf_counter() - t0
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
+def optimal_seconds(compiled) -> float | None:
+    """The compiler's estimated run time of a compiled module; None where it gives none (no
+    TPU compiler, or its negative "unknown", e.g. for the MoE step's gathers)."""
+    seconds = _cost(compiled).get("optimal_seconds")
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def compiler_seconds(settings: Settings, method: Callable, devices: list, compiled) -> float | None:
+    """The TPU compiler's estimated step time (None on backends that give none), with the
+    layer and accumulation loops counted at their trip counts (see the module doc)."""
+    own = optimal_seconds(compiled)
+    if own is None:
+        return None
+    layers = settings.model.num_layers
+    if settings.model.scan_layers and layers > 1:
+        per = []
+        for k in (1, 2):
+            _, variant, _ = compile_step(with_model(settings, num_layers=k, scan_layers=False), method, devices)
+            if isinstance(variant, str) or optimal_seconds(variant) is None:
+                return None
+            per.append(optimal_seconds(variant))
+        own = per[0] + (layers - 1) * (per[1] - per[0])
+    return own * settings.train.grad_accum
+
+
+def oom_bytes(message: str) -> int:
+    m = _OOM.search(message)
+    return int(float(m[1]) * 1024 ** "KMGT".index(m[2]) * 1024) if m else 0
+
+
+def dry_run(settings: Settings, method: Callable, *, device: str | None = None, topology: str | None = None,
+            estimate: bool = True) -> DryRun:
+    """Compiles the first train step of `settings` (the method's plain variant) for this
+    machine's devices or a TPU slice `topology`, checked against `device`'s memory (a
+    `runtime.hardware` chip name; None: the devices' own)."""
+    devices, hosts = target_devices(topology)
+    capacity, capacity_of = _capacity(device, devices)
+    run, compiled, seconds = compile_step(settings, method, devices)
+    flops = run.model_flops(Sparsify(), None) or 0.0  # every dot, every block
+    t = settings.train
+    common = dict(flops_per_step=flops, compile_seconds=seconds, devices=len(devices), hosts=hosts,
+                  device_kind=devices[0].device_kind, capacity_bytes_per_device=capacity, capacity_of=capacity_of,
+                  mesh=" ".join(f"{k}={v}" for k, v in run.mesh.shape.items()),
+                  tokens_per_step=t.global_batch_size * t.seq_len,
+                  per_device_batch=settings.micro_batch // (run.mesh.shape["data"] * run.mesh.shape["fsdp"]),
+                  peak_flops_per_device=hardware.peak_flops_per_device(devices[0]))
+    if isinstance(compiled, str):
+        return DryRun(0, 0, 0, 0, oom_bytes(compiled), compiler_error=compiled, **common)
     mem = compiled.memory_analysis()
-    cost = run.lowered_for_counting(Sparsify(), None).cost_analysis()  # every dot, every block
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     args, out, alias, temp = (int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp"))
     # arguments + temporaries + outputs not aliased to arguments: everything live at once, an
     # upper bound; XLA's own peak (liveness-aware) when it reports a larger one
     peak = max(int(getattr(mem, "peak_memory_in_bytes", 0) or 0), args + out - alias + temp)
-    n = len(devices)
-    flops = float((cost or {}).get("flops", 0.0)) * settings.train.grad_accum
-    return DryRun(args, out, alias, temp, peak, flops, seconds, n,
-                  devices[0].device_kind, capacity, capacity_of,
-                  " ".join(f"{k}={v}" for k, v in run.mesh.shape.items()))
+    result = DryRun(args, out, alias, temp, peak, **common)
+    if estimate and result.fits is not False:
+        result = dataclasses.replace(result, compiler_step_seconds=compiler_seconds(settings, method, devices, compiled))
+    return result
+
+
+def describe(settings: Settings) -> str:
+    t, m = settings.train, settings.model
+    return (f"global batch {t.global_batch_size} × {t.seq_len} tokens, grad_accum {t.grad_accum}, remat {m.remat}, "
+            f"scan_layers {m.scan_layers}")
 
 
 def table(result: DryRun, settings: Settings, name: str) -> str:
     """The human-readable report (one line per quantity)."""
-    t = settings.train
     gib = lambda b: f"{b / GIB:9.3f} GiB"  # noqa: E731
     cap = result.capacity_bytes_per_device
-    fits = ("unknown (no memory reported; name one with --dry-run-device)" if cap is None else
-            f"{'yes' if result.fits else 'NO'}: peak {result.peak_bytes_per_device / cap:.0%} of {gib(cap).strip()}")
+    if result.compiler_error:
+        fits = f"NO: the compiler refused the step ({result.compiler_error})"
+    elif cap is None:
+        fits = "unknown (no memory reported; name one with --dry-run-device)"
+    else:
+        fits = f"{'yes' if result.fits else 'NO'}: peak {result.peak_bytes_per_device / cap:.0%} of {gib(cap).strip()}"
+    hosts = f" on {result.hosts} hosts" if result.hosts > 1 else ""
     rows = [
-        f"dry run of {name}: {result.devices} × {result.device_kind}, mesh {result.mesh}, global batch {t.global_batch_size} × {t.seq_len} tokens, grad_accum {t.grad_accum}, "
-        f"remat {settings.model.remat}, scan_layers {settings.model.scan_layers}",
+        f"dry run of {name}: {result.devices} × {result.device_kind}{hosts}, mesh {result.mesh}, {describe(settings)}",
         f"  arguments per device   {gib(result.argument_bytes_per_device)}",
         f"  outputs per device     {gib(result.output_bytes_per_device)} (aliased {gib(result.alias_bytes_per_device).strip()})",
         f"  temporary per device   {gib(result.temp_bytes_per_device)}",
         f"  peak per device        {gib(result.peak_bytes_per_device)}",
-        f"  FLOPs per step         {result.flops_per_step:.4g}",
+        f"  model FLOPs per step   {result.flops_per_step:.4g} ({result.flops_per_device:.4g} per device)",
         f"  compile seconds        {result.compile_seconds:9.2f}",
-        f"  fits {result.capacity_of}: {fits}",
     ]
+    if result.compiler_step_seconds:
+        mfu = f", MFU {result.compiler_mfu:.1%}" if result.compiler_mfu else ""
+        rows.append(f"  step time              {result.compiler_step_seconds:9.4g} s, "
+                    f"{result.compiler_tokens_per_second:,.0f} tokens/s{mfu} ({ESTIMATE})")
+    rows.append(f"  fits {result.capacity_of}: {fits}")
     return "\n".join(rows)
+
+
+def check_fits(result: DryRun, name: str) -> None:
+    """UserError (exit 2) when the step does not fit: one sentence that names the fixes."""
+    if result.fits is False:
+        raise UserError(f"{name} needs {result.peak_bytes_per_device / GIB:.2f} GiB per device, more than "
+                        f"{result.capacity_of}'s {(result.capacity_bytes_per_device or 0) / GIB:.0f} GiB; raise "
+                        "train.grad_accum, set model.remat=full, use more devices or try --tune.")
 
 
 def run_dry(settings: Settings, method: Callable, name: str, *, device: str | None = None,
@@ -135,8 +254,5 @@ def run_dry(settings: Settings, method: Callable, name: str, *, device: str | No
     result = dry_run(settings, method, device=device, topology=topology)
     print(table(result, settings, name))
     print(json.dumps(result.to_json()), flush=True)
-    if result.fits is False:
-        raise UserError(f"{name} needs {result.peak_bytes_per_device / GIB:.2f} GiB per device, more than "
-                        f"{result.capacity_of}'s {result.capacity_bytes_per_device / GIB:.0f} GiB; raise "
-                        "train.grad_accum, set model.remat=full or use more devices.")
+    check_fits(result, name)
     return 0

@@ -46,15 +46,35 @@ class TrainRun(ModelRun):
         """The train step lowered (not compiled) on abstract inputs for XLA's cost analysis of
         the model's FLOPs: over per-layer blocks without remat, since the analysis counts a
         loop's body once (scanned blocks) and would count rematerialised blocks twice (the
-        grad-accumulation scan still counts once; callers multiply by train.grad_accum)."""
-        if not self.model_cfg.scan_layers and self.model_cfg.remat == "none":
-            return self.train_step.lower(self.abstract_state, self.abstract_batch(), sparsify, variant)
+        grad-accumulation scan still counts once; callers multiply by train.grad_accum).
+        Lowered unsharded for the CPU backend: the count is the whole step's, and a lowered
+        module's cost analysis exists there (a TPU backend gives it only once compiled)."""
         unrolled = dataclasses.replace(self.model_cfg, scan_layers=False, remat="none")
         graphdef = nnx.split(nnx.eval_shape(lambda: LM(unrolled, rngs=nnx.Rngs(0))), nnx.Param)[0]
         step = make_train_step(graphdef, self.tx, self.method, self.settings.train.grad_accum)
-        state = convert_blocks(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.abstract_state),
-                               False)  # a no-op for per-layer blocks
-        return jax.jit(step, static_argnums=(3,)).lower(state, self.abstract_batch(), sparsify, variant)
+        on_cpu = _counting_sharding()
+        plain = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_cpu), tree)  # noqa: E731
+        state = convert_blocks(plain(self.abstract_state), False)  # a no-op for per-layer blocks
+        return jax.jit(step, static_argnums=(3,)).lower(state, plain(self.abstract_batch()), sparsify, variant)
+
+    def model_flops(self, sparsify, variant) -> float | None:
+        """Model FLOPs of one step over all devices (`lowered_for_counting`'s cost analysis,
+        × train.grad_accum for the micro-batch loop counted once); None where the backend
+        gives no cost analysis."""
+        try:
+            cost = self.lowered_for_counting(sparsify, variant).cost_analysis()
+        except Exception:  # noqa: BLE001 - cost analysis is best effort on some backends
+            return None
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float((cost or {}).get("flops", 0.0)) * self.settings.train.grad_accum or None
+
+
+def _counting_sharding() -> jax.sharding.Sharding | None:
+    """One CPU device, where FLOPs are counted (None: no CPU backend; the default one counts)."""
+    try:
+        return jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    except RuntimeError:
+        return None
 
 
 def build(settings: Settings, vocab_size: int, method: MethodFactory, *, devices=None) -> TrainRun:

@@ -1,12 +1,13 @@
 """`sparsity-jax train --dry-run`: compiles the train step on abstract inputs, prints its
 per-device memory, FLOPs and compile time with a JSON last line, writes nothing, and
 exits 2 when the step does not fit the named device (issue 21, acceptance 3)."""
+import dataclasses
 import json
 
 import pytest
 
 from sparsity_jax import cli
-from sparsity_jax.train import dry_run
+from sparsity_jax.runtime import hardware
 
 ARGS = ["train", "--config", "configs/default.py", "--config.model.num_layers=2", "--config.train.global_batch_size=16",
         "--config.train.seq_len=64"]
@@ -32,15 +33,16 @@ def test_dry_run_prints_memory_flops_and_fit_and_writes_nothing(tmp_path, capsys
     assert result["compile_seconds"] > 0
 
     # the same step against a device too small for it: one sentence, exit 2, still nothing written
-    monkeypatch.setitem(dry_run.DEVICE_MEMORY, "v5e", result["peak_bytes_per_device"] - 1)
+    small = dataclasses.replace(hardware.chip_named("v5e"), hbm_bytes=result["peak_bytes_per_device"] - 1)
+    monkeypatch.setattr(hardware, "CHIPS", (small,))
     assert cli.main(ARGS + ["--workdir", str(workdir), "--dry-run", "--dry-run-device", "v5e"]) == 2
     captured = capsys.readouterr()
     assert "fits v5e: NO" in captured.out and "raise train.grad_accum" in captured.err
     assert not workdir.exists()
 
 
-@pytest.mark.parametrize("flags,message", [(["--topology", "v5e-256"], "needs libtpu"),
-                                           (["--dry-run-device", "tpu9"], "is not one of"),
+@pytest.mark.parametrize("flags,message", [(["--topology", "v5e-7"], "not a TPU slice"),
+                                           (["--dry-run-device", "tpu9"], "is not one of the known chips"),
                                            (["--config.model.remat=most"], "model.remat")])
 def test_dry_run_bad_target_is_a_user_error(flags, message, tmp_path, capsys):
     assert cli.main(ARGS + ["--workdir", str(tmp_path / "run"), "--dry-run"] + flags) == 2
