@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     src.add_argument("--gguf", help="local llama.cpp .gguf file (llama architecture; F32/F16/BF16, Q4-Q8, K-quants)")
     common.add_workdir(p, help="the new run directory to create")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="parameter and compute dtype (default: as stored; bf16 stays bf16)")
+                   help="parameter and compute dtype (default: as stored, so bf16 stays bf16; GGUF: float32)")
     common.add_config(p)
 
 

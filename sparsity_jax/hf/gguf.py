@@ -78,20 +78,21 @@ def hf_config(meta: dict, names: set[str], file: str) -> dict:
         raise UserError(f"{file} has no {arch}.{missing[0]} in its metadata; it is not a complete llama GGUF.")
     hf = {"model_type": "llama", "hidden_act": "silu", "tie_word_embeddings": "output.weight" not in names}
     hf.update({v: meta[f"{arch}.{k}"] for k, v in {**REQUIRED, **OPTIONAL}.items() if f"{arch}.{k}" in meta})
-    hf.setdefault("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or None)
+    hf.setdefault("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))
     head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     refused = {f"{arch}.expert_count": 0, f"{arch}.rope.dimension_count": head_dim,
-               f"{arch}.attention.value_length": head_dim}
+               f"{arch}.attention.value_length": head_dim, "split.count": 1}
     for key, neutral in refused.items():
         if meta.get(key, neutral) != neutral:
             raise UserError(f"{file} sets {key}={meta[key]!r}, which the llama importer does not model; only "
-                            f"dense llama checkpoints with full-width RoPE load exactly.")
+                            "single-file dense llama checkpoints with full-width RoPE load (merge a split GGUF "
+                            "with llama-gguf-split --merge).")
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
-    if kind == "linear":
+    if kind == "linear" and f"{arch}.rope.scaling.factor" in meta:
         hf["rope_scaling"] = {"rope_type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
     elif kind != "none":
         raise UserError(f"{file} sets {arch}.rope.scaling.type={kind!r}, which this importer does not model; "
-                        "supported: none, linear.")
+                        "supported: none, linear (with its rope.scaling.factor).")
     return hf
 
 

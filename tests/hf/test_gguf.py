@@ -105,7 +105,8 @@ def _retyped(tmp_path) -> Path:
     return tmp_path / "bad.gguf"
 
 
-def ROPE_DIMS(n: int) -> bytes:  # noqa: N802 — a uint32 metadata value: its type (4) and value
+def uint32_value(n: int) -> bytes:
+    """A uint32 metadata value as stored: its type (4), then the value."""
     return np.uint32(4).tobytes() + np.uint32(n).tobytes()
 
 
@@ -126,7 +127,7 @@ BAD = [
     ("layer", lambda d: _patched(d, b"blk.1.ffn_up", b"blk.7.ffn_up"),
      "holds tensor 'blk.7.ffn_up.weight', but its metadata says 2 layers"),
     ("unknown", lambda d: _patched(d, b"blk.1.ffn_up", b"blk.1.ffn_in"), "holds tensor 'blk.1.ffn_in.weight'"),
-    ("rope", lambda d: _patched(d, b"rope.dimension_count" + ROPE_DIMS(8), b"rope.dimension_count" + ROPE_DIMS(4)),
+    ("rope", lambda d: _patched(d, b"dimension_count" + uint32_value(8), b"dimension_count" + uint32_value(4)),
      "sets llama.rope.dimension_count=4, which the llama importer does not model"),
     ("no width", lambda d: _patched(d, b"llama.feed_forward_length", b"llama.feed_forward_lengtX"),
      "has no llama.feed_forward_length in its metadata"),
