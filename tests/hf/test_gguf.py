@@ -1,7 +1,7 @@
 """GGUF import (`sparsity_jax/hf/gguf.py`) against transformers loading the same files
 (tests/fixtures/make_gguf_fixtures.py): logits to 1e-4 of their scale and greedy tokens
-for every weight type, the tokenizer's ids, `import --gguf` → `export --hf`, bad files as
-one sentence (exit 2, nothing written), and Q8_0 / Q4_1 blocks decoded by hand."""
+for every weight type, the tokenizer's ids, `import --gguf` → `generate` → `export --hf`,
+bad files as one sentence (exit 2, nothing written), Q8_0 / Q4_1 blocks decoded by hand."""
 from __future__ import annotations
 
 import json
@@ -71,13 +71,22 @@ def test_the_tokenizer_encodes_like_transformers(name, tmp_path):
     assert vocab.eos_id == 2 and vocab.bos_id == 1
 
 
-def test_import_and_export_of_a_gguf_run(tmp_path):
+def test_bfloat16_on_request():
+    model, cfg = load_pretrained(FIXTURES / "q8_0.gguf", dtype="bfloat16")
+    assert cfg.param_dtype == cfg.dtype == "bfloat16" and model.embed[...].dtype == jnp.bfloat16
+    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(REF["q8_0.gguf/tokens"]))
+    assert rel_err(logits, REF["q8_0.gguf/logits"]) < 0.1  # bf16 weights and compute
+
+
+def test_import_generate_and_export_of_a_gguf_run(tmp_path):
     run, out = tmp_path / "run", tmp_path / "hf"
     code, _, err = run_cli("import", "--gguf", FIXTURES / "q4_1.gguf", "--workdir", run)
     assert code == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["vocab"] == "hf" and saved["data"]["tokenizer"] == "tokenizer/tokenizer.json"
     assert (run / "tokenizer" / "tokenizer_config.json").is_file()
+    code, printed, err = run_cli("generate", "--workdir", run, "--prompt", "the quick", "--max-new", "3")
+    assert code == 0 and "the quick" in printed, err + printed
     code, _, err = run_cli("export", "--workdir", run, "--hf", out)
     assert code == 0, err
     assert (out / "tokenizer.json").is_file()
