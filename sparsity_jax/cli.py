@@ -11,7 +11,7 @@
   predictor train and evaluate low-rank activation predictors of a checkpoint (ReLU² §5.2)
   affinity  reuse ratio, co-activation gap and hot neurons at a CETT (ReLU² §5.3)
   generate  KV-cache decoding with a dense or sparse (threshold / predicted) FFN: text, tokens/s
-  import    a local Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma, MiniCPM) as a run
+  import    a local Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma, MiniCPM) or llama GGUF as a run
   export    a run's gated model as a Hugging Face directory that transformers loads
 
 Exit codes: 0 done; 2 bad input (one sentence that names the fix, printed before

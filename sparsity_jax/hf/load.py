@@ -1,11 +1,12 @@
-"""`load_pretrained`: a local Hugging Face checkpoint as this project's `LM`, on a mesh.
+"""`load_pretrained`: a local Hugging Face checkpoint or GGUF file as this project's `LM`.
 
     model, cfg = load_pretrained("path/to/Llama-3.2-1B")            # bf16 stays bf16
+    model, cfg = load_pretrained("SmolLM2-135M-Instruct.Q4_1.gguf")  # dequantized to fp32
     logits, rec = model.apply(tokens, record="scores")               # every FFN mode works
 
-The parameters are created abstractly (nothing allocated), then each tensor is read
-once from the memory-mapped safetensors and placed straight onto its training sharding
-(`runtime.sharding.param_shardings`: the same logical-axis rules as training).
+The parameters are created abstractly (nothing allocated), then each tensor is read once
+from the memory-mapped file (`weights.Source`) and placed straight onto its training
+sharding (`runtime.sharding.param_shardings`: the same logical-axis rules as training).
 """
 from __future__ import annotations
 
@@ -22,46 +23,41 @@ from sparsity_jax.hf.config import model_config
 from sparsity_jax.nn.model import DTYPES, LM, ModelConfig
 from sparsity_jax.runtime import sharding as shd
 
-STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-
 
 def read_config(path) -> dict:
     """The parsed config.json of an HF directory; UserError when there is none."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"{path} has no config.json; pass a local Hugging Face model directory.")
+        raise UserError(f"{path} has no config.json; pass a local Hugging Face model directory or a .gguf file.")
     try:
         return json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path / 'config.json'} is not valid JSON ({e.msg}); fix or re-download it.") from None
 
 
-def stored_dtype(files: dict[str, Path]) -> str:
-    """The dtype the checkpoint stores its embedding in (float32, bfloat16, float16)."""
-    from safetensors import safe_open
-
-    name = "model.embed_tokens.weight"
-    if name not in files:
-        raise UserError(f"tensor {name!r} is missing; the checkpoint does not match its config.json.")
-    with safe_open(str(files[name]), framework="numpy") as f:
-        kind = f.get_slice(name).get_dtype()
-    if kind not in STORED:
-        raise UserError(f"tensors stored as {kind} are not supported; convert the checkpoint to bf16 or fp32.")
-    return STORED[kind]
-
-
-def inspect(path, dtype: str | None = None) -> tuple[ModelConfig, dict[str, Path]]:
-    """(our ModelConfig, {tensor: file}) of an HF directory, every tensor checked against
-    the config (headers only, nothing loaded); `dtype` None keeps the stored dtype."""
+def open_source(path) -> tuple[dict, weights.Source]:
+    """(the HF config dict, the tensor source) of an HF directory or a `.gguf` file, its
+    family and keys checked before the weights are touched."""
     path = Path(path)
+    if path.suffix == ".gguf":
+        from sparsity_jax.hf import gguf  # the optional `gguf` package, only for GGUF files
+
+        return gguf.open_gguf(path)
     hf = read_config(path)
+    model_config(hf)  # refuse the family / activation / keys before touching the weights
+    return hf, weights.Safetensors(path)
+
+
+def inspect(path, dtype: str | None = None) -> tuple[ModelConfig, weights.Source]:
+    """(our ModelConfig, its tensor source) of an HF directory or a GGUF file, every tensor
+    checked against the config (headers only, nothing loaded); `dtype` None keeps the
+    stored dtype (GGUF: float32, what its types dequantize to)."""
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    model_config(hf)  # refuse the family / activation / keys before touching the weights
-    files = weights.shard_files(path)
-    cfg = model_config(hf, dtype or stored_dtype(files))
-    weights.check_tensors(path, cfg, shapes(cfg))
-    return cfg, files
+    hf, source = open_source(path)
+    cfg = model_config(hf, dtype or source.dtype())
+    weights.check_tensors(source, cfg, shapes(cfg))
+    return cfg, source
 
 
 def abstract(cfg: ModelConfig):
@@ -77,7 +73,7 @@ def one_device_mesh():
     return shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
 
 
-def load_params(files: dict[str, Path], cfg: ModelConfig, mesh) -> dict:
+def load_params(source: weights.Source, cfg: ModelConfig, mesh) -> dict:
     """The parameters as a pure dict of global arrays on `mesh` with the training
     shardings, read one tensor at a time."""
     _, state = abstract(cfg)
@@ -91,18 +87,18 @@ def load_params(files: dict[str, Path], cfg: ModelConfig, mesh) -> dict:
 
         weights.set_path(pure, path, jax.make_array_from_callback(x.shape, sh[path], shard))
 
-    weights.read(files, cfg, place)
+    weights.read(source, cfg, place)
     return pure
 
 
 def load_pretrained(path, *, dtype: str | None = None, mesh=None) -> tuple[LM, ModelConfig]:
     """(LM, ModelConfig) of a local HF directory (config.json + model.safetensors or a
-    sharded model.safetensors.index.json). `dtype` ("float32" | "bfloat16") is the
+    sharded model.safetensors.index.json) or a llama `.gguf` file. `dtype` ("float32" | "bfloat16") is the
     parameter and compute dtype (None: as stored, so bf16 stays bf16); `mesh` (data,
     fsdp, tensor; None: one device) places every parameter with its training sharding.
     Bad input is a UserError naming the config key or tensor."""
-    cfg, files = inspect(path, dtype)
-    params = load_params(files, cfg, mesh if mesh is not None else one_device_mesh())
+    cfg, source = inspect(path, dtype)
+    params = load_params(source, cfg, mesh if mesh is not None else one_device_mesh())
     graphdef, state = abstract(cfg)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state), cfg

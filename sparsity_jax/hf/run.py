@@ -1,11 +1,12 @@
-"""A Hugging Face checkpoint as a run directory, and a run's checkpoint back to HF.
+"""A Hugging Face checkpoint or GGUF file as a run directory, and a run's checkpoint back to HF.
 
 `import_run` writes what a trained run holds: `checkpoints/0/` (an Orbax checkpoint of
 the parameters, its metadata carrying the settings), `config.json` (the settings), an
 empty `metrics.jsonl` (no training steps) and `tokenizer/` (the model's tokenizer files,
-with data.vocab = hf), so `evaluate`, `cett`, `ppl`, `predictor`, `affinity`, `generate`
-and `ssd` open it as any trained run (`ssd --structure moefy` MoEfies it post hoc when
-imported with --config.method.name=ssd --config.method.num_experts=N).
+or those a GGUF's metadata describes, with data.vocab = hf), so `evaluate`, `cett`, `ppl`,
+`predictor`, `affinity`, `generate` and `ssd` open it as any trained run (`ssd --structure
+moefy` MoEfies it post hoc when imported with --config.method.name=ssd
+--config.method.num_experts=N).
 `export_run` writes a gated model's parameters as `model.safetensors` + `config.json`
 (+ the tokenizer files) that transformers loads. Both check everything before they write
 and never write into an existing directory.
@@ -39,28 +40,37 @@ def import_settings(base, cfg, tokenizer: str | None):
     return base.replace(model=cfg, data=data)
 
 
-def import_run(hf_dir, workdir, base_settings, *, dtype: str | None = None, log=print) -> dict:
-    """Imports the HF directory `hf_dir` into the new run directory `workdir` with the
-    settings `base_settings` (their model replaced by the checkpoint's); returns a summary."""
+def tokenizer_files(src: Path, source) -> dict[str, bytes]:
+    """{name: contents} of the tokenizer files an import writes: an HF directory's own, or
+    those built from a GGUF file's metadata."""
+    if src.suffix == ".gguf":
+        return source.tokenizer_files()
+    return {name: (src / name).read_bytes() for name in TOKENIZER_FILES if (src / name).is_file()}
+
+
+def import_run(src, workdir, base_settings, *, dtype: str | None = None, log=print) -> dict:
+    """Imports the HF directory or GGUF file `src` into the new run directory `workdir`
+    with the settings `base_settings` (their model replaced by the checkpoint's); returns a
+    summary. Everything is read and checked before anything is written."""
     from sparsity_jax.runtime.checkpoint import Checkpointer
 
-    src, wd = Path(hf_dir), Workdir(workdir)
+    src, wd = Path(src), Workdir(workdir)
     if wd.root.exists():
         raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
-    cfg, files = inspect(src, dtype)
-    tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if (src / n).is_file()), None)
+    cfg, source = inspect(src, dtype)
+    tok_files = tokenizer_files(src, source)
+    tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if n in tok_files), None)
     st = import_settings(base_settings, cfg, tokenizer)
     m = st.mesh
     try:
         mesh = shd.make_mesh(m.data, m.fsdp, m.tensor)
     except ValueError as e:
         raise UserError(f"{e}.") from None
-    params = load_params(files, cfg, mesh)
+    params = load_params(source, cfg, mesh)
     if tokenizer:
         wd.tokenizer.mkdir(parents=True, exist_ok=False)
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                (wd.tokenizer / name).write_bytes((src / name).read_bytes())
+        for name, data in tok_files.items():
+            (wd.tokenizer / name).write_bytes(data)
     ckpt = Checkpointer(wd, keep=1, async_save=False)
     try:
         ckpt.save(0, {"params": params}, {"data_position": 0, "step": 0, "config": st.to_dict(),

@@ -5,7 +5,8 @@ the attention heads as their own axis: q_proj (H·K, d) ↔ wq (d, H, K), o_proj
 ↔ wo (H, K, d), gate / up / down ↔ w_gate / w_in (d, F), w_out (F, d). Heads stay in
 their stored order (head h is rows h·K … h·K + K − 1, grouped query heads as stored), and
 RoPE is the rotate-half form of HF's Llama over those K features, so no permutation is
-needed. Tensors are read memory-mapped (`safetensors.safe_open`) one at a time, reshaped
+needed. A `Source` (an HF directory's safetensors, or a GGUF file: `hf/gguf.py`) hands
+over HF-named tensors in the HF layout one at a time (memory-mapped); they are reshaped
 as views and handed to `jax.make_array_from_callback`, which copies only each device's
 shard onto its device: the host never holds more than one tensor.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from sparsity_jax.nn.model import ModelConfig
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def layout(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
@@ -102,40 +104,99 @@ def shard_files(path: Path) -> dict[str, Path]:
                     "safetensors weights.")
 
 
-def check_tensors(path: Path, cfg: ModelConfig, shapes: dict[tuple, tuple]) -> dict[str, Path]:
+class Source(Protocol):
+    """A checkpoint's tensors under their HF names, in the HF layout: an HF directory
+    (`Safetensors`) or a GGUF file (`hf.gguf.GGUFSource`). For messages, `config` names what
+    states the model's shape, `stored(name)` the tensor as the file calls it and `file(name)`
+    the file holding it."""
+
+    path: Path
+    config: str
+
+    def stored(self, name: str) -> str: ...
+
+    def file(self, name: str) -> str: ...
+
+    def dtype(self) -> str: ...
+
+    def shapes(self) -> dict[str, tuple]: ...
+
+    def tensors(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]: ...
+
+
+class Safetensors:
+    """An HF directory's `*.safetensors` (one file or sharded with an index), read
+    memory-mapped one tensor at a time."""
+
+    config = "config.json"
+
+    def __init__(self, path: Path):
+        self.path, self.files = path, shard_files(path)
+
+    def stored(self, name: str) -> str:
+        return name
+
+    def file(self, name: str) -> str:
+        return self.files[name].name
+
+    def _by_file(self, names) -> dict[Path, list[str]]:
+        out: dict[Path, list[str]] = {}
+        for name in names:
+            out.setdefault(self.files[name], []).append(name)
+        return out
+
+    def shapes(self) -> dict[str, tuple]:
+        from safetensors import safe_open
+
+        out = {}
+        for file, names in self._by_file(self.files).items():
+            with safe_open(str(file), framework="numpy") as f:
+                out.update({name: tuple(f.get_slice(name).get_shape()) for name in names})
+        return out
+
+    def dtype(self) -> str:
+        """The dtype the checkpoint stores its embedding in (float32, bfloat16, float16)."""
+        from safetensors import safe_open
+
+        name = "model.embed_tokens.weight"
+        if name not in self.files:
+            raise UserError(f"tensor {name!r} is missing; the checkpoint does not match its config.json.")
+        with safe_open(str(self.files[name]), framework="numpy") as f:
+            kind = f.get_slice(name).get_dtype()
+        if kind not in STORED:
+            raise UserError(f"tensors stored as {kind} are not supported; convert the checkpoint to bf16 or fp32.")
+        return STORED[kind]
+
+    def tensors(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        from safetensors import safe_open
+
+        for file, group in self._by_file(names).items():
+            with safe_open(str(file), framework="numpy") as f:
+                for name in group:
+                    yield name, f.get_tensor(name)
+
+
+def check_tensors(source: Source, cfg: ModelConfig, shapes: dict[tuple, tuple]) -> None:
     """Every tensor the model needs exists with the right shape (names the first that does
-    not), read from the safetensors headers only; returns `shard_files`."""
-    from safetensors import safe_open
-
-    files = shard_files(path)
-    by_file: dict[Path, list] = {}
+    not), from the source's headers only."""
+    found = source.shapes()
     for ours, (name, how) in layout(cfg).items():
-        if name not in files:
-            raise UserError(f"tensor {name!r} is missing from {path}; the checkpoint does not match its config.json.")
-        by_file.setdefault(files[name], []).append((name, expected_shape(shapes[ours], how)))
-    for file, items in by_file.items():
-        with safe_open(str(file), framework="numpy") as f:
-            for name, want in items:
-                got = tuple(f.get_slice(name).get_shape())
-                if got != want:
-                    raise UserError(f"tensor {name!r} in {file.name} has shape {got}, but config.json implies "
-                                    f"{want}; fix the config or the weights.")
-    return files
+        if name not in found:
+            raise UserError(f"tensor {source.stored(name)!r} is missing from {source.path}; the checkpoint does not "
+                            f"match its {source.config}.")
+        want = expected_shape(shapes[ours], how)
+        if found[name] != want:
+            raise UserError(f"tensor {source.stored(name)!r} in {source.file(name)} has shape {found[name]}, but "
+                            f"{source.config} implies {want}; fix the config or the weights.")
 
 
-def read(files: dict[str, Path], cfg: ModelConfig,
-         place: Callable[[tuple, np.ndarray], None]) -> None:
-    """Reads each tensor once (memory-mapped, one at a time), converts it to our layout
-    and passes it to `place(our path, array)`, which puts it on the devices."""
-    from safetensors import safe_open
-
-    by_file: dict[Path, list] = {}
-    for ours, (name, how) in layout(cfg).items():
-        by_file.setdefault(files[name], []).append((ours, name, how))
-    for file, items in by_file.items():
-        with safe_open(str(file), framework="numpy") as f:
-            for ours, name, how in items:
-                place(ours, to_ours(f.get_tensor(name), how, cfg))
+def read(source: Source, cfg: ModelConfig, place: Callable[[tuple, np.ndarray], None]) -> None:
+    """Reads each tensor once (one at a time), converts it to our layout and passes it to
+    `place(our path, array)`, which puts it on the devices."""
+    ours = {name: (path, how) for path, (name, how) in layout(cfg).items()}
+    for name, x in source.tensors(list(ours)):
+        path, how = ours[name]
+        place(path, to_ours(x, how, cfg))
 
 
 def flat(tree: dict, prefix: tuple = ()) -> Iterator[tuple[tuple, object]]:
