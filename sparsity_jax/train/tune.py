@@ -71,10 +71,10 @@ def tune_table(tried: list[tuple[Settings, dr.DryRun]], chosen: int | None) -> s
 
 
 def run_tune(settings: Settings, method: Callable, name: str, *, device: str | None = None,
-             topology: str | None = None) -> int:
+             topology: str | None = None, remats: tuple[str, ...] = tuple(REMAT_POLICIES)) -> int:
     """Prints the candidates, the chosen configuration's dry run and, last, its overrides
     as flags; UserError (exit 2) when nothing fits."""
-    tried, chosen = tune(settings, method, device=device, topology=topology)
+    tried, chosen = tune(settings, method, device=device, topology=topology, remats=remats)
     first = tried[0][1]
     print(f"tuning {name} for {first.devices} × {first.device_kind} ({first.capacity_of}), global batch "
           f"{settings.train.global_batch_size} × {settings.train.seq_len} tokens:")
