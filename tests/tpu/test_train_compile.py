@@ -4,6 +4,10 @@ compiler's own FLOPs per chip against the CPU count of the model FLOPs, the scan
 model's extrapolated step time against the unrolled model's own estimate, a multi-host
 slice, and a step the compiler refuses as one sentence with exit 2."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -54,18 +58,27 @@ def test_the_compilers_flops_and_the_extrapolated_step_time_match_independent_co
     assert dr.optimal_seconds(once) < 0.7 * dr.optimal_seconds(plain)  # why it needs extrapolating
 
 
-def test_dry_run_on_a_multi_host_slice_prints_the_compilers_figures(tmp_path, capsys):
-    workdir = tmp_path / "run"
-    args = ["train", "--config", "configs/default.py", "--workdir", str(workdir), "--dry-run",
-            "--topology", "v5litepod-16"] + [f"--config.{k}={v}" for k, v in SMALL.items()]
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+def test_dry_run_on_a_multi_host_slice_prints_the_compilers_figures_and_never_reaches_the_network(tmp_path):
+    """The command as a user runs it, in its own process; under strace (where installed)
+    every connect() it makes is recorded: none may be to an internet address."""
+    workdir, trace = tmp_path / "run", tmp_path / "connect.log"
+    cmd = [sys.executable, "-m", "sparsity_jax.cli", "train", "--config", "configs/default.py", "--workdir",
+           str(workdir), "--dry-run", "--topology", "v5litepod-16"] + [f"--config.{k}={v}" for k, v in SMALL.items()]
+    if shutil.which("strace"):
+        cmd = ["strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", str(trace)] + cmd
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}  # the product sets them itself
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.strip().splitlines()
     result = json.loads(out[-1])
     assert (result["devices"], result["hosts"], result["device_kind"], result["fits"]) == (16, 4, "TPU v5 lite", True)
     assert result["flops_per_step"] > 0 and result["compiler_step_seconds"] > 0
     assert result["capacity_bytes_per_device"] == 16 * 1024**3
     assert "16 × TPU v5 lite on 4 hosts" in out[0] and "(compiler estimate)" in "\n".join(out)
-    assert not workdir.exists() and not any(tmp_path.iterdir())
+    assert not workdir.exists()
+    if shutil.which("strace"):
+        calls = [line for line in trace.read_text().splitlines() if "connect(" in line]
+        assert not [c for c in calls if "AF_INET" in c], calls
 
 
 def test_a_step_the_compiler_refuses_is_one_sentence_and_exit_2(tmp_path, capsys):
