@@ -47,12 +47,13 @@ def out(line: str, file) -> None:
 def row(config: str, topology: str, st, r: dr.DryRun | None, error: str | None = None) -> str:
     if r is None:
         return f"| {config} | {topology} | - | - | - | - | - | - | - | {error} |"
-    est = r.compiler_step_seconds
+    est = r.estimated_step_seconds
+    mark = "" if r.compiler_step_seconds else " ʳ"
     fits = "NO (refused)" if r.compiler_error else {True: "yes", False: "NO", None: "?"}[r.fits]
     return (f"| {config} | {topology} ({r.devices} × {r.device_kind}, {r.hosts} host{'s' * (r.hosts > 1)}) | {fits} | "
             f"{r.peak_bytes_per_device / dr.GIB:.2f} | {r.compile_seconds:.0f} | "
-            f"{f'{est:.4g}' if est else 'n/a'} | {f'{r.compiler_tokens_per_second:,.0f}' if est else 'n/a'} | "
-            f"{f'{r.compiler_mfu:.1%}' if r.compiler_mfu else 'n/a'} | {st.train.grad_accum} | {r.per_device_batch} |")
+            f"{f'{est:.4g}{mark}' if est else 'n/a'} | {f'{r.estimated_tokens_per_second:,.0f}' if est else 'n/a'} | "
+            f"{f'{r.estimated_mfu:.1%}' if r.estimated_mfu else 'n/a'} | {st.train.grad_accum} | {r.per_device_batch} |")
 
 
 def dry(config: str, topology: str, file) -> None:
@@ -104,7 +105,8 @@ def main(argv) -> int:
             "no TPU attached)\n", file)
         out("Overrides for every config: " + " ".join(f"--config.{k}={v}" for k, v in OVERRIDES.items()), file)
         out("Step s, tokens/s, MFU: compiler estimates (the TPU compiler's optimal_seconds, scan- and "
-            "accumulation-corrected), not measurements; n/a where the compiler gives none.\n", file)
+            "accumulation-corrected; ʳ where it gives none: the roofline of its own FLOPs and bytes per chip), "
+            "not measurements.\n", file)
         out("| config | slice | fits | peak GiB/chip | compile s | step s | tokens/s | MFU | grad_accum | batch/chip |", file)
         out("|---|---|---|---|---|---|---|---|---|---|", file)
         names = lambda s: [] if s == "none" else s.split(",")  # noqa: E731

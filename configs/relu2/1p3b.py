@@ -21,7 +21,7 @@ def get_config(activation: str = "relu2"):
                         d_ff=5376 if activation in GATED else 8192, dtype="bfloat16",
                         scan_layers=True, remat="full"))
     c.data.update(dict(task="c4_en", vocab="sentencepiece"))
-    c.train.update(dict(steps=100_000, global_batch_size=1024, seq_len=2048, log_every=100, eval_every=2000,
+    c.train.update(dict(steps=100_000, global_batch_size=1024, seq_len=2048, grad_accum=16, log_every=100, eval_every=2000,
                         checkpoint_every=2000, keep_checkpoints=10))
     c.optimizer.update(dict(lr=3e-4, schedule="cosine", warmup_steps=2000, weight_decay=0.1))
     # FSDP over the whole slice: 1.3B parameters with Adam's moments need ~21 GB, more than

@@ -28,17 +28,18 @@ class Chip:
     device_kinds: tuple[str, ...]  # prefixes of jax `Device.device_kind`
     hbm_bytes: int | None  # memory per device
     peak_flops: float  # dense bf16 FLOP/s per device (vendor figure), for MFU
+    hbm_bandwidth: float  # bytes/s per device (vendor figure), for a roofline
 
 
 CHIPS = (
-    Chip("v4", ("TPU v4",), 32 * GIB, 275e12),
-    Chip("v5e", ("TPU v5 lite", "TPU v5e"), 16 * GIB, 197e12),
-    Chip("v5p", ("TPU v5p", "TPU v5"), 95 * GIB, 459e12),
-    Chip("v6e", ("TPU v6 lite", "TPU v6e"), 32 * GIB, 918e12),
-    Chip("h100", ("NVIDIA H100",), 80 * GIB, 989e12),
-    Chip("h200", ("NVIDIA H200",), 141 * GIB, 989e12),
-    Chip("a100", ("NVIDIA A100",), None, 312e12),  # 40 or 80 GB: the device reports which
-    Chip("l4", ("NVIDIA L4",), 24 * GIB, 121e12),
+    Chip("v4", ("TPU v4",), 32 * GIB, 275e12, 1228e9),
+    Chip("v5e", ("TPU v5 lite", "TPU v5e"), 16 * GIB, 197e12, 819e9),
+    Chip("v5p", ("TPU v5p", "TPU v5"), 95 * GIB, 459e12, 2765e9),
+    Chip("v6e", ("TPU v6 lite", "TPU v6e"), 32 * GIB, 918e12, 1640e9),
+    Chip("h100", ("NVIDIA H100",), 80 * GIB, 989e12, 3350e9),
+    Chip("h200", ("NVIDIA H200",), 141 * GIB, 989e12, 4800e9),
+    Chip("a100", ("NVIDIA A100",), None, 312e12, 2039e9),  # 40 or 80 GB: the device reports which
+    Chip("l4", ("NVIDIA L4",), 24 * GIB, 121e12, 300e9),
 )
 
 

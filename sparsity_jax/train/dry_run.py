@@ -9,10 +9,13 @@ On a CPU machine fake devices stand in for the accelerators
 (`XLA_FLAGS=--xla_force_host_platform_device_count=N`); with libtpu installed, a TPU slice
 (`--topology v5p-8`, `runtime.hardware`) is compiled for with no TPU attached. The TPU
 compiler then also estimates the step time (its cost analysis' `optimal_seconds`), from
-which tokens/s and MFU follow: compiler estimates, never measurements. XLA counts a loop's
-body once, so a scanned model's estimate is extrapolated from 1- and 2-layer unrolled
-compiles of the same step, and the gradient-accumulation loop's is multiplied by its trip
-count (the optimizer update then counts grad_accum times: the estimate leans high).
+which tokens/s and MFU follow: compiler estimates, never measurements. Where it gives a
+negative "unknown" instead (seen on v5e, and wherever libtpu's own ConcatBitcast or the
+MoE step's gathers appear), the step time is the roofline of the compiler's own per-chip
+counts, max(FLOPs / peak, bytes accessed / HBM bandwidth), and says so. XLA counts a
+loop's body once, so a scanned model's counts are extrapolated from 1- and 2-layer
+unrolled compiles of the same step, and the gradient-accumulation loop's are multiplied
+by its trip count (the optimizer update then counts grad_accum times: leaning high).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from sparsity_jax.train.setup import build
 
 GIB = hardware.GIB
 ESTIMATE = "compiler estimate"  # the label of every figure the TPU compiler estimates
+ROOFLINE = "compiler estimate: roofline of its FLOPs and bytes"  # ... where it gives no time of its own
 _OOM = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available")
 
 
@@ -57,6 +61,7 @@ class DryRun:
     per_device_batch: int  # sequences per device in one micro-batch
     peak_flops_per_device: float | None
     compiler_step_seconds: float | None = None  # the TPU compiler's estimate (see the module doc)
+    roofline_step_seconds: float | None = None  # the roofline of the compiler's counts (see the module doc)
     compiler_error: str | None = None
 
     @property
@@ -71,18 +76,28 @@ class DryRun:
         return self.flops_per_step / self.devices
 
     @property
-    def compiler_tokens_per_second(self) -> float | None:
-        s = self.compiler_step_seconds
+    def estimated_step_seconds(self) -> float | None:
+        """The compiler's step-time estimate, else the roofline of its counts."""
+        return self.compiler_step_seconds or self.roofline_step_seconds
+
+    @property
+    def estimate_source(self) -> str:
+        return ESTIMATE if self.compiler_step_seconds else ROOFLINE
+
+    @property
+    def estimated_tokens_per_second(self) -> float | None:
+        s = self.estimated_step_seconds
         return self.tokens_per_step / s if s else None
 
     @property
-    def compiler_mfu(self) -> float | None:
-        s, peak = self.compiler_step_seconds, self.peak_flops_per_device
+    def estimated_mfu(self) -> float | None:
+        s, peak = self.estimated_step_seconds, self.peak_flops_per_device
         return self.flops_per_device / (s * peak) if s and peak else None
 
     def to_json(self) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), fits=self.fits, flops_per_device=self.flops_per_device,
-                    compiler_tokens_per_second=self.compiler_tokens_per_second, compiler_mfu=self.compiler_mfu)
+                    estimated_step_seconds=self.estimated_step_seconds, estimate_source=self.estimate_source,
+                    estimated_tokens_per_second=self.estimated_tokens_per_second, estimated_mfu=self.estimated_mfu)
 
 
 def dry_vocab_size(settings: Settings) -> int:
@@ -154,22 +169,38 @@ def optimal_seconds(compiled) -> float | None:
     return seconds if seconds is not None and seconds > 0 else None
 
 
-def compiler_seconds(settings: Settings, method: Callable, devices: list, compiled) -> float | None:
-    """The TPU compiler's estimated step time (None on backends that give none), with the
-    layer and accumulation loops counted at their trip counts (see the module doc)."""
-    own = optimal_seconds(compiled)
-    if own is None:
+def compiler_costs(settings: Settings, method: Callable, devices: list, compiled) -> dict[str, float | None] | None:
+    """The compiler's per-device estimate of one step: {"seconds" (None: it gave none),
+    "flops", "bytes"}, with the layer and accumulation loops counted at their trip counts
+    (see the module doc); None on a backend with no estimate (no `optimal_seconds`)."""
+    def costs(c) -> dict[str, float | None]:
+        cost = _cost(c)
+        return {"seconds": optimal_seconds(c), "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0)}
+
+    if "optimal_seconds" not in _cost(compiled):
         return None
+    own = costs(compiled)
     layers = settings.model.num_layers
     if settings.model.scan_layers and layers > 1:
         per = []
         for k in (1, 2):
             _, variant, _ = compile_step(with_model(settings, num_layers=k, scan_layers=False), method, devices)
-            if isinstance(variant, str) or optimal_seconds(variant) is None:
+            if isinstance(variant, str):
                 return None
-            per.append(optimal_seconds(variant))
-        own = per[0] + (layers - 1) * (per[1] - per[0])
-    return own * settings.train.grad_accum
+            per.append(costs(variant))
+        line = lambda a, b: None if a is None or b is None else a + (layers - 1) * (b - a)  # noqa: E731
+        own = {k: line(per[0][k], per[1][k]) for k in own}
+    g = settings.train.grad_accum
+    return {k: None if v is None else v * g for k, v in own.items()}
+
+
+def estimates(costs: dict | None, device) -> dict[str, float | None]:
+    """DryRun's compiler_step_seconds and roofline_step_seconds from `compiler_costs`."""
+    chip = hardware.chip_of(device)
+    if costs is None or chip is None:
+        return {}
+    roofline = max(costs["flops"] / chip.peak_flops, costs["bytes"] / chip.hbm_bandwidth)
+    return {"compiler_step_seconds": costs["seconds"], "roofline_step_seconds": roofline or None}
 
 
 def oom_bytes(message: str) -> int:
@@ -202,7 +233,8 @@ def dry_run(settings: Settings, method: Callable, *, device: str | None = None, 
     peak = max(int(getattr(mem, "peak_memory_in_bytes", 0) or 0), args + out - alias + temp)
     result = DryRun(args, out, alias, temp, peak, **common)
     if estimate and result.fits is not False:
-        result = dataclasses.replace(result, compiler_step_seconds=compiler_seconds(settings, method, devices, compiled))
+        costs = compiler_costs(settings, method, devices, compiled)
+        result = dataclasses.replace(result, **estimates(costs, devices[0]))
     return result
 
 
@@ -232,10 +264,10 @@ def table(result: DryRun, settings: Settings, name: str) -> str:
         f"  model FLOPs per step   {result.flops_per_step:.4g} ({result.flops_per_device:.4g} per device)",
         f"  compile seconds        {result.compile_seconds:9.2f}",
     ]
-    if result.compiler_step_seconds:
-        mfu = f", MFU {result.compiler_mfu:.1%}" if result.compiler_mfu else ""
-        rows.append(f"  step time              {result.compiler_step_seconds:9.4g} s, "
-                    f"{result.compiler_tokens_per_second:,.0f} tokens/s{mfu} ({ESTIMATE})")
+    if result.estimated_step_seconds:
+        mfu = f", MFU {result.estimated_mfu:.1%}" if result.estimated_mfu else ""
+        rows.append(f"  step time              {result.estimated_step_seconds:9.4g} s, "
+                    f"{result.estimated_tokens_per_second:,.0f} tokens/s{mfu} ({result.estimate_source})")
     rows.append(f"  fits {result.capacity_of}: {fits}")
     return "\n".join(rows)
 

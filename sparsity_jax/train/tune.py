@@ -12,7 +12,7 @@ grad_accum and then the lowest peak memory, and says so.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.stack import REMAT_POLICIES
@@ -47,26 +47,39 @@ def tune(settings: Settings, method: Callable, *, device: str | None = None, top
     fitting = [i for i, (_, r) in enumerate(tried) if r.fits is not False]
     if not fitting:
         return tried, None
-    timed = all(tried[i][1].compiler_step_seconds for i in fitting)
-    key = ((lambda i: tried[i][1].compiler_step_seconds) if timed else
-           (lambda i: (tried[i][0].train.grad_accum, tried[i][1].peak_bytes_per_device)))
-    return tried, min(fitting, key=key)
+    return tried, min(fitting, key=ranking([tried[i][1] for i in fitting], tried))
+
+
+def ranking(fitting: list[dr.DryRun], tried: list) -> Callable[[int], Any]:
+    """Sort key over indices of `tried`: the compiler's step estimate where every fitting
+    candidate has one, else the roofline of its counts, else (grad_accum, peak memory)."""
+    for field in ("compiler_step_seconds", "roofline_step_seconds"):
+        if all(getattr(r, field) for r in fitting):
+            return lambda i: getattr(tried[i][1], field)
+    return lambda i: (tried[i][0].train.grad_accum, tried[i][1].peak_bytes_per_device)
 
 
 def tune_table(tried: list[tuple[Settings, dr.DryRun]], chosen: int | None) -> str:
     """One row per candidate: remat, grad_accum, per-device batch, peak, estimated step, fit."""
-    rows = [f"  {'remat':6} {'grad_accum':>10} {'batch/device':>12} {'peak GiB':>9} {'step s':>9} "
+    rows = [f"  {'remat':6} {'grad_accum':>10} {'batch/device':>12} {'peak GiB':>9} {'step s':>10} "
             f"{'tokens/s':>12} {'MFU':>6}  fits"]
+    sources = set()
     for i, (st, r) in enumerate(tried):
-        step = f"{r.compiler_step_seconds:9.4f}" if r.compiler_step_seconds else f"{'-':>9}"
-        tps = f"{r.compiler_tokens_per_second:12,.0f}" if r.compiler_tokens_per_second else f"{'-':>12}"
-        mfu = f"{r.compiler_mfu:6.1%}" if r.compiler_mfu else f"{'-':>6}"
+        if r.estimated_step_seconds:
+            sources.add(r.estimate_source)
+            mark = "" if r.compiler_step_seconds else "ʳ"
+            step = f"{r.estimated_step_seconds:9.4g}{mark or ' '}"
+            tps, mfu = f"{r.estimated_tokens_per_second:12,.0f}", f"{r.estimated_mfu:6.1%}" if r.estimated_mfu else "     -"
+        else:
+            step, tps, mfu = f"{'-':>10}", f"{'-':>12}", f"{'-':>6}"
         fits = ("refused: out of memory" if r.compiler_error else {True: "yes", False: "no", None: "unknown"}[r.fits])
         rows.append(f"  {st.model.remat:6} {st.train.grad_accum:>10} {r.per_device_batch:>12} "
                     f"{r.peak_bytes_per_device / dr.GIB:9.2f} {step} {tps} {mfu}  {fits}{' ← chosen' if i == chosen else ''}")
-    timed = chosen is not None and tried[chosen][1].compiler_step_seconds
-    rows.append(f"  (step s, tokens/s, MFU: {dr.ESTIMATE})" if timed else
-                "  (no step-time estimate on this backend: ranked by grad_accum, then peak memory)")
+    if sources:
+        rows.append(f"  (step s, tokens/s, MFU: {dr.ESTIMATE}" +
+                    (f"; ʳ {dr.ROOFLINE}, where the compiler gives no time)" if dr.ROOFLINE in sources else ")"))
+    else:
+        rows.append("  (no step-time estimate on this backend: ranked by grad_accum, then peak memory)")
     return "\n".join(rows)
 
 

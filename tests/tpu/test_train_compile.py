@@ -53,8 +53,9 @@ def test_the_compilers_flops_and_the_extrapolated_step_time_match_independent_co
     # (no loop over layers there); the scanned module's own estimate counts the loop's body once
     scanned = settings.load("configs/default.py", {**SMALL, "model.scan_layers": "True"})
     _, once, _ = dr.compile_step(scanned, make_method, devices)
-    est = dr.compiler_seconds(scanned, make_method, devices, once)
-    assert abs(est / dr.optimal_seconds(plain) - 1) < 0.1
+    est = dr.compiler_costs(scanned, make_method, devices, once)
+    assert abs(est["seconds"] / dr.optimal_seconds(plain) - 1) < 0.1
+    assert abs(est["flops"] / dr._cost(plain)["flops"] - 1) < 0.05
     assert dr.optimal_seconds(once) < 0.7 * dr.optimal_seconds(plain)  # why it needs extrapolating
 
 
@@ -73,6 +74,7 @@ def test_dry_run_on_a_multi_host_slice_prints_the_compilers_figures_and_never_re
     result = json.loads(out[-1])
     assert (result["devices"], result["hosts"], result["device_kind"], result["fits"]) == (16, 4, "TPU v5 lite", True)
     assert result["flops_per_step"] > 0 and result["compiler_step_seconds"] > 0
+    assert result["estimated_tokens_per_second"] == pytest.approx(16 * 64 / result["compiler_step_seconds"])
     assert result["capacity_bytes_per_device"] == 16 * 1024**3
     assert "16 × TPU v5 lite on 4 hosts" in out[0] and "(compiler estimate)" in "\n".join(out)
     assert not workdir.exists()
