@@ -136,11 +136,6 @@ class Predicted:
 CHOOSERS = {"dense": Dense, "threshold": Threshold, "predicted": Predicted}
 
 
-def layer_arrays(arrays: dict[str, Array], i: int) -> dict[str, Array]:
-    """Layer i's slice of a chooser's stacked arrays."""
-    return {k: v[i] for k, v in arrays.items()}
-
-
 def check_predictor(arrays: dict[str, Any], num_layers: int, d_model: int, d_ff: int) -> None:
     """ValueError unless W1 (L, d, r), W2 (L, r, F) and b (L, F) (if given) fit the model."""
     w1, w2 = (jnp.shape(arrays.get(k, ())) for k in ("w1", "w2"))

@@ -45,11 +45,13 @@ TABLE_SPECS = {"up": (0, 2), "gate": (0, 2), "out": (0, 2), "out_t": (1, 2), "ou
 
 
 def build_tables(ffn, keys: tuple[str, ...]) -> Tables:
-    """The tables named in `keys` from an `nn.ffn.FFN` (call under jit: the copies are made once)."""
+    """The tables named in `keys` from an `nn.ffn.FFN`, one layer's or stacked (`LM.ffns`:
+    every table then (L, ...)) (call under jit: the copies are made once)."""
     k = ffn.kernels()
-    tab = {"up": k["in"].T, "gate": k.get("gate", k["in"]).T, "out": k["out"], "out_t": k["out"].T}
+    t = lambda w: jnp.swapaxes(w, -1, -2)  # noqa: E731
+    tab = {"up": t(k["in"]), "gate": t(k.get("gate", k["in"])), "out": k["out"], "out_t": t(k["out"])}
     make = {**{n: (lambda n=n: tab[n]) for n in tab}, "out_norm": ffn.out_norms,
-            "up_norm": lambda: jnp.linalg.norm(k["in"].astype(jnp.float32), axis=0)}
+            "up_norm": lambda: jnp.linalg.norm(k["in"].astype(jnp.float32), axis=-2)}
     return {n: make[n]() for n in keys if n != "gate" or ffn.act.gated}
 
 
