@@ -76,14 +76,16 @@ def threshold_setup(activation: str):
 
 
 @pytest.mark.parametrize("activation,block,permuted", [("relu2", 8, True), ("relu2", 0, True),
-                                                       ("swiglu", 8, False)])
+                                                       ("swiglu", 8, False), ("drelu", 8, False)])
 def test_threshold_block_decoding_equals_the_masked_forward(activation, block, permuted):
+    """drelu: the gate's Cauchy–Schwarz candidates, then relu(W_in x) of the chosen blocks
+    (the FFN's `gated_scores`, which the block path once skipped)."""
     model, mesh, t_L, calib, perms = threshold_setup(activation)
     graphdef, params = place(model, mesh)
     if permuted:
         params = permute_params(params, perms)
     dec = Decoder(graphdef, params, mesh, Threshold(), {"threshold": t_L}, block=block, chunk=32)
-    if activation == "swiglu":  # gated: the Cauchy–Schwarz candidates take the whole shard
+    if activation in ("swiglu", "drelu"):  # gated: the Cauchy–Schwarz candidates take the whole shard
         budgets = ((64,),) * 2
     elif block:  # random weights and tokens: the union of 2 rows touches most blocks of 8 neurons
         budgets = ((48, 56),) * 2
