@@ -77,15 +77,16 @@ def main() -> None:
     for scan in (False, True):
         wall[scan], gens[scan] = generate(dataclasses.replace(toy, scan_layers=scan), mesh, prompts, args.new)
         g = gens[scan]
-        print(f"  {'scanned' if scan else 'unrolled':9s} wall {wall[scan]:7.2f} s  (prefill {g.prefill_s * 1e3:.1f} ms, "
-              f"decode {g.decode_s * 1e3:.1f} ms, the rest compilation and setup)")
+        print(f"  {'scanned' if scan else 'unrolled':9s} wall {wall[scan]:7.2f} s  "
+              f"(prefill {g.prefill_s * 1e3:.1f} ms, decode {g.decode_s * 1e3:.1f} ms, the rest compilation and setup)")
     same = np.array_equal(gens[True].tokens, gens[False].tokens)
     print(f"  scanned / unrolled wall = {wall[True] / wall[False]:.3f} (target <= 0.5); tokens equal: {same}")
     if args.smol_layers:
         smol = dataclasses.replace(SMOL, num_layers=args.smol_layers)
         print(f"(b) decode-step compile (lower + compile), SmolLM2-135M shape, {args.smol_layers} layers, "
               f"batch 1, cache 64")
-        secs = {scan: step_compile_s(dataclasses.replace(smol, scan_layers=scan), mesh, 1, 64) for scan in (False, True)}
+        secs = {scan: step_compile_s(dataclasses.replace(smol, scan_layers=scan), mesh, 1, 64)
+                for scan in (False, True)}
         print(f"  unrolled {secs[False]:7.2f} s   scanned {secs[True]:7.2f} s   ratio {secs[True] / secs[False]:.3f}")
     print(f"load average at the end {os.getloadavg()}")
     if not same:

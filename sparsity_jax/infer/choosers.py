@@ -20,9 +20,9 @@ same numbers.
              W_in rows are gathered and the exact rule applied to them.
   Predicted  a low-rank predictor (issue 12): score = sigmoid(W2·(W1·x) + b), W1
              (L, d, r), W2 (L, r, F), b (L, F); a neuron is computed iff score > 0.5
-             (`nn.sparsify.PredictorSpec`, the masked mode's rule). Nothing of the FFN is read before the choice. (The top-k
-             strategy of the predicted mode would need a global top-k across tensor
-             shards; not offered here.)
+             (`nn.sparsify.PredictorSpec`, the masked mode's rule). Nothing of the FFN
+             is read before the choice. (The top-k strategy of the predicted mode would
+             need a global top-k across tensor shards; not offered here.)
 """
 from __future__ import annotations
 

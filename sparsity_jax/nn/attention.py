@@ -6,10 +6,11 @@ new keys and values at the cache slots [start, start + T) and attends over the w
 cache under `decode_mask`. Both share `qkv` and `attend`.
 
 Cache layout: one key and one value array for all layers, (L, B, S, G, K), stacked on
-the leading layer axis like scanned parameters (as MaxText and flax's lm1b keep theirs),
+the leading layer axis like scanned parameters (as MaxText's scanned decoder keeps it),
 so layer i's slice (B, S, G, K) rides through the model's layer loop (`nn.stack.run`,
-scanned or unrolled) as a per-layer input and its update as a per-layer output. Prompts are LEFT-padded to a common length P (`infer.cache.left_pad`): every
-row writes slot `start + i` at the same time and all rows finish prefill at slot P.
+scanned or unrolled) as a per-layer input and its update as a per-layer output. Prompts
+are LEFT-padded to a common length P (`infer.cache.left_pad`): every row writes slot
+`start + i` at the same time and all rows finish prefill at slot P.
 Row b's real tokens start at slot `pad_B[b]`; its RoPE positions are `slot − pad_B[b]`
 (the real tokens sit at positions 0, 1, … exactly as in an unpadded forward pass) and
 its queries never see slots before `pad_B[b]`.
