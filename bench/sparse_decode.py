@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparsity_jax.infer import Decoder, Dense, Predicted, Threshold, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate, measured_candidates  # noqa: E402
-from sparsity_jax.infer.choosers import Act, layer_arrays  # noqa: E402
+from sparsity_jax.infer.choosers import Act  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, layer_ffn  # noqa: E402
 from sparsity_jax.infer.layout import coactivation_layout, permute_arrays, permute_params  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
@@ -82,7 +82,8 @@ def ffn_timer(dec: Decoder, x_LxNxD, sparse: bool):
 
     @jax.jit
     def run(tables, arrays, x_LxNxD):
-        return jnp.stack([layer_ffn(dec.chooser, layer_arrays(arrays, i), tables[i], x_LxNxD[i], act, mesh=dec.mesh,
+        at = lambda tree, i: jax.tree.map(lambda v: v[i], tree)  # noqa: E731
+        return jnp.stack([layer_ffn(dec.chooser, at(arrays, i), at(tables, i), x_LxNxD[i], act, mesh=dec.mesh,
                                     axis=dec.axis, budgets=None if budgets is None else budgets[i], chunk=dec.chunk,
                                     block=dec.block, kernel=dec.kernel)[0] for i, act in enumerate(acts)])
 

@@ -20,18 +20,17 @@ __all__ = ["KVCache", "cache_positions", "decode_mask", "cache_spec", "init_cach
 
 
 def cache_spec(cfg: ModelConfig, batch: int, length: int, mesh: Mesh) -> NamedSharding:
-    """Sharding of one (B, S, G, K) cache array: rows over (data, fsdp) and KV heads over
-    `tensor` where they divide, like the activations and the attention kernels."""
-    shape = (batch, length, cfg.kv_heads, cfg.heads_dim)
-    return logical_sharding(("cache_batch", "cache_sequence", "cache_heads", "cache_kv"), shape, mesh)
+    """Sharding of the (L, B, S, G, K) key (or value) array: layers unsharded like stacked
+    parameters, rows over (data, fsdp) and KV heads over `tensor` where they divide, like
+    the activations and the attention kernels."""
+    shape = (cfg.num_layers, batch, length, cfg.kv_heads, cfg.heads_dim)
+    return logical_sharding(("layers", "cache_batch", "cache_sequence", "cache_heads", "cache_kv"), shape, mesh)
 
 
 def init_cache(cfg: ModelConfig, pad_B: Array, length: int) -> KVCache:
     """An all-zero cache of `length` slots for len(pad_B) rows in the model's compute dtype."""
-    shape = (pad_B.shape[0], length, cfg.kv_heads, cfg.heads_dim)
-    zeros = tuple(jnp.zeros(shape, DTYPES[cfg.dtype]) for _ in range(cfg.num_layers))
-    return KVCache(zeros, tuple(jnp.zeros(shape, DTYPES[cfg.dtype]) for _ in range(cfg.num_layers)),
-                   pad_B.astype(jnp.int32))
+    shape = (cfg.num_layers, pad_B.shape[0], length, cfg.kv_heads, cfg.heads_dim)
+    return KVCache(jnp.zeros(shape, DTYPES[cfg.dtype]), jnp.zeros(shape, DTYPES[cfg.dtype]), pad_B.astype(jnp.int32))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Array, Array]:

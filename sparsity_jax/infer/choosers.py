@@ -19,10 +19,10 @@ same numbers.
              bound reaches t_l (a superset of the kept ones, never missing one); their
              W_in rows are gathered and the exact rule applied to them.
   Predicted  a low-rank predictor (issue 12): score = sigmoid(W2·(W1·x) + b), W1
-             (L, d, r), W2 (L, r, F), b (L, F); a neuron is computed iff score > cutoff
-             (default 0.5). Nothing of the FFN is read before the choice. (The top-k
-             strategy of the predicted mode would need a global top-k across tensor
-             shards; not offered here.)
+             (L, d, r), W2 (L, r, F), b (L, F); a neuron is computed iff score > 0.5
+             (`nn.sparsify.PredictorSpec`, the masked mode's rule). Nothing of the FFN
+             is read before the choice. (The top-k strategy of the predicted mode would
+             need a global top-k across tensor shards; not offered here.)
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from sparsity_jax.nn.sparsify import active_at, magnitudes, threshold_keep
+from sparsity_jax.nn.sparsify import PredictorSpec, active_at, magnitudes, threshold_keep
 
 Array = jax.Array
 Tables = dict[str, Array]
@@ -43,17 +43,17 @@ BOUND_SLACK = 1 + 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class Act:
-    """An FFN's activation, static: `activate(h_in, h_gate)`, σ and, gated, what the up
-    projection contributes (`up`: identity, ReLU for dReLU) (from `nn.ffn.FFN`)."""
+    """An FFN's activation maths, static, taken from `nn.ffn.FFN` (defined there once):
+    `activate(h_in, h_gate)`, σ and, gated, `gated_scores(s, h_in)` = s ⊙ up(h_in)."""
 
     activate: Callable[..., Array]
     sigma: Callable[[Array], Array]
     gated: bool
-    up: Callable[[Array], Array]
+    gated_scores: Callable[[Array, Array], Array]
 
     @classmethod
     def of(cls, ffn) -> "Act":
-        return cls(ffn.activate, ffn.sigma, ffn.act.gated, ffn.act.up)
+        return cls(ffn.activate, ffn.sigma, ffn.act.gated, ffn.gated_scores)
 
 
 def project(w_FxD: Array, x_NxD: Array) -> Array:
@@ -109,11 +109,10 @@ class Threshold:
 
 @dataclasses.dataclass(frozen=True)
 class Predicted:
-    """score = sigmoid(W2·(W1·x) + b) > cutoff, in float32 as the masked `predicted` FFN
-    mode of issue 12 computes it; arrays {"w1": (L, d, r), "w2": (L, r, F), "b": (L, F)}
+    """The masked `predicted` FFN mode's rule (`nn.sparsify.PredictorSpec.keep`, strategy
+    "threshold": score > 0.5); arrays {"w1": (L, d, r), "w2": (L, r, F), "b": (L, F)}
     (b optional)."""
 
-    cutoff: float = 0.5
     name: str = "predicted"
 
     def table_keys(self, gated: bool) -> tuple[str, ...]:
@@ -123,22 +122,13 @@ class Predicted:
         return {"w1": P(), "w2": P(None, axis), "b": P(axis)}
 
     def candidates(self, arr, tab: Tables, x_NxD: Array, act: Act) -> tuple[Array, dict]:
-        f32 = lambda v: v.astype(jnp.float32)  # noqa: E731
-        logit_NxF = (f32(x_NxD) @ f32(arr["w1"])) @ f32(arr["w2"])
-        if "b" in arr:
-            logit_NxF = logit_NxF + f32(arr["b"])
-        return jax.nn.sigmoid(logit_NxF) > self.cutoff, {}
+        return PredictorSpec(arr["w1"], arr["w2"], arr.get("b")).keep(x_NxD), {}
 
     def keep(self, arr, a_NxK: Array, out_norm_K: Array | None) -> Array | None:
         return None
 
 
 CHOOSERS = {"dense": Dense, "threshold": Threshold, "predicted": Predicted}
-
-
-def layer_arrays(arrays: dict[str, Array], i: int) -> dict[str, Array]:
-    """Layer i's slice of a chooser's stacked arrays."""
-    return {k: v[i] for k, v in arrays.items()}
 
 
 def check_predictor(arrays: dict[str, Any], num_layers: int, d_model: int, d_ff: int) -> None:

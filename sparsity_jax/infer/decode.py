@@ -1,8 +1,9 @@
 """KV-cache decoding of an `LM` with a dense or sparse FFN (`Decoder.generate`).
 
 Every call is the model's own forward (`LM.forward` with its KV cache) rebuilt from
-(graphdef, params) inside pure jitted functions; the FFN hook runs `infer.ffn` tables
-with a chooser (`infer.choosers`). Prefill
+(graphdef, params) inside pure jitted functions, so a `scan_layers` model decodes under
+its scan; the FFN hook runs `infer.ffn` tables (stacked (L, ...) like the blocks and
+scanned with them) with a chooser (`infer.choosers`). Prefill
 runs the prompt (left-padded, see `infer.cache`) through the masked form of the chooser's
 FFN in one call; every later step feeds one token per row through the sparse form when
 `budgets` are given (else the masked form: the reference). Each function compiles once
@@ -23,9 +24,11 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.infer.cache import KVCache, cache_spec, init_cache, left_pad
-from sparsity_jax.infer.choosers import Act, Dense, layer_arrays
+from sparsity_jax.infer.choosers import Act, Dense
 from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
+from sparsity_jax.nn.activations import ACTIVATIONS
+from sparsity_jax.nn.model import FFNHook
 from sparsity_jax.runtime import sharding as shd
 
 Array = jax.Array
@@ -57,19 +60,23 @@ class _Static:
     block: int = 0
     kernel: str = "auto"
 
-    def ffn(self, arrays, tables, sparse: bool):
-        """The `LM.forward` FFN hook: (y, stats) in the sparse form; (y, (kept, candidates)) in the masked form."""
-        budgets = self.budgets if sparse else None
+    def ffn(self, arrays, tables, sparse: bool) -> FFNHook:
+        """The `LM.forward` FFN hook over the stacked chooser arrays and tables (scanned with
+        the layers): records {kept_N (L, N), rows, union, read, over, dense (L,)} in the
+        sparse form (layer i under budgets[i]); {kept, candidates (L, B, T, F)} in the masked form."""
+        n = jax.tree.leaves(tables)[0].shape[0]
 
-        def run(i, ffn_module, h_BxTxD):
+        def run(ffn_module, h_BxTxD, xs_i, static_i):
+            arr, tab = xs_i
             b, t, d = h_BxTxD.shape
-            out = layer_ffn(self.chooser, layer_arrays(arrays, i), tables[i], h_BxTxD.reshape(b * t, d),
-                            Act.of(ffn_module), mesh=self.mesh, axis=self.axis,
-                            budgets=None if budgets is None else budgets[i], chunk=self.chunk,
-                            block=self.block, kernel=self.kernel)
+            out = layer_ffn(self.chooser, arr, tab, h_BxTxD.reshape(b * t, d), Act.of(ffn_module), mesh=self.mesh,
+                            axis=self.axis, budgets=static_i, chunk=self.chunk, block=self.block, kernel=self.kernel)
             y_BxTxD = out[0].reshape(b, t, d)
-            return (y_BxTxD, out[1]) if budgets is not None else (y_BxTxD, out[1:])
-        return run
+            if static_i is not None:
+                return y_BxTxD, out[1]
+            return y_BxTxD, {"kept": out[1].reshape(b, t, -1), "candidates": out[2].reshape(b, t, -1)}
+
+        return FFNHook(run, (arrays, tables), self.budgets if sparse else (None,) * n)
 
 
 def _cached_forward(st: _Static, params, tables, arrays, cache: KVCache, tokens_BxT, start, sparse: bool):
@@ -87,20 +94,26 @@ def _prefill(st, params, tables, arrays, cache, tokens_BxP, key, temperature, to
     return _next(logits_BxPxV[:, -1], key, temperature, top_p, greedy), logits_BxPxV, cache
 
 
+def _step_stats(records: dict[str, Array], b: int, f: int, sparse: bool) -> dict[str, Array]:
+    """One decode step's (L,) statistics (STATS but tokens) from the FFN hook's records."""
+    if sparse:
+        r = records
+        add = {"kept": jnp.sum(r["kept_N"], axis=1), "rows": r["rows"], "union": r["union"], "read": r["read"],
+               "over": b * r["over"], "dense": b * r["dense"]}
+    else:
+        n = records["kept"].shape[0]
+        full = jnp.full((n,), f, jnp.int32)
+        add = {"kept": jnp.sum(records["kept"], axis=(1, 2, 3)), "rows": full,
+               "union": jnp.sum(jnp.any(records["candidates"], axis=(1, 2)), axis=-1), "read": full,
+               "over": jnp.zeros((n,), jnp.int32), "dense": jnp.full((n,), b, jnp.int32)}
+    return {k: v.astype(jnp.float32) for k, v in add.items()}
+
+
 def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top_p, totals, *, greedy):
     sparse = st.budgets is not None
-    logits_Bx1xV, cache, ff = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
-    b, f = tok_B.shape[0], st.d_ff
-    per_layer = []
-    for out in ff:
-        if sparse:
-            s = out
-            per_layer.append((jnp.sum(s["kept_N"]), s["rows"], s["union"], s["read"], b * s["over"], b * s["dense"]))
-        else:
-            union = jnp.sum(jnp.any(out[1], axis=0))
-            per_layer.append((jnp.sum(out[0]), jnp.int32(f), union, jnp.int32(f), 0, b))
-    add = {k: jnp.asarray([p[j] for p in per_layer], jnp.float32) for j, k in enumerate(STATS[:6])}
-    add["tokens"] = jnp.float32(b)
+    logits_Bx1xV, cache, records = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
+    b = tok_B.shape[0]
+    add = dict(_step_stats(records, b, st.d_ff, sparse), tokens=jnp.float32(b))
     totals = {k: totals[k] + add[k] for k in STATS}
     logits_BxV = logits_Bx1xV[:, 0]
     return _next(logits_BxV, key, temperature, top_p, greedy), logits_BxV, cache, totals
@@ -113,9 +126,8 @@ def masked_forward(graphdef, params, tables, arrays, tokens_BxT, segment_ids_BxT
     the source of `infer.budget`'s statistics (call under jit)."""
     st = _Static(graphdef, chooser, mesh, axis, None, 0, 0)
     model = nnx.merge(graphdef, params)
-    b, t = tokens_BxT.shape
-    logits, _, ff = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False))
-    return logits, jnp.stack([cand_NxF.reshape(b, t, -1) for _, cand_NxF in ff])
+    out = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False))
+    return out.logits, out.records["candidates"]
 
 
 @dataclasses.dataclass
@@ -163,15 +175,14 @@ class Decoder:
         self.axis, self.chunk, self.block, self.kernel = tensor_axis(mesh, self.cfg.d_ff), chunk, block, kernel
         if block and (self.cfg.d_ff // self.shards) % block:
             raise ValueError(f"block {block} must divide the per-shard F {self.cfg.d_ff // self.shards}")
-        keys = chooser.table_keys(model.layer_blocks()[0].ffn.act.gated)
+        keys = chooser.table_keys(ACTIVATIONS[self.cfg.activation].gated)
 
-        def tables(params):
-            m = nnx.merge(graphdef, params)
-            return [build_tables(blk.ffn, keys) for blk in m.layer_blocks()]
+        def tables(params):  # stacked (L, ...) like the blocks: the forward scans them with the layers
+            return build_tables(nnx.merge(graphdef, params).ffns(), keys)
 
-        shapes = jax.eval_shape(tables, params)
-        shardings = [{k: NamedSharding(mesh, s) for k, s in table_specs(t, self.axis).items()} for t in shapes]
-        self.tables = jax.jit(tables, out_shardings=shardings)(params)
+        specs = table_specs(jax.eval_shape(tables, params), self.axis)
+        self.tables = jax.jit(tables, out_shardings={k: NamedSharding(mesh, P(None, *s)) for k, s in specs.items()})(
+            params)
         repl = NamedSharding(mesh, P())
         arrays = arrays or {}
         arr_sh = {k: NamedSharding(mesh, P(None, *s)) for k, s in chooser.specs(self.axis).items() if k in arrays}
@@ -214,8 +225,7 @@ class Decoder:
     def _new_cache(self, pad_B: Array, length: int) -> KVCache:
         sh = cache_spec(self.cfg, pad_B.shape[0], length, self.mesh)
         cache = init_cache(self.cfg, pad_B, length)
-        return jax.device_put(cache, KVCache((sh,) * len(cache.k), (sh,) * len(cache.v),
-                                             NamedSharding(self.mesh, P())))
+        return jax.device_put(cache, KVCache(sh, sh, NamedSharding(self.mesh, P())))
 
     def _zeros(self) -> dict[str, Array]:
         n = self.cfg.num_layers

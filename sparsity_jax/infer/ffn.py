@@ -45,11 +45,13 @@ TABLE_SPECS = {"up": (0, 2), "gate": (0, 2), "out": (0, 2), "out_t": (1, 2), "ou
 
 
 def build_tables(ffn, keys: tuple[str, ...]) -> Tables:
-    """The tables named in `keys` from an `nn.ffn.FFN` (call under jit: the copies are made once)."""
+    """The tables named in `keys` from an `nn.ffn.FFN`, one layer's or stacked (`LM.ffns`:
+    every table then (L, ...)) (call under jit: the copies are made once)."""
     k = ffn.kernels()
-    tab = {"up": k["in"].T, "gate": k.get("gate", k["in"]).T, "out": k["out"], "out_t": k["out"].T}
+    t = lambda w: jnp.swapaxes(w, -1, -2)  # noqa: E731
+    tab = {"up": t(k["in"]), "gate": t(k.get("gate", k["in"])), "out": k["out"], "out_t": t(k["out"])}
     make = {**{n: (lambda n=n: tab[n]) for n in tab}, "out_norm": ffn.out_norms,
-            "up_norm": lambda: jnp.linalg.norm(k["in"].astype(jnp.float32), axis=0)}
+            "up_norm": lambda: jnp.linalg.norm(k["in"].astype(jnp.float32), axis=-2)}
     return {n: make[n]() for n in keys if n != "gate" or ffn.act.gated}
 
 
@@ -104,40 +106,45 @@ def gather_combine(a_NxK: Array, w_FxD: Array, idx_K: Array, chunk: int) -> Arra
     return y_NxD
 
 
-def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
+def _products(rows, fn, gate: bool) -> Array:
+    """fn(W_in x, W_gate x) of the computed neurons (`gate`), fn(W_in x), or W_in x (fn None);
+    `rows(name)` is x times the rows of table `name`, (N, K)."""
+    h_NxK = rows("up")
+    if gate:
+        return fn(h_NxK, rows("gate"))
+    return h_NxK if fn is None else fn(h_NxK)
+
+
+def _scores(act: Act, pre: dict, up, take) -> Array:
+    """Activation scores (N, K) of the computed neurons, by the FFN's own maths (`Act`):
+    the chooser's full scores `a` or gate scores `s` when it computed them (`take` picks
+    the K neurons), else from the products `up(fn, gate)` (`_products`, a block kernel)."""
     if "a" in pre:
-        return pre["a"]
-    h_NxF = project(tab["up"], x_NxD)
-    if not act.gated:
-        return act.activate(h_NxF)
-    return pre["s"] * act.up(h_NxF) if "s" in pre else act.activate(h_NxF, project(tab["gate"], x_NxD))
+        return take(pre["a"])
+    if "s" in pre:
+        return act.gated_scores(take(pre["s"]), up(None, False))
+    return up(act.activate, act.gated)
 
 
 def _view(w_FxD: Array, block: int) -> Array:
     return w_FxD.reshape(-1, block, w_FxD.shape[-1])
 
 
-def _block_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, bidx: Array, block: int,
-                  chunk: int, kernel: str) -> Array:
-    if "a" in pre:
-        return jnp.take(pre["a"], idx_K, axis=1)
-    up = functools.partial(kernels.block_up, x_NxD, bidx_K=bidx, kernel=kernel, chunk=chunk)
-    if not act.gated:
-        return up(_view(tab["up"], block), act=act.activate)
-    if "s" in pre:
-        return jnp.take(pre["s"], idx_K, axis=1) * up(_view(tab["up"], block))
-    return up(_view(tab["up"], block), gate_GxBxD=_view(tab["gate"], block), act=act.activate)
+def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
+    return _scores(act, pre, functools.partial(_products, lambda n: project(tab[n], x_NxD)), lambda v: v)
 
 
-def _gathered_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, chunk: int) -> Array:
-    if "a" in pre:
-        return jnp.take(pre["a"], idx_K, axis=1)
-    h_NxK = gather_project(tab["up"], idx_K, x_NxD, chunk)
-    if not act.gated:
-        return act.activate(h_NxK)
-    if "s" in pre:
-        return jnp.take(pre["s"], idx_K, axis=1) * act.up(h_NxK)
-    return act.activate(h_NxK, gather_project(tab["gate"], idx_K, x_NxD, chunk))
+def _chosen_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, bidx, block: int, chunk: int,
+                   kernel: str) -> Array:
+    """Scores of the K chosen neurons `idx_K`: single-row gathers, or with `block` the
+    blocks `bidx` through a block kernel."""
+    if block:
+        def up(fn, gate):
+            return kernels.block_up(x_NxD, _view(tab["up"], block), bidx, gate_GxBxD=_view(tab["gate"], block)
+                                    if gate else None, act=fn, kernel=kernel, chunk=chunk)
+    else:
+        up = functools.partial(_products, lambda n: gather_project(tab[n], idx_K, x_NxD, chunk))
+    return _scores(act, pre, up, lambda v: jnp.take(v, idx_K, axis=1))
 
 
 def _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre) -> tuple[Array, Array]:
@@ -177,10 +184,9 @@ def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple
         if block:
             bidx = compact(union_G, k // block)
             idx_K = (bidx[:, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(-1)
-            a_NxK = _block_scores(tab, x_NxD, act, pre, idx_K, bidx, block, chunk, kernel)
         else:
-            idx_K = compact(union_F, k)
-            a_NxK = _gathered_scores(tab, x_NxD, act, pre, idx_K, chunk)
+            bidx, idx_K = None, compact(union_F, k)
+        a_NxK = _chosen_scores(tab, x_NxD, act, pre, idx_K, bidx, block, chunk, kernel)
         live_NxK = (jnp.arange(k) < need)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
         keep = chooser.keep(arr, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
         keep_NxK = live_NxK if keep is None else live_NxK & keep

@@ -20,13 +20,12 @@ import jax.numpy as jnp
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import run_auto
 from sparsity_jax.metrics.reduce import AxisName, check_batch_rank, psum, real_tokens, safe_div
-from sparsity_jax.nn.sparsify import topk_keep
+from sparsity_jax.nn.sparsify import score_keep
 
 Array = jax.Array
 
 STRATEGIES = ("threshold", "topk")
 REDUCTIONS = ("token", "pooled")
-SCORE_THRESHOLD = 0.5  # ReLU² App. A.2: predicted active when the score is above 0.5
 
 
 class PredictorMetrics(NamedTuple):
@@ -47,9 +46,7 @@ def predicted_active(scores: Array, strategy: str = "threshold", k: int | None =
     """
     scores = jnp.asarray(scores)
     k = _check_strategy(strategy, k, scores.shape[-1])
-    if strategy == "threshold":
-        return scores > SCORE_THRESHOLD
-    return topk_keep(scores, k)  # scores are probabilities ≥ 0, so the largest |s| are the largest s
+    return score_keep(scores, strategy, k or 0)  # the rule of `nn.sparsify` (top-k: scores ≥ 0, |s| = s)
 
 
 def _check_strategy(strategy: str, k, num_units: int) -> int | None:

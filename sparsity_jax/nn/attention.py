@@ -5,10 +5,12 @@
 new keys and values at the cache slots [start, start + T) and attends over the whole
 cache under `decode_mask`. Both share `qkv` and `attend`.
 
-Cache layout: one key and one value array per layer, (B, S, G, K), in a tuple over
-layers, so each layer's update is one in-place `dynamic_update_slice` on a donated
-buffer. Prompts are LEFT-padded to a common length P (`infer.cache.left_pad`): every
-row writes slot `start + i` at the same time and all rows finish prefill at slot P.
+Cache layout: one key and one value array for all layers, (L, B, S, G, K), stacked on
+the leading layer axis like scanned parameters (as MaxText's scanned decoder keeps it),
+so layer i's slice (B, S, G, K) rides through the model's layer loop (`nn.stack.run`,
+scanned or unrolled) as a per-layer input and its update as a per-layer output. Prompts
+are LEFT-padded to a common length P (`infer.cache.left_pad`): every row writes slot
+`start + i` at the same time and all rows finish prefill at slot P.
 Row b's real tokens start at slot `pad_B[b]`; its RoPE positions are `slot − pad_B[b]`
 (the real tokens sit at positions 0, 1, … exactly as in an unpadded forward pass) and
 its queries never see slots before `pad_B[b]`.
@@ -39,15 +41,16 @@ def attention_mask(segment_ids_BxT: Array) -> Array:
 
 
 class KVCache(NamedTuple):
-    """Keys / values per layer ((B, S, G, K) each) and the left padding of each row (B,)."""
+    """Keys and values of every layer, (L, B, S, G, K) each, and the left padding of each row (B,)."""
 
-    k: tuple[Array, ...]
-    v: tuple[Array, ...]
+    k: Array
+    v: Array
     pad_B: Array
 
     @property
     def length(self) -> int:
-        return self.k[0].shape[1]
+        """S, the number of cache slots."""
+        return self.k.shape[2]
 
 
 def cache_positions(pad_B: Array, start: Array, t: int) -> Array:

@@ -90,7 +90,12 @@ class FFN(nnx.Module):
 
     def activate(self, h_in: Array, h_gate: Array | None = None) -> Array:
         """Activation scores a from the pre-activations W_in x (and W_gate x when gated)."""
-        return self.sigma(h_gate) * self.act.up(h_in) if self.act.gated else self.sigma(h_in)
+        return self.gated_scores(self.sigma(h_gate), h_in) if self.act.gated else self.sigma(h_in)
+
+    def gated_scores(self, s: Array, h_in: Array) -> Array:
+        """a = s ⊙ up(W_in x) of a gated FFN from its gate score s = σ(W_gate x): the one
+        definition of the gated activation (`activate`, `hidden` and the decode FFN use it)."""
+        return s * self.act.up(h_in)
 
     def hidden(self, x_BxTxD: Array) -> tuple[Array, Array]:
         """Gate score s and activation scores a, both (B, T, F) in the compute dtype; the
@@ -100,7 +105,7 @@ class FFN(nnx.Module):
         h_BxTxF = pre(self.w_in, PRE_ACTIVATION_NAMES[0])
         if self.act.gated:
             s_BxTxF = self.sigma(pre(self.w_gate, PRE_ACTIVATION_NAMES[1]))
-            return s_BxTxF, s_BxTxF * self.act.up(h_BxTxF)
+            return s_BxTxF, self.gated_scores(s_BxTxF, h_BxTxF)
         a_BxTxF = self.sigma(h_BxTxF)
         return a_BxTxF, a_BxTxF
 

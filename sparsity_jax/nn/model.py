@@ -2,18 +2,19 @@
 
     tokens → embed → L × [x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x))] → RMSNorm → logits
 
-The FFN of every block owns the neuron decomposition (see `ffn.py`); `LM.forward` is the
-one forward of training, evaluation and KV-cache decoding (with pluggable FFN calls),
-`LM.apply` returns what the FFNs sowed stacked over layers, and blocks can be skipped
-(progressive layer dropping, Zhang & He 2020). The blocks run unrolled or scanned over
-stacked parameters (`model.scan_layers`), each rematerialised by `model.remat`
-(`nn/stack.py`).
+The FFN of every block owns the neuron decomposition (see `ffn.py`). `LM.forward` is the
+one forward of training, evaluation, recording, prefill and KV-cache decoding (with a
+pluggable FFN call), over one layer loop: the blocks run unrolled or scanned over stacked
+parameters (`model.scan_layers`), each rematerialised by `model.remat` (`nn/stack.py`),
+the KV cache (stacked on the same leading layer axis) and the records riding along as
+per-layer inputs and outputs. `model(tokens)` (logits) and `model.apply` (logits,
+records) are thin wrappers; blocks can be skipped (progressive layer dropping).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,26 @@ Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ROPE_SCALINGS = ("none", "linear", "llama3")
 EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+class FFNHook(NamedTuple):
+    """Replaces every block's FFN call (the gathered decode FFNs of `infer/`):
+    `fn(ffn_module, h_BxTxD, xs_i=..., static_i=...) -> (y_BxTxD, outputs dict)` gets
+    layer i's slice of `xs` (a pytree of arrays stacked (L, ...): tables, thresholds,
+    predictor weights), scanned with the layers, and `static[i]` (hashable, e.g. its
+    budgets; layers whose statics differ run one by one). Its outputs join the records."""
+
+    fn: Callable
+    xs: Any
+    static: tuple
+
+
+class Output(NamedTuple):
+    """What `LM.forward` returns."""
+
+    logits: Array  # (B, T, V) float32
+    cache: KVCache | None  # the updated cache when decoding
+    records: dict[str, Array]  # stacked over layers (L, ...): what the FFNs sowed and the ffn hook returned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,20 +209,15 @@ class LM(nnx.Module):
         if not cfg.tie_embeddings:
             self.head = param(rngs, nnx.initializers.lecun_normal(), (d, cfg.vocab_size), ("embed", "vocab"), pdtype)
 
-    def __call__(
-        self,
-        tokens_BxT: Array,
-        segment_ids_BxT: Array | None = None,
-        positions_BxT: Array | None = None,
-        *,
-        sparsify: Sparsify = Sparsify(),
-        record: str | tuple[str, ...] | None = None,
-        layer_keep: Array | None = None,
-        layer_scale: Array | None = None,
-    ) -> Array:
-        """Logits (B, T, V) of `forward` (training and evaluation: no cache, the model's FFNs)."""
-        return self.forward(tokens_BxT, segment_ids_BxT, positions_BxT, sparsify=sparsify, record=record,
-                            layer_keep=layer_keep, layer_scale=layer_scale)[0]
+    def __call__(self, tokens_BxT: Array, *args, **kwargs) -> Array:
+        """`forward(...).logits`: float32 logits (B, T, V) (the same arguments)."""
+        return self.forward(tokens_BxT, *args, **kwargs).logits
+
+    def apply(self, tokens_BxT: Array, *args, **kwargs) -> tuple[Array, dict[str, Array]]:
+        """`forward(...)`'s (logits, records) (the same arguments): training, evaluation
+        and the searches read the records."""
+        out = self.forward(tokens_BxT, *args, **kwargs)
+        return out.logits, out.records
 
     def forward(
         self,
@@ -215,17 +231,25 @@ class LM(nnx.Module):
         layer_scale: Array | None = None,
         cache: KVCache | None = None,
         start: Array | None = None,
-        ffn: Callable | None = None,
-    ) -> tuple[Array, KVCache | None, list]:
-        """The one forward of training, evaluation and decoding: (logits (B, T, V) float32,
-        the updated cache or None, the per-layer extras of `ffn` or Nones).
+        ffn: FFNHook | None = None,
+    ) -> Output:
+        """The one forward of training, evaluation, recording, prefill and KV-cache decoding:
+        `Output(logits (B, T, V) float32, the updated cache or None, records)`.
+
+        One layer loop (`stack.run`: unrolled, or one `lax.scan` over the stacked blocks,
+        rematerialised by `cfg.remat`) carries x; each layer gets its slice of the
+        per-layer inputs (sparsity settings, PLD draws, the cache, the `ffn` hook's
+        arrays) and returns its records and cache, stacked (L, ...).
 
         One `sparsify` (sliced per layer) and the `record` flag go down to the FFN of every
-        block. `cache` (`KVCache`) with `start` (int32 scalar) decodes: the T tokens are
-        written at cache slots [start, start + T), their positions and attention mask come
-        from the cache's left padding (`cache_positions`, `decode_mask`; segment ids and
-        positions must then be None). `ffn(i, ffn_module, h_BxTxD) -> (y, extra)` replaces
-        layer i's FFN call (the gathered sparse FFNs of `infer/`).
+        block; the records are what the FFNs sowed: `mask` bool (L, B, T, F), `scores`
+        (L, B, T, F) and/or `inputs` (L, B, T, d), as `record` asks (`nn.ffn.recorded`),
+        plus what an `ffn` hook returns. `cache` (`KVCache`, stacked (L, B, S, G, K)) with
+        `start` (int32 scalar) decodes: the T tokens are written at cache slots
+        [start, start + T), their positions and attention mask come from the cache's left
+        padding (`cache_positions`, `decode_mask`; segment ids and positions must then be
+        None). `ffn` (`FFNHook`) replaces every block's FFN call (the gathered sparse FFNs
+        of `infer/`).
 
         `layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He
         2020): a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs
@@ -235,24 +259,44 @@ class LM(nnx.Module):
         equals the eval forward (all blocks, unscaled) in expectation (Zhang & He 2020;
         DeepSpeed's PLD).
         """
-        b, t = tokens_BxT.shape
+        t = tokens_BxT.shape[1]
         dropping = layer_keep is not None or layer_scale is not None
         if dropping and (record is not None or cache is not None or ffn is not None):
             raise ValueError("layer_keep / layer_scale (dropped layers) cannot be combined with recording "
                              "activations, a KV cache or an ffn hook")
-        if cache is None and ffn is None:
-            x_BxTxD, _ = self.run_layers(self.embed_tokens(tokens_BxT), *self._segments(tokens_BxT, segment_ids_BxT,
-                                         positions_BxT), sparsify, record, layer_keep, layer_scale)
-            return self.logits(x_BxTxD), None, [None] * self.cfg.num_layers
+        mask = None
         if cache is not None:
             if segment_ids_BxT is not None or positions_BxT is not None or start is None:
                 raise ValueError("decoding with a cache needs `start` and takes no segment ids or positions")
             positions_BxT = cache_positions(cache.pad_B, start, t)
             mask = decode_mask(cache.pad_B, start, t, cache.length)
-        x_BxTxD, new_cache, extras = self._decode_layers(
-            self.embed_tokens(tokens_BxT), *self._segments(tokens_BxT, segment_ids_BxT, positions_BxT), sparsify,
-            record, cache, start, None if cache is None else mask, ffn)
-        return self.logits(x_BxTxD), new_cache, extras
+        segment_ids_BxT, positions_BxT = self._segments(tokens_BxT, segment_ids_BxT, positions_BxT)
+        n = self.cfg.num_layers
+
+        def one(block, x, xs_i, settings_i):
+            sp_i, hook_static = settings_i
+            keep_i, scale_i = xs_i.get("keep"), xs_i.get("scale")
+            kv = None if cache is None else (*xs_i["cache"], start, mask)
+            hook = None if ffn is None else functools.partial(ffn.fn, xs_i=xs_i["ffn"], static_i=hook_static.value)
+
+            def kept(x):
+                call = nnx.capture(block(), nnx.Intermediate)
+                (y, kv_out, extra), sown = call(x, segment_ids_BxT, positions_BxT, sp_i, record, kv=kv, ffn=hook)
+                y = y if scale_i is None else x + ((y - x) * scale_i).astype(x.dtype)
+                records = {name: v[-1] for name, v in nnx.to_pure_dict(sown).get("ffn", {}).items()}
+                return y, (records | (extra or {}), kv_out)
+
+            if keep_i is None:
+                return kept(x)
+            return jax.lax.cond(keep_i, kept, lambda x: (x, ({}, None)), x)
+
+        xs = {k: v for k, v in (("keep", layer_keep), ("scale", layer_scale), ("ffn", None if ffn is None else ffn.xs),
+                                ("cache", None if cache is None else (cache.k, cache.v))) if v is not None}
+        statics = (None,) * n if ffn is None else ffn.static
+        settings = [(sparsify.for_layer(i, n), stack.Static(statics[i])) for i in range(n)]
+        x_BxTxD, (records, kv) = stack.run(self.blocks, self.embed_tokens(tokens_BxT), one, settings, xs,
+                                           remat=self.cfg.remat)
+        return Output(self.logits(x_BxTxD), None if cache is None else KVCache(*kv, cache.pad_B), records)
 
     @staticmethod
     def _segments(tokens_BxT, segment_ids_BxT, positions_BxT) -> tuple[Array, Array]:
@@ -263,48 +307,6 @@ class LM(nnx.Module):
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         return segment_ids_BxT, positions_BxT
-
-    def run_layers(self, x_BxTxD, segment_ids_BxT, positions_BxT, sparsify: Sparsify, record, layer_keep,
-                   layer_scale) -> tuple[Array, dict[str, Array]]:
-        """The blocks over x (B, T, d), unrolled or scanned (`stack.run`) and rematerialised
-        by `cfg.remat`: (x, what the FFNs recorded, stacked (L, ...)). A dropped block
-        (`layer_keep[i]` False) is the identity under `lax.cond`; a kept one's update is
-        scaled by `layer_scale[i]`."""
-        n = self.cfg.num_layers
-
-        def one(block, x, xs_i):
-            sp_i, keep_i, scale_i = xs_i
-
-            def kept(x):
-                call = nnx.capture(block(), nnx.Intermediate)
-                (y, _, _), sown = call(x, segment_ids_BxT, positions_BxT, sp_i, record)
-                y = y if scale_i is None else x + ((y - x) * scale_i).astype(x.dtype)
-                return y, {name: v[-1] for name, v in nnx.to_pure_dict(sown).get("ffn", {}).items()}
-
-            if keep_i is None:
-                return kept(x)
-            return jax.lax.cond(keep_i, kept, lambda x: (x, {}), x)
-
-        pick = lambda v, i: None if v is None else v[i]  # noqa: E731
-        xs = [(sparsify.for_layer(i, n), pick(layer_keep, i), pick(layer_scale, i)) for i in range(n)]
-        return stack.run(self.blocks, x_BxTxD, xs, one, remat=self.cfg.remat)
-
-    def _decode_layers(self, x_BxTxD, segment_ids_BxT, positions_BxT, sparsify, record, cache, start, mask, ffn):
-        """The blocks one by one with a KV cache and / or an FFN hook (decoding; stacked
-        blocks run as their per-layer views)."""
-        n = self.cfg.num_layers
-        ks, vs, extras = [], [], []
-        for i, block in enumerate(self.layer_blocks()):
-            kv = None if cache is None else (cache.k[i], cache.v[i], start, mask)
-            hook = None if ffn is None else functools.partial(ffn, i)
-            x_BxTxD, kv_out, extra = block(x_BxTxD, segment_ids_BxT, positions_BxT, sparsify.for_layer(i, n), record,
-                                           kv=kv, ffn=hook)
-            if kv_out is not None:
-                ks.append(kv_out[0])
-                vs.append(kv_out[1])
-            extras.append(extra)
-        new_cache = None if cache is None else KVCache(tuple(ks), tuple(vs), cache.pad_B)
-        return x_BxTxD, new_cache, extras
 
     def embed_tokens(self, tokens_BxT: Array) -> Array:
         """The input embeddings (B, T, d) in the compute dtype (× embed_scale, rounded to
@@ -323,26 +325,10 @@ class LM(nnx.Module):
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(dtype)).astype(jnp.float32)
 
-    def layer_blocks(self) -> list[Block]:
-        """The blocks one by one (a scanned model's as views of its stacked parameters)."""
-        return stack.per_layer(self.blocks, self.cfg.num_layers)
+    def ffns(self) -> FFN:
+        """Every block's FFN as one module of kernels stacked (L, ...) (a scanned model's own)."""
+        return self.blocks.ffn if self.cfg.scan_layers else stack.stack([blk.ffn for blk in self.blocks])
 
     def w_out(self) -> Array:
         """All FFN output kernels stacked: (L, F, d)."""
-        if self.cfg.scan_layers:
-            return self.blocks.ffn.w_out[...]
-        return jnp.stack([blk.ffn.w_out[...] for blk in self.blocks])
-
-    def apply(self, tokens_BxT: Array, segment_ids_BxT: Array | None = None, positions_BxT: Array | None = None,
-              *, sparsify: Sparsify = Sparsify(), record: str | tuple[str, ...] | None = None,
-              layer_keep: Array | None = None, layer_scale: Array | None = None) -> tuple[Array, dict[str, Array]]:
-        """Forward pass returning (logits, records); records are what the FFNs sowed,
-        stacked over layers: `mask` bool (L, B, T, F), `scores` (L, B, T, F) and/or the
-        FFN inputs `inputs` (L, B, T, d), as `record` asks (`nn.ffn.recorded`).
-        `layer_keep` (L,) bool drops blocks, `layer_scale` (L,) scales the kept blocks'
-        updates (see `__call__`; needs record=None)."""
-        if record is not None and (layer_keep is not None or layer_scale is not None):
-            raise ValueError("layer_keep / layer_scale (dropped layers) cannot be combined with recording activations")
-        x_BxTxD, records = self.run_layers(self.embed_tokens(tokens_BxT), *self._segments(
-            tokens_BxT, segment_ids_BxT, positions_BxT), sparsify, record, layer_keep, layer_scale)
-        return self.logits(x_BxTxD), records
+        return self.ffns().w_out[...]

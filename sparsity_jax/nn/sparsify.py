@@ -10,7 +10,9 @@ mask of KEPT (active) neurons, bool with the shape of their input (…, F):
              (Sparsing Law §4.1, on the gate score s);
   FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1);
   predicted  a low-rank predictor's score σ(W2·(W1·x) + b) > 0.5, or its k highest
-             scores per token (ReLU² §4 (2), §5.2, App. A.2; `PredictorSpec`).
+             scores per token (ReLU² §4 (2), §5.2, App. A.2; `predictor_scores`,
+             `score_keep`, `PredictorSpec`: the FFN's predicted mode, decoding's
+             `infer.choosers.Predicted`, the predictor metrics and training use them).
 """
 from __future__ import annotations
 
@@ -119,6 +121,11 @@ def predictor_logits(w1_DxR: Array, w2_RxF: Array, b_F: Array | None, x_xD: Arra
     return logits_xF if b_F is None else logits_xF + b_F.astype(jnp.float32)
 
 
+def predictor_scores(w1_DxR: Array, w2_RxF: Array, b_F: Array | None, x_xD: Array) -> Array:
+    """The predictor's scores σ(W2·(W1·x) + b), float32 (…, F) in [0, 1] (`predictor_logits`)."""
+    return jax.nn.sigmoid(predictor_logits(w1_DxR, w2_RxF, b_F, x_xD))
+
+
 def score_keep(scores: Array, strategy: str, k: int = 0) -> Array:
     """Neurons a predictor marks active: "threshold" score > 0.5, "topk" exactly the k
     highest scores per token (ties to the lower index, `topk_keep`; scores are ≥ 0)."""
@@ -152,7 +159,7 @@ class PredictorSpec:
 
     def scores(self, x_xD: Array) -> Array:
         """σ(W2·(W1·x) + b), float32 (…, F)."""
-        return jax.nn.sigmoid(predictor_logits(self.w1, self.w2, self.b, x_xD))
+        return predictor_scores(self.w1, self.w2, self.b, x_xD)
 
     def keep(self, x_xD: Array) -> Array:
         """Bool (…, F): the neurons predicted active for input x."""

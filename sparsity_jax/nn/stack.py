@@ -2,12 +2,12 @@
 on a leading `layers` axis, each block optionally rematerialised.
 
 Stacking (`stack`) turns L blocks into one block whose every parameter has a leading
-axis of size L, its logical axes prefixed with 'layers' (never sharded); `layer` is the
-view of block i (the slices, as a module). `run` applies a pure layer function to every
-block in turn, with per-layer inputs (sparsity settings, PLD draws) and per-layer
-outputs (the recorded intermediates), stacked (L, ...) either way, so scanned and
-unrolled models compute the same thing. Scanning compiles the block once instead of L
-times (MaxText's `scan_layers`).
+axis of size L, its logical axes prefixed with 'layers' (never sharded). `run` applies a
+pure layer function to every block in turn, with per-layer inputs (sparsity settings,
+PLD draws, the KV cache, the decode FFN's arrays) and per-layer outputs (the recorded
+intermediates, the updated cache), stacked (L, ...) either way, so scanned and unrolled
+models compute the same thing. Scanning compiles the block once instead of L times
+(MaxText's `scan_layers`), for training and decoding alike.
 
 Remat policies (`REMAT_POLICIES`, as MaxText's `remat_policy`): `none` keeps every
 intermediate of a block for the backward pass; `full` keeps only the block's input and
@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from sparsity_jax.nn.ffn import PRE_ACTIVATION_NAMES
 
@@ -33,7 +33,15 @@ REMAT_POLICIES: dict[str, Any] = {
     "ffn": jax.checkpoint_policies.save_only_these_names(*PRE_ACTIVATION_NAMES),
     "full": jax.checkpoint_policies.nothing_saveable,
 }
-LayerFn = Callable[[Callable[[], nnx.Module], jax.Array, Any], tuple[jax.Array, dict]]
+LayerFn = Callable[[Callable[[], nnx.Module], jax.Array, Any, Any], tuple[jax.Array, Any]]
+
+
+@struct.dataclass
+class Static:
+    """A per-layer setting that is no array (a decode FFN's budgets): part of the tree
+    structure, so layers whose values differ never share one scan."""
+
+    value: Any = struct.field(pytree_node=False)
 
 
 def _is_var(x) -> bool:
@@ -56,8 +64,8 @@ def stack(blocks: Sequence[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, jax.tree.map(one, *[nnx.state(b) for b in blocks], is_leaf=_is_var))
 
 
-def layer(stacked: nnx.Module, i) -> nnx.Module:
-    """Block i of a stacked module (a new module over the slices; `i` may be traced)."""
+def _layer(stacked: nnx.Module, i: int) -> nnx.Module:
+    """Block i of a stacked module (a new module over the slices)."""
     graphdef, state = nnx.split(stacked)
 
     def one(v):
@@ -65,11 +73,6 @@ def layer(stacked: nnx.Module, i) -> nnx.Module:
         return _with_axes(v, v.get_value()[i], None if axes is None else axes[1:])
 
     return nnx.merge(graphdef, jax.tree.map(one, state, is_leaf=_is_var))
-
-
-def per_layer(blocks, num_layers: int) -> list[nnx.Module]:
-    """The blocks one by one: the list itself, or the views of a stacked module."""
-    return list(blocks) if isinstance(blocks, (list, nnx.List)) else [layer(blocks, i) for i in range(num_layers)]
 
 
 def _checkpointed(fn: Callable, remat: str, scanned: bool) -> Callable:
@@ -80,29 +83,34 @@ def _checkpointed(fn: Callable, remat: str, scanned: bool) -> Callable:
     return jax.checkpoint(fn, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
 
 
-def run(blocks, x, layer_xs: list, fn: LayerFn, *, remat: str = "none") -> tuple[jax.Array, dict]:
-    """x ↦ fn(block_i, x, layer_xs[i]) for i = 0..L-1 → (x, the outputs stacked (L, ...));
+def run(blocks, x, fn: LayerFn, settings: list, xs: Any = None, *, remat: str = "none") -> tuple[jax.Array, Any]:
+    """x ↦ fn(block_i, x, xs_i, settings[i]) for i = 0..L-1 → (x, the outputs stacked (L, ...)).
+
     `fn` gets block i as a function that builds the module (call it where the module is
     used, e.g. inside a `lax.cond` branch: NNX modules belong to the trace that made them).
+    Per-layer inputs come two ways: `xs`, a pytree of arrays stacked on a leading L axis
+    (the KV cache, the decode FFN's tables, PLD draws), of which layer i gets slice i
+    (the scan's xs, or `[i]` unrolled); `settings`, a list of L small pytrees (sparsity
+    settings, `Static` values), stacked into the scan when they share one tree structure.
 
-    `blocks`: a list (unrolled) or a stacked module (scanned with `lax.scan`; when the
-    per-layer inputs differ in structure, e.g. one sparsity mode per layer, the views of
-    the stacked blocks run one by one). `fn` must be pure in arrays (its outputs a dict
-    of arrays of the same structure for every layer); `remat` names its policy."""
-    def body(state, x, xs_i, graphdef):
-        return fn(lambda: nnx.merge(graphdef, state), x, xs_i)
+    `blocks`: a list (unrolled) or a stacked module (one `lax.scan`; when the settings
+    differ in structure, e.g. one sparsity mode or decode budget per layer, the slices of
+    the stacked blocks run one by one). `fn` must be pure in arrays, its outputs of one
+    structure for every layer; `remat` names its policy."""
+    def body(state, x, xs_i, set_i, graphdef):
+        return fn(lambda: nnx.merge(graphdef, state), x, xs_i, set_i)
 
-    n = len(layer_xs)
-    structs = {jax.tree.structure(xs) for xs in layer_xs}
-    if not isinstance(blocks, (list, nnx.List)) and len(structs) == 1:
+    if not isinstance(blocks, (list, nnx.List)) and len({jax.tree.structure(s) for s in settings}) == 1:
         graphdef, state = nnx.split(blocks)
-        step = _checkpointed(lambda st, x, xs_i: body(st, x, xs_i, graphdef), remat, scanned=True)
-        stacked_xs = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *layer_xs)
-        return jax.lax.scan(lambda x, inp: step(inp[0], x, inp[1]), x, (state, stacked_xs))
+        step = _checkpointed(lambda st, x, xs_i, set_i: body(st, x, xs_i, set_i, graphdef), remat, scanned=True)
+        stacked = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *settings)
+        return jax.lax.scan(lambda x, inp: step(inp[0], x, inp[1], inp[2]), x, (state, xs, stacked))
+    views = blocks if isinstance(blocks, (list, nnx.List)) else [_layer(blocks, i) for i in range(len(settings))]
     outs = []
-    for blk, xs_i in zip(per_layer(blocks, n), layer_xs):
+    for i, (blk, set_i) in enumerate(zip(views, settings)):
         graphdef, state = nnx.split(blk)
-        x, out = _checkpointed(lambda st, x, xs_i, g=graphdef: body(st, x, xs_i, g), remat, scanned=False)(
-            state, x, xs_i)
+        xs_i = jax.tree.map(lambda a: a[i], xs)
+        x, out = _checkpointed(lambda st, x, xs_i, set_i, g=graphdef: body(st, x, xs_i, set_i, g), remat,
+                               scanned=False)(state, x, xs_i, set_i)
         outs.append(out)
     return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.nn.sparsify import PREDICT_STRATEGIES, PredictorSpec, predictor_logits
+from sparsity_jax.nn.sparsify import PREDICT_STRATEGIES, PredictorSpec, predictor_logits, predictor_scores
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -107,7 +107,7 @@ def logits(params: Params, x_LxNxD: Array) -> Array:
 
 def scores(params: Params, x_LxNxD: Array) -> Array:
     """σ(W2·(W1·x) + b): (L, N, F) float32 in [0, 1]."""
-    return jax.nn.sigmoid(logits(params, x_LxNxD))
+    return jax.vmap(predictor_scores)(params["w1"], params["w2"], params.get("b"), x_LxNxD)
 
 
 def bce_loss(params: Params, x_LxNxD: Array, labels_LxNxF: Array, pos_weight_L: Array) -> tuple[Array, Array]:

@@ -75,15 +75,19 @@ def threshold_setup(activation: str):
     return model, mesh, t_L, calib, perms
 
 
-@pytest.mark.parametrize("activation,block,permuted", [("relu2", 8, True), ("relu2", 0, True),
-                                                       ("swiglu", 8, False)])
-def test_threshold_block_decoding_equals_the_masked_forward(activation, block, permuted):
+@pytest.mark.parametrize("activation,block,permuted,scan", [
+    ("relu2", 8, True, False), ("relu2", 0, True, False), ("swiglu", 8, False, False), ("drelu", 8, False, False),
+    ("swiglu", 8, True, True)])
+def test_threshold_block_decoding_equals_the_masked_forward(activation, block, permuted, scan):
+    """drelu: the gate's Cauchy–Schwarz candidates, then relu(W_in x) of the chosen blocks
+    (the FFN's `gated_scores`, which the block path once skipped). `scan`: the stacked,
+    permuted tables and block kernels run under the layer scan."""
     model, mesh, t_L, calib, perms = threshold_setup(activation)
-    graphdef, params = place(model, mesh)
+    graphdef, params = place(tiny(activation, scan=scan), mesh)
     if permuted:
         params = permute_params(params, perms)
     dec = Decoder(graphdef, params, mesh, Threshold(), {"threshold": t_L}, block=block, chunk=32)
-    if activation == "swiglu":  # gated: the Cauchy–Schwarz candidates take the whole shard
+    if activation in ("swiglu", "drelu"):  # gated: the Cauchy–Schwarz candidates take the whole shard
         budgets = ((64,),) * 2
     elif block:  # random weights and tokens: the union of 2 rows touches most blocks of 8 neurons
         budgets = ((48, 56),) * 2

@@ -51,18 +51,23 @@ def thresholds(model, share: float):
 
 
 @functools.cache
-def threshold_decoder(activation: str) -> tuple:
-    """(model, decoder at the 0.3-share thresholds without budgets, thresholds, a calibration batch)."""
+def threshold_decoder(activation: str, scan: bool = False) -> tuple:
+    """(model, decoder at the 0.3-share thresholds without budgets, thresholds, a calibration
+    batch); `scan`: the decoder runs the scanned model of the same draws."""
     model = tiny(activation)
     mesh = mesh_tp()
     t_L, calib = thresholds(model, 0.3)
     # 24-row blocks: the calibrated budgets (multiples of 8) pad their last block
-    return model, Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L}, chunk=24), t_L, calib
+    dec = Decoder(*place(tiny(activation, scan=scan), mesh), mesh, Threshold(), {"threshold": t_L}, chunk=24)
+    return model, dec, t_L, calib
 
 
-@pytest.mark.parametrize("activation", ["relu2", "swiglu", "drelu"])
-def test_threshold_decoding_equals_the_masked_threshold_mode(activation):
-    model, dec, t_L, calib = threshold_decoder(activation)
+@pytest.mark.parametrize("activation,scan", [("relu2", False), ("swiglu", False), ("drelu", False), ("relu2", True),
+                                             ("swiglu", True)])
+def test_threshold_decoding_equals_the_masked_threshold_mode(activation, scan):
+    """Scanned: the gated FFN's equal budgets decode under the scan, relu2's per-layer
+    calibrated ones run the stacked layers one by one."""
+    model, dec, t_L, calib = threshold_decoder(activation, scan)
     if activation in ("swiglu", "drelu"):  # the Cauchy–Schwarz candidates of a gated FFN: the whole shard here
         budgets = ((64,),) * 2
     else:
@@ -137,8 +142,10 @@ def test_predictor_chooser_and_ffn_equal_numpy(activation):
     assert not bool(st["dense"]) and int(st["rows"]) == 2 * per_shard
 
 
-def test_predictor_decoding_equals_its_masked_form():
-    model = tiny("relu2")
+@pytest.mark.parametrize("scan", [False, True])
+def test_predictor_decoding_equals_its_masked_form(scan):
+    """Scanned: the predictor's stacked weights and the tables are the scan's per-layer inputs."""
+    model = tiny("relu2", scan=scan)
     mesh = mesh_tp()
     k = jax.random.split(jax.random.key(3), 2)
     arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),

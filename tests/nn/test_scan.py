@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sparsity_jax.infer.cache import init_cache
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.runtime import sharding as shd
@@ -150,17 +151,15 @@ def test_ssd_permutation_of_stacked_state_equals_per_layer(runs):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), convert_blocks(per_layer, True), stacked)
 
 
-def test_decoding_and_ffn_hook_run_stacked_blocks_layer_by_layer():
-    """The KV-cache forward of a scanned model equals the unrolled one's."""
-    from sparsity_jax.nn.attention import KVCache
-
+def test_kv_cache_forward_of_a_scanned_model_equals_the_unrolled_one():
+    """The stacked (L, B, S, G, K) cache rides through the scan: logits and every layer's cache agree."""
     m_u = LM(BASE, rngs=nnx.Rngs(0))
     m_s = LM(dataclasses.replace(BASE, scan_layers=True), rngs=nnx.Rngs(0))
     tok = jax.random.randint(jax.random.key(1), (2, 6), 0, BASE.vocab_size)
-    shape = (2, 8, BASE.kv_heads, BASE.d_model // BASE.num_heads)
-    cache = KVCache(tuple(jnp.zeros(shape) for _ in range(2)), tuple(jnp.zeros(shape) for _ in range(2)),
-                    jnp.zeros((2,), jnp.int32))
+    cache = init_cache(BASE, jnp.zeros((2,), jnp.int32), 8)
     out_u = m_u.forward(tok, cache=cache, start=jnp.int32(0))
     out_s = m_s.forward(tok, cache=cache, start=jnp.int32(0))
-    np.testing.assert_allclose(out_s[0], out_u[0], atol=1e-5)
-    np.testing.assert_allclose(out_s[1].k[1], out_u[1].k[1], atol=1e-5)
+    np.testing.assert_allclose(out_s.logits, out_u.logits, atol=1e-5)
+    assert out_s.cache.k.shape == (BASE.num_layers, 2, 8, BASE.kv_heads, BASE.d_model // BASE.num_heads)
+    np.testing.assert_allclose(out_s.cache.k, out_u.cache.k, atol=1e-5)
+    np.testing.assert_allclose(out_s.cache.v, out_u.cache.v, atol=1e-5)
