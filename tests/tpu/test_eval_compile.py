@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax import settings
 from sparsity_jax.hf.load import inspect
-from sparsity_jax.metrics.threshold_pass import Layout, Scores
 from sparsity_jax.metrics.threshold_search import _default_window, _search
 from sparsity_jax.metrics.threshold_setup import search_proxies
 from sparsity_jax.nn.model import LM
@@ -22,29 +20,10 @@ from sparsity_jax.runtime import sharding as shd
 from sparsity_jax.runtime.forward import make_eval_step
 from sparsity_jax.runtime.model import build_model
 from sparsity_jax.search import thresholds as th
+from tests.tpu.retarget import on_mesh
 
-MESH = {"mesh.data": "2", "mesh.fsdp": "2", "mesh.tensor": "2", "train.global_batch_size": "8",
+MESH = {"mesh.data": "2", "mesh.fsdp": "2", "mesh.tensor": "2", "train.global_batch_size": "8", "model.num_layers": "2",
         "train.seq_len": "64", "model.d_ff": "512", "model.dtype": "bfloat16"}
-
-
-def on_mesh(x, mesh):
-    """`x` (a pytree of arrays, a search layout or `Scores`) as abstract values on `mesh`,
-    each array with its own partition spec."""
-    if isinstance(x, Layout):
-        return x._replace(mesh=mesh) if x.mesh is not None else x
-    if isinstance(x, Scores):
-        return Scores(on_mesh(x.cached, mesh), on_mesh(x.args, mesh), on_mesh(x.layout, mesh), x.n_blocks,
-                      x.stacked, x.compute)
-    if isinstance(x, jax.Array):
-        spec = x.sharding.spec if isinstance(x.sharding, NamedSharding) else P()
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return type(x)(*(on_mesh(v, mesh) for v in x))
-    if isinstance(x, (list, tuple)):
-        return type(x)(on_mesh(v, mesh) for v in x)
-    if isinstance(x, dict):
-        return {k: on_mesh(v, mesh) for k, v in x.items()}
-    return x
 
 
 def compiled_text(fn, *args, **static) -> str:
