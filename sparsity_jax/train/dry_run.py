@@ -120,7 +120,7 @@ def target_devices(topology: str | None) -> tuple[list, int]:
     return jax.devices(), jax.process_count()
 
 
-def _capacity(device: str | None, devices: list) -> tuple[int | None, str]:
+def device_capacity(device: str | None, devices: list) -> tuple[int | None, str]:
     if device is not None:
         chip = hardware.chip_named(device)
         return chip.hbm_bytes, chip.name
@@ -157,7 +157,7 @@ def compile_step(settings: Settings, method: Callable, devices: list, variant=No
     return run, compiled, time.perf_counter() - t0
 
 
-def _cost(compiled) -> dict:
+def cost_of(compiled) -> dict:
     cost = compiled.cost_analysis()
     return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
@@ -165,7 +165,7 @@ def _cost(compiled) -> dict:
 def optimal_seconds(compiled) -> float | None:
     """The compiler's estimated run time of a compiled module; None where it gives none (no
     TPU compiler, or its negative "unknown", e.g. for the MoE step's gathers)."""
-    seconds = _cost(compiled).get("optimal_seconds")
+    seconds = cost_of(compiled).get("optimal_seconds")
     return seconds if seconds is not None and seconds > 0 else None
 
 
@@ -174,10 +174,10 @@ def compiler_costs(settings: Settings, method: Callable, devices: list, compiled
     "flops", "bytes"}, with the layer and accumulation loops counted at their trip counts
     (see the module doc); None on a backend with no estimate (no `optimal_seconds`)."""
     def costs(c) -> dict[str, float | None]:
-        cost = _cost(c)
+        cost = cost_of(c)
         return {"seconds": optimal_seconds(c), "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0)}
 
-    if "optimal_seconds" not in _cost(compiled):
+    if "optimal_seconds" not in cost_of(compiled):
         return None
     own = costs(compiled)
     layers = settings.model.num_layers
@@ -214,7 +214,7 @@ def dry_run(settings: Settings, method: Callable, *, device: str | None = None, 
     machine's devices or a TPU slice `topology`, checked against `device`'s memory (a
     `runtime.hardware` chip name; None: the devices' own)."""
     devices, hosts = target_devices(topology)
-    capacity, capacity_of = _capacity(device, devices)
+    capacity, capacity_of = device_capacity(device, devices)
     run, compiled, seconds = compile_step(settings, method, devices)
     flops = run.model_flops(Sparsify(), None) or 0.0  # every dot, every block
     t = settings.train

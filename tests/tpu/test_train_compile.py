@@ -37,7 +37,7 @@ def test_every_paper_train_step_compiles_scanned_with_remat_for_tpu(config, top_
     assert not isinstance(compiled, str), compiled
     assert compiled.memory_analysis().argument_size_in_bytes > 0 and seconds > 0
     assert "TPU v5" in devices[0].device_kind and len(devices) == 4
-    assert dr._cost(compiled)["flops"] > 0
+    assert dr.cost_of(compiled)["flops"] > 0
     # the compiler estimates every step's time but the MoE step's (its gathers: a negative "unknown")
     assert (dr.optimal_seconds(compiled) is None) == bool(top_k)
 
@@ -48,14 +48,14 @@ def test_the_compilers_flops_and_the_extrapolated_step_time_match_independent_co
     run, plain, _ = dr.compile_step(unrolled, make_method, devices)
     # an unrolled step without remat: the TPU compiler's FLOPs on 4 chips ≈ the CPU count of the model FLOPs
     model_flops = run.model_flops(Sparsify(), None)
-    assert 0.97 < dr._cost(plain)["flops"] * 4 / model_flops < 1.05
+    assert 0.97 < dr.cost_of(plain)["flops"] * 4 / model_flops < 1.05
     # the scanned model's estimate (1- and 2-layer compiles extrapolated) ≈ the unrolled model's own
     # (no loop over layers there); the scanned module's own estimate counts the loop's body once
     scanned = settings.load("configs/default.py", {**SMALL, "model.scan_layers": "True"})
     _, once, _ = dr.compile_step(scanned, make_method, devices)
     est = dr.compiler_costs(scanned, make_method, devices, once)
     assert abs(est["seconds"] / dr.optimal_seconds(plain) - 1) < 0.1
-    assert abs(est["flops"] / dr._cost(plain)["flops"] - 1) < 0.05
+    assert abs(est["flops"] / dr.cost_of(plain)["flops"] - 1) < 0.05
     assert dr.optimal_seconds(once) < 0.7 * dr.optimal_seconds(plain)  # why it needs extrapolating
 
 
