@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsity_jax.errors import NonFiniteLoss
+from sparsity_jax.errors import NonFiniteLoss, UserError
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.settings import Settings
 from sparsity_jax.runtime import names
@@ -48,6 +48,9 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
     from its latest checkpoint; returns the final summary. Every input (data, checkpoint,
     model shape) is checked before anything is written. `init_from`: a fresh run starts
     from that run's parameters (`train.init_from`)."""
+    if settings.data.all_validation:
+        raise UserError("data.val_permille=1000 makes all of the text validation and leaves nothing to train on; "
+                        "lower it (e.g. to 20).")
     main = jax.process_index() == 0
     t = settings.train
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
