@@ -66,6 +66,9 @@ class DataSettings:
             raise _fail("data.task", self.task, f"name a task, e.g. one of {', '.join(BUILTIN_TASKS)}")
         if self.task == "text_files" and not self.text_glob:
             raise _fail("data.text_glob", self.text_glob, "task text_files needs a file glob, e.g. '/data/*.jsonl'")
+        if self.text_glob and self.task != "text_files":
+            raise _fail("data.text_glob", self.text_glob, f"data.task={self.task} does not read it; set data.task="
+                        "text_files too, or pass --text FILE to evaluate on all of the file")
         for name, low in (("num_shards", 1), ("shuffle_buffer", 1), ("max_files", 0), ("spm_vocab_size", 16)):
             if getattr(self, name) < low:
                 raise _fail(f"data.{name}", getattr(self, name), f"set it to at least {low}")

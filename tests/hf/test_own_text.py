@@ -81,3 +81,10 @@ def test_a_text_with_no_training_split_is_not_trained_on(tmp_path, imported):
     code, out, err = run_cli("train", "--workdir", tmp_path / "t", "--config.data.task=text_files",
                              f"--config.data.text_glob={text}", "--config.data.val_permille=1000")
     assert code == 2 and "leaves nothing to train on" in err and not (tmp_path / "t").exists(), err
+
+
+def test_a_text_glob_that_the_task_does_not_read_names_the_fix(imported):
+    run, text, _ = imported
+    code, out, err = run_cli("cett", "--workdir", run, "--cett", "0.2", "--config.data.task=local_code",
+                             f"--config.data.text_glob={text}")
+    assert code == 2 and "does not read it" in err and "--text FILE" in err, err
