@@ -45,7 +45,8 @@ def _layers(result: dict, path) -> None:
     ax.plot(layers, q["recall"], "o-", label="recall")
     ax.plot(layers, q["prediction_sparsity"], "s-", label="prediction sparsity")
     ax.plot(layers, q["true_sparsity"], "k--", label="true sparsity (labels)")
-    ax.set(xlabel="layer", ylabel="ratio", ylim=(0, 1.02), title=f"threshold strategy (score > 0.5), rank {result['rank']}")
+    ax.set(xlabel="layer", ylabel="ratio", ylim=(0, 1.02),
+           title=f"threshold strategy (score > 0.5), rank {result['rank']}")
     integer_axis(ax.xaxis)
     legend_below(ax)
     save_figure(fig, path, tight=True)

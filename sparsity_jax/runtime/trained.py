@@ -51,7 +51,8 @@ def validation_batches(run: ModelRun, workdir: PathLike | Workdir) -> list[dict[
         real = float(np.sum(multihost_utils.process_allgather(np.float32(real))))
     batch, seq_len = s.train.global_batch_size, s.train.seq_len
     if s.data.all_validation and real < batch * seq_len:
-        raise UserError(f"{s.data.text_glob or 'the ' + s.data.task + ' corpus'} has {int(real):,} tokens and one batch of {batch} × {seq_len} needs "
+        text = s.data.text_glob or f"the {s.data.task} corpus"
+        raise UserError(f"{text} has {int(real):,} tokens and one batch of {batch} × {seq_len} needs "
                         f"{batch * seq_len:,}; give a longer text or lower --config.train.global_batch_size or "
                         "--config.train.seq_len.")
     if not local or real == 0:
