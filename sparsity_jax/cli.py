@@ -14,6 +14,9 @@
   import    a local Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma, MiniCPM) or llama GGUF as a run
   export    a run's gated model as a Hugging Face directory that transformers loads
 
+The evaluation commands (and `import`) take --text FILE: all of FILE (a .txt / .jsonl
+file or glob) is the evaluation text, every token of it evaluated, no training split.
+
 Every command keeps JAX's compiled programs in a persistent cache, so the next command
 does not compile them again: $JAX_COMPILATION_CACHE_DIR where set, else
 $SPARSITY_JAX_CACHE/xla or ~/.cache/sparsity_jax/xla (`use_compilation_cache`; delete the
