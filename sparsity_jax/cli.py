@@ -14,6 +14,14 @@
   import    a local Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma, MiniCPM) or llama GGUF as a run
   export    a run's gated model as a Hugging Face directory that transformers loads
 
+The evaluation commands (and `import`) take --text FILE: all of FILE (a .txt / .jsonl
+file or glob) is the evaluation text, every token of it evaluated, no training split.
+
+Every command keeps JAX's compiled programs in a persistent cache, so the next command
+does not compile them again: $JAX_COMPILATION_CACHE_DIR where set, else
+$SPARSITY_JAX_CACHE/xla or ~/.cache/sparsity_jax/xla (`use_compilation_cache`; delete the
+directory to reclaim its space, JAX_ENABLE_COMPILATION_CACHE=false turns it off).
+
 Exit codes: 0 done; 2 bad input (one sentence that names the fix, printed before
 anything is written); 3 a non-finite loss (the last good checkpoint is kept); 130
 interrupted. `sparsity-jax COMMAND --help` lists a command's options.
@@ -45,6 +53,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache for this process: $JAX_COMPILATION_CACHE_DIR where
+    set (JAX reads it itself), else `settings.user_cache_dir()`/xla; every program is kept,
+    however short its compile (unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says
+    otherwise). Set here, where the CLI starts, never on importing the library."""
+    import jax
+
+    from sparsity_jax.settings import user_cache_dir
+
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(user_cache_dir(), "xla"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def _run(argv: list[str]) -> int:
     import absl.logging  # orbax logs routine notices (read-only options, ...) as warnings
 
@@ -63,6 +86,7 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from sparsity_jax.errors import NonFiniteLoss, UserError
 
+    use_compilation_cache()
     try:
         return _run(sys.argv[1:] if argv is None else argv)
     except NonFiniteLoss as e:

@@ -37,9 +37,17 @@ def add_workdir(p: argparse.ArgumentParser, help: str = "the directory of a trai
     p.add_argument("--workdir", required=True, help=help)
 
 
-def add_eval_batches(p: argparse.ArgumentParser) -> None:
+def add_text(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="evaluate on this .txt / .jsonl file (or glob), all of it: no training split, every batch")
+
+
+def add_eval_batches(p: argparse.ArgumentParser, text: bool = True) -> None:
+    """--eval-batches N and (with `text`: commands that only evaluate) --text FILE."""
     p.add_argument("--eval-batches", type=int, default=None,
-                   help="validation batches (default: the run's train.eval_batches)")
+                   help="validation batches (default: the run's train.eval_batches; with --text: all)")
+    if text:
+        add_text(p)
 
 
 def add_distributed(p: argparse.ArgumentParser) -> None:
@@ -56,8 +64,13 @@ def init_distributed(args) -> None:
 
 
 def overrides(args) -> dict[str, str]:
-    """The command's `--config.a.b=V` overrides, with --eval-batches as train.eval_batches."""
+    """The command's `--config.a.b=V` overrides, with --text FILE as the text_files task with
+    all of FILE as validation (data.val_permille = 1000), all of it evaluated
+    (train.eval_batches = 0), and --eval-batches as train.eval_batches."""
     out = dict(getattr(args, "overrides", {}) or {})
+    if getattr(args, "text", None):
+        out.update({"data.task": "text_files", "data.text_glob": args.text, "data.val_permille": "1000",
+                    "train.eval_batches": "0"})
     if getattr(args, "eval_batches", None) is not None:
         out["train.eval_batches"] = str(args.eval_batches)
     return out
@@ -81,7 +94,7 @@ def open_trained(args, check=None, workdir: str | None = None):
     `check(settings, steps)` runs once the settings and checkpoint steps are known and
     before the model, data and validation batches are built: the place for argument
     checks that need them (a --step that must exist, k ≤ N)."""
-    from sparsity_jax.runtime.trained import checkpoints
+    from sparsity_jax.runtime.trained import checkpoints, real_tokens
     from sparsity_jax.runtime.trained import open_trained as open_workdir
 
     workdir = workdir or args.workdir
@@ -93,7 +106,10 @@ def open_trained(args, check=None, workdir: str | None = None):
     except BaseException:
         ckpt.close()
         raise
-    return open_workdir(workdir, st, ckpt, steps)
+    wd = open_workdir(workdir, st, ckpt, steps)
+    log(f"validation: {real_tokens(wd.val):,} real tokens in {len(wd.val)} batches of "
+        f"{st.train.global_batch_size} × {st.train.seq_len}")
+    return wd
 
 
 def trained_params(args, check=None):

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cetts", default=",".join(f"{c:g}" for c in CETTS), help="CETT grid of the curves")
     p.add_argument("--predictor-steps", type=int, default=300,
                    help="predictor training steps per variant (0: no predictivity / affinity columns)")
-    common.add_eval_batches(p)
+    common.add_eval_batches(p, text=False)  # it trains: its data needs a training split
     common.add_distributed(p)
 
 

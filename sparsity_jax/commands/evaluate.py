@@ -4,7 +4,7 @@ passed, and the activation ratio at PPL-p% (default p = 1, the stabilised CETT o
 Law App. B, from the PPL-p% sweep of `sparsity-jax ppl` on the same validation batches):
 the points `sparsity-jax scaling` fits (`search.evaluate`).
 
-  sparsity-jax evaluate --workdir DIR [--eval-batches N] [--ppl-p 1,5 | --ppl-p ''] [--output FILE]
+  sparsity-jax evaluate --workdir DIR [--eval-batches N | --text FILE] [--ppl-p 1,5 | --ppl-p ''] [--output FILE]
 """
 from __future__ import annotations
 
@@ -26,14 +26,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sparsity_jax.report.cett_report import write_ppl_report
-    from sparsity_jax.runtime.trained import real_tokens
     from sparsity_jax.search.evaluate import evaluate_run
 
     ps = common.ppl_ps(args.ppl_p) if args.ppl_p.strip() else ()  # before any work
     common.init_distributed(args)
     wd = common.open_trained(args)
     try:
-        common.log(f"validation: {real_tokens(wd.val):,} real tokens in {len(wd.val)} batches")
         out = evaluate_run(wd, ps, log=common.log)
         output = args.output or wd.workdir.eval_json
         common.write_json(output, out.to_json())

@@ -5,7 +5,8 @@
 
 RUN then holds checkpoints/0, config.json and tokenizer/ like a trained run, so every
 evaluation command runs on it; --config / --config.* set its other sections (the data
-to evaluate on, batch sizes, the mesh). RUN must not exist.
+to evaluate on, batch sizes, the mesh); --text FILE makes all of FILE its evaluation text
+(as --text on each evaluation command does). RUN must not exist.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
     common.add_workdir(p, help="the new run directory to create")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="parameter and compute dtype (default: as stored, so bf16 stays bf16; GGUF: float32)")
+    common.add_text(p)
     common.add_config(p)
 
 

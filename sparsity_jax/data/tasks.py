@@ -19,7 +19,7 @@ import tensorflow as tf
 from sparsity_jax.data import sources
 from sparsity_jax.data.hf_vocab import hf_vocabulary, tokenizer_path
 from sparsity_jax.errors import UserError
-from sparsity_jax.settings import BUILTIN_TASKS, DataSettings
+from sparsity_jax.settings import BUILTIN_TASKS, DataSettings, user_cache_dir
 # tfds name, text field and the tfds split serving as validation (lm1b has no
 # validation split; its held-out set is "test").
 _TFDS = {"c4_en": ("c4/en:3.1.0", "text", "validation"),
@@ -51,12 +51,6 @@ def check_prepared(data: DataSettings) -> None:
         where = data.tfds_data_dir or "the TFDS default data directory"
         raise UserError(f"TFDS dataset {name} is not prepared in {where}; prepare it (tfds build {name.split(':')[0]}) "
                         "or point data.tfds_data_dir at a prepared copy.")
-
-
-def default_cache_dir() -> str:
-    """``$SPARSITY_JAX_CACHE`` or ``~/.cache/sparsity_jax``."""
-    return os.environ.get("SPARSITY_JAX_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "sparsity_jax"))
 
 
 def _fingerprint(*parts) -> str:
@@ -172,7 +166,7 @@ def spm_model_path(data_cfg, cache_dir: str | None = None) -> str:
     cfg = resolve_config(data_cfg)
     if cfg.spm_path:
         return os.path.expanduser(cfg.spm_path)
-    return os.path.join(cache_dir or default_cache_dir(),
+    return os.path.join(cache_dir or user_cache_dir(),
                         f"spm_{source_name(cfg)}_{int(cfg.spm_vocab_size)}.model")
 
 

@@ -60,8 +60,9 @@ class Accounting:
     `cum` is JSON-able and lives in the checkpoint metadata, so a resumed run's totals
     continue. Buckets: the phase of each step (dense / sparse / pld), "compile" (the first
     call of each compiled step variant, which compiles before it dispatches), "monitor"
-    (SSD's clustering and switches, host work between steps); the trainer's evaluations
-    and checkpoint saves go to "eval" and "checkpoint" (`aside`).
+    (SSD's clustering and switches, host work between steps); the trainer's evaluations,
+    checkpoint saves and metric writes go to "eval", "checkpoint" and "log" (`aside`,
+    buckets `names.ASIDE`).
 
     Steps run asynchronously, so a lap charges the work dispatched since the previous one
     only up to what the host waited for. `step_done(..., sync=True)` waits for the state

@@ -70,9 +70,11 @@ def predictivity(run, params, val, threshold_L, target_cett: float | None, cfg: 
     n_mats = pm.ffn_matrices(m.activation)
     rank = pm.resolve_rank(cfg, m.d_model, m.d_ff, n_mats)
     n_pred, n_ffn = pm.parameter_count(m.d_model, m.d_ff, rank, cfg.bias), n_mats * m.d_model * m.d_ff
+    in_sample = " of the evaluated text (no training split)" if run.settings.data.all_validation else ""
     log(f"predictors of rank {rank} ({n_pred / n_ffn:.2%} of the FFN parameters): collecting "
-        f"{cfg.train_batches} training batches")
-    data = token_set(run.graphdef, params, training_batches(run, str(workdir), cfg.train_batches), threshold_L)
+        f"{cfg.train_batches} training batches{in_sample}")
+    batches = training_batches(run, str(workdir), cfg.train_batches, val)
+    data = token_set(run.graphdef, params, batches, threshold_L)
     log(f"training on {data.x_LxNxD.shape[1]:,} tokens × {m.num_layers} layers, {cfg.steps} steps")
     pred, info = train_predictors(data, cfg, rank, run.mesh, log=log, log_every=max(1, cfg.steps // 4))
     strats = ev.strategies(ks)

@@ -75,12 +75,16 @@ def token_set(graphdef, params, batches: Sequence[Batch], threshold_L) -> TokenS
     return TokenSet(np.concatenate(xs, axis=1), np.concatenate(labels, axis=1))
 
 
-def training_batches(run, workdir: str, num_batches: int) -> list[Batch]:
+def training_batches(run, workdir: str, num_batches: int, val: Sequence[Batch]) -> list[Batch]:
     """The first `num_batches` global TRAINING batches of the run's data (the data the
-    checkpoint was trained on; the predictors are evaluated on validation batches)."""
+    checkpoint was trained on; the predictors are evaluated on the validation batches
+    `val`). Where all of the text is validation (`--text`: no training split), the first
+    `num_batches` of `val`: the predictors are then evaluated on the text they trained on."""
     from sparsity_jax import data  # imports TensorFlow: only where data is needed
 
     s = run.settings
+    if s.data.all_validation:
+        return list(val[:num_batches])
     it = data.get_batches(s.data, split="train", global_batch_size=s.train.global_batch_size,
                           seq_len=s.train.seq_len, process_index=jax.process_index(),
                           process_count=jax.process_count(), cache_dir=workdir, max_batches=num_batches)

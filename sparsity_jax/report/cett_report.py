@@ -18,8 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from sparsity_jax.predict.analysis import ASPECTS  # noqa: E402
+from sparsity_jax.report.layers import integer_axis, layer_curves, legend_below  # noqa: E402
 from sparsity_jax.runtime.workdir import PathLike, as_path, save_figure, write_json, write_text  # noqa: E402
 
 FILES = ("ppl.json", "activation_over_training.png", "layer_ratios.png", "pareto.png", "neuron_frequency.png")
@@ -36,6 +38,7 @@ def _over_training(result: dict, path) -> None:
         ax.plot(x[~warm], y[~warm], "o", color=line.get_color())
         ax.plot(x[warm], y[warm], "o", mfc="none", color=line.get_color())
     ax.set(xlabel="training tokens", ylabel="activation ratio", title="activation ratio over training (hollow: warm-up)")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.2G: labels that fit
     ax.legend()
     save_figure(fig, path, tight=True)
 
@@ -48,7 +51,8 @@ def _layer_ratios(result: dict, path) -> None:
         ax.plot(np.arange(len(r)), r, "o-", label=f"PPL-{q['p']:g}%")
     ax.plot(np.arange(len(last["stats"]["dead_ratio"])), last["stats"]["dead_ratio"], "k--", label="dead ratio")
     ax.set(xlabel="layer", ylabel="ratio", title=f"per-layer activation ratio, step {last['step']}")
-    ax.legend()
+    integer_axis(ax.xaxis)
+    legend_below(ax)
     save_figure(fig, path, tight=True)
 
 
@@ -70,14 +74,13 @@ def _pareto(result: dict, path) -> None:
 
 def _frequency(arrays: dict, path) -> None:
     freq, cdf = np.asarray(arrays["neuron_frequency"]), np.asarray(arrays["hot_cdf"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for layer in range(freq.shape[0]):
-        ax1.hist(freq[layer], bins=40, range=(0, 1), histtype="step", label=f"layer {layer}")
-        ax2.plot(np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf[layer], label=f"layer {layer}")
-    ax1.set(xlabel="activation frequency", ylabel="neurons", title="neuron activation frequency")
-    ax2.set(xlabel="fraction of neurons (most frequent first)", ylabel="share of activations", title="hot-neuron CDF")
-    ax1.legend()
-    ax2.legend()
+    edges = np.linspace(0, 1, 41)
+    counts = np.stack([np.histogram(f, bins=edges)[0] for f in freq])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    layer_curves(fig, ax1, (edges[:-1] + edges[1:]) / 2, counts, xlabel="activation frequency", value="neurons",
+                 title="neuron activation frequency", drawstyle="steps-mid")
+    layer_curves(fig, ax2, np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf, value="share of activations",
+                 xlabel="fraction of neurons (most frequent first)", title="hot-neuron CDF")
     save_figure(fig, path, tight=True)
 
 

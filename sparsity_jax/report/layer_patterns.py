@@ -7,7 +7,10 @@ Reads only `metrics.jsonl`, so it works on any run's workdir.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from sparsity_jax.errors import UserError
+from sparsity_jax.report.layers import layer_curves
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.logs import by_step, read_metrics
 from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, save_figure, write_json, write_text
@@ -54,15 +57,12 @@ def plot_use(units: list[dict], path: PathLike) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in units]
-    n_layers = len(units[0][names.ACTIVATION_RATIO])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)
-    for ax, (key, title) in zip(axes, USE):
-        for layer in range(n_layers):
-            ax.plot(steps, [100 * r[key][layer] for r in units], label=f"layer {layer}")
-        ax.set_title(f"{title} use (% of F)")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), sharex=True)
+    for i, (ax, (key, title)) in enumerate(zip(axes, USE)):
+        use_LxS = 100 * np.asarray([r[key] for r in units], float).T
+        if layer_curves(fig, ax, steps, use_LxS, xlabel="step", value="% of F", title=f"{title} use (% of F)",
+                        legend=i == 0):
+            ax.grid(alpha=0.3)
     save_figure(fig, path, tight=True)
 
 

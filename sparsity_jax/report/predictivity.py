@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsity_jax.report.layers import integer_axis, layer_curves, legend_below  # noqa: E402
 from sparsity_jax.runtime.workdir import PathLike, as_path, save_figure, write_json  # noqa: E402
 
 PREDICTOR_FILES = ("predictor.json", "predictor_layers.png", "predictor_topk.png", "predictor_ppl.png")
@@ -44,9 +45,10 @@ def _layers(result: dict, path) -> None:
     ax.plot(layers, q["recall"], "o-", label="recall")
     ax.plot(layers, q["prediction_sparsity"], "s-", label="prediction sparsity")
     ax.plot(layers, q["true_sparsity"], "k--", label="true sparsity (labels)")
-    ax.set(xlabel="layer", ylabel="ratio", ylim=(0, 1.02), xticks=layers,
+    ax.set(xlabel="layer", ylabel="ratio", ylim=(0, 1.02),
            title=f"threshold strategy (score > 0.5), rank {result['rank']}")
-    ax.legend()
+    integer_axis(ax.xaxis)
+    legend_below(ax)
     save_figure(fig, path, tight=True)
 
 
@@ -135,19 +137,17 @@ def _gap(result: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(np.arange(len(gap)), gap, "o-")
     sub = "" if not result["coactivation_subsampled"] else f", {result['coactivation_neurons']} sampled neurons"
-    ax.set(xlabel="layer", ylabel="top-average co-activation gap", xticks=np.arange(len(gap)),
-           title=f"co-activation gap{sub}")
+    ax.set(xlabel="layer", ylabel="top-average co-activation gap", title=f"co-activation gap{sub}")
+    integer_axis(ax.xaxis)
     save_figure(fig, path, tight=True)
 
 
 def _hot(result: dict, path) -> None:
     cdf = np.asarray(result["hot_neuron_cdf"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for layer in range(cdf.shape[0]):
-        ax.plot(np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf[layer], label=f"layer {layer}")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="fraction of neurons (most frequent first)", ylabel="share of activations", title="hot-neuron CDF")
-    ax.legend()
+    if layer_curves(fig, ax, np.arange(1, cdf.shape[1] + 1) / cdf.shape[1], cdf, value="share of activations",
+                    xlabel="fraction of neurons (most frequent first)", title="hot-neuron CDF"):
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     save_figure(fig, path, tight=True)
 
 

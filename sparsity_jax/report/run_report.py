@@ -9,6 +9,7 @@ import numpy as np
 from etils import epath
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.report.layers import layer_curves
 from sparsity_jax.report.render import Section, markdown, page
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.logs import by_step, read_metrics
@@ -81,11 +82,9 @@ def activation(wd: Workdir, logs: dict, out: epath.Path) -> Section:
         s.missing = "train with train.record=mask (the default) to log it"
         return s
     ratio = np.asarray([r[names.ACTIVATION_RATIO] for r in rows])
-    fig, ax = _plt().subplots(figsize=(6, 3.6))
-    for layer in range(ratio.shape[1]):
-        ax.plot([r["step"] for r in rows], ratio[:, layer], label=f"layer {layer}")
-    ax.set(xlabel="step", ylabel="activation ratio", title="activation ratio (training batches)")
-    ax.legend(fontsize=7)
+    fig, ax = _plt().subplots(figsize=(6.5, 3.6))
+    layer_curves(fig, ax, [r["step"] for r in rows], ratio.T, xlabel="step", value="activation ratio",
+                 title="activation ratio (training batches)")
     s.images.append(save_figure(fig, out / "activation_ratio.png", tight=True).name)
     s.tables.append((["layer", "first logged", "last logged"],
                      [[i, float(ratio[0, i]), float(ratio[-1, i])] for i in range(ratio.shape[1])]))

@@ -80,8 +80,9 @@ def _wall_clock(ssd: dict[int, dict], train: dict[int, dict], spans: list[list])
     per_step = {k: (secs[k] / steps[k] if steps.get(k) and k in secs else
                     (float(np.median(v)) if v else None)) for k, v in step_time.items()}
     # actual time: the logged seconds of training (steps, compiles, monitoring; not the
-    # evaluations and checkpoint saves, which an all-dense run makes too), else step times × steps
-    train_secs = {k: v for k, v in secs.items() if k not in ("eval", "checkpoint")}
+    # evaluations, checkpoint saves and metric writes, which an all-dense run makes too), else
+    # step times × steps
+    train_secs = {k: v for k, v in secs.items() if k not in names.ASIDE}
     total = sum(train_secs.values()) if secs else sum(steps[k] * per_step[k] for k in steps if per_step.get(k)) or None
     out = {"seconds": secs or None, "steps": steps, "seconds_per_step": per_step,
            "median_logged_step_time": {k: (float(np.median(v)) if v else None) for k, v in step_time.items()}}

@@ -1,11 +1,12 @@
 """Metrics logging: `metrics.jsonl` + TensorBoard events (names in `runtime/names.py`),
-process 0 only, on any epath filesystem; the one reader of metrics.jsonl; the progress line."""
+process 0 only, on any epath filesystem; the one reader of metrics.jsonl; the progress line
+and its speed figures (`StepTimer`)."""
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -159,6 +160,38 @@ class MetricsWriter:
 
 def _workdir(workdir: PathLike | Workdir) -> Workdir:
     return workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+
+
+class StepTimer:
+    """Tokens/s and seconds per step of the training steps since the last log line.
+
+    The caller times the work between steps that is not training (evaluations, checkpoint
+    saves, metric writes), after the steps in flight have finished, and hands it to
+    `aside`: that time is left out. Tokens are real (loss-weighted) tokens; steps are
+    counted, so padding does not stretch the step time. `clock`: seconds (a fake in tests).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        """Starts the next interval now."""
+        self._t0, self._aside, self.steps, self.tokens = self.clock(), 0.0, 0, 0.0
+
+    def step(self, tokens: float) -> None:
+        """Counts one finished step of `tokens` real tokens."""
+        self.steps += 1
+        self.tokens += tokens
+
+    def aside(self, seconds: float) -> None:
+        """Leaves `seconds` of non-training work out of this interval."""
+        self._aside += seconds
+
+    def rates(self) -> dict[str, float]:
+        """{tokens_per_sec, step_time} of the interval so far."""
+        dt = max(self.clock() - self._t0 - self._aside, 1e-9)
+        return {names.TOKENS_PER_SEC: self.tokens / dt, names.STEP_TIME: dt / max(self.steps, 1)}
 
 
 def progress_line(step: int, total: int, metrics: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ ACTIVATION_RATIO = "activation_ratio"  # (L,) mean over real tokens of used unit
 GRAD_NORM = "grad_norm"
 LAYERS_KEPT = "layers_kept"            # PLD: blocks run in the step
 TOKENS_PER_SEC = "tokens_per_sec"
-STEP_TIME = "step_time"                # seconds per step since the last log line
+STEP_TIME = "step_time"                # seconds per train step since the last log line (`logs.StepTimer`)
 MFU = "mfu"                            # model FLOPs utilisation, where the peak is known
 # hidden-unit tracking, every step (W&A Table 2) and dead-unit masking (W&A §4.1)
 ON_IN_FIRST, TURNED_ON, TURNED_OFF = "on_in_first", "turned_on", "turned_off"
@@ -39,7 +39,8 @@ SSD_TOP_K = "ssd_top_k"                # K of smoe / moe_dropout
 PLD_EXPECTED_KEPT = "pld_expected_kept"
 SSD_CUM_FLOPS = "ssd_cum_flops"
 SSD_FLOPS_SPEEDUP = "ssd_flops_speedup"  # all-dense FLOPs / actual FLOPs so far
-SSD_SECONDS = "ssd_seconds"            # {bucket: seconds}: dense, sparse, pld, compile, monitor, eval, checkpoint
+SSD_SECONDS = "ssd_seconds"            # {bucket: seconds}: dense, sparse, pld, compile, monitor and ASIDE
+ASIDE = ("eval", "checkpoint", "log")  # buckets of SSD_SECONDS outside the steps: evaluations, saves, metric writes
 SSD_STEPS = "ssd_steps"                # {phase: steps}
 
 # hidden_units.use_from_counts keys → logged names

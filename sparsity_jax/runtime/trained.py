@@ -34,19 +34,27 @@ def vocab_size(settings: Settings, workdir: PathLike | Workdir) -> int:
 
 
 def validation_batches(run: ModelRun, workdir: PathLike | Workdir) -> list[dict[str, jax.Array]]:
-    """The run's `train.eval_batches` validation batches as global arrays; UserError when
-    they hold no real token."""
+    """The run's `train.eval_batches` validation batches (0: all of them) as global arrays.
+
+    UserError when they hold no real token, or, when all of the text is validation
+    (`DataSettings.all_validation`, `--text`), when it holds fewer tokens than one batch."""
     s = run.settings
     it = data_module().get_batches(
         s.data, split="validation", global_batch_size=s.train.global_batch_size, seq_len=s.train.seq_len,
         process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=str(workdir),
-        max_batches=s.train.eval_batches)
+        max_batches=s.train.eval_batches or None)
     local = list(it)
     real = float(sum(np.sum(b["loss_weights"]) for b in local))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         real = float(np.sum(multihost_utils.process_allgather(np.float32(real))))
+    batch, seq_len = s.train.global_batch_size, s.train.seq_len
+    if s.data.all_validation and real < batch * seq_len:
+        text = s.data.text_glob or f"the {s.data.task} corpus"
+        raise UserError(f"{text} has {int(real):,} tokens and one batch of {batch} × {seq_len} needs "
+                        f"{batch * seq_len:,}; give a longer text or lower --config.train.global_batch_size or "
+                        "--config.train.seq_len.")
     if not local or real == 0:
         raise UserError("the validation split is empty; use a larger corpus or raise data.val_permille.")
     return [run.device_batch(b) for b in local]

@@ -9,6 +9,7 @@ Config files and saved configs (a checkpoint's metadata, config.json) pass throu
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from sparsity_jax.errors import UserError
@@ -17,6 +18,12 @@ from sparsity_jax.settings.schema import SECTIONS, Settings, field_types
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = "configs/default.py"
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def user_cache_dir() -> str:
+    """The per-user cache: ``$SPARSITY_JAX_CACHE``, else ``~/.cache/sparsity_jax`` (SentencePiece
+    models trained outside a workdir; ``xla/``: the CLI's JAX compilation cache)."""
+    return os.environ.get("SPARSITY_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sparsity_jax"))
 
 
 def resolve_config_path(path: str) -> Path:

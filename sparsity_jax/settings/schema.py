@@ -54,7 +54,7 @@ class DataSettings:
     num_shards: int = 8           # virtual shards; a multiple of the process count
     shuffle_buffer: int = 1000    # examples
     seed: int = 0
-    val_permille: int = 20        # validation share of local corpora, in 1/1000
+    val_permille: int = 20        # validation share of local corpora, in 1/1000; 1000 = all of it, no train split
     max_files: int = 0            # > 0: the first N files of each split (fast tests, smoke runs)
     tfds_data_dir: str = ""       # c4_en / lm1b: where the prepared TFDS datasets are ("" = TFDS default)
 
@@ -66,11 +66,20 @@ class DataSettings:
             raise _fail("data.task", self.task, f"name a task, e.g. one of {', '.join(BUILTIN_TASKS)}")
         if self.task == "text_files" and not self.text_glob:
             raise _fail("data.text_glob", self.text_glob, "task text_files needs a file glob, e.g. '/data/*.jsonl'")
+        if self.text_glob and self.task != "text_files":
+            raise _fail("data.text_glob", self.text_glob, f"data.task={self.task} does not read it; set data.task="
+                        "text_files too, or pass --text FILE to evaluate on all of the file")
         for name, low in (("num_shards", 1), ("shuffle_buffer", 1), ("max_files", 0), ("spm_vocab_size", 16)):
             if getattr(self, name) < low:
                 raise _fail(f"data.{name}", getattr(self, name), f"set it to at least {low}")
-        if not 0 <= self.val_permille < 1000:
-            raise _fail("data.val_permille", self.val_permille, "set it between 0 and 999")
+        if not 0 <= self.val_permille <= 1000:
+            raise _fail("data.val_permille", self.val_permille, "set it between 0 and 1000")
+
+    @property
+    def all_validation(self) -> bool:
+        """Every text is validation (val_permille = 1000, as `--text` sets it): evaluation
+        only, there is no training split."""
+        return self.val_permille == 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +92,7 @@ class TrainSettings:
     grad_accum: int = 1           # micro-batches per step (exact: summed gradients, divided once)
     log_every: int = 25
     eval_every: int = 100
-    eval_batches: int = 8         # validation batches of global_batch_size rows
+    eval_batches: int = 8         # validation batches of global_batch_size rows; 0 = all of the validation split
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
@@ -94,7 +103,9 @@ class TrainSettings:
 
     def check(self) -> None:
         _positive("train", self, "steps", "global_batch_size", "grad_accum", "log_every", "eval_every",
-                  "eval_batches", "checkpoint_every", "keep_checkpoints")
+                  "checkpoint_every", "keep_checkpoints")
+        if self.eval_batches < 0:
+            raise _fail("train.eval_batches", self.eval_batches, "set it to a positive number, or 0 for all batches")
         if self.seq_len < 2:
             raise _fail("train.seq_len", self.seq_len, "set it to at least 2")
         if self.global_batch_size % self.grad_accum:

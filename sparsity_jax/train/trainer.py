@@ -5,7 +5,10 @@ batches consumed); the data iterator is deterministic and restarts at that posit
 the compiled step is the same, so a resumed run reproduces the uninterrupted losses.
 Metrics of step s are fetched after step s+1 is dispatched (no pipeline stall); before a
 checkpoint they are checked synchronously, so a checkpoint is only written after a
-finite loss and gradient norm. NaN/inf stops the run with the step number (exit 3) and
+finite loss and gradient norm. Evaluations, checkpoint saves, metric writes and the
+compilation of each step variant wait for the steps in flight and are timed apart
+(`aside`): the logged tokens/s and step time count the training steps alone
+(`runtime.logs.StepTimer`). NaN/inf stops the run with the step number (exit 3) and
 keeps the last good checkpoint. SIGTERM (preemption) on any process makes every process
 save the same step and exit 0, without a final evaluation (`train/preemption.py`).
 """
@@ -17,12 +20,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsity_jax.errors import NonFiniteLoss
+from sparsity_jax.errors import NonFiniteLoss, UserError
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.settings import Settings
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.checkpoint import Checkpointer
-from sparsity_jax.runtime.logs import MetricsWriter, log_print, progress_line
+from sparsity_jax.runtime.logs import MetricsWriter, StepTimer, log_print, progress_line
 from sparsity_jax.runtime.hardware import peak_flops_per_device
 from sparsity_jax.runtime.trained import data_module, real_tokens, validation_batches
 from sparsity_jax.runtime.workdir import PathLike, Workdir, write_json
@@ -45,6 +48,9 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
     from its latest checkpoint; returns the final summary. Every input (data, checkpoint,
     model shape) is checked before anything is written. `init_from`: a fresh run starts
     from that run's parameters (`train.init_from`)."""
+    if settings.data.all_validation:
+        raise UserError("data.val_permille=1000 makes all of the text validation and leaves nothing to train on; "
+                        "lower it (e.g. to 20).")
     main = jax.process_index() == 0
     t = settings.train
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
@@ -76,7 +82,7 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
     if start >= total:
         log_print(f"already trained to step {start} of {total}; nothing to do", main)
     peak = peak_flops_per_device()
-    flops, pending, t0, tokens = None, None, time.perf_counter(), 0.0
+    flops, pending, timer, compiled = None, None, StepTimer(), set()
 
     def check(step: int, m) -> dict:
         host = jax.device_get(m)
@@ -85,26 +91,25 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
         return host
 
     def aside(bucket: str, fn):
-        """Runs fn() with its wall-clock charged to `bucket`, not to the next step's phase."""
-        jax.block_until_ready(state)  # the pending step's own time stays with its phase
+        """Runs fn() with its wall-clock charged to `bucket` (`names.ASIDE`, or "compile"), left
+        out of the steps' phase and of the logged tokens/s and step time."""
+        jax.block_until_ready(state)  # the pending step's own time stays with the steps
         t = time.perf_counter()
         out = fn()
-        method.account.aside(bucket, time.perf_counter() - t)
+        seconds = time.perf_counter() - t
+        method.account.aside(bucket, seconds)
+        timer.aside(seconds)
         return out
 
     def report(step: int, host: dict) -> None:
-        nonlocal t0, tokens
-        tokens += float(host[names.TOKENS])
+        timer.step(float(host[names.TOKENS]))
         if step % t.log_every and step != total:
             return
-        dt = time.perf_counter() - t0
-        host[names.TOKENS_PER_SEC] = tokens / max(dt, 1e-9)
-        host[names.STEP_TIME] = dt * t.global_batch_size * t.seq_len / max(tokens, 1.0)
+        host.update(timer.rates())
         if flops and peak:
             host[names.MFU] = flops / host[names.STEP_TIME] / (peak * jax.device_count())
-        writer.write(step, host)
-        log_print(progress_line(step, total, host), main)
-        t0, tokens = time.perf_counter(), 0.0
+        timer.restart()
+        aside("log", lambda: (writer.write(step, host), log_print(progress_line(step, total, host), main)))
 
     method.account.restart()
     preempted = False
@@ -114,14 +119,19 @@ def train(settings: Settings, workdir: PathLike | Workdir, make_method: MethodFa
                 batch = run.device_batch(first if step == start else next(train_it))
                 if peak and flops is None and step == start:  # MFU only where the peak FLOP/s is known
                     flops = method.step_flops(start)[0]  # the FLOPs of the method's step
-                    t0 = time.perf_counter()
+                    timer.restart()
                 variant = method.variant(step)
-                state, metrics = run.train_step(state, batch, OWN_FFN, variant)
+                if variant in compiled:
+                    state, metrics = run.train_step(state, batch, OWN_FFN, variant)
+                else:  # the first call compiles, then dispatches
+                    state, metrics = aside("compile", lambda: run.train_step(state, batch, OWN_FFN, variant))
+                    compiled.add(variant)
                 if "detailed" in metrics:
-                    writer.write(step + 1, metrics.pop("detailed"), split=names.UNITS)
+                    detailed = metrics.pop("detailed")
+                    aside("log", lambda: writer.write(step + 1, detailed, split=names.UNITS))
                 state, method_metrics = method.after_step(state, step + 1, variant)
                 if method_metrics:  # at the log interval, or an event of the method
-                    writer.write(step + 1, method_metrics, split=names.METHOD)
+                    aside("log", lambda: writer.write(step + 1, method_metrics, split=names.METHOD))
                 if pending is not None:
                     report(pending[0], check(*pending))
                 pending = (step + 1, metrics)

@@ -1,8 +1,10 @@
 """Trainer stop conditions through the CLI: a NaN in the parameters stops with exit 3 and
 keeps the last good checkpoint; SIGTERM saves at the current step, exits 0 and restores
-the previous SIGTERM handler. Step FLOPs count every micro-batch."""
+the previous SIGTERM handler. Step FLOPs count every micro-batch. The logged step time
+leaves evaluations out."""
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from sparsity_jax.cli import main
 from sparsity_jax.methods import make_method, step_flops
 from sparsity_jax.train import trainer
 from sparsity_jax.runtime.checkpoint import Checkpointer
+from sparsity_jax.runtime.logs import read_metrics
 from sparsity_jax.train.setup import build
 from tests.train.helpers import TINY, synthetic_batch, tiny_config
 
@@ -92,3 +95,23 @@ def test_step_flops_count_every_micro_batch():
         flops[g] = step_flops(run)
     assert flops[1] > 1e6
     assert flops[2] == pytest.approx(flops[1], rel=0.02)
+
+
+def test_logged_step_time_leaves_evaluations_out(tmp_path, monkeypatch):
+    """Each evaluation sleeps 1 s, every 2 steps, with a log line every 2 steps: a step of
+    this tiny model takes milliseconds, so a step time of 0.5 s or more includes the sleep."""
+    real_build = trainer.build_run
+
+    def build_run(*args):
+        run = real_build(*args)
+        evaluate = run.evaluate
+        run.evaluate = lambda *a: (out := evaluate(*a), time.sleep(1.0))[0]
+        return run
+
+    monkeypatch.setattr(trainer, "build_run", build_run)
+    assert main(cli_args(tmp_path, **{"train.steps": 6, "train.log_every": 2, "train.eval_every": 2})) == 0
+    train = read_metrics(tmp_path)["train"]
+    assert sorted(train) == [2, 4, 6]
+    for step in (2, 4, 6):
+        assert train[step]["step_time"] < 0.5, (step, train[step])
+        assert train[step]["tokens_per_sec"] > train[step]["tokens"] / 0.5
