@@ -36,18 +36,16 @@ def _package(module: str) -> str | None:
     return parts[1] if parts[0] == "sparsity_jax" and len(parts) > 1 else None
 
 
-def package_imports():
-    """{(module path, imported package)} over every module below the package root (whose
-    __init__ only prepares the environment), function-local imports included."""
+def package_imports() -> set[tuple[str, str, str]]:
+    """{(module path, its package, an imported package)} over every module below the package
+    root (whose __init__ only prepares the environment), function-local imports included."""
     out = set()
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
         if rel == "__init__.py":
             continue
         own = rel.split("/")[0].removesuffix(".py")
-        for m in _imports(path):
-            if (pkg := _package(m)) is not None and pkg != own:
-                out.add((rel, pkg))
+        out |= {(rel, own, pkg) for m in _imports(path) if (pkg := _package(m)) not in (None, own)}
     return out
 
 
@@ -58,27 +56,28 @@ def test_every_package_has_a_floor():
 
 
 def test_packages_import_only_lower_floors():
-    bad = sorted(f"{rel} → {pkg} (floor {FLOORS[rel.split('/')[0].removesuffix('.py')]} → {FLOORS[pkg]})"
-                 for rel, pkg in package_imports()
-                 if FLOORS[pkg] >= FLOORS[rel.split("/")[0].removesuffix(".py")] and (rel, pkg) not in EXCEPTIONS)
+    crossing = {(rel, pkg): f"{rel} → {pkg} (floor {FLOORS[own]} → {FLOORS[pkg]})"
+                for rel, own, pkg in package_imports() if FLOORS[pkg] >= FLOORS[own]}
+    bad = sorted(v for k, v in crossing.items() if k not in EXCEPTIONS)
     assert not bad, "imports of a package on the same or a higher floor:\n" + "\n".join(bad)
+    assert not set(EXCEPTIONS) - set(crossing), f"stale exceptions: {set(EXCEPTIONS) - set(crossing)}"
 
 
 def test_no_cycle_between_packages():
     edges = {}
-    for rel, pkg in package_imports():
-        edges.setdefault(rel.split("/")[0].removesuffix(".py"), set()).add(pkg)
+    for _, own, pkg in package_imports():
+        edges.setdefault(own, set()).add(pkg)
 
     def reach(start):
         seen, todo = set(), [start]
         while todo:
-            for nxt in edges.get(todo.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
+            for nxt in edges.get(todo.pop(), set()) - seen:
+                seen.add(nxt)
+                todo.append(nxt)
         return seen
 
-    assert not sorted(p for p in edges if p in reach(p))
+    cyclic = sorted(p for p in edges if p in reach(p))
+    assert not cyclic, f"packages on an import cycle: {cyclic}"
 
 
 def _imports(path: pathlib.Path) -> set[str]:
