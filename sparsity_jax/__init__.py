@@ -2,7 +2,7 @@
 exploiting their activation sparsity.
 
 Sub-packages (the data flow runs down this list; `nn` and `metrics` never import TensorFlow;
-each imports only the floors above it in tests/test_imports.py's FLOORS):
+a package imports only packages on lower floors, `FLOORS` in tests/test_imports.py):
   settings  the only reader of config files: frozen, validated, typed sections; `upgrade`
             reads old configs and checkpoints.
   nn        Flax NNX modules: activations, sparsity rules (the one neuron magnitude and "active
