@@ -12,7 +12,7 @@ from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.runtime.workdir import Workdir
 from sparsity_jax.ssd import inference as inf
-from sparsity_jax.workflows import sparse_inference as workflow
+from sparsity_jax.workflows import ssd_inference
 
 TAKES_CONFIG = True
 
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num_experts: int | None,
                      step: int | None = None) -> dict:
-    """`workflows.sparse_inference` of one workdir's checkpoint `step` (default: the
+    """`workflows.ssd_inference.sparse_inference` of one workdir's checkpoint `step` (default: the
     latest) with each k in `ks` (None: `ssd.inference.default_ks`, "all": 1 … N); k, N and
     the step are checked before the model is built. Returns its JSON."""
     plan = {}
@@ -49,8 +49,8 @@ def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num
 
     wd = common.open_trained(args, check, workdir)
     try:
-        r = workflow.sparse_inference(wd, wd.step(step), wd.settings.method, num_experts=plan["n"], ks=plan["ks"],
-                                      drop_shares=drop_shares, structure=structure, seed=args.seed)
+        r = ssd_inference.sparse_inference(wd, wd.step(step), wd.settings.method, num_experts=plan["n"], ks=plan["ks"],
+                                           drop_shares=drop_shares, structure=structure, seed=args.seed)
     finally:
         wd.close()
     common.log(f"{workdir} step {r.step} ({r.structure} experts, N={r.num_experts}): dense PPL "

@@ -2,7 +2,7 @@
 "Inference Efficiency", Fig. 4a; §5.3 "Dynamic Top-k", Fig. 5).
 
 Evaluation is injected (`evaluate(params, sparsify) -> metrics with "loss"`) so these
-functions stay free of the trainer and of the methods; `workflows.sparse_inference` runs
+functions stay free of the trainer and of the methods; `workflows.ssd_inference` runs
 them on a trained workdir's checkpoint and validation batches.
 """
 from __future__ import annotations
