@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import ml_collections
+
 from sparsity_jax.errors import UserError
 from sparsity_jax.settings.schema import SECTIONS, Settings, field_types
 
@@ -151,6 +153,4 @@ def from_saved(saved: dict, overrides: dict[str, str] | None = None) -> Settings
 def default_config():
     """The defaults as an ml_collections ConfigDict: what configs/default.py returns and
     every paper config starts from."""
-    import ml_collections
-
     return ml_collections.ConfigDict(Settings().to_dict())
