@@ -1,7 +1,8 @@
 """sparsity_jax: train Transformer LMs in JAX/Flax NNX while measuring, searching and
 exploiting their activation sparsity.
 
-Sub-packages (the data flow runs down this list; `nn` and `metrics` never import TensorFlow):
+Sub-packages (the data flow runs down this list; `nn` and `metrics` never import TensorFlow;
+a package imports only packages on lower floors, `FLOORS` in tests/test_imports.py):
   settings  the only reader of config files: frozen, validated, typed sections; `upgrade`
             reads old configs and checkpoints.
   nn        Flax NNX modules: activations, sparsity rules (the one neuron magnitude and "active
@@ -17,17 +18,19 @@ Sub-packages (the data flow runs down this list; `nn` and `metrics` never import
             the hardware table and TPU slices compiled for without a TPU (`hardware`).
   methods   training methods that own their host and device side (dense, dead-unit masking
             with unit tracking, SSD, SMoE, MoE-Dropout, PLD) and their FLOPs / wall-clock accounting.
-  ssd       MoEfication algorithms: balanced k-means, ARI, conversion, schedule, sparse inference.
+  ssd       MoEfication algorithms: balanced k-means, ARI, conversion, schedule, MoE sweeps.
   train     optimizer, the jitted train step (one options object from the method), resume,
             preemption, the loop; it knows no training method by name.
   search    CETT thresholds of a model, PPL-p% over checkpoints, Pareto curves, the
             evaluate / sweep / compare workflows.
   scaling   activation-ratio scaling-law fits (Sparsing Law §4) and the paper's curves.
   predict   low-rank activation predictors (labels, training, evaluation, storage) and the
-            predictivity and affinity workflows.
+            predictivity and affinity analyses at given thresholds.
   infer     KV-cache decoding whose FFN computes only the chosen neurons.
   report    renders typed results: JSON, markdown tables, PNG figures, the run report.
-  commands  one module per `sparsity-jax` command (parse, validate once, call, write); cli.py
+  workflows what a command does, as library functions returning typed results (generation,
+            the activation comparison, analyses at a target CETT, SSD sparse inference).
+  commands  one module per `sparsity-jax` command (parse, validate once, call a workflow, print); cli.py
             holds the table and exit codes.
 """
 

@@ -6,6 +6,7 @@ realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
 from __future__ import annotations
 
 from sparsity_jax.commands import common
+from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
 
 TAKES_CONFIG = True
 
@@ -22,8 +23,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
-
     check_cett(args.cett)
     wd, step, params = common.trained_params(args)
     res = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)

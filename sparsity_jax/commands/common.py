@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from sparsity_jax.errors import UserError
+import jax
+
+from sparsity_jax import settings
+from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.runtime import distributed, trained
+from sparsity_jax.runtime.workdir import write_json as write_workdir_json
+from sparsity_jax.search.ppl import check_p
 
 CONFIG_HELP = ("config file (FILE.py or FILE.py:VARIANT); any field is set with --config.SECTION.FIELD=VALUE, "
                "e.g. --config.train.steps=100")
@@ -58,8 +64,6 @@ def add_distributed(p: argparse.ArgumentParser) -> None:
 
 
 def init_distributed(args) -> None:
-    from sparsity_jax.runtime import distributed
-
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
 
 
@@ -79,12 +83,9 @@ def overrides(args) -> dict[str, str]:
 def trained_settings(args, ckpt, steps, config: str | None = None):
     """The settings of a trained workdir: the `config` file if given, else the config saved
     with its latest checkpoint; the command's overrides on top."""
-    from sparsity_jax import settings
-    from sparsity_jax.runtime.trained import saved_config
-
     if config:
         return settings.load(config, overrides(args))
-    return settings.from_saved(saved_config(ckpt, steps[-1]), overrides(args))
+    return settings.from_saved(trained.saved_config(ckpt, steps[-1]), overrides(args))
 
 
 def open_trained(args, check=None, workdir: str | None = None):
@@ -94,11 +95,8 @@ def open_trained(args, check=None, workdir: str | None = None):
     `check(settings, steps)` runs once the settings and checkpoint steps are known and
     before the model, data and validation batches are built: the place for argument
     checks that need them (a --step that must exist, k ≤ N)."""
-    from sparsity_jax.runtime.trained import checkpoints, real_tokens
-    from sparsity_jax.runtime.trained import open_trained as open_workdir
-
     workdir = workdir or args.workdir
-    ckpt, steps = checkpoints(workdir)
+    ckpt, steps = trained.checkpoints(workdir)
     try:
         st = trained_settings(args, ckpt, steps, getattr(args, "config", None) if workdir == args.workdir else None)
         if check is not None:
@@ -106,8 +104,8 @@ def open_trained(args, check=None, workdir: str | None = None):
     except BaseException:
         ckpt.close()
         raise
-    wd = open_workdir(workdir, st, ckpt, steps)
-    log(f"validation: {real_tokens(wd.val):,} real tokens in {len(wd.val)} batches of "
+    wd = trained.open_trained(workdir, st, ckpt, steps)
+    log(f"validation: {trained.real_tokens(wd.val):,} real tokens in {len(wd.val)} batches of "
         f"{st.train.global_batch_size} × {st.train.seq_len}")
     return wd
 
@@ -134,9 +132,6 @@ def trained_params(args, check=None):
 
 def ppl_ps(text: str) -> list[float]:
     """The p values of --ppl-p (comma-separated), each a positive percentage."""
-    from sparsity_jax.errors import comma_list
-    from sparsity_jax.search.ppl import check_p
-
     ps = comma_list(text, float, "--ppl-p")
     for p in ps:
         check_p(p)
@@ -144,8 +139,6 @@ def ppl_ps(text: str) -> list[float]:
 
 
 def is_main() -> bool:
-    import jax
-
     return jax.process_index() == 0
 
 
@@ -158,6 +151,4 @@ def log(msg: str) -> None:
 def write_json(path, obj) -> None:
     """Writes `obj` as JSON on process 0 (directories created; any epath)."""
     if is_main():
-        from sparsity_jax.runtime.workdir import write_json as write
-
-        write(path, obj)
+        write_workdir_json(path, obj)

@@ -17,14 +17,13 @@ Resumable: a model whose workdir (WORKDIR/<variant>) already holds a checkpoint 
 """
 from __future__ import annotations
 
-import time
-from typing import Sequence
-
-import numpy as np
-
+from sparsity_jax import settings
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.runtime.workdir import Workdir, as_path
+from sparsity_jax.runtime.workdir import as_path
+from sparsity_jax.search.ppl import check_p
+from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.workflows.comparison import compare
 
 TAKES_CONFIG = True
 CONFIG = "configs/relu2/tiny.py"
@@ -48,65 +47,10 @@ def add_parser(sub) -> None:
     common.add_distributed(p)
 
 
-def final_step(workdir: Workdir) -> int | None:
-    """Latest checkpoint step of a workdir, None without checkpoints."""
-    from sparsity_jax.runtime.checkpoint import Checkpointer
-
-    if not workdir.checkpoints.is_dir():
-        return None
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        return ckpt.latest_step()
-    finally:
-        ckpt.close()
-
-
-def train_model(settings, variant: str, workdir: Workdir) -> float:
-    """Trains (or resumes) one model unless its final checkpoint exists; returns seconds spent."""
-    from sparsity_jax.methods import make_method
-    from sparsity_jax.train.trainer import train
-
-    done = final_step(workdir)
-    if done is not None and done >= settings.train.steps:
-        common.log(f"[{variant}] final checkpoint (step {done}) in {workdir}: not training again")
-        return 0.0
-    m = settings.model
-    common.log(f"[{variant}] training {settings.train.steps} steps: d={m.d_model} L={m.num_layers} "
-               f"F={m.d_ff} in {workdir}")
-    t0 = time.perf_counter()
-    train(settings, workdir, make_method)
-    return time.perf_counter() - t0
-
-
-def analyse(settings, workdir: Workdir, p: float, cetts: Sequence[float], tol: float, predictor_steps: int) -> dict:
-    """The sparsity of the final checkpoint of `workdir` and, with `predictor_steps`, its
-    predictivity and affinity at the PPL-p% thresholds (JSON-able)."""
-    from sparsity_jax.predict.analysis import deployment_aspects
-    from sparsity_jax.runtime.trained import open_trained
-    from sparsity_jax.search.compare import model_sparsity
-
-    wd = open_trained(workdir, settings)
-    try:
-        step = wd.steps[-1]
-        params = wd.restore(step)[0]["params"]
-    finally:
-        wd.close()
-    r = model_sparsity(wd.run, params, wd.val, step, p, cetts, tol)
-    out = r.to_json()
-    if predictor_steps:
-        q = r.ppl_p
-        out.update(deployment_aspects(wd.run, params, wd.val, np.asarray(q["threshold"]), q["target_cett"],
-                                      workdir=workdir, step=step, predictor_steps=predictor_steps,
-                                      log=common.log).to_json())
-    return out
-
-
 def run(args) -> int:
     """Trains what is missing, analyses every model, writes compare.{json,png,md}."""
-    from sparsity_jax import settings
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.cett_report import compare_table, write_compare_report
-    from sparsity_jax.search.ppl import check_p
-    from sparsity_jax.search.thresholds import check_cett
 
     check_p(args.p)
     if args.predictor_steps < 0:
@@ -121,15 +65,7 @@ def run(args) -> int:
     models = {v: settings.load(f"{config}:{v}", overrides) for v in names}  # every name checked before training
     common.init_distributed(args)
     root = as_path(args.workdir)
-    train_seconds = {v: train_model(models[v], v, Workdir(root / v)) for v in names}
-    results = {}
-    for v in names:
-        common.log(f"[{v}] PPL-{args.p:g}% search and CETT curve")
-        results[v] = analyse(models[v], Workdir(root / v), args.p, cetts, args.tol, args.predictor_steps)
-        results[v]["train_seconds"] = round(train_seconds[v], 1)
-        q = results[v]["ppl_p"]
-        common.log(f"[{v}] PPL-{args.p:g}%: CETT {q['target_cett']:.4f}, sparsity {q['sparsity']:.4f} "
-                   f"(PPL ratio {q['ppl_ratio']:.4f}, {q['evaluations']} sparse evaluations)")
+    results = compare(models, root, args.p, cetts, args.tol, args.predictor_steps, log=common.log)
     out = {"config": config, "overrides": overrides, "p": args.p, "tol": args.tol, "models": results}
     if common.is_main():
         paths = write_compare_report(out, root)

@@ -9,6 +9,8 @@ the points `sparsity-jax scaling` fits (`search.evaluate`).
 from __future__ import annotations
 
 from sparsity_jax.commands import common
+from sparsity_jax.runtime.trained import real_tokens
+from sparsity_jax.search.evaluate import evaluate_run
 
 TAKES_CONFIG = True
 
@@ -25,8 +27,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.cett_report import write_ppl_report
-    from sparsity_jax.search.evaluate import evaluate_run
 
     ps = common.ppl_ps(args.ppl_p) if args.ppl_p.strip() else ()  # before any work
     common.init_distributed(args)

@@ -8,7 +8,12 @@ a non-gated FFN has no stock transformers class and is refused. OUT must not exi
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from sparsity_jax.commands import common
+from sparsity_jax.errors import UserError
+from sparsity_jax.hf.config import hf_config
+from sparsity_jax.hf.run import export_run, saved_model
 
 TAKES_CONFIG = False
 
@@ -21,12 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from sparsity_jax.errors import UserError
-    from sparsity_jax.hf.config import hf_config
-    from sparsity_jax.hf.run import export_run, saved_model
-
     if Path(args.hf).exists():
         raise UserError(f"{args.hf} already exists; export into a new directory (nothing is ever overwritten).")
     cfg, params, wd = saved_model(args.workdir, args.step)

@@ -1,8 +1,9 @@
 """`sparsity-jax generate`: KV-cache decoding of a trained run with a dense or sparse FFN
-(`infer/`), on the run's mesh (the FFN tensor-parallel over `mlp` where the mesh has a
-tensor axis; `--config.mesh.tensor=N` picks another). Prints each row's text, then the
-decode tokens/s, per layer the active-neuron share, the union and block-active shares
-of a step and the budget overflows.
+(`workflows.generation`), on the run's mesh (the FFN tensor-parallel over `mlp` where the
+mesh has a tensor axis; `--config.mesh.tensor=N` picks another). Prints each row's prompt
+and the new tokens' text (up to an EOS among them, however the prompt ends), then the
+decode tokens/s, per layer the active-neuron share, the union and block-active shares of
+a step and the budget overflows.
 
 `--layout coactivation` first permutes each layer's neurons so that the ones the chooser
 picks together on validation tokens sit in contiguous blocks of `--block` (issue 22,
@@ -18,11 +19,10 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
-from sparsity_jax.runtime.workdir import Workdir
+from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.workflows.generation import FFNS, LAYOUTS, generate, predictor_path
 
 TAKES_CONFIG = True
-FFNS = ("dense", "threshold", "predicted")
-LAYOUTS = ("none", "coactivation")
 
 
 def add_parser(sub) -> None:
@@ -51,8 +51,6 @@ def add_parser(sub) -> None:
 
 
 def check_args(args) -> None:
-    from sparsity_jax.search.thresholds import check_cett
-
     check_cett(args.cett)
     if args.max_new <= 0:
         raise UserError(f"Pass --max-new ≥ 1 (tokens to generate); got {args.max_new}.")
@@ -72,42 +70,6 @@ def check_args(args) -> None:
 def block_of(args) -> int:
     """Neurons per gathered block: --block, else 32 with a layout, else 0 (single neurons)."""
     return args.block if args.block is not None else (32 if args.layout != "none" else 0)
-
-
-def predictor_path(workdir, step: int, cett: float) -> str:
-    """The saved predictors of `step` (labels at `cett`, else a_i != 0); UserError when there are none."""
-    from sparsity_jax.predict.store import exists, predictor_dir
-
-    for path in (predictor_dir(workdir, step, cett), predictor_dir(workdir, step, None)):
-        if exists(path):
-            return str(path)
-    raise UserError(f"no trained predictors for step {step} in {Workdir(workdir).predictors}; train them "
-                    f"with `sparsity-jax predictor --workdir {workdir} --cett {cett:g}` or use --ffn threshold.")
-
-
-def chooser_of(args, wd, graphdef, params, step):
-    """(chooser, its arrays, a one-line description)."""
-    from sparsity_jax.infer import Dense, Predicted, Threshold
-
-    if args.ffn == "dense":
-        return Dense(), {}, "dense FFN"
-    if args.ffn == "threshold":
-        from sparsity_jax.search.thresholds import thresholds_for_cett
-
-        res = thresholds_for_cett((graphdef, params), wd.val, args.cett)
-        return Threshold(), {"threshold": res.threshold}, (
-            f"threshold FFN at CETT {args.cett:g} (validation activation ratio {1 - res.sparsity.mean():.4f})")
-    from sparsity_jax.infer.choosers import check_predictor
-    from sparsity_jax.predict.store import load
-
-    path = predictor_path(wd.workdir, step, args.cett)
-    arrays, meta = load(path)
-    cfg = wd.run.model_cfg
-    try:
-        check_predictor(arrays, cfg.num_layers, cfg.d_model, cfg.d_ff)
-    except ValueError as e:
-        raise UserError(f"the predictors in {path} do not fit this model ({e}); retrain them.") from None
-    return Predicted(), arrays, f"predicted FFN ({path}, rank {arrays['w1'].shape[-1]})"
 
 
 def report(gen, dec, rows: int) -> None:
@@ -131,8 +93,6 @@ def report(gen, dec, rows: int) -> None:
 
 
 def run(args) -> int:
-    import jax
-
     check_args(args)
 
     def check(settings, steps):
@@ -143,38 +103,12 @@ def run(args) -> int:
             predictor_path(args.workdir, steps[-1] if args.step is None else args.step, args.cett)
 
     wd, step, params = common.trained_params(args, check)
-    from sparsity_jax.data import get_vocabulary
-    from sparsity_jax.infer import Decoder
-    from sparsity_jax.infer.budget import calibrate
-
-    vocab = get_vocabulary(wd.settings.data, cache_dir=wd.path)
-    encoded = [list(vocab.encode(p)) for p in args.prompt]
-    if not all(encoded):
-        raise UserError("a --prompt encodes to no token; pass longer text.")
-    rows = args.batch or len(encoded)
-    prompts = [encoded[i % len(encoded)] for i in range(rows)]
-    graphdef = wd.run.graphdef
-    chooser, arrays, what = chooser_of(args, wd, graphdef, params, step)
-    block = block_of(args)
-    f_local = wd.run.model_cfg.d_ff // wd.run.mesh.shape.get("tensor", 1)
-    if block and f_local % block:
-        raise UserError(f"--block {block} must divide the FFN width per tensor shard ({f_local}); pick a divisor.")
-    dec = Decoder(graphdef, params, wd.run.mesh, chooser, arrays, block=block, kernel=args.kernel)
-    if args.layout == "coactivation":
-        from sparsity_jax.infer.budget import measured_candidates
-        from sparsity_jax.infer.layout import coactivation_layout, permute_arrays, permute_params
-
-        perms = coactivation_layout(measured_candidates(dec, wd.val, max_tokens=2048), block, seed=args.seed)
-        dec = Decoder(graphdef, permute_params(params, perms), wd.run.mesh, chooser, permute_arrays(arrays, perms),
-                      block=block, kernel=args.kernel)
-        what += f", co-activation layout in blocks of {block}"
-    if args.ffn != "dense":
-        dec.set_budgets(calibrate(dec, wd.val, rows=rows, margin=args.margin))
-    gen = dec.generate(prompts, args.max_new, key=jax.random.key(args.seed), temperature=args.temperature,
-                       top_p=args.top_p)
-    common.log(f"step {step}, {what}, mesh {dict(wd.run.mesh.shape)}")
-    for b, prompt in enumerate(prompts):
-        common.log(f"--- row {b}\n{vocab.decode(prompt + [int(t) for t in gen.tokens[b]])}")
+    g = generate(wd, step, params, args.prompt, args.max_new, ffn=args.ffn, target_cett=args.cett, rows=args.batch,
+                 block=block_of(args), layout=args.layout, margin=args.margin, kernel=args.kernel, seed=args.seed,
+                 temperature=args.temperature, top_p=args.top_p)
+    common.log(f"step {step}, {g.what}, mesh {dict(wd.run.mesh.shape)}")
+    for b, (prompt, text) in enumerate(zip(g.prompts, g.texts)):
+        common.log(f"--- row {b}\n{prompt}{text}")
     common.log("---")
-    report(gen, dec, rows)
+    report(g.generation, g.decoder, len(g.prompts))
     return 0

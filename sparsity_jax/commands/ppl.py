@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.search.sweep import sweep_trained
 
 TAKES_CONFIG = True
 
@@ -28,8 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.cett_report import write_ppl_report
-    from sparsity_jax.search.sweep import sweep_trained
 
     ps = common.ppl_ps(args.ppl_p)
     if args.last <= 0 or not 0 < args.tol < 1:

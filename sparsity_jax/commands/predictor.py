@@ -1,5 +1,5 @@
 """`sparsity-jax predictor`: train and evaluate the low-rank activation predictors of one
-checkpoint (ReLU² Wins §4 (2), §5.2, App. A.2) with `predict.analysis`. Labels at a CETT
+checkpoint (ReLU² Wins §4 (2), §5.2, App. A.2) with `workflows.at_cett`. Labels at a CETT
 (‖n_i‖ ≥ t_l > 0 with the layer's exact threshold on the validation tokens) or a_i != 0; training tokens from the
 run's training split; recall / prediction sparsity for the threshold strategy and top-k
 on validation tokens (Fig. 5a–c), and the validation PPL with the predictor choosing the
@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
+from sparsity_jax.nn.activations import ACTIVATIONS
+from sparsity_jax.predict import store
+from sparsity_jax.predict.evaluate import default_ks
+from sparsity_jax.predict.model import LABELS, PredictorConfig, ffn_matrices, resolve_rank
+from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.workflows.at_cett import predictivity_of_checkpoint
 
 TAKES_CONFIG = True
 
 
 def add_parser(sub) -> None:
-    from sparsity_jax.predict.model import LABELS, PredictorConfig
-
     d = PredictorConfig()
     p = sub.add_parser("predictor", help="train and evaluate low-rank activation predictors of a checkpoint")
     common.add_workdir(p)
@@ -45,13 +49,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sparsity_jax.nn.activations import ACTIVATIONS
-    from sparsity_jax.predict.evaluate import default_ks
-    from sparsity_jax.predict import store
-    from sparsity_jax.predict.analysis import predictivity_of_checkpoint
-    from sparsity_jax.predict.model import PredictorConfig, ffn_matrices, resolve_rank
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.predictivity import predictor_summary, write_predictor_report
-    from sparsity_jax.search.thresholds import check_cett
 
     if args.labels == "cett":
         if args.cett is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
 from sparsity_jax.runtime.workdir import Workdir, read_json
+from sparsity_jax.settings import from_saved
 
 TAKES_CONFIG = False
 
@@ -35,6 +36,7 @@ def _runs(workdir: str, others: list[str]) -> dict[str, Workdir]:
 
 
 def run(args) -> int:
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.layer_patterns import compare_losses
     from sparsity_jax.report.run_report import run_report
 
@@ -48,8 +50,6 @@ def run(args) -> int:
         print(f"  {s.title}: " + (f"no data yet ({s.missing})" if s.missing else ", ".join(s.images) or "tables"))
     print(f"wrote {paths[0]} and {paths[1]}")
     if args.compare:
-        from sparsity_jax.settings import from_saved
-
         at = from_saved(read_json(wd.config)).unit_mask.at_step if wd.config.is_file() else None
         png = wd.report_file("loss_comparison.png")
         finals = compare_losses(runs, png, at or None)

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
 
 
 def builtin(out_dir) -> dict:
+    # local: scaling loads scipy and matplotlib, which the CLI's start-up does without
     from sparsity_jax.scaling import builtin_table, fit_builtin, format_table
     from sparsity_jax.scaling.plots import plot_builtin
     from sparsity_jax.scaling.runs import fit_json
@@ -44,6 +45,7 @@ def builtin(out_dir) -> dict:
 
 
 def runs(workdirs: list[Workdir], out_dir, *, form: str, curve: str, drop_warmup: bool) -> dict:
+    # local: scaling loads scipy and matplotlib, which the CLI's start-up does without
     from sparsity_jax.scaling.plots import plot_activation_curves
     from sparsity_jax.scaling.runs import fit_json, fit_run
 

@@ -11,6 +11,8 @@ import json
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.runtime.workdir import Workdir
+from sparsity_jax.ssd import inference as inf
+from sparsity_jax.workflows import ssd_inference
 
 TAKES_CONFIG = True
 
@@ -34,11 +36,9 @@ def add_parser(sub) -> None:
 
 def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num_experts: int | None,
                      step: int | None = None) -> dict:
-    """`ssd.inference.sparse_inference` of one workdir's checkpoint `step` (default: the
-    latest) with each k in `ks` (None: `inference.default_ks`, "all": 1 … N); k, N and the
-    step are checked before the model is built. Returns its JSON."""
-    from sparsity_jax.ssd import inference as inf
-
+    """`workflows.ssd_inference.sparse_inference` of one workdir's checkpoint `step` (default: the
+    latest) with each k in `ks` (None: `ssd.inference.default_ks`, "all": 1 … N); k, N and
+    the step are checked before the model is built. Returns its JSON."""
     plan = {}
 
     def check(settings, steps):
@@ -49,8 +49,8 @@ def sparse_inference(args, workdir: str, *, ks, drop_shares, structure: str, num
 
     wd = common.open_trained(args, check, workdir)
     try:
-        r = inf.sparse_inference(wd, wd.step(step), wd.settings.method, num_experts=plan["n"], ks=plan["ks"],
-                                 drop_shares=drop_shares, structure=structure, seed=args.seed)
+        r = ssd_inference.sparse_inference(wd, wd.step(step), wd.settings.method, num_experts=plan["n"], ks=plan["ks"],
+                                           drop_shares=drop_shares, structure=structure, seed=args.seed)
     finally:
         wd.close()
     common.log(f"{workdir} step {r.step} ({r.structure} experts, N={r.num_experts}): dense PPL "
@@ -68,13 +68,13 @@ def _ks(text: str | None):
 
 
 def run(args) -> int:
+    # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.ssd_report import check_ssd_run, ssd_report
-    from sparsity_jax.ssd.inference import check_drop_shares
 
     check_ssd_run(args.workdir)  # before any evaluation work
     if args.compare and not Workdir(args.compare).exists():
         raise UserError(f"--compare workdir {args.compare} does not exist; pass the workdir of a dense run.")
-    shares = check_drop_shares(comma_list(args.drop_share, float, "--drop-share (numbers in [0, 1))",
+    shares = inf.check_drop_shares(comma_list(args.drop_share, float, "--drop-share (numbers in [0, 1))",
                                           allow_empty=True))
     ks = _ks(args.k)
     common.init_distributed(args)

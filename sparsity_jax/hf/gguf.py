@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.hf import gguf_vocab
+from sparsity_jax.hf.config import model_config
 
 try:
     import gguf
@@ -161,16 +163,12 @@ class GGUFSource:
             yield name, (x if how == "copy" else unpermute(x, self.heads[how]))
 
     def tokenizer_files(self) -> dict[str, bytes]:
-        from sparsity_jax.hf.gguf_vocab import tokenizer_files
-
-        return tokenizer_files(self.meta, self.path.name)
+        return gguf_vocab.tokenizer_files(self.meta, self.path.name)
 
 
 def open_gguf(path: Path) -> tuple[dict, GGUFSource]:
     """(the HF config dict, the tensor source) of a llama GGUF file; UserError for a file
     that is not one, is truncated, or holds what the llama importer does not model."""
-    from sparsity_jax.hf.config import model_config
-
     reader = _reader(path)
     meta = read_metadata(reader)
     hf = hf_config(meta, {t.name for t in reader.tensors}, path.name)

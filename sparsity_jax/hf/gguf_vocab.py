@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
 from sparsity_jax.errors import UserError
 
 CONTROL, USER_DEFINED = 3, 4
@@ -42,8 +44,6 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
 
 
 def _byte_level(meta: dict, file: str):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in GPT2_PRE + LLAMA3_PRE:
         raise UserError(f"{file} sets tokenizer.ggml.pre={pre!r}, whose split rule this importer does not know; "
@@ -65,8 +65,6 @@ def _byte_level(meta: dict, file: str):
 
 
 def _sentencepiece(meta: dict):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     tokens = meta["tokenizer.ggml.tokens"]
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=spm_merges(tokens, scores),
@@ -79,8 +77,6 @@ def _sentencepiece(meta: dict):
 
 def tokenizer_files(meta: dict, file: str) -> dict[str, bytes]:
     """{file name: contents} of the tokenizer a GGUF's metadata describes."""
-    from tokenizers import AddedToken
-
     kind = meta.get("tokenizer.ggml.model")
     if kind not in ("gpt2", "llama") or "tokenizer.ggml.tokens" not in meta:
         raise UserError(f"{file} describes a tokenizer of kind {kind!r}; this importer builds gpt2 (byte-level BPE) "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+from safetensors import safe_open
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import ModelConfig
@@ -96,8 +97,6 @@ def shard_files(path: Path) -> dict[str, Path]:
         index = json.loads((path / INDEX).read_text())
         return {name: path / file for name, file in index["weight_map"].items()}
     if (path / SINGLE).is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path / SINGLE), framework="numpy") as f:
             return {name: path / SINGLE for name in f.keys()}
     raise UserError(f"{path} has neither {SINGLE} nor {INDEX}; pass a Hugging Face model directory with "
@@ -146,8 +145,6 @@ class Safetensors:
         return out
 
     def shapes(self) -> dict[str, tuple]:
-        from safetensors import safe_open
-
         out = {}
         for file, names in self._by_file(self.files).items():
             with safe_open(str(file), framework="numpy") as f:
@@ -156,8 +153,6 @@ class Safetensors:
 
     def dtype(self) -> str:
         """The dtype the checkpoint stores its embedding in (float32, bfloat16, float16)."""
-        from safetensors import safe_open
-
         name = "model.embed_tokens.weight"
         if name not in self.files:
             raise UserError(f"tensor {name!r} is missing; the checkpoint does not match its config.json.")
@@ -168,8 +163,6 @@ class Safetensors:
         return STORED[kind]
 
     def tensors(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        from safetensors import safe_open
-
         for file, group in self._by_file(names).items():
             with safe_open(str(file), framework="numpy") as f:
                 for name in group:

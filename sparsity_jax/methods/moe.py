@@ -23,6 +23,7 @@ from sparsity_jax.methods.dense import DenseStep, detailed_at
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.runtime import names
 from sparsity_jax.ssd.convert import centres_from_params
+from sparsity_jax.ssd.inference import moe_sparsify
 
 
 def moe_dropout_top_k(step: int, total_steps: int, k0: int, num_experts: int) -> int:
@@ -99,8 +100,6 @@ class MoEBaseline:
         k = self.top_k(max(step - 1, 0))
         if not k:
             return self.run.sparsify(state)
-        from sparsity_jax.ssd.inference import moe_sparsify
-
         return moe_sparsify(centres_from_params(state["params"], self.cfg.num_experts), self.cfg.num_experts, k,
                             dispatch="masked", capacity_factor=self.cfg.capacity_factor)
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
+
+from sparsity_jax.metrics import coactivation, coactivation_gap, hot_neuron_cdf, neuron_frequency, reuse_ratio
+from sparsity_jax.predict.data import record_active
+from sparsity_jax.runtime.trained import real_tokens
 
 MAX_NEURONS = 4096  # co-activation on more neurons than this uses a fixed random subsample by default
 
@@ -48,12 +53,6 @@ def affinity_of(graphdef, params, batches, threshold_L, windows: Sequence[int], 
     devices for N token positions), keeping each row's sequences and segment ids, so the
     reuse windows never cross a sequence or padding. `neurons`: co-activation on a fixed
     random subsample (None: all, at most MAX_NEURONS)."""
-    import jax.numpy as jnp
-
-    from sparsity_jax.metrics import coactivation, coactivation_gap, hot_neuron_cdf, neuron_frequency, reuse_ratio
-    from sparsity_jax.predict.data import record_active
-    from sparsity_jax.runtime.trained import real_tokens
-
     t_L = jnp.asarray(threshold_L, jnp.float32)
     masks = [record_active(graphdef, params, b, t_L, False)[1] for b in batches]
     mask_LxBxTxF = jnp.concatenate(masks, axis=1)
@@ -72,15 +71,3 @@ def affinity_of(graphdef, params, batches, threshold_L, windows: Sequence[int], 
         coactivation_gap=np.asarray(coactivation_gap(co.matrix)).round(6).tolist(),
         coactivation_neurons=int(co.neurons.shape[0]), coactivation_subsampled=n is not None and n < d_ff,
         hot_neuron_share=top, hot_neuron_cdf=cdf_LxF.round(5).tolist())
-
-
-def affinity_at_cett(graphdef, params, batches, target_cett: float, windows: Sequence[int],
-                     neurons: int | None = None, *, step: int, workdir: str | None = None) -> Affinity:
-    """`affinity_of` at the per-layer thresholds of `target_cett` on `batches`, with the
-    checkpoint's step, thresholds and realised CETT."""
-    from sparsity_jax.search.thresholds import thresholds_for_cett
-
-    thr = thresholds_for_cett((graphdef, params), batches, target_cett)
-    return dataclasses.replace(
-        affinity_of(graphdef, params, batches, thr.threshold, windows, neurons), step=step, target_cett=target_cett,
-        thresholds=thr.threshold.tolist(), realised_cett=thr.cett.round(6).tolist(), workdir=workdir)

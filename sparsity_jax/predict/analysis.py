@@ -11,8 +11,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sparsity_jax.predict import evaluate as ev
+from sparsity_jax.predict import model as pm
+from sparsity_jax.predict import store
 from sparsity_jax.predict.affinity import Affinity, affinity_of
+from sparsity_jax.predict.data import token_set, training_batches
 from sparsity_jax.predict.model import PredictorConfig
+from sparsity_jax.predict.train import train_predictors
+from sparsity_jax.runtime.trained import real_tokens
 
 Log = Callable[[str], None]
 ASPECTS = ("recall", "prediction_sparsity", "predictor_ppl_ratio", "reuse_w1", "reuse_w8", "coactivation_gap")
@@ -59,13 +65,6 @@ def predictivity(run, params, val, threshold_L, target_cett: float | None, cfg: 
     per-layer thresholds (those of `target_cett`; None: labels a_i != 0, thresholds 0),
     evaluates them on `val` (threshold strategy, then top-k for each k in `ks`) and, with
     `save`, saves them in WORKDIR/predictors/ (`predict.store`)."""
-    from sparsity_jax.predict import evaluate as ev
-    from sparsity_jax.predict import model as pm
-    from sparsity_jax.predict import store
-    from sparsity_jax.predict.data import token_set, training_batches
-    from sparsity_jax.predict.train import train_predictors
-    from sparsity_jax.runtime.trained import real_tokens
-
     m = run.model_cfg
     n_mats = pm.ffn_matrices(m.activation)
     rank = pm.resolve_rank(cfg, m.d_model, m.d_ff, n_mats)
@@ -95,23 +94,6 @@ def predictivity(run, params, val, threshold_L, target_cett: float | None, cfg: 
         store.save(result.saved, pred, {k: getattr(result, k) for k in Predictivity.STORED})
         log(f"saved the predictors in {result.saved}")
     return result
-
-
-def predictivity_of_checkpoint(run, params, val, target_cett: float | None, cfg: PredictorConfig, ks: Sequence[int],
-                               *, workdir, step: int, log: Log = lambda msg: None) -> Predictivity:
-    """`predictivity` with the labels' thresholds found here: those of `target_cett` on
-    `val` (with their realised CETT and sparsity), or zeros for a_i != 0 labels (None)."""
-    from sparsity_jax.search.thresholds import thresholds_for_cett
-
-    if target_cett is None:
-        return dataclasses.replace(predictivity(run, params, val, np.zeros(run.model_cfg.num_layers), None, cfg, ks,
-                                                workdir=workdir, step=step, log=log), workdir=str(workdir))
-    thr = thresholds_for_cett((run.graphdef, params), val, target_cett)
-    log(f"step {step}: thresholds at CETT {target_cett:g}: " + " ".join(f"{t:.5f}" for t in thr.threshold)
-        + f" (sparsity {thr.sparsity.mean():.4f})")
-    result = predictivity(run, params, val, thr.threshold, target_cett, cfg, ks, workdir=workdir, step=step, log=log)
-    return dataclasses.replace(result, realised_cett=thr.cett.round(6).tolist(),
-                               cett_sparsity=thr.sparsity.round(6).tolist(), workdir=str(workdir))
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
@@ -46,8 +47,6 @@ def to_host(x: Array) -> np.ndarray:
     """A global array as numpy on every process (gathered across processes when several)."""
     if jax.process_count() == 1:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.sparsify import PREDICT_STRATEGIES, PredictorSpec, predictor_logits, predictor_scores
 
 Array = jax.Array
@@ -65,8 +66,6 @@ class PredictorConfig:
 
 def ffn_matrices(activation: str) -> int:
     """Weight matrices of d × F in the FFN: 3 when gated (W_in, W_gate, W_out), else 2."""
-    from sparsity_jax.nn.activations import ACTIVATIONS
-
     return 3 if ACTIVATIONS[activation].gated else 2
 
 

@@ -18,6 +18,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from sparsity_jax.search.ppl import PplSearch
+from sparsity_jax.search.thresholds import cache_thresholds, sparse_pass, threshold_sparsify
+
 
 @dataclasses.dataclass
 class ModelSparsity:
@@ -40,9 +43,6 @@ class ModelSparsity:
 
 def model_sparsity(run, params, val, step: int, p: float, cetts: Sequence[float], tol: float) -> ModelSparsity:
     """PPL-p% search and CETT curve of `params` (a `runtime.model.ModelRun`'s) on `val`."""
-    from sparsity_jax.search.ppl import PplSearch
-    from sparsity_jax.search.thresholds import cache_thresholds, sparse_pass, threshold_sparsify
-
     search = PplSearch(run.graphdef, [params], val)
     cache = search.caches[0]
     t0 = time.perf_counter()

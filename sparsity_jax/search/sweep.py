@@ -22,6 +22,7 @@ from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
 from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
+from sparsity_jax.runtime.trained import real_tokens
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
     Batch, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
@@ -278,8 +279,6 @@ def sweep_trained(trained, ps: Sequence[float], *, last: int = 5, tol: float = 1
                   fat_eps: Sequence[float] | None = None, log: Callable[[str], None] = lambda msg: None) -> PplSweep:
     """`stabilised_sweep` over every checkpoint of a trained workdir (`runtime.trained.Trained`)
     on its validation batches."""
-    from sparsity_jax.runtime.trained import real_tokens
-
     log(f"PPL-p% for p = {list(ps)} on {len(trained.steps)} checkpoints of {trained.path}")
     t = trained.settings.train
     result = stabilised_sweep(

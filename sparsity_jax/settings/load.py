@@ -12,6 +12,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+import ml_collections
+
 from sparsity_jax.errors import UserError
 from sparsity_jax.settings.schema import SECTIONS, Settings, field_types
 
@@ -158,6 +160,4 @@ def from_saved(saved: dict, overrides: dict[str, str] | None = None) -> Settings
 def default_config():
     """The defaults as an ml_collections ConfigDict: what configs/default.py returns and
     every paper config starts from."""
-    import ml_collections
-
     return ml_collections.ConfigDict(Settings().to_dict())

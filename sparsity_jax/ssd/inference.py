@@ -2,12 +2,11 @@
 "Inference Efficiency", Fig. 4a; §5.3 "Dynamic Top-k", Fig. 5).
 
 Evaluation is injected (`evaluate(params, sparsify) -> metrics with "loss"`) so these
-functions stay free of the trainer; `sparse_inference` runs them on a trained workdir's
-checkpoint and validation batches (`runtime.trained.Trained`) for `sparsity-jax ssd`.
+functions stay free of the trainer and of the methods; `workflows.ssd_inference` runs
+them on a trained workdir's checkpoint and validation batches.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -141,55 +140,3 @@ def sweep(evaluate: Evaluate, params: dict, centres: Array, num_experts: int, ks
             rows.append({"k": k, "drop_share": share, "experts_per_token": experts_per_token(k, share, seq_len),
                          "loss": loss, "perplexity": float(np.exp(loss))})
     return rows
-
-
-@dataclasses.dataclass
-class SparseInference:
-    """Validation PPL of one checkpoint, dense and as an MoE at each k (`sweep` rows)."""
-
-    workdir: str
-    step: int
-    structure: str  # the experts used: "own" or "moefy"
-    sparse_trained: bool
-    num_experts: int
-    ks: list[int]
-    ari_threshold: float
-    train_top_k: int | None
-    dispatch: str
-    seq_len: int
-    dense: dict[str, float]  # loss, perplexity
-    rows: list[dict[str, Any]]
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def sparse_inference(trained, step: int, cfg, *, num_experts: int, ks: Sequence[int], drop_shares: Sequence[float],
-                     structure: str = "auto", seed: int = 0) -> SparseInference:
-    """Validation PPL of checkpoint `step` of a trained workdir (`runtime.trained.Trained`)
-    run as an MoE of `num_experts` experts with each k in `ks` and with dynamic top-k at
-    `drop_shares`; `cfg`: the run's SSD settings (top_k, kmeans_iters, ari_threshold,
-    num_experts). Dense checkpoints (and any with structure="moefy") are MoEfied with
-    `jax.random.key(seed)`, warm-started from the checkpoint's SSD labels when N matches."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from sparsity_jax.methods import trained_sparse
-
-    state, meta = trained.restore(step)
-    sparse = trained_sparse(meta)
-    labels = state.get("ssd_labels") if num_experts == cfg.num_experts else None
-    params, centres, used = inference_experts(
-        state["params"], num_experts, structure=structure, sparse_trained=sparse, key=jax.random.key(seed),
-        labels=labels, n_iter=cfg.kmeans_iters)
-    run = trained.run
-    params = jax.device_put(params, run.param_shardings)
-    centres = jax.device_put(centres, NamedSharding(run.mesh, PartitionSpec()))
-    evaluate = lambda p, sp: run.evaluate(p, trained.val, sp)  # noqa: E731
-    dense = evaluate(params, Sparsify())
-    seq_len = trained.settings.train.seq_len
-    rows = sweep(evaluate, params, centres, num_experts, ks, drop_shares, seq_len=seq_len)
-    return SparseInference(
-        workdir=trained.path, step=step, structure=used, sparse_trained=sparse, num_experts=num_experts,
-        ks=check_ks(ks, num_experts), ari_threshold=cfg.ari_threshold, train_top_k=cfg.top_k if sparse else None,
-        dispatch=default_dispatch(), seq_len=seq_len,
-        dense={"loss": float(dense["loss"]), "perplexity": float(dense["perplexity"])}, rows=rows)

@@ -12,11 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from flax import nnx
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.nn.model import LM
 from sparsity_jax.runtime.layout import convert_blocks, stacked_layout
 from sparsity_jax.runtime.trained import checkpoints, saved_config
-from sparsity_jax.settings import Settings, from_saved
+from sparsity_jax.runtime.workdir import Workdir, is_remote
+from sparsity_jax.settings import Settings, apply_overrides, from_saved, load_file, upgrade
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -67,10 +70,6 @@ def check_init_shapes(settings: Settings, workdir) -> None:
     settings' model (with an explicit vocab_size) has other shapes than RUN's."""
     if not settings.model.vocab_size:
         return  # the data vocabulary decides; `restore_params` checks later, still before any write
-    from flax import nnx
-
-    from sparsity_jax.nn.model import LM
-
     abstract = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: LM(settings.model, rngs=nnx.Rngs(0))), nnx.Param)[1])
     ckpt, _, _, saved = saved_run(workdir)
     ckpt.close()
@@ -93,9 +92,6 @@ def init_settings(config: str, overrides: dict[str, str], workdir) -> Settings:
     """The settings of `train --init-from RUN`: the config file's sections with RUN's model
     and, when RUN uses a pretrained tokenizer (data.vocab = hf), its vocabulary (the path
     made absolute); the command's `--config.*` overrides go on top of both."""
-    from sparsity_jax.runtime.workdir import Workdir, is_remote
-    from sparsity_jax.settings import apply_overrides, load_file, upgrade
-
     ckpt, _, saved, _ = saved_run(workdir)
     ckpt.close()
     tree = upgrade(load_file(config))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import signal
 
 import jax
+from jax._src import distributed
+from jax.experimental import multihost_utils
 
 
 def _sync_manager():
-    from jax._src import distributed
-
     state = distributed.global_state
     return state.preemption_sync_manager if state.client is not None else None
 
@@ -44,7 +44,5 @@ class Preemption:
     def reached(self, step: int) -> bool:
         """Whether every process stops after `step`."""
         if self.multi:
-            from jax.experimental import multihost_utils
-
             return bool(multihost_utils.reached_preemption_sync_point(step))
         return self.signal is not None

@@ -4,7 +4,7 @@ import json
 import os
 
 from sparsity_jax.cli import parser
-from sparsity_jax.commands.compare import final_step
+from sparsity_jax.workflows.comparison import final_step
 from sparsity_jax.report.cett_report import compare_table, write_compare_report
 from sparsity_jax.runtime.workdir import Workdir
 

@@ -1,0 +1,22 @@
+"""What a command does, as library functions returning typed results: a notebook calls
+these, and each command parses its arguments, calls one and prints.
+
+  generation        KV-cache decoding of a checkpoint with a dense / threshold / predicted
+                    FFN (`generate` → `Generated`)
+  comparison        train a family of models and compare their sparsity (`compare`)
+  at_cett           predictors and affinity at the thresholds of a target CETT
+                    (`predictivity_of_checkpoint` → `predict.Predictivity`,
+                    `affinity_at_cett` → `predict.Affinity`)
+  ssd_inference     SSD's sparse inference of a checkpoint at k = 1 … N experts
+                    (`sparse_inference` → `SparseInference`)
+
+A workflow composes the capability packages below it (search, predict, infer, methods,
+train, ssd); they never import a workflow.
+"""
+from sparsity_jax.workflows.at_cett import affinity_at_cett, predictivity_of_checkpoint
+from sparsity_jax.workflows.comparison import compare
+from sparsity_jax.workflows.generation import Generated, generate
+from sparsity_jax.workflows.ssd_inference import SparseInference, sparse_inference
+
+__all__ = ["Generated", "SparseInference", "affinity_at_cett", "compare", "generate", "predictivity_of_checkpoint",
+           "sparse_inference"]
