@@ -25,10 +25,7 @@ FLOORS = {
     "cli": 9,  # the command table
 }
 # (importing module, imported package): why the import may cross its floor
-EXCEPTIONS = {
-    ("hf/run.py", "train"): "saved_model restores a trained run (train.init_from) for the export workflow, "
-                            "which moves to workflows/ with it",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _package(module: str) -> str | None:

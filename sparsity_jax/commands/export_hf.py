@@ -13,7 +13,8 @@ from pathlib import Path
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
 from sparsity_jax.hf.config import hf_config
-from sparsity_jax.hf.run import export_run, saved_model
+from sparsity_jax.hf.run import export_run
+from sparsity_jax.workflows.export import saved_model
 
 TAKES_CONFIG = False
 

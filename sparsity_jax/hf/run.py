@@ -110,20 +110,3 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
     log(f"exported {config['model_type']} ({config['hidden_act']}) with {len(tensors)} tensors → {out}")
     return out
-
-
-def saved_model(workdir, step: int | None = None):
-    """(model config, parameters on one device, Workdir) of a run's checkpoint."""
-    from sparsity_jax.hf.load import abstract, one_device_mesh
-    from sparsity_jax.train.init_from import restore_params, saved_run
-
-    ckpt, step, st, saved = saved_run(workdir, step)
-    ckpt.close()
-    cfg = st.model_config(int(saved["embed"].shape[0]))
-    mesh = one_device_mesh()
-    _, state = abstract(cfg)
-    sh = shd.param_shardings(state, mesh)
-    from flax import nnx
-
-    target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state), sh)
-    return cfg, restore_params(workdir, target, step, what="export"), Workdir(workdir)

@@ -182,7 +182,7 @@ def ssd_report(workdir: PathLike, out_dir: PathLike, *, inference: dict[str, dic
                compare: PathLike | None = None, tau: float | None = None) -> dict:
     """Writes `FILES` into out_dir; returns the JSON dict.
 
-    inference: {run name: `ssd.inference.SparseInference` JSON} (SSD first, then the
+    inference: {run name: `workflows.ssd_inference.SparseInference` JSON} (SSD first, then the
     MoEfied dense run); compare: the dense run's workdir for the PPL curve. workdir must
     be an method.name=ssd run (`check_ssd_run`); compare may be any run.
     """

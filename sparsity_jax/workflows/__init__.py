@@ -7,6 +7,7 @@ these, and each command parses its arguments, calls one and prints.
   at_cett           predictors and affinity at the thresholds of a target CETT
                     (`predictivity_of_checkpoint` → `predict.Predictivity`,
                     `affinity_at_cett` → `predict.Affinity`)
+  export            a run's checkpoint restored for `export --hf` (`saved_model`)
   ssd_inference     SSD's sparse inference of a checkpoint at k = 1 … N experts
                     (`sparse_inference` → `SparseInference`)
 
