@@ -8,6 +8,7 @@ import pytest
 
 from sparsity_jax import cli
 from sparsity_jax.runtime import hardware
+from sparsity_jax.train import dry_run
 
 ARGS = ["train", "--config", "configs/default.py", "--config.model.num_layers=2", "--config.train.global_batch_size=16",
         "--config.train.seq_len=64"]
@@ -47,3 +48,23 @@ def test_dry_run_prints_memory_flops_and_fit_and_writes_nothing(tmp_path, capsys
 def test_dry_run_bad_target_is_a_user_error(flags, message, tmp_path, capsys):
     assert cli.main(ARGS + ["--workdir", str(tmp_path / "run"), "--dry-run"] + flags) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_the_step_estimate_falls_back_to_the_roofline_of_the_compilers_counts():
+    class V5e:
+        device_kind = "TPU v5 lite"
+    # v5e: 197 TFLOP/s bf16, 819 GB/s HBM; compute-bound, then memory-bound, by hand
+    assert dry_run.estimates({"seconds": None, "flops": 1.97e12, "bytes": 8.19e8}, V5e()) == {
+        "compiler_step_seconds": None, "roofline_step_seconds": pytest.approx(0.01)}
+    assert dry_run.estimates({"seconds": 0.5, "flops": 1.97e12, "bytes": 8.19e10}, V5e()) == {
+        "compiler_step_seconds": 0.5, "roofline_step_seconds": pytest.approx(0.1)}
+    assert dry_run.estimates(None, V5e()) == {}  # a backend with no estimate (CPU)
+    fields = dict(argument_bytes_per_device=0, output_bytes_per_device=0, alias_bytes_per_device=0,
+                  temp_bytes_per_device=0, peak_bytes_per_device=0, flops_per_step=4 * 1.97e12, compile_seconds=1.0,
+                  devices=4, hosts=1, device_kind="TPU v5 lite", capacity_bytes_per_device=None, capacity_of="v5e",
+                  mesh="data=4", tokens_per_step=1000, per_device_batch=1, peak_flops_per_device=197e12)
+    r = dry_run.DryRun(**fields, roofline_step_seconds=0.02)
+    assert (r.estimated_step_seconds, r.estimate_source) == (0.02, dry_run.ROOFLINE)
+    assert r.estimated_tokens_per_second == pytest.approx(50_000) and r.estimated_mfu == pytest.approx(0.5)
+    r = dry_run.DryRun(**fields, compiler_step_seconds=0.04, roofline_step_seconds=0.02)
+    assert (r.estimated_step_seconds, r.estimate_source) == (0.04, dry_run.ESTIMATE)
