@@ -31,7 +31,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime import hardware
 from sparsity_jax.settings import Settings
-from sparsity_jax.train.setup import build
+from sparsity_jax.train.setup import build, cost_of
 
 GIB = hardware.GIB
 ESTIMATE = "compiler estimate"  # the label of every figure the TPU compiler estimates
@@ -155,11 +155,6 @@ def compile_step(settings: Settings, method: Callable, devices: list, variant=No
             raise
         compiled = str(e).splitlines()[0].split("RESOURCE_EXHAUSTED: ")[-1]
     return run, compiled, time.perf_counter() - t0
-
-
-def cost_of(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
 
 def optimal_seconds(compiled) -> float | None:

@@ -62,11 +62,16 @@ class TrainRun(ModelRun):
         × train.grad_accum for the micro-batch loop counted once); None where the backend
         gives no cost analysis."""
         try:
-            cost = self.lowered_for_counting(sparsify, variant).cost_analysis()
+            cost = cost_of(self.lowered_for_counting(sparsify, variant))
         except Exception:  # noqa: BLE001 - cost analysis is best effort on some backends
             return None
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float((cost or {}).get("flops", 0.0)) * self.settings.train.grad_accum or None
+        return float(cost.get("flops", 0.0)) * self.settings.train.grad_accum or None
+
+
+def cost_of(stage) -> dict:
+    """XLA's cost analysis of a lowered or compiled step as one dict ({} where none)."""
+    cost = stage.cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
 
 def _counting_sharding() -> jax.sharding.Sharding | None:

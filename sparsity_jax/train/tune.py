@@ -7,8 +7,10 @@ compiler's own memory verdict; its step-time estimate only for those that fit). 
 policy, grad_accum values are tried from the smallest up and stop at the first that fits:
 more accumulation only splits the same global batch into smaller, slower micro-batches.
 A step the TPU compiler refuses for memory fails within seconds, so the misses are cheap.
-Where the backend gives no time estimate (CPU), the ranking falls back to the smallest
-grad_accum and then the lowest peak memory, and says so.
+Candidates are ranked by one kind of estimate for all: the compiler's step time where
+every fitting candidate has one, else the roofline of its counts (`train.dry_run`), else
+(on CPU, no estimate) the smallest grad_accum and then the lowest peak memory; the table
+says which.
 """
 from __future__ import annotations
 
