@@ -58,21 +58,21 @@ class Timings:
         self._t0, self._c0 = self.clock(), compile_seconds()
         self.net: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._open = False
+        self.current: str | None = None  # the open outermost phase
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        if self._open:
+        if self.current is not None:
             yield
             return
-        self._open, t0, c0 = True, self.clock(), compile_seconds()
+        self.current, t0, c0 = name, self.clock(), compile_seconds()
         try:
             yield
         finally:
             net = self.clock() - t0 - (compile_seconds() - c0)
             self.net[name] = self.net.get(name, 0.0) + max(net, 0.0)
             self.calls[name] = self.calls.get(name, 0) + 1
-            self._open = False
+            self.current = None
 
     def split(self) -> dict[str, float]:
         """{"compile": s, <phase>: s net of compile, …, "other": the rest (start-up, loading)}."""
