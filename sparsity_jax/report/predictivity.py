@@ -84,7 +84,7 @@ def _ppl(result: dict, path) -> None:
     ax.axhline(ppl["dense"]["perplexity"], color="k", ls=":", label="dense")
     ax.axhline(ppl["oracle"]["perplexity"], color="tab:red", ls="--",
                label=f"oracle threshold (sparsity {_threshold_row(result['quality'])['true_sparsity']:.3f})")
-    ax.set(xlabel="prediction sparsity", ylabel="validation PPL", title="PPL with predicted neurons")
+    ax.set(xlabel="prediction sparsity", ylabel="validation PPL (log)", title="PPL with predicted neurons", yscale="log")
     ax.legend(fontsize=8)
     save_figure(fig, path, tight=True)
 

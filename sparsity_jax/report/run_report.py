@@ -56,7 +56,7 @@ def training(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     s = Section("Training and validation loss")
     train, evals = by_step(logs.get(names.TRAIN, {})), by_step(logs.get(names.EVAL, {}))
     if not train and not evals:
-        s.missing = f"train a model: sparsity-jax train --workdir {wd}"
+        s.missing = f"no training logged here (an imported model has none); sparsity-jax train --workdir {wd} trains one"
         return s
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(10, 3.6))
     ax1.plot([r["step"] for r in train], [r[names.LOSS] for r in train], label="training")
