@@ -54,7 +54,7 @@ demo-pretrained: $(STAMP)
 	$(VENV)/bin/sparsity-jax cett --workdir $(PRETRAINED) --cett 0.2 $(PRETRAINED_FLAGS)
 	$(VENV)/bin/sparsity-jax ppl --workdir $(PRETRAINED) --ppl-p 1 $(PRETRAINED_FLAGS)
 	test -d $(PRETRAINED)/predictors || $(VENV)/bin/sparsity-jax predictor --workdir $(PRETRAINED) --cett 0.2 \
-		--steps 300 $(PRETRAINED_FLAGS)
+		--steps 100 --topk 768,384 $(PRETRAINED_FLAGS)
 	$(VENV)/bin/sparsity-jax affinity --workdir $(PRETRAINED) --cett 0.2 $(PRETRAINED_FLAGS)
 	$(VENV)/bin/sparsity-jax generate --workdir $(PRETRAINED) --ffn threshold --cett 0.2 --max-new 30 \
 		--prompt "The history of Python" --prompt "def fibonacci(n):" $(PRETRAINED_FLAGS)
