@@ -2,7 +2,10 @@
 
 Families (`model_type`): llama (1/2/3/3.1+, GQA, `rope_scaling` linear / llama3),
 mistral (sliding window), qwen2 (q/k/v biases), qwen3 (q/k RMSNorm, explicit head_dim),
-gemma (GeGLU with tanh GELU, RMSNorm (1 + w), embeddings × √d in the compute dtype) and
+gemma (GeGLU with tanh GELU, RMSNorm (1 + w), embeddings × √d in the compute dtype),
+gemma3_text (Gemma's, plus q/k RMSNorm, norms after attention and FFN too, scores ×
+1/√query_pre_attn_scalar, `layer_types` of sliding-window local layers with their own
+unscaled RoPE base and global ones with `rope_theta` and its scaling) and
 minicpm (embeddings × scale_emb, residual updates × scale_depth / √L, logits of
 h / (hidden_size / dim_model_base), tied head). The FFN is gated in all of them; its
 activation follows `hidden_act`: silu → swiglu, relu → reglu (ReluLLaMA, MiniCPM-S),
@@ -19,7 +22,8 @@ import math
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import ModelConfig
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "minicpm")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "minicpm")
+GEMMA3_LAYERS = {"sliding_attention": "L", "full_attention": "G"}
 HIDDEN_ACTS = {"silu": "swiglu", "swish": "swiglu", "relu": "reglu", "fatrelu": "fatreglu", "relu2": "relu2glu",
                "drelu": "drelu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
 # our gated activation → the hidden_act an exported config.json names
@@ -58,11 +62,34 @@ def rope(hf: dict) -> dict:
     return out
 
 
+def gemma3(hf: dict, layers: int, head_dim: int) -> dict:
+    """ModelConfig fields of a gemma3_text config: per-layer types (`layer_types`, else
+    every `sliding_window_pattern`-th layer global), the global RoPE (`rope_parameters`
+    ["full_attention"] or rope_theta + rope_scaling) and the local base (unscaled)."""
+    types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % int(hf.get("sliding_window_pattern", 6))
+                                      else "full_attention" for i in range(layers)]
+    if len(types) != layers:
+        raise UserError(f"config.json lists {len(types)} layer_types for {layers} layers; fix one of the two.")
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params:
+        glob, loc = dict(params["full_attention"]), dict(params.get("sliding_attention") or {})
+    else:
+        glob = {"rope_theta": hf.get("rope_theta", 1e6), **(hf.get("rope_scaling") or {})}
+        loc = {"rope_theta": hf.get("rope_local_base_freq", 10000.0)}
+    if loc.get("rope_type", "default") != "default":
+        raise UserError(f"config.json scales the local layers' RoPE ({loc['rope_type']!r}), which this importer does "
+                        "not model; only the global layers' RoPE may be scaled.")
+    window = hf.get("sliding_window", 4096) if "sliding_attention" in types else 0
+    return dict(rope({"rope_parameters": glob}), layer_types="".join(GEMMA3_LAYERS[t] for t in types),
+                sliding_window=int(window or 0), rope_local_theta=float(loc.get("rope_theta", 10000.0)),
+                query_scalar=float(hf.get("query_pre_attn_scalar", 256)), qk_norm=True, post_norms=True)
+
+
 def activation(hf: dict) -> tuple[str, float]:
     """(our gated activation, its FATReLU threshold) of `hidden_act` (Gemma: its
     `hidden_activation`, and its trained tanh GELU when the config says plain gelu)."""
     act = hf.get("hidden_act")
-    if hf["model_type"] == "gemma":
+    if hf["model_type"] in ("gemma", "gemma3_text"):
         act = hf.get("hidden_activation") or act
         act = "gelu_pytorch_tanh" if act in (None, "gelu") else act
     if act not in HIDDEN_ACTS:
@@ -79,10 +106,11 @@ def model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
     if family not in FAMILIES:
         raise _fail(f"model_type {family!r} in config.json is not supported")
     for key in REFUSED:
-        if hf.get(key):
+        if hf.get(key) and not (family == "gemma3_text" and key == "query_pre_attn_scalar"):
             raise UserError(f"config.json sets {key}={hf[key]!r}, which this importer does not model; "
                             "only checkpoints without it load exactly.")
-    kinds = set(hf.get("layer_types") or ()) - {"full_attention", "sliding_attention" if family == "mistral" else ""}
+    kinds = set(hf.get("layer_types") or ()) - {"full_attention", "sliding_attention" if family in (
+        "mistral", "gemma3_text") else ""}
     if kinds:
         raise UserError(f"config.json has layer_types {sorted(kinds)}, which this importer does not model for "
                         f"{family}; only full attention (Mistral: its sliding window) loads exactly.")
@@ -95,17 +123,18 @@ def model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
     kv = int(hf.get("num_key_value_heads") or heads)
     head_dim = int(hf.get("head_dim") or d // heads)
     act, fat_eps = activation(hf)
-    tie_default = family in ("gemma", "minicpm")
+    tie_default = family in ("gemma", "gemma3_text", "minicpm")
     fields.update(num_kv_heads=0 if kv == heads else kv, head_dim=0 if head_dim * heads == d else head_dim,
                   activation=act, fat_eps=fat_eps, tie_embeddings=bool(hf.get("tie_word_embeddings", tie_default)),
-                  norm_eps=float(hf.get("rms_norm_eps", 1e-6)), dtype=dtype, param_dtype=dtype, **rope(hf))
+                  norm_eps=float(hf.get("rms_norm_eps", 1e-6)), dtype=dtype, param_dtype=dtype)
+    fields.update(gemma3(hf, layers, head_dim) if family == "gemma3_text" else rope(hf))
     if family == "qwen2":
         fields["qkv_bias"] = True
     if family == "qwen3":
         fields["qk_norm"] = True
     if family == "mistral" and hf.get("sliding_window"):
         fields["sliding_window"] = int(hf["sliding_window"])
-    if family == "gemma":
+    if family in ("gemma", "gemma3_text"):
         fields.update(norm_offset=1.0, embed_scale=math.sqrt(d))
     if family == "minicpm":
         fields.update(embed_scale=float(hf.get("scale_emb", 1.0)),
