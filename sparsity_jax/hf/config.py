@@ -152,12 +152,18 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
     if cfg.activation not in EXPORT_ACTS:
         raise UserError(f"model.activation={cfg.activation!r} is a non-gated FFN, for which transformers has no "
                         "stock class; export works for gated models (swiglu, reglu, geglu, relu2glu, ...).")
-    family = ("minicpm" if cfg.residual_scale != 1 or cfg.logit_scale != 1 else "gemma" if cfg.norm_offset
-              else "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "mistral" if cfg.sliding_window
+    gemma3 = bool(cfg.post_norms or cfg.layer_types or cfg.query_scalar or cfg.rope_local_theta)
+    family = ("minicpm" if cfg.residual_scale != 1 or cfg.logit_scale != 1 else "gemma3_text" if gemma3
+              else "gemma" if cfg.norm_offset else "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "mistral" if cfg.sliding_window
               else "llama")
-    if family == "gemma" and (cfg.activation != "geglu" or abs(cfg.embed_scale - math.sqrt(cfg.d_model)) > 1e-6):
-        raise UserError("a model with RMSNorm (1 + w) exports only as Gemma, which needs geglu and embed_scale √d.")
-    if family not in ("minicpm", "gemma") and cfg.embed_scale != 1:
+    if family.startswith("gemma") and (cfg.activation != "geglu" or abs(cfg.embed_scale - math.sqrt(cfg.d_model)) > 1e-6
+                                       or cfg.norm_offset != 1):
+        raise UserError(f"a model with RMSNorm (1 + w) or Gemma 3's options exports only as {family}, which needs "
+                        "geglu, RMSNorm (1 + w) and embed_scale √d.")
+    if family == "gemma3_text" and not (cfg.post_norms and cfg.qk_norm and cfg.layer_types):
+        raise UserError("Gemma 3's options export only together: model.post_norms, model.qk_norm and "
+                        "model.layer_types.")
+    if family not in ("minicpm", "gemma", "gemma3_text") and cfg.embed_scale != 1:
         raise UserError(f"model.embed_scale={cfg.embed_scale} has no place in a {family} config.json.")
     if cfg.qkv_bias and family != "qwen2":
         raise UserError("q/k/v biases export only as Qwen2 (without q/k norm or other scales).")
@@ -168,7 +174,9 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
     if cfg.rope_scaling == "llama3":
         rope_params.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
                            original_max_position_embeddings=cfg.rope_original_max_len)
-    out = {"model_type": family, "architectures": [f"{family.capitalize()}ForCausalLM".replace("Minicpm", "MiniCPM")],
+    arch = {"minicpm": "MiniCPMForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}.get(
+        family, f"{family.capitalize()}ForCausalLM")
+    out = {"model_type": family, "architectures": [arch],
            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.heads_dim, "hidden_act": EXPORT_ACTS[cfg.activation],
@@ -179,6 +187,13 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
         out["hidden_act_param"] = cfg.fat_eps
     if family == "mistral":
         out["sliding_window"] = cfg.sliding_window
+    if family == "gemma3_text":
+        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+        out.update(hidden_activation=out.pop("hidden_act"), query_pre_attn_scalar=cfg.query_scalar or cfg.heads_dim,
+                   sliding_window=cfg.sliding_window or 4096, rope_parameters={"full_attention": rope_params,
+                                                                               "sliding_attention": local},
+                   layer_types=[{"L": "sliding_attention", "G": "full_attention"}[c] for c in cfg.layer_types])
+        out.pop("rope_theta")
     if family == "minicpm":
         out.update(scale_emb=cfg.embed_scale, scale_depth=cfg.residual_scale * math.sqrt(cfg.num_layers),
                    dim_model_base=cfg.logit_scale * cfg.d_model)

@@ -94,7 +94,10 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; export into a new directory (nothing is ever overwritten).")
+    from sparsity_jax.runtime.layout import convert_blocks
+
     config = hf_config(cfg, cfg.param_dtype)
+    params = convert_blocks(params, stacked=False)  # a scanned model's blocks, one per layer
     tensors = {}
     for path, (name, how) in weights.layout(cfg).items():
         x = params
@@ -108,5 +111,5 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
-    log(f"exported {config['model_type']} ({config['hidden_act']}) with {len(tensors)} tensors → {out}")
+    log(f"exported {config['model_type']} ({config.get('hidden_act') or config['hidden_activation']}) with {len(tensors)} tensors → {out}")
     return out
