@@ -189,7 +189,7 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
         out["sliding_window"] = cfg.sliding_window
     if family == "gemma3_text":
         local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
-        out.update(hidden_activation=out.pop("hidden_act"), query_pre_attn_scalar=cfg.query_scalar or cfg.heads_dim,
+        out.update(hidden_activation=out.pop("hidden_act"), query_pre_attn_scalar=_number(cfg.query_scalar or cfg.heads_dim),
                    sliding_window=cfg.sliding_window or 4096, rope_parameters={"full_attention": rope_params,
                                                                                "sliding_attention": local},
                    layer_types=[{"L": "sliding_attention", "G": "full_attention"}[c] for c in cfg.layer_types])
@@ -198,6 +198,11 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
         out.update(scale_emb=cfg.embed_scale, scale_depth=cfg.residual_scale * math.sqrt(cfg.num_layers),
                    dim_model_base=cfg.logit_scale * cfg.d_model)
     return out
+
+
+def _number(x: float) -> int | float:
+    """An integral float as int (transformers' strict config types want Gemma 3's scalar an int)."""
+    return int(x) if float(x).is_integer() else x
 
 
 def same_math(a: ModelConfig, b: ModelConfig) -> bool:

@@ -48,16 +48,19 @@ def tokenizer_files(src: Path, source) -> dict[str, bytes]:
     return {name: (src / name).read_bytes() for name in TOKENIZER_FILES if (src / name).is_file()}
 
 
-def import_run(src, workdir, base_settings, *, dtype: str | None = None, log=print) -> dict:
+def import_run(src, workdir, base_settings, *, dtype: str | None = None, scan_layers: bool = True,
+               log=print) -> dict:
     """Imports the HF directory or GGUF file `src` into the new run directory `workdir`
-    with the settings `base_settings` (their model replaced by the checkpoint's); returns a
-    summary. Everything is read and checked before anything is written."""
+    with the settings `base_settings` (their model replaced by the checkpoint's, its blocks
+    scanned unless `scan_layers` is False); returns a summary. Everything is read and
+    checked before anything is written."""
     from sparsity_jax.runtime.checkpoint import Checkpointer
 
     src, wd = Path(src), Workdir(workdir)
     if wd.root.exists():
         raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
     cfg, source = inspect(src, dtype)
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
     tok_files = tokenizer_files(src, source)
     tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if n in tok_files), None)
     st = import_settings(base_settings, cfg, tokenizer)
@@ -81,9 +84,10 @@ def import_run(src, workdir, base_settings, *, dtype: str | None = None, log=pri
     write_text(wd.metrics, "")  # a run with no training steps (`report` and `ssd` read the curves)
     n = sum(int(np.prod(x.shape)) for _, x in weights.flat(params))
     summary = {"workdir": str(wd), "from": str(src), "parameters": n, "dtype": cfg.param_dtype,
-               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)"}
+               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)",
+               "scan_layers": scan_layers}
     log(f"imported {src} → {wd}: {n:,} parameters ({cfg.param_dtype}), activation {cfg.activation}, tokenizer "
-        f"{summary['tokenizer']}")
+        f"{summary['tokenizer']}, layers {'scanned' if scan_layers else 'unrolled'}")
     return summary
 
 
