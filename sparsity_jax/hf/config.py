@@ -154,8 +154,8 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
                         "stock class; export works for gated models (swiglu, reglu, geglu, relu2glu, ...).")
     gemma3 = bool(cfg.post_norms or cfg.layer_types or cfg.query_scalar or cfg.rope_local_theta)
     family = ("minicpm" if cfg.residual_scale != 1 or cfg.logit_scale != 1 else "gemma3_text" if gemma3
-              else "gemma" if cfg.norm_offset else "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "mistral" if cfg.sliding_window
-              else "llama")
+              else "gemma" if cfg.norm_offset else "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias
+              else "mistral" if cfg.sliding_window else "llama")
     if family.startswith("gemma") and (cfg.activation != "geglu" or abs(cfg.embed_scale - math.sqrt(cfg.d_model)) > 1e-6
                                        or cfg.norm_offset != 1):
         raise UserError(f"a model with RMSNorm (1 + w) or Gemma 3's options exports only as {family}, which needs "
@@ -189,9 +189,10 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
         out["sliding_window"] = cfg.sliding_window
     if family == "gemma3_text":
         local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
-        out.update(hidden_activation=out.pop("hidden_act"), query_pre_attn_scalar=_number(cfg.query_scalar or cfg.heads_dim),
-                   sliding_window=cfg.sliding_window or 4096, rope_parameters={"full_attention": rope_params,
-                                                                               "sliding_attention": local},
+        out.update(hidden_activation=out.pop("hidden_act"),
+                   query_pre_attn_scalar=_number(cfg.query_scalar or cfg.heads_dim),
+                   sliding_window=cfg.sliding_window or 4096,
+                   rope_parameters={"full_attention": rope_params, "sliding_attention": local},
                    layer_types=[{"L": "sliding_attention", "G": "full_attention"}[c] for c in cfg.layer_types])
         out.pop("rope_theta")
     if family == "minicpm":

@@ -73,7 +73,8 @@ REQUIRED = {"embedding_length": "hidden_size", "block_count": "num_hidden_layers
             "attention.head_count": "num_attention_heads", "feed_forward_length": "intermediate_size",
             "attention.layer_norm_rms_epsilon": "rms_norm_eps"}
 OPTIONAL = {"attention.head_count_kv": "num_key_value_heads", "rope.freq_base": "rope_theta",
-            "attention.key_length": "head_dim", "vocab_size": "vocab_size", "attention.sliding_window": "sliding_window"}
+            "attention.key_length": "head_dim", "vocab_size": "vocab_size",
+            "attention.sliding_window": "sliding_window"}
 FAMILY = {"llama": {"model_type": "llama", "hidden_act": "silu"},
           "gemma3": {"model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh"}}
 

@@ -121,7 +121,8 @@ def stacked(pure: dict, cfg: ModelConfig, mesh) -> dict:
 
 def load_pretrained(path, *, dtype: str | None = None, mesh=None, scan_layers: bool = True) -> tuple[LM, ModelConfig]:
     """(LM, ModelConfig) of a local HF directory (config.json + model.safetensors or a
-    sharded model.safetensors.index.json) or a llama `.gguf` file. `dtype` ("float32" | "bfloat16") is the
+    sharded model.safetensors.index.json) or a llama / gemma3 `.gguf` file. `dtype`
+    ("float32" | "bfloat16") is the
     parameter and compute dtype (None: as stored, so bf16 stays bf16); `mesh` (data,
     fsdp, tensor; None: one device) places every parameter with its training sharding;
     `scan_layers` stacks the blocks for one `lax.scan` (False: a Python loop of blocks).

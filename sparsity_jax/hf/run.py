@@ -115,5 +115,6 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
-    log(f"exported {config['model_type']} ({config.get('hidden_act') or config['hidden_activation']}) with {len(tensors)} tensors → {out}")
+    act = config.get("hidden_act") or config["hidden_activation"]
+    log(f"exported {config['model_type']} ({act}) with {len(tensors)} tensors → {out}")
     return out

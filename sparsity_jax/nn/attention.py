@@ -124,9 +124,8 @@ class Attention(nnx.Module):
             self.bk = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
             self.bv = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
         if qk_norm:
-            norm = lambda: RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, axes=(None,),  # noqa: E731
-                                   offset=norm_offset)
-            self.q_norm, self.k_norm = norm(), norm()
+            self.q_norm, self.k_norm = (RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype,
+                                                axes=(None,), offset=norm_offset) for _ in range(2))
         self.qkv_bias, self.qk_norm, self.window = qkv_bias, qk_norm, window
         self.rope_scaling = tuple(rope_scaling)  # (kind, factor, low, high, original length): static
         self.rope_theta, self.local_theta, self.query_scalar = rope_theta, local_theta, query_scalar

@@ -125,9 +125,9 @@ def test_import_export_import_is_exact(imported, tmp_path):
         from flax import nnx
 
         export_run(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg, tmp_path / name, log=lambda m: None)
-    for name, src in [("out", LLAMA)] + [(n, FIXTURES / n) for n in ("qwen2_bias", "qwen3_qknorm", "gemma", "gemma3_text",
-                                                                     "minicpm", "llama_relu_tied_linear",
-                                                                     "mistral_window")]:
+    others = ("qwen2_bias", "qwen3_qknorm", "gemma", "gemma3_text", "minicpm", "llama_relu_tied_linear",
+              "mistral_window")
+    for name, src in [("out", LLAMA)] + [(n, FIXTURES / n) for n in others]:
         a, cfg_a = load_pretrained(src)
         b, cfg_b = load_pretrained(tmp_path / name)
         assert cfg_a == cfg_b, name
@@ -148,9 +148,9 @@ def test_export_refuses_a_non_gated_ffn():
     assert not same_math(ModelConfig(activation="reglu"), ModelConfig())
 
 
-def _bad_dir(tmp_path, edit_config=None, edit_weights=None) -> Path:
+def _bad_dir(tmp_path, edit_config=None, edit_weights=None, src: Path = LLAMA) -> Path:
     d = tmp_path / "bad"
-    shutil.copytree(LLAMA, d)
+    shutil.copytree(src, d)
     if edit_config:
         cfg = json.loads((d / "config.json").read_text())
         edit_config(cfg)
@@ -175,6 +175,27 @@ BAD_HF = [
     ("shape", None, lambda w: w.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}),
      "tensor 'model.layers.0.self_attn.k_proj.weight' in model.safetensors has shape (8, 32)"),
 ]
+
+
+BAD_GEMMA3 = [
+    ("softcap", lambda c: c.update(final_logit_softcapping=30.0), None, "final_logit_softcapping"),
+    ("bidirectional", lambda c: c.update(use_bidirectional_attention=True), None, "use_bidirectional_attention"),
+    ("local rope", lambda c: c["rope_parameters"]["sliding_attention"].update(rope_type="linear", factor=2.0), None,
+     "scales the local layers' RoPE ('linear')"),
+    ("layer types", lambda c: c.update(layer_types=["full_attention"] * 2), None, "lists 2 layer_types for 3 layers"),
+    ("layer type", lambda c: c.update(layer_types=["chunked_attention"] * 3), None,
+     "layer_types ['chunked_attention']"),
+    ("post norm", None, lambda w: w.pop("model.layers.2.post_feedforward_layernorm.weight"),
+     "tensor 'model.layers.2.post_feedforward_layernorm.weight' is missing"),
+]
+
+
+@pytest.mark.parametrize("what,config,tensors,message", BAD_GEMMA3, ids=[b[0] for b in BAD_GEMMA3])
+def test_bad_gemma3_checkpoints_are_one_sentence_and_write_nothing(tmp_path, what, config, tensors, message):
+    d = _bad_dir(tmp_path, config, tensors, src=FIXTURES / "gemma3_text")
+    code, out, err = run_cli("import", "--hf", d, "--workdir", tmp_path / "run")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("what,config,tensors,message", BAD_HF, ids=[b[0] for b in BAD_HF])
