@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from sparsity_jax.commands import (  # noqa: E402
     affinity, cett, common, compare, evaluate, export_hf, generate, import_hf, ppl, predictor, report, scaling, ssd,
     train)
+from sparsity_jax.runtime.timing import TIMINGS  # noqa: E402
 
 COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling,
                                                        predictor, affinity, generate)}
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparsity_jax.errors import NonFiniteLoss, UserError
 
     use_compilation_cache()
+    TIMINGS.start()  # the command's `time:` split counts from here (imports before it are not in it)
     try:
         return _run(sys.argv[1:] if argv is None else argv)
     except NonFiniteLoss as e:

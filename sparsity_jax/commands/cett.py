@@ -6,6 +6,7 @@ realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
 from __future__ import annotations
 
 from sparsity_jax.commands import common
+from sparsity_jax.runtime.timing import TIMINGS
 from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
 
 TAKES_CONFIG = True
@@ -33,6 +34,8 @@ def run(args) -> int:
     for i, (t, c, s) in enumerate(zip(res.threshold, res.cett, res.sparsity)):
         common.log(f"{i:5d}  {t:9.5f}  {c:8.5f}  {s:8.4f}")
     common.log(f"overall sparsity {res.sparsity.mean():.4f}, activation ratio {out['activation_ratio']:.4f}")
+    common.log(TIMINGS.line())
+    out["time_s"] = {k: round(v, 2) for k, v in TIMINGS.split().items()}
     output = args.output or wd.workdir.cett_json
     common.write_json(output, out)
     common.log(f"wrote {output}")

@@ -3,13 +3,14 @@
 (`search.sweep.sweep_trained`); writes WORKDIR/report/ppl.json and PNGs.
 
   sparsity-jax ppl --workdir DIR --ppl-p 1,5,10 [--last 5] [--tol 1e-3] [--topk 256,128]
-                   [--fat-eps 0.1,0.2] [--output-dir DIR] [--eval-batches N]
+                   [--fat-eps 0.1,0.2] [--pareto topk,fat|none] [--output-dir DIR] [--eval-batches N]
 """
 from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.search.sweep import sweep_trained
+from sparsity_jax.runtime.timing import TIMINGS
+from sparsity_jax.search.sweep import PARETO_METHODS, sweep_trained
 
 TAKES_CONFIG = True
 
@@ -22,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tol", type=float, default=1e-3, help="CETT tolerance of the search")
     p.add_argument("--topk", default=None, help="top-k baseline k values (default F/2 … F/32)")
     p.add_argument("--fat-eps", default=None, help="FAT-eps baseline values (default: |a| quantiles)")
+    p.add_argument("--pareto", default=",".join(PARETO_METHODS),
+                   help=f"baselines swept for the Pareto curves: some of {','.join(PARETO_METHODS)}, or none")
     p.add_argument("--output-dir", default=None, help="default: WORKDIR/report")
     common.add_config(p, what="config file instead of the run's own")
     common.add_eval_batches(p)
@@ -37,6 +40,9 @@ def run(args) -> int:
         raise UserError(f"Pass --last > 0 and 0 < --tol < 1; got last={args.last}, tol={args.tol}.")
     topk = comma_list(args.topk, int, "--topk") if args.topk else None
     fat_eps = comma_list(args.fat_eps, float, "--fat-eps") if args.fat_eps else None
+    methods = [] if args.pareto == "none" else comma_list(args.pareto, str, "--pareto")
+    if not set(methods) <= set(PARETO_METHODS):
+        raise UserError(f"Pass --pareto as some of {','.join(PARETO_METHODS)} or none; got {args.pareto!r}.")
 
     def check(settings, steps):
         if topk is not None and not all(0 < k <= settings.model.d_ff for k in topk):
@@ -45,9 +51,11 @@ def run(args) -> int:
     common.init_distributed(args)
     wd = common.open_trained(args, check)
     try:
-        result = sweep_trained(wd, ps, last=args.last, tol=args.tol, topk=topk, fat_eps=fat_eps, log=common.log)
+        result = sweep_trained(wd, ps, last=args.last, tol=args.tol, topk=topk, fat_eps=fat_eps,
+                              pareto_methods=methods, log=common.log)
     finally:
         wd.close()
+    common.log(TIMINGS.line())
     if common.is_main():
         common.log("wrote " + ", ".join(write_ppl_report(result, args.output_dir or wd.workdir.report)))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -175,7 +176,7 @@ class FFN(nnx.Module):
     def _check_mode(self, sp: Sparsify) -> None:
         """The topk / predicted modes' static settings fit this FFN's shape."""
         d_model, d_ff = self.w_in.shape
-        if sp.mode == "topk" and not 0 < sp.k <= d_ff:
+        if sp.mode == "topk" and isinstance(sp.k, (int, np.integer)) and not 0 < sp.k <= d_ff:  # traced: unchecked
             raise ValueError(f"topk mode needs 0 < k <= d_ff={d_ff}, got k={sp.k}")
         if sp.mode != "predicted":
             return

@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Array = jax.Array
@@ -63,17 +64,40 @@ def active_at(mag: Array, threshold: Array | float) -> Array:
     return threshold_keep(mag, threshold) & (mag > 0)
 
 
-def topk_keep(s: Array, k: int) -> Array:
+def kth_largest(x: Array, k: Array) -> Array:
+    """The k-th largest of x ≥ 0 along the last axis, keepdims (…, 1); k an int array
+    (traced, 1 ≤ k ≤ F). Exact: a bisection over the float bits, which order like the
+    non-negative floats they encode, 32 counting passes over F and no sort."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    lo = jnp.zeros(x.shape[:-1] + (1,), jnp.int32)  # count(bits ≥ lo) ≥ k holds
+    hi = jnp.full_like(lo, 0x7F800001)  # above +inf: count(bits ≥ hi) < k
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(bits >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def topk_keep(s: Array, k: int | Array) -> Array:
     """Exactly the k largest |s| along the last axis; among equal values the lower index
     wins (as `lax.top_k` orders them). Elementwise compares and one cumsum over F, no
-    scatter, so it partitions over a sharded F axis."""
+    scatter, so it partitions over a sharded F axis. `k` a Python int (checked; `lax.top_k`
+    finds the k-th value) or an int array, traced, so one compiled step serves every k
+    (`kth_largest`; 0 ≤ k ≤ F is then the caller's to check)."""
     f = s.shape[-1]
-    if not 0 <= k <= f:
-        raise ValueError(f"top-k needs 0 <= k <= F={f}, got k={k}")
     abs_s = jnp.abs(s)
-    if k == 0:
-        return jnp.zeros(s.shape, bool)
-    kth_x1 = jax.lax.top_k(abs_s, k)[0][..., -1:]
+    if isinstance(k, (int, np.integer)):
+        if not 0 <= k <= f:
+            raise ValueError(f"top-k needs 0 <= k <= F={f}, got k={k}")
+        if k == 0:
+            return jnp.zeros(s.shape, bool)
+        kth_x1 = jax.lax.top_k(abs_s, int(k))[0][..., -1:]
+    else:
+        kth_x1 = kth_largest(abs_s, jnp.maximum(k, 1))
     above = abs_s > kth_x1
     tie = abs_s == kth_x1
     room_x1 = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
@@ -171,14 +195,14 @@ class Sparsify:
     """How FFNs drop neurons in one forward call.
 
     `mode` is one mode for all layers or a tuple with one mode per layer. `threshold`
-    is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` (static)
-    and `eps` serve `topk` and `fat`. `record_threshold` (None, scalar or (L,)) defines the
+    is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` and `eps`
+    serve `topk` and `fat` (arrays, traced: a new k or ε never recompiles). `record_threshold` (None, scalar or (L,)) defines the
     recorded hidden-unit mask for activations without exact zeros (None: `a != 0`).
     `moe` serves the moe mode, `predictor` (stacked per layer) the predicted mode.
     """
 
     mode: str | tuple[str, ...] = struct.field(pytree_node=False, default="dense")
-    k: int = struct.field(pytree_node=False, default=0)
+    k: Array | int = 0
     threshold: Array | float = 0.0
     eps: Array | float = 0.0
     unit_mask: Array | None = None

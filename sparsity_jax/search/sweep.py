@@ -22,6 +22,7 @@ from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
 from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
+from sparsity_jax.runtime.timing import timed
 from sparsity_jax.runtime.trained import real_tokens
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
@@ -29,6 +30,7 @@ from sparsity_jax.search.thresholds import (
 )
 
 HOT_SHARES = (0.1, 0.2, 0.5)
+PARETO_METHODS = ("topk", "fat")  # the baselines' sweeps next to PPL-p% (Sparsing Law Fig. 3)
 
 
 def _tolist(x):
@@ -82,6 +84,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), over_blocks(prep.scores, one_block))
 
 
+@timed("neuron statistics")
 def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int | None = None) -> dict:
     """Neuron statistics from a dense pass with neurons active where ‖n_i‖ ≥ t_l.
 
@@ -109,12 +112,13 @@ def checkpoint_stats(cache: DenseCache, threshold_L: np.ndarray, vocab_size: int
     return out
 
 
+@timed("Pareto sweeps")
 def pareto(graphdef, params, batches: Sequence[Batch], dense_loss: float, ppl_points: list[dict],
            topk: Sequence[int], fat_eps: Sequence[float], log: Callable[[str], None]) -> dict:
     """PPL vs activation ratio (mask-measured, mean over layers) per method (Figure 3).
 
     Methods: PPL-p% (each p, `ppl_points`), top-k (each k, `Sparsify(mode="topk")`) and
-    FAT-ε (each ε). For all three the activation ratio here is measured from the sparse
+    FAT-ε (each ε); empty `topk` and `fat_eps` draw no curve and run no pass. For all three the activation ratio here is measured from the sparse
     pass's recorded mask (a ≠ 0 after dropping), so the methods are compared on one
     footing.
     """
@@ -123,9 +127,10 @@ def pareto(graphdef, params, batches: Sequence[Batch], dense_loss: float, ppl_po
         log(f"  pareto {key}: PPL {np.exp(ev.loss):.4f}, activation ratio {ev.activation_ratio.mean():.4f}")
         return {**key, "ppl": float(np.exp(ev.loss)), "activation_ratio": float(ev.activation_ratio.mean())}
 
-    dense = sparse_pass(graphdef, params, batches, Sparsify())
+    # the dense model's recorded-mask ratio, the curves' right end; no sweep (`--pareto none`) → not measured
+    dense = sparse_pass(graphdef, params, batches, Sparsify()).activation_ratio.mean() if [*topk, *fat_eps] else None
     return {
-        "dense": {"ppl": float(np.exp(dense_loss)), "activation_ratio": float(dense.activation_ratio.mean())},
+        "dense": {"ppl": float(np.exp(dense_loss)), "activation_ratio": None if dense is None else float(dense)},
         "ppl_p": ppl_points,
         "topk": [point(Sparsify(mode="topk", k=int(k)), k=int(k)) for k in topk],
         "fat": [point(Sparsify(mode="fat", eps=float(e)), eps=float(e)) for e in fat_eps],
@@ -145,6 +150,7 @@ def stabilised_sweep(
     tol: float = 1e-3,
     topk: Sequence[int] | None = None,
     fat_eps: Sequence[float] | None = None,
+    pareto_methods: Sequence[str] = PARETO_METHODS,
     vocab_size: int | None = None,
     log: Callable[[str], None] = lambda msg: None,
     mesh=None,
@@ -157,7 +163,7 @@ def stabilised_sweep(
     Stabilising strategy (App. B): CETT_p is searched once over the LAST `last`
     checkpoints jointly (`ppl.PplSearch`), then applied to every checkpoint: per
     checkpoint one dense pass, the exact thresholds of all p in one search, one sparse
-    pass per p (its PPL ratio). Activation ratio = 1 − sparsity (the dense activations'
+    pass per p (its PPL ratio; the search's own pass at CETT_p for the joint checkpoints). Activation ratio = 1 − sparsity (the dense activations'
     fraction of token×neuron pairs above the threshold, mean over layers) against
     training tokens (step × global batch × sequence length); steps ≤ warm-up are
     flagged (dropped before fitting curves).
@@ -181,6 +187,7 @@ def stabilised_sweep(
       warmup_steps: steps ≤ this are flagged `warmup`.
       last: checkpoints searched jointly (the last ones).
       topk, fat_eps: baseline grids (None: `default_topk`, `default_fat_eps`).
+      pareto_methods: the baselines swept (of PARETO_METHODS; empty: none, no pass run).
       mesh, mode, dtype, memory_budget: as in `thresholds.dense_pass` ("auto" decides
         for the joint search's `last` caches together, and per checkpoint after it).
     Returns:
@@ -215,7 +222,10 @@ def stabilised_sweep(
         row = {"step": int(s), "tokens": int(s) * int(tokens_per_step), "warmup": bool(s <= warmup_steps),
                "dense_loss": cache.loss, "ppl_p": []}
         for j, p in enumerate(ps):
-            ev = sparse_pass(graphdef, prm, batches, threshold_sparsify(thr.threshold[:, j]))
+            if s in joint:  # the search evaluated this checkpoint at CETT_p already
+                ev = search.points[cetts[j]][joint.index(s)]
+            else:
+                ev = sparse_pass(graphdef, prm, batches, threshold_sparsify(thr.threshold[:, j]))
             row["ppl_p"].append({
                 "p": p, "target_cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
                 "realised_cett": _tolist(thr.cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
@@ -230,14 +240,14 @@ def stabilised_sweep(
         if s == steps[-1]:
             stats_last, last_loss, last_params = st, cache.loss, prm
             d_ff = cache.prepared.w_out_LxFxD.shape[1]
-            eps = default_fat_eps(cache) if fat_eps is None else fat_eps
+            eps = [] if "fat" not in pareto_methods else default_fat_eps(cache) if fat_eps is None else fat_eps
         del cache  # one dense pass at a time from here on
     rows = [rows[s] for s in steps]
     ppl_points = [{"p": q["p"], "target_cett": q["target_cett"], "ppl": float(np.exp(last_loss) * q["ppl_ratio"]),
                    "activation_ratio": float(np.mean(q["sparse_run_activation_ratio"]))} for q in rows[-1]["ppl_p"]]
     log(f"Pareto curves on step {steps[-1]}")
     front = pareto(graphdef, last_params, batches, last_loss, ppl_points,
-                   default_topk(d_ff) if topk is None else topk, eps, log)
+                   [] if "topk" not in pareto_methods else default_topk(d_ff) if topk is None else topk, eps, log)
     search_json = [{"p": r.p, "target_cett": r.cett, "target_cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
                     "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
                     "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
@@ -276,7 +286,8 @@ class PplSweep:
 
 
 def sweep_trained(trained, ps: Sequence[float], *, last: int = 5, tol: float = 1e-3, topk: Sequence[int] | None = None,
-                  fat_eps: Sequence[float] | None = None, log: Callable[[str], None] = lambda msg: None) -> PplSweep:
+                  fat_eps: Sequence[float] | None = None, pareto_methods: Sequence[str] = PARETO_METHODS,
+                  log: Callable[[str], None] = lambda msg: None) -> PplSweep:
     """`stabilised_sweep` over every checkpoint of a trained workdir (`runtime.trained.Trained`)
     on its validation batches."""
     log(f"PPL-p% for p = {list(ps)} on {len(trained.steps)} checkpoints of {trained.path}")
@@ -284,6 +295,6 @@ def sweep_trained(trained, ps: Sequence[float], *, last: int = 5, tol: float = 1
     result = stabilised_sweep(
         trained.run.graphdef, trained.steps, lambda s: trained.restore(s)[0]["params"], trained.val, ps,
         tokens_per_step=t.global_batch_size * t.seq_len, warmup_steps=trained.settings.optimizer.warmup_steps,
-        last=last, tol=tol, topk=topk, fat_eps=fat_eps, vocab_size=trained.run.model_cfg.vocab_size, log=log)
+        last=last, tol=tol, topk=topk, fat_eps=fat_eps, pareto_methods=pareto_methods, vocab_size=trained.run.model_cfg.vocab_size, log=log)
     return PplSweep(workdir=trained.path, ppl_p=[float(p) for p in ps], tol=tol, last=last,
                     validation_tokens=real_tokens(trained.val), **result)

@@ -30,6 +30,7 @@ from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime.sharding import logical_to_spec
 from sparsity_jax.runtime.forward import forward
 from sparsity_jax.runtime.memory import min_free_bytes
+from sparsity_jax.runtime.timing import timed
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -154,6 +155,7 @@ def _zeros(shape: tuple, dtype, layout: Layout, kind: str) -> Array:
     return jax.jit(make)()
 
 
+@timed("dense pass")
 def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: str = "auto",
                dtype=jnp.float32, memory_budget: int | None = None, caches: int = 1) -> DenseCache:
     """The dense model over `batches`, once: what every later search step needs.
@@ -218,6 +220,7 @@ def _check_batches(batches: Sequence[Batch]) -> None:
         raise UserError("Pass at least one validation batch to the CETT search.")
 
 
+@timed("sparse evaluations")
 def sparse_pass(graphdef, params, batches: Sequence[Batch], sparsify: Sparsify) -> SparseEval:
     """Token-weighted loss and per-layer activation ratio with `sparsify` applied
     (thresholds, top-k, FAT-ε); the ratio is measured from the recorded hidden-unit mask."""
@@ -240,6 +243,7 @@ def threshold_sparsify(threshold_L) -> Sparsify:
 check_cett = check_target_cett
 
 
+@timed("threshold search")
 def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
     """Exact per-layer thresholds for CETT value(s) on a dense pass.
 

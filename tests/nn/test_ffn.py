@@ -136,6 +136,31 @@ def test_topk_keeps_exactly_k_with_ties_in_the_ffn_and_the_metrics():
                                atol=1e-5)
 
 
+def test_topk_with_a_traced_k_is_the_same_rule_and_compiles_once():
+    """k as an array (the Pareto sweep's): the bisection over float bits finds the same
+    k-th value as the stable numpy sort, ties and exact zeros included, and one jitted
+    function serves every k (one trace)."""
+    from sparsity_jax.nn.sparsify import kth_largest, topk_keep
+
+    rng = np.random.default_rng(3)
+    a = np.round(rng.standard_normal((6, 5, 64)).astype(np.float32) * 2) / 2  # ties and zeros
+    a[0, 0] = 0.0  # a row of zeros: every k keeps the lowest indices
+    traces = []
+
+    @jax.jit
+    def keep(s, k):
+        traces.append(k)
+        return topk_keep(s, k)
+
+    for k in (1, 2, 7, 32, 63, 64):
+        np.testing.assert_array_equal(np.asarray(keep(jnp.asarray(a), jnp.int32(k))), numpy_topk(a, k))
+        kth = -np.sort(-np.abs(a), axis=-1)[..., k - 1: k]
+        np.testing.assert_array_equal(np.asarray(kth_largest(jnp.abs(jnp.asarray(a)), jnp.int32(k))), kth)
+    assert len(traces) == 1
+    y = rng.standard_normal((4, 64)).astype(np.float32) * 1e-30  # tiny and denormal-adjacent magnitudes
+    np.testing.assert_array_equal(np.asarray(keep(jnp.asarray(y), jnp.int32(9))), numpy_topk(y, 9))
+
+
 def test_unit_mask_zeroes_forward_and_gradient():
     ffn = make("relu")
     x = rand_x()

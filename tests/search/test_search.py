@@ -198,6 +198,41 @@ def test_ppl_command_writes_report(workdir, tmp_path):
     front = data["pareto"]
     assert [p["k"] for p in front["topk"]] == [16] and front["topk"][0]["activation_ratio"] <= 16 / 64 + 1e-6
     assert len(front["fat"]) == 1 and len(front["ppl_p"]) == 1
+    # the sweep's k is traced (one compiled step for every k): the eager Python-int path
+    # (lax.top_k) gives the same PPL; the joint checkpoints' PPL ratio is the search's own
+    # pass at CETT_p, and a fresh sparse pass at the same thresholds agrees
+    run, val, params = _workdir_batches(workdir, 2)
+    eager = nnx.merge(run.graphdef, params[30])
+    loss = weight = 0.0
+    for b in val:
+        logits = eager(b["inputs"], b["segment_ids"], b["positions"], sparsify=Sparsify(mode="topk", k=16))
+        ce = -jax.nn.log_softmax(logits)[np.arange(logits.shape[0])[:, None], np.arange(logits.shape[1]), b["targets"]]
+        loss, weight = loss + float(jnp.sum(ce * b["loss_weights"])), weight + float(jnp.sum(b["loss_weights"]))
+    assert front["topk"][0]["ppl"] == pytest.approx(math.exp(loss / weight), rel=1e-5)
+    q = rows[-1]["ppl_p"][0]
+    ev = sparse_pass(run.graphdef, params[30], val, threshold_sparsify(q["threshold"]))
+    dense = sparse_pass(run.graphdef, params[30], val, Sparsify())
+    assert q["ppl_ratio"] == pytest.approx(math.exp(ev.loss - dense.loss), rel=1e-4)
+
+
+def test_ppl_command_without_pareto_sweeps(workdir, tmp_path, capsys):
+    assert main(["ppl", "--workdir", workdir, "--ppl-p", "5", "--last", "1", "--pareto", "none",
+                 "--output-dir", str(tmp_path), "--eval-batches", "2"]) == 0
+    front = json.load(open(tmp_path / "ppl.json"))["pareto"]
+    assert front["topk"] == [] and front["fat"] == [] and front["dense"]["activation_ratio"] is None
+    out = capsys.readouterr().out
+    assert "  pareto {" not in out and "time: " in out
+    assert main(["ppl", "--workdir", workdir, "--ppl-p", "5", "--pareto", "topk,gold"]) == 2
+
+
+def _workdir_batches(workdir, eval_batches):
+    """(run, the command's validation batches with --eval-batches N, {step: params})."""
+    ckpt, steps = checkpoints(workdir)
+    wd = open_workdir(workdir, from_saved(saved_config(ckpt, steps[-1]), {"train.eval_batches": str(eval_batches)}),
+                      ckpt, steps)
+    params = {s: wd.restore(s)[0]["params"] for s in steps}
+    wd.close()
+    return wd.run, wd.val, params
     last = data["last_checkpoint"]
     assert np.asarray(last["neuron_frequency"]).shape == (2, 64) and np.asarray(last["hot_cdf"])[:, -1] == pytest.approx(1)
     assert len(last["per_token_id_activation_ratio"][0]) == len(last["per_token_id_count"])
