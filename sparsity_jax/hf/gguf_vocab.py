@@ -5,7 +5,9 @@
 byte alphabet respelled in it), split by GPT-2's regex or, for the Llama 3 family of
 `tokenizer.ggml.pre`, by Llama 3's. `llama`: SentencePiece BPE with byte fallback, its
 merges rebuilt from `scores` (best first). Tokens typed control become special tokens,
-user-defined ones added tokens. This follows transformers' GGUF tokenizer conversion (the
+user-defined ones added tokens. A gemma3 file's `llama` vocabulary is Gemma's: spaces
+normalized to ▁ (no prefix, no split), whitespace-only tokens respelled in ▁, merges
+ranked by file order, `<unk>` for unknown pieces. This follows transformers' GGUF tokenizer conversion (the
 reference the tests compare with); BOS / EOS / UNK ids and `add_bos_token` come from the
 metadata (absent: BOS added for llama, not for gpt2, as llama.cpp and transformers do).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from sparsity_jax.errors import UserError
 
@@ -75,18 +77,37 @@ def _sentencepiece(meta: dict):
     return tok, None
 
 
+def _gemma(meta: dict):
+    """Gemma's SentencePiece BPE (transformers' GemmaTokenizer as its GGUF loader builds it)."""
+    tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in meta["tokenizer.ggml.tokens"]]
+    unk = tokens[meta["tokenizer.ggml.unknown_token_id"]] if "tokenizer.ggml.unknown_token_id" in meta else "<unk>"
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                               merges=spm_merges(tokens, [-float(i) for i in range(len(tokens))]), fuse_unk=True,
+                               unk_token=unk, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok, None, set(tokens)
+
+
 def tokenizer_files(meta: dict, file: str) -> dict[str, bytes]:
     """{file name: contents} of the tokenizer a GGUF's metadata describes."""
     kind = meta.get("tokenizer.ggml.model")
     if kind not in ("gpt2", "llama") or "tokenizer.ggml.tokens" not in meta:
         raise UserError(f"{file} describes a tokenizer of kind {kind!r}; this importer builds gpt2 (byte-level BPE) "
                         "and llama (SentencePiece) tokenizers from GGUF metadata.")
-    tok, spelled = _byte_level(meta, file) if kind == "gpt2" else _sentencepiece(meta)
     tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
+    known = set(tokens)
+    if kind == "gpt2":
+        tok, spelled = _byte_level(meta, file)
+    elif meta.get("general.architecture") == "gemma3":
+        tok, spelled, known = _gemma(meta)
+    else:
+        tok, spelled = _sentencepiece(meta)
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
                             if k == CONTROL and (spelled is None or set(t) <= spelled)])
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types)
-                    if k == USER_DEFINED])
+                    if k == USER_DEFINED and t in known])
     special = {name: tokens[meta[f"tokenizer.ggml.{key}_token_id"]]
                for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
                                  ("pad_token", "padding")) if f"tokenizer.ggml.{key}_token_id" in meta}

@@ -7,13 +7,17 @@
 The parameters are created abstractly (nothing allocated), then each tensor is read once
 from the memory-mapped file (`weights.Source`) and placed straight onto its training
 sharding (`runtime.sharding.param_shardings`: the same logical-axis rules as training).
+Imported models scan their layers (`model.scan_layers`) unless told otherwise: the
+per-layer tensors are placed first, then stacked on the devices one parameter at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -75,8 +79,9 @@ def one_device_mesh():
 
 def load_params(source: weights.Source, cfg: ModelConfig, mesh) -> dict:
     """The parameters as a pure dict of global arrays on `mesh` with the training
-    shardings, read one tensor at a time."""
-    _, state = abstract(cfg)
+    shardings, read one tensor at a time (the layout of `cfg.scan_layers`)."""
+    per_layer = dataclasses.replace(cfg, scan_layers=False)
+    _, state = abstract(per_layer)
     sh = dict(weights.flat(shd.param_shardings(state, mesh)))
     pure = nnx.to_pure_dict(state)
     dtype = DTYPES[cfg.param_dtype]
@@ -87,17 +92,43 @@ def load_params(source: weights.Source, cfg: ModelConfig, mesh) -> dict:
 
         weights.set_path(pure, path, jax.make_array_from_callback(x.shape, sh[path], shard))
 
-    weights.read(source, cfg, place)
-    return pure
+    weights.read(source, per_layer, place)
+    return stacked(pure, cfg, mesh) if cfg.scan_layers else pure
 
 
-def load_pretrained(path, *, dtype: str | None = None, mesh=None) -> tuple[LM, ModelConfig]:
+def _stack(*layers):
+    return jnp.stack(layers)
+
+
+def stacked(pure: dict, cfg: ModelConfig, mesh) -> dict:
+    """`pure` (per-layer blocks {i: ...}) with its blocks stacked (L, ...) on their scanned
+    shardings, one parameter at a time (each per-layer copy dropped once stacked)."""
+    layers, out = pure.pop("blocks"), {}
+    for path, sh in weights.flat(shd.param_shardings(abstract(cfg)[1], mesh)["blocks"]):
+        parts = []
+        for i in range(cfg.num_layers):
+            node = layers[i]
+            for k in path[:-1]:
+                node = node[k]
+            parts.append(node.pop(path[-1]))
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = jax.jit(_stack, out_shardings=sh)(*parts)
+        del parts
+    return {**pure, "blocks": out}
+
+
+def load_pretrained(path, *, dtype: str | None = None, mesh=None, scan_layers: bool = True) -> tuple[LM, ModelConfig]:
     """(LM, ModelConfig) of a local HF directory (config.json + model.safetensors or a
-    sharded model.safetensors.index.json) or a llama `.gguf` file. `dtype` ("float32" | "bfloat16") is the
+    sharded model.safetensors.index.json) or a llama / gemma3 `.gguf` file. `dtype`
+    ("float32" | "bfloat16") is the
     parameter and compute dtype (None: as stored, so bf16 stays bf16); `mesh` (data,
-    fsdp, tensor; None: one device) places every parameter with its training sharding.
+    fsdp, tensor; None: one device) places every parameter with its training sharding;
+    `scan_layers` stacks the blocks for one `lax.scan` (False: a Python loop of blocks).
     Bad input is a UserError naming the config key or tensor."""
     cfg, source = inspect(path, dtype)
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
     params = load_params(source, cfg, mesh if mesh is not None else one_device_mesh())
     graphdef, state = abstract(cfg)
     nnx.replace_by_pure_dict(state, params)

@@ -48,16 +48,19 @@ def tokenizer_files(src: Path, source) -> dict[str, bytes]:
     return {name: (src / name).read_bytes() for name in TOKENIZER_FILES if (src / name).is_file()}
 
 
-def import_run(src, workdir, base_settings, *, dtype: str | None = None, log=print) -> dict:
+def import_run(src, workdir, base_settings, *, dtype: str | None = None, scan_layers: bool = True,
+               log=print) -> dict:
     """Imports the HF directory or GGUF file `src` into the new run directory `workdir`
-    with the settings `base_settings` (their model replaced by the checkpoint's); returns a
-    summary. Everything is read and checked before anything is written."""
+    with the settings `base_settings` (their model replaced by the checkpoint's, its blocks
+    scanned unless `scan_layers` is False); returns a summary. Everything is read and
+    checked before anything is written."""
     from sparsity_jax.runtime.checkpoint import Checkpointer
 
     src, wd = Path(src), Workdir(workdir)
     if wd.root.exists():
         raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
     cfg, source = inspect(src, dtype)
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
     tok_files = tokenizer_files(src, source)
     tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if n in tok_files), None)
     st = import_settings(base_settings, cfg, tokenizer)
@@ -81,9 +84,10 @@ def import_run(src, workdir, base_settings, *, dtype: str | None = None, log=pri
     write_text(wd.metrics, "")  # a run with no training steps (`report` and `ssd` read the curves)
     n = sum(int(np.prod(x.shape)) for _, x in weights.flat(params))
     summary = {"workdir": str(wd), "from": str(src), "parameters": n, "dtype": cfg.param_dtype,
-               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)"}
+               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)",
+               "scan_layers": scan_layers}
     log(f"imported {src} → {wd}: {n:,} parameters ({cfg.param_dtype}), activation {cfg.activation}, tokenizer "
-        f"{summary['tokenizer']}")
+        f"{summary['tokenizer']}, layers {'scanned' if scan_layers else 'unrolled'}")
     return summary
 
 
@@ -94,7 +98,10 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; export into a new directory (nothing is ever overwritten).")
+    from sparsity_jax.runtime.layout import convert_blocks
+
     config = hf_config(cfg, cfg.param_dtype)
+    params = convert_blocks(params, stacked=False)  # a scanned model's blocks, one per layer
     tensors = {}
     for path, (name, how) in weights.layout(cfg).items():
         x = params
@@ -108,5 +115,6 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
-    log(f"exported {config['model_type']} ({config['hidden_act']}) with {len(tensors)} tensors → {out}")
+    act = config.get("hidden_act") or config["hidden_activation"]
+    log(f"exported {config['model_type']} ({act}) with {len(tensors)} tensors → {out}")
     return out

@@ -36,7 +36,12 @@ def layout(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
     for i in range(cfg.num_layers):
         p, b = f"model.layers.{i}.", ("blocks", i)
         out[b + ("attn_norm", "scale")] = (p + "input_layernorm.weight", "copy")
-        out[b + ("ffn_norm", "scale")] = (p + "post_attention_layernorm.weight", "copy")
+        if cfg.post_norms:  # Gemma 2/3: post_attention_layernorm is the norm after attention
+            out[b + ("post_attn_norm", "scale")] = (p + "post_attention_layernorm.weight", "copy")
+            out[b + ("ffn_norm", "scale")] = (p + "pre_feedforward_layernorm.weight", "copy")
+            out[b + ("post_ffn_norm", "scale")] = (p + "post_feedforward_layernorm.weight", "copy")
+        else:
+            out[b + ("ffn_norm", "scale")] = (p + "post_attention_layernorm.weight", "copy")
         for ours, theirs, how in (("wq", "q_proj", "q"), ("wk", "k_proj", "kv"), ("wv", "v_proj", "kv"),
                                   ("wo", "o_proj", "o")):
             out[b + ("attn", ours)] = (p + f"self_attn.{theirs}.weight", how)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsity_jax.nn.layers import RMSNorm, apply_rope, constrain, get_initializer, param, rope_frequencies
+from sparsity_jax.nn.layers import (RMSNorm, apply_rope, constrain, default_frequencies, get_initializer, param,
+                                    rope_frequencies)
 
 Array = jax.Array
 
@@ -40,18 +41,20 @@ def attention_mask(segment_ids_BxT: Array) -> Array:
     return (causal_TxT[None] & same_BxTxT)[:, None]
 
 
-def grouped_attention(q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
-    """softmax(q·kᵀ/√K under the mask)·v with G key/value heads shared by H/G query heads
-    each: `jax.nn.dot_product_attention`'s numbers (its "xla" implementation), with the
-    batch and group axes leading every dot. XLA:CPU runs batched dots fast only in that
-    layout: 2× on the attention of a SmolLM2-shaped model (bench/results/pretrained_speed*)."""
+def grouped_attention(q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array,
+                      scale: float | None = None) -> Array:
+    """softmax(q·kᵀ·scale under the mask)·v (scale None: 1/√K) with G key/value heads
+    shared by H/G query heads each: `jax.nn.dot_product_attention`'s numbers (its "xla"
+    implementation), with the batch and group axes leading every dot. XLA:CPU runs batched
+    dots fast only in that layout: 2× on the attention of a SmolLM2-shaped model
+    (bench/results/pretrained_speed*)."""
     B, T, H, K = q_BxTxHxK.shape
     S, G = k_BxSxGxK.shape[1], k_BxSxGxK.shape[2]
     R = H // G
     q_BxGxMxK = jnp.transpose(q_BxTxHxK.reshape(B, T, G, R, K), (0, 2, 3, 1, 4)).reshape(B, G, R * T, K)
     k_BxGxSxK, v_BxGxSxK = (jnp.transpose(x, (0, 2, 1, 3)) for x in (k_BxSxGxK, v_BxSxGxK))
     s_BxGxMxS = jnp.einsum("bgmk,bgsk->bgms", q_BxGxMxK, k_BxGxSxK, preferred_element_type=jnp.float32)
-    s_BxGxRxTxS = s_BxGxMxS.reshape(B, G, R, T, S) * (1.0 / K ** 0.5)
+    s_BxGxRxTxS = s_BxGxMxS.reshape(B, G, R, T, S) * (1.0 / K ** 0.5 if scale is None else scale)
     s_BxGxRxTxS = jnp.where(mask_Bx1xTxS[:, :, None], s_BxGxRxTxS, jnp.finfo(jnp.float32).min)
     p_BxGxMxS = jax.nn.softmax(s_BxGxRxTxS, axis=-1).astype(v_BxSxGxK.dtype).reshape(B, G, R * T, S)
     o_BxGxMxK = jnp.einsum("bgms,bgsk->bgmk", p_BxGxMxS, v_BxGxSxK)
@@ -99,8 +102,12 @@ class Attention(nnx.Module):
     other than d / H, biases bq (H, K), bk, bv (G, K) (Qwen2), an RMSNorm over each
     head's K features of q and k before RoPE (Qwen3), scaled RoPE frequencies
     (`rope_scaling` = (kind, factor, low_freq_factor, high_freq_factor, original length),
-    see `layers.rope_frequencies`) and a sliding window (Mistral: a query
-    sees the `window` latest positions, itself included). Scores are scaled by 1/√K.
+    see `layers.rope_frequencies`), a sliding window (Mistral: a query sees the `window`
+    latest positions, itself included) and scores scaled by 1/√`query_scalar` instead of
+    1/√K (Gemma's query_pre_attn_scalar). With `local_theta` > 0 (Gemma 3) the window and
+    RoPE base `local_theta` (unscaled) hold only where the call's `local` flag (a per-layer
+    bool, traced: it rides through the layer scan) is true; elsewhere the attention is
+    global, with `rope_theta` and its scaling. The norm scales use `norm_offset`.
     """
 
     def __init__(
@@ -119,6 +126,9 @@ class Attention(nnx.Module):
         norm_eps: float = 1e-6,
         rope_scaling: tuple = ("none",),
         window: int = 0,
+        local_theta: float = 0.0,
+        query_scalar: float = 0.0,
+        norm_offset: float = 0.0,
     ):
         head_dim = head_dim or d_model // num_heads
         init = get_initializer("lecun_normal")
@@ -134,14 +144,24 @@ class Attention(nnx.Module):
             self.bk = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
             self.bv = param(rngs, zeros, (num_kv_heads, head_dim), ("heads", None), param_dtype)
         if qk_norm:
-            self.q_norm = RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, axes=(None,))
-            self.k_norm = RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, axes=(None,))
+            self.q_norm, self.k_norm = (RMSNorm(head_dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype,
+                                                axes=(None,), offset=norm_offset) for _ in range(2))
         self.qkv_bias, self.qk_norm, self.window = qkv_bias, qk_norm, window
         self.rope_scaling = tuple(rope_scaling)  # (kind, factor, low, high, original length): static
-        self.rope_theta = rope_theta
+        self.rope_theta, self.local_theta, self.query_scalar = rope_theta, local_theta, query_scalar
         self.dtype = dtype
 
-    def qkv(self, x_BxTxD: Array, positions_BxT: Array) -> tuple[Array, Array, Array]:
+    def frequencies(self, head_dim: int, local: Array | None) -> Array | None:
+        """RoPE inverse frequencies (K/2,) of this layer (None: the unscaled global ones,
+        `apply_rope`'s default); with a `local` flag, the local or global ones by it."""
+        freq = None if self.rope_scaling[0] == "none" else rope_frequencies(head_dim, self.rope_theta,
+                                                                            *self.rope_scaling)
+        if local is None or not self.local_theta:
+            return freq
+        glob = default_frequencies(head_dim, self.rope_theta) if freq is None else freq
+        return jnp.where(local, default_frequencies(head_dim, self.local_theta), glob)
+
+    def qkv(self, x_BxTxD: Array, positions_BxT: Array, local: Array | None = None) -> tuple[Array, Array, Array]:
         """Queries (B, T, H, K) and keys (B, T, G, K) with RoPE at `positions`; values (B, T, G, K)."""
         x = x_BxTxD.astype(self.dtype)
         w = lambda v: v[...].astype(self.dtype)  # noqa: E731
@@ -152,43 +172,49 @@ class Attention(nnx.Module):
             q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = q_BxTxHxK + w(self.bq), k_BxTxGxK + w(self.bk), v_BxTxGxK + w(self.bv)
         if self.qk_norm:
             q_BxTxHxK, k_BxTxGxK = self.q_norm(q_BxTxHxK), self.k_norm(k_BxTxGxK)
-        freq = None if self.rope_scaling[0] == "none" else rope_frequencies(
-            q_BxTxHxK.shape[-1], self.rope_theta, *self.rope_scaling)
+        freq = self.frequencies(q_BxTxHxK.shape[-1], local)
         q_BxTxHxK = apply_rope(q_BxTxHxK, positions_BxT, self.rope_theta, freq)
         k_BxTxGxK = apply_rope(k_BxTxGxK, positions_BxT, self.rope_theta, freq)
         heads = lambda y: constrain(y, ("activation_batch", "activation_length", "activation_heads", None))  # noqa: E731
         return heads(q_BxTxHxK), heads(k_BxTxGxK), heads(v_BxTxGxK)
 
-    def windowed(self, mask_Bx1xTxS: Array, q_T: Array, k_S: Array) -> Array:
-        """`mask` limited to keys less than `window` positions (or cache slots) back."""
+    def windowed(self, mask_Bx1xTxS: Array, q_T: Array, k_S: Array, local: Array | None = None) -> Array:
+        """`mask` limited to keys less than `window` positions (or cache slots) back (with
+        per-layer local attention: only where `local`)."""
         if not self.window:
             return mask_Bx1xTxS
-        return mask_Bx1xTxS & ((q_T[..., :, None] - k_S[..., None, :]) < self.window)[..., None, :, :]
+        near = (q_T[..., :, None] - k_S[..., None, :]) < self.window
+        if local is not None and self.local_theta:
+            near = near | jnp.logical_not(local)
+        return mask_Bx1xTxS & near[..., None, :, :]
 
     def attend(self, q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
         """Softmax attention of T queries over S keys under a bool mask, projected to (B, T, d)."""
+        scale = self.query_scalar ** -0.5 if self.query_scalar else None
         if jax.default_backend() == "cpu":
-            out_BxTxHxK = grouped_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xTxS)
+            out_BxTxHxK = grouped_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xTxS, scale)
         else:  # GPU: JAX may pick cuDNN's fused kernel
-            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS)
+            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS,
+                                                       scale=scale)
         return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.wo[...].astype(self.dtype))
 
-    def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array) -> Array:
-        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT)
-        mask = self.windowed(attention_mask(segment_ids_BxT), positions_BxT, positions_BxT)
+    def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array, local: Array | None = None
+                 ) -> Array:
+        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT, local)
+        mask = self.windowed(attention_mask(segment_ids_BxT), positions_BxT, positions_BxT, local)
         return self.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask)
 
     def cached(self, x_BxTxD: Array, positions_BxT: Array, k_cache_BxSxGxK: Array, v_cache_BxSxGxK: Array,
-               start: Array, mask_Bx1xTxS: Array) -> tuple[Array, Array, Array]:
+               start: Array, mask_Bx1xTxS: Array, local: Array | None = None) -> tuple[Array, Array, Array]:
         """One decoding call: the T new tokens' keys / values go to cache slots [start, start + T),
         then their queries attend over all S slots where `mask` allows (the caller masks
         padding and future slots). Returns (output (B, T, d), k cache, v cache)."""
-        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT)
+        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.qkv(x_BxTxD, positions_BxT, local)
         at = (0, start, 0, 0)
         k_cache_BxSxGxK = jax.lax.dynamic_update_slice(k_cache_BxSxGxK, k_BxTxGxK.astype(k_cache_BxSxGxK.dtype), at)
         v_cache_BxSxGxK = jax.lax.dynamic_update_slice(v_cache_BxSxGxK, v_BxTxGxK.astype(v_cache_BxSxGxK.dtype), at)
         slots = jnp.arange(k_cache_BxSxGxK.shape[1], dtype=jnp.int32)
-        mask_Bx1xTxS = self.windowed(mask_Bx1xTxS, start + jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32), slots)
+        mask_Bx1xTxS = self.windowed(mask_Bx1xTxS, start + jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32), slots, local)
         out_BxTxD = self.attend(q_BxTxHxK, k_cache_BxSxGxK.astype(self.dtype), v_cache_BxSxGxK.astype(self.dtype),
                                 mask_Bx1xTxS)
         return out_BxTxD, k_cache_BxSxGxK, v_cache_BxSxGxK

@@ -114,6 +114,12 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: str = "none
     return jnp.asarray(freq.astype(np.float32))
 
 
+def default_frequencies(head_dim: int, theta: float) -> Array:
+    """The unscaled RoPE inverse frequencies θ^(−2i/K), i < K/2, computed in float32."""
+    half = head_dim // 2
+    return theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+
+
 def apply_rope(x_BxTxHxK: Array, positions_BxT: Array, theta: float = 10000.0, freq_K2: Array | None = None) -> Array:
     """Rotary position embedding (rotate-half form, as Hugging Face's Llama) at integer
     `positions`; `freq_K2` (`rope_frequencies`) replaces the unscaled θ^(−2i/K).
@@ -121,10 +127,8 @@ def apply_rope(x_BxTxHxK: Array, positions_BxT: Array, theta: float = 10000.0, f
     Positions restart at 0 in every packed segment, so packed documents do not see each
     other's offsets.
     """
-    head_dim = x_BxTxHxK.shape[-1]
-    half = head_dim // 2
     if freq_K2 is None:
-        freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+        freq_K2 = default_frequencies(x_BxTxHxK.shape[-1], theta)
     angle_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * freq_K2
     sin = jnp.sin(angle_BxTxK2)[:, :, None, :]
     cos = jnp.cos(angle_BxTxK2)[:, :, None, :]

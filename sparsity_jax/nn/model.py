@@ -84,7 +84,11 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
     rope_original_max_len: int = 8192  # llama3
-    sliding_window: int = 0  # > 0: each query sees that many latest positions (Mistral)
+    sliding_window: int = 0  # > 0: each query sees that many latest positions (Mistral; Gemma 3: local layers only)
+    layer_types: str = ""  # one letter a layer, L local (sliding window) / G global; "" = every layer alike (Gemma 3)
+    rope_local_theta: float = 0.0  # RoPE base of the L layers, unscaled (0 = rope_theta) (Gemma 3)
+    query_scalar: float = 0.0  # attention scores × 1/√this (0 = head_dim) (Gemma's query_pre_attn_scalar)
+    post_norms: bool = False  # RMSNorm of the attention and FFN outputs before the residual (Gemma 2/3)
     embed_scale: float = 1.0  # embeddings × this in the compute dtype (Gemma √d, MiniCPM scale_emb)
     residual_scale: float = 1.0  # every block's two updates × this (MiniCPM scale_depth / √L)
     logit_scale: float = 1.0  # final hidden state × this before the head (MiniCPM dim_model_base / d)
@@ -133,6 +137,13 @@ class ModelConfig:
             raise ValueError(f"model.rope_scaling={self.rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
         if self.norm_eps <= 0 or self.sliding_window < 0 or self.rope_factor <= 0:
             raise ValueError("model.norm_eps and model.rope_factor must be positive and model.sliding_window >= 0")
+        if self.layer_types and (len(self.layer_types) != self.num_layers or set(self.layer_types) - set("LG")):
+            raise ValueError(f"model.layer_types={self.layer_types!r} must give one letter L (local) or G (global) "
+                             f"for each of the model.num_layers={self.num_layers} layers")
+        if "L" in self.layer_types and not self.sliding_window:
+            raise ValueError("model.layer_types has local (L) layers, so model.sliding_window must be positive")
+        if self.rope_local_theta < 0 or self.query_scalar < 0:
+            raise ValueError("model.rope_local_theta and model.query_scalar must be >= 0 (0: the default)")
         if self.remat not in stack.REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r} is not one of {', '.join(stack.REMAT_POLICIES)}")
         return self
@@ -142,7 +153,8 @@ class ModelConfig:
         n_mats = 3 if ACTIVATIONS[self.activation].gated else 2
         head_dim = self.heads_dim
         attn = self.d_model * head_dim * (2 * self.num_heads + 2 * self.kv_heads)
-        return self.num_layers * (attn + n_mats * self.d_model * self.d_ff + 2 * self.d_model)
+        norms = (4 if self.post_norms else 2) * self.d_model
+        return self.num_layers * (attn + n_mats * self.d_model * self.d_ff + norms)
 
 
 class Block(nnx.Module):
@@ -155,39 +167,49 @@ class Block(nnx.Module):
             cfg.d_model, cfg.num_heads, cfg.kv_heads, rngs=rngs, rope_theta=cfg.rope_theta, dtype=dtype,
             param_dtype=pdtype, head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
             norm_eps=cfg.norm_eps, rope_scaling=cfg.rope, window=cfg.sliding_window,
+            local_theta=(cfg.rope_local_theta or cfg.rope_theta) if cfg.layer_types else 0.0,
+            query_scalar=cfg.query_scalar, norm_offset=cfg.norm_offset,
         )
         self.ffn_norm = norm()
+        if cfg.post_norms:
+            self.post_attn_norm, self.post_ffn_norm = norm(), norm()
         self.ffn = FFN(
             cfg.d_model, cfg.d_ff, cfg.activation, rngs=rngs, fat_eps=cfg.fat_eps,
             kernel_init=cfg.mlp_init, init_std=cfg.init_std, dtype=dtype, param_dtype=pdtype,
         )
-        self.residual_scale = cfg.residual_scale
+        self.residual_scale, self.post_norms = cfg.residual_scale, cfg.post_norms
 
     def _scaled(self, u_BxTxD: Array, dtype) -> Array:
         """A block update in the residual's dtype, × residual_scale (MiniCPM) when not 1."""
         u_BxTxD = u_BxTxD.astype(dtype)
         return u_BxTxD if self.residual_scale == 1.0 else u_BxTxD * jnp.asarray(self.residual_scale, dtype)
 
-    def __call__(self, x_BxTxD, segment_ids, positions, sp: Sparsify, record, *, kv=None, ffn=None):
-        """x ↦ x + Attn(norm x); x ↦ x + FFN(norm x): returns (x, kv', ffn extra).
+    def __call__(self, x_BxTxD, segment_ids, positions, sp: Sparsify, record, *, kv=None, ffn=None, local=None):
+        """x ↦ x + Attn(norm x); x ↦ x + FFN(norm x) (with `post_norms`, each update normed
+        again: x + norm(Attn(norm x))): returns (x, kv', ffn extra).
 
-        `kv` = (k cache, v cache, start, mask) runs the attention against a KV cache
+        `local` (a bool scalar, per layer) picks local or global attention (Gemma 3's
+        `layer_types`); `kv` = (k cache, v cache, start, mask) runs the attention against a KV cache
         (`Attention.cached`; kv' is the updated pair, else None); `ffn(ffn_module, h_BxTxD)
         -> (y_BxTxD, extra)` replaces the FFN call (the gathered decode FFNs of `infer/`;
         extra is theirs, else None)."""
         x_BxTxD = constrain(x_BxTxD, EMBED_AXES)
         h_BxTxD = self.attn_norm(x_BxTxD)
         if kv is None:
-            a_BxTxD, kv_out = self.attn(h_BxTxD, segment_ids, positions), None
+            a_BxTxD, kv_out = self.attn(h_BxTxD, segment_ids, positions, local), None
         else:
-            a_BxTxD, k, v = self.attn.cached(h_BxTxD, positions, *kv)
+            a_BxTxD, k, v = self.attn.cached(h_BxTxD, positions, *kv, local=local)
             kv_out = (k, v)
+        if self.post_norms:
+            a_BxTxD = self.post_attn_norm(a_BxTxD)
         x_BxTxD = x_BxTxD + self._scaled(a_BxTxD, x_BxTxD.dtype)
         h_BxTxD = self.ffn_norm(x_BxTxD)
         if ffn is None:
             y_BxTxD, extra = self.ffn(h_BxTxD, sp, record), None
         else:
             y_BxTxD, extra = ffn(self.ffn, h_BxTxD)
+        if self.post_norms:
+            y_BxTxD = self.post_ffn_norm(y_BxTxD)
         return x_BxTxD + self._scaled(y_BxTxD, x_BxTxD.dtype), kv_out, extra
 
 
@@ -239,7 +261,7 @@ class LM(nnx.Module):
         One layer loop (`stack.run`: unrolled, or one `lax.scan` over the stacked blocks,
         rematerialised by `cfg.remat`) carries x; each layer gets its slice of the
         per-layer inputs (sparsity settings, PLD draws, the cache, the `ffn` hook's
-        arrays) and returns its records and cache, stacked (L, ...).
+        arrays, Gemma 3's local / global flag) and returns its records and cache, stacked (L, ...).
 
         One `sparsify` (sliced per layer) and the `record` flag go down to the FFN of every
         block; the records are what the FFNs sowed: `mask` bool (L, B, T, F), `scores`
@@ -281,7 +303,8 @@ class LM(nnx.Module):
 
             def kept(x):
                 call = nnx.capture(block(), nnx.Intermediate)
-                (y, kv_out, extra), sown = call(x, segment_ids_BxT, positions_BxT, sp_i, record, kv=kv, ffn=hook)
+                (y, kv_out, extra), sown = call(x, segment_ids_BxT, positions_BxT, sp_i, record, kv=kv, ffn=hook,
+                                                local=xs_i.get("local"))
                 y = y if scale_i is None else x + ((y - x) * scale_i).astype(x.dtype)
                 records = {name: v[-1] for name, v in nnx.to_pure_dict(sown).get("ffn", {}).items()}
                 return y, (records | (extra or {}), kv_out)
@@ -290,8 +313,10 @@ class LM(nnx.Module):
                 return kept(x)
             return jax.lax.cond(keep_i, kept, lambda x: (x, ({}, None)), x)
 
+        local = jnp.asarray([c == "L" for c in self.cfg.layer_types]) if self.cfg.layer_types else None
         xs = {k: v for k, v in (("keep", layer_keep), ("scale", layer_scale), ("ffn", None if ffn is None else ffn.xs),
-                                ("cache", None if cache is None else (cache.k, cache.v))) if v is not None}
+                                ("cache", None if cache is None else (cache.k, cache.v)), ("local", local))
+              if v is not None}
         statics = (None,) * n if ffn is None else ffn.static
         settings = [(sparsify.for_layer(i, n), stack.Static(statics[i])) for i in range(n)]
         x_BxTxD, (records, kv) = stack.run(self.blocks, self.embed_tokens(tokens_BxT), one, settings, xs,

@@ -59,6 +59,42 @@ def test_import_writes_a_run_with_the_tokenizer(imported):
     cfg = json.loads((imported / "config.json").read_text())
     assert cfg["data"]["vocab"] == "hf" and cfg["data"]["tokenizer"] == "tokenizer/tokenizer.json"
     assert cfg["model"]["activation"] == "swiglu" and cfg["model"]["rope_scaling"] == "llama3"
+    assert cfg["model"]["scan_layers"]  # imports scan their layers unless told otherwise
+
+
+@pytest.fixture(scope="module")
+def imported_unrolled(tmp_path_factory, text):
+    run = tmp_path_factory.mktemp("imp_unrolled") / "run"
+    code, out, err = run_cli("import", "--hf", LLAMA, "--workdir", run, "--config.model.scan_layers=False", *text)
+    assert code == 0, err
+    return run
+
+
+def test_import_scans_unless_told_otherwise_with_the_same_logits(imported, imported_unrolled):
+    """--config.model.scan_layers=False (the one model key import takes) saves per-layer blocks;
+    both runs give the same logits (1e-6 of scale)."""
+    from flax import nnx
+
+    from sparsity_jax.runtime.layout import stacked_layout
+    from sparsity_jax.runtime.checkpoint import Checkpointer
+    from sparsity_jax.nn.model import LM
+
+    logits = {}
+    for run, scan in ((imported, True), (imported_unrolled, False)):
+        saved = json.loads((run / "config.json").read_text())["model"]
+        assert saved["scan_layers"] is scan
+        ckpt = Checkpointer(run, read_only=True)
+        params = ckpt.manager.restore(0, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+        ckpt.close()
+        assert stacked_layout(params) is scan
+        cfg = ModelConfig(**saved)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+        if not scan:
+            params = {**params, "blocks": {int(k): v for k, v in params["blocks"].items()}}
+        nnx.replace_by_pure_dict(state, params)
+        tokens = np.load(LLAMA / "reference.npz")["tokens"]
+        logits[scan] = np.asarray(nnx.jit(lambda m, t: m(t))(nnx.merge(graphdef, state), tokens))
+    assert np.abs(logits[True] - logits[False]).max() <= 1e-6 * np.abs(logits[False]).max()
 
 
 def test_evaluation_commands_run_on_an_imported_model(imported):
@@ -83,13 +119,15 @@ def test_import_export_import_is_exact(imported, tmp_path):
     code, _, err = run_cli("export", "--workdir", imported, "--hf", tmp_path / "out")
     assert code == 0, err
     assert (tmp_path / "out" / "tokenizer.json").is_file()
-    for name in ("qwen2_bias", "qwen3_qknorm", "gemma", "minicpm", "llama_relu_tied_linear", "mistral_window"):
+    for name in ("qwen2_bias", "qwen3_qknorm", "gemma", "gemma3_text", "minicpm", "llama_relu_tied_linear",
+                 "mistral_window"):
         model, cfg = load_pretrained(FIXTURES / name)
         from flax import nnx
 
         export_run(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg, tmp_path / name, log=lambda m: None)
-    for name, src in [("out", LLAMA)] + [(n, FIXTURES / n) for n in ("qwen2_bias", "qwen3_qknorm", "gemma", "minicpm",
-                                                                     "llama_relu_tied_linear", "mistral_window")]:
+    others = ("qwen2_bias", "qwen3_qknorm", "gemma", "gemma3_text", "minicpm", "llama_relu_tied_linear",
+              "mistral_window")
+    for name, src in [("out", LLAMA)] + [(n, FIXTURES / n) for n in others]:
         a, cfg_a = load_pretrained(src)
         b, cfg_b = load_pretrained(tmp_path / name)
         assert cfg_a == cfg_b, name
@@ -110,9 +148,9 @@ def test_export_refuses_a_non_gated_ffn():
     assert not same_math(ModelConfig(activation="reglu"), ModelConfig())
 
 
-def _bad_dir(tmp_path, edit_config=None, edit_weights=None) -> Path:
+def _bad_dir(tmp_path, edit_config=None, edit_weights=None, src: Path = LLAMA) -> Path:
     d = tmp_path / "bad"
-    shutil.copytree(LLAMA, d)
+    shutil.copytree(src, d)
     if edit_config:
         cfg = json.loads((d / "config.json").read_text())
         edit_config(cfg)
@@ -137,6 +175,27 @@ BAD_HF = [
     ("shape", None, lambda w: w.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}),
      "tensor 'model.layers.0.self_attn.k_proj.weight' in model.safetensors has shape (8, 32)"),
 ]
+
+
+BAD_GEMMA3 = [
+    ("softcap", lambda c: c.update(final_logit_softcapping=30.0), None, "final_logit_softcapping"),
+    ("bidirectional", lambda c: c.update(use_bidirectional_attention=True), None, "use_bidirectional_attention"),
+    ("local rope", lambda c: c["rope_parameters"]["sliding_attention"].update(rope_type="linear", factor=2.0), None,
+     "scales the local layers' RoPE ('linear')"),
+    ("layer types", lambda c: c.update(layer_types=["full_attention"] * 2), None, "lists 2 layer_types for 3 layers"),
+    ("layer type", lambda c: c.update(layer_types=["chunked_attention"] * 3), None,
+     "layer_types ['chunked_attention']"),
+    ("post norm", None, lambda w: w.pop("model.layers.2.post_feedforward_layernorm.weight"),
+     "tensor 'model.layers.2.post_feedforward_layernorm.weight' is missing"),
+]
+
+
+@pytest.mark.parametrize("what,config,tensors,message", BAD_GEMMA3, ids=[b[0] for b in BAD_GEMMA3])
+def test_bad_gemma3_checkpoints_are_one_sentence_and_write_nothing(tmp_path, what, config, tensors, message):
+    d = _bad_dir(tmp_path, config, tensors, src=FIXTURES / "gemma3_text")
+    code, out, err = run_cli("import", "--hf", d, "--workdir", tmp_path / "run")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("what,config,tensors,message", BAD_HF, ids=[b[0] for b in BAD_HF])
@@ -211,7 +270,7 @@ def test_import_refuses_model_overrides(tmp_path):
     assert code == 2 and "drop --config.model.d_ff" in err and not (tmp_path / "run").exists(), err
 
 
-def test_init_from_restores_an_imported_model_into_stacked_blocks(imported):
+def test_init_from_restores_an_imported_model_into_stacked_blocks(imported_unrolled):
     """`train --init-from` with `model.scan_layers=True` from a per-layer run: the shapes
     are checked and the parameters restored in the stacked layout (runtime.layout)."""
     import dataclasses
@@ -222,16 +281,16 @@ def test_init_from_restores_an_imported_model_into_stacked_blocks(imported):
     from sparsity_jax.nn.model import LM
     from sparsity_jax.train.init_from import restore_params
 
-    model, cfg = load_pretrained(LLAMA)
+    model, cfg = load_pretrained(LLAMA, scan_layers=False)
     scanned = dataclasses.replace(cfg, scan_layers=True)
     abstract = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: LM(scanned, rngs=nnx.Rngs(0))), nnx.Param)[1])
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1), ("data",))
     one = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
-    got = restore_params(imported, abstract)
+    got = restore_params(imported_unrolled, abstract)
     want = nnx.to_pure_dict(nnx.state(model, nnx.Param))["blocks"]
     for name in ("w_in", "w_gate", "w_out"):
         np.testing.assert_array_equal(np.asarray(got["blocks"]["ffn"][name]),
                                       np.stack([np.asarray(want[i]["ffn"][name]) for i in range(cfg.num_layers)]))
     with pytest.raises(UserError, match="same model shape"):
-        restore_params(imported, {**abstract, "embed": jax.ShapeDtypeStruct((3, 3), np.float32, sharding=one)})
+        restore_params(imported_unrolled, {**abstract, "embed": jax.ShapeDtypeStruct((3, 3), np.float32, sharding=one)})

@@ -36,7 +36,8 @@ def loaded():
 def test_every_family_and_activation_has_a_fixture():
     configs = [json.loads((FIXTURES / n / "config.json").read_text()) for n in NAMES]
     assert {c["model_type"] for c in configs} == set(FAMILIES)
-    assert {c["hidden_act"] for c in configs} == {"silu", "relu", "relu2", "fatrelu", "drelu", "gelu_pytorch_tanh"}
+    assert {c.get("hidden_act") or c["hidden_activation"] for c in configs} == {
+        "silu", "relu", "relu2", "fatrelu", "drelu", "gelu_pytorch_tanh"}
     assert any(c["tie_word_embeddings"] for c in configs) and not all(c["tie_word_embeddings"] for c in configs)
     assert any(c["num_key_value_heads"] < c["num_attention_heads"] for c in configs)
     assert any(c["head_dim"] * c["num_attention_heads"] != c["hidden_size"] for c in configs)
@@ -56,12 +57,27 @@ def test_logits_scores_and_greedy_decoding_match_the_reference(loaded, name):
     np.testing.assert_array_equal(gen.tokens, ref["generated"], err_msg=name)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_scanned_and_unrolled_imports_give_the_same_logits(loaded, name):
+    """Imports scan their layers unless told otherwise; the unrolled model's logits agree to 1e-6 of scale."""
+    scanned, cfg = loaded[name]
+    unrolled, cfg_u = load_pretrained(FIXTURES / name, dtype="float32", scan_layers=False)
+    assert cfg.scan_layers and not cfg_u.scan_layers and not isinstance(scanned.blocks, nnx.List)
+    tokens = jnp.asarray(np.load(FIXTURES / name / "reference.npz")["tokens"])
+    a, b = (np.asarray(nnx.jit(lambda m, t: m(t))(m, tokens)) for m in (scanned, unrolled))
+    err = np.abs(a - b).max() / np.abs(b).max()
+    print(f"{name}: scanned vs unrolled max |Δlogits| / scale = {err:.1e}")
+    assert err <= 1e-6, name
+
+
 def test_the_awkward_options_matter(loaded):
     """The fixtures exercise what they claim: without the sliding window, the llama3 RoPE
     scaling or Gemma's (1 + w) the logits leave the reference (so a loader that dropped
     them would fail above)."""
     for name, change in (("mistral_window", dict(sliding_window=0)), ("llama_gqa_llama3", dict(rope_scaling="none")),
-                         ("gemma", dict(norm_offset=0.0))):
+                         ("gemma", dict(norm_offset=0.0)), ("gemma3_text", dict(layer_types="GGG")),
+                         ("gemma3_text", dict(layer_types="LLL")), ("gemma3_text", dict(rope_local_theta=1000.0)),
+                         ("gemma3_text", dict(rope_scaling="none")), ("gemma3_text", dict(query_scalar=0.0))):
         model, cfg = loaded[name]
         graphdef, state = nnx.split(model, nnx.Param)
         changed = dataclasses.replace(cfg, **change)
@@ -72,9 +88,9 @@ def test_the_awkward_options_matter(loaded):
 
 def test_sharded_load_gives_the_one_device_logits(loaded):
     mesh = shd.make_mesh(2, 2, 2, devices=jax.devices()[:8])
-    for name in ("qwen3_qknorm", "llama_gqa_llama3"):
-        model, _ = load_pretrained(FIXTURES / name, dtype="float32", mesh=mesh)
-        wq = model.blocks[0].attn.wq[...]
+    for name, scan in (("qwen3_qknorm", False), ("llama_gqa_llama3", False), ("gemma3_text", True)):
+        model, _ = load_pretrained(FIXTURES / name, dtype="float32", mesh=mesh, scan_layers=scan)
+        wq = model.blocks.attn.wq[...] if scan else model.blocks[0].attn.wq[...]
         assert len(wq.sharding.device_set) == 8 and not wq.sharding.is_fully_replicated
         tokens = jnp.asarray(np.tile(np.load(FIXTURES / name / "reference.npz")["tokens"], (2, 1)))  # 4 rows
         one = np.asarray(nnx.jit(lambda m, t: m(t))(loaded[name][0], tokens))
@@ -92,7 +108,7 @@ def test_bf16_checkpoints_stay_bf16_unless_asked(tmp_path, loaded):
     w = load_file(str(src / "model.safetensors"))
     save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}, str(tmp_path / "bf16" / "model.safetensors"))
     model, cfg = load_pretrained(tmp_path / "bf16")
-    assert cfg.param_dtype == cfg.dtype == "bfloat16" and model.blocks[0].attn.bq[...].dtype == jnp.bfloat16
+    assert cfg.param_dtype == cfg.dtype == "bfloat16" and model.blocks.attn.bq[...].dtype == jnp.bfloat16
     assert model.embed[...].dtype == jnp.bfloat16
     want = w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(np.asarray(model.embed[...]), want)

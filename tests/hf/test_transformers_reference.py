@@ -17,7 +17,7 @@ from sparsity_jax.hf.run import export_run  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
 STOCK = ("llama_gqa_llama3", "llama_relu_tied_linear", "llama_relu2", "mistral_window", "qwen2_bias", "qwen3_qknorm",
-         "gemma")
+         "gemma", "gemma3_text")
 
 
 @pytest.mark.parametrize("name", STOCK)

@@ -33,3 +33,15 @@ def test_grouped_attention_matches_jax_and_numpy():
     np.testing.assert_allclose(got[real], ref[real], atol=2e-6)
     np.testing.assert_allclose(got[real], numpy_attention(q, k, v, mask)[real], atol=2e-6)
     assert np.isfinite(got).all()  # padding rows (no key allowed) stay finite
+
+
+def test_grouped_attention_takes_a_score_scale():
+    """Gemma's query_pre_attn_scalar: scores × scale instead of 1/√K, as jax's own."""
+    rng = np.random.default_rng(1)
+    B, T, H, G, K = 1, 5, 4, 1, 8
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((B, T, H, K), (B, T, G, K), (B, T, G, K)))
+    mask = np.asarray(attention_mask(jnp.ones((B, T), jnp.int32)))
+    got = np.asarray(jax.jit(grouped_attention, static_argnums=4)(q, k, v, mask, 12 ** -0.5))
+    ref = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=12 ** -0.5))
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+    assert np.abs(got - np.asarray(grouped_attention(q, k, v, mask))).max() > 1e-3
