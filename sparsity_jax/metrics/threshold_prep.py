@@ -138,8 +138,11 @@ def build_context(totals: Totals, w_out_LxFxD: Array) -> SearchContext:
             pos_max=pos_max,
         )
 
-    return jax.vmap(one_layer)(totals.proxy_LxPxF, w_out_LxFxD, totals.n_valid, totals.n_pos, totals.n_zero,
-                               totals.pos_min, totals.pos_max)
+    # one layer at a time: vmapped, the proxy curves' per-token outputs (a few F × d
+    # arrays per `_proxy_curves` step) were held for every layer at once, 0.9 GB at
+    # SmolLM2's 30 × 1536 × 576 (bench/results/pretrained_speed_smollm2.txt)
+    return lax.map(lambda args: one_layer(*args), (totals.proxy_LxPxF, w_out_LxFxD, totals.n_valid, totals.n_pos,
+                                                   totals.n_zero, totals.pos_min, totals.pos_max))
 
 
 def _counts_below(sample_PxF: Array, grid_Q: Array) -> Array:
