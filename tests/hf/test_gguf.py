@@ -145,10 +145,14 @@ BAD = [
 
 @pytest.mark.parametrize("what,make,message", BAD, ids=[b[0] for b in BAD])
 def test_bad_files_are_one_sentence_and_write_nothing(tmp_path, what, make, message):
-    bad = make(tmp_path)
-    code, out, err = run_cli("import", "--gguf", bad, "--workdir", tmp_path / "run")
+    check_refused(make(tmp_path), message, tmp_path / "run")
+
+
+def check_refused(bad, message: str, run) -> None:
+    """`import --gguf bad` exits 2 with one line holding `message`, and writes nothing at `run`."""
+    code, out, err = run_cli("import", "--gguf", bad, "--workdir", run)
     assert code == 2 and message in err and err.count("\n") == 1, err
-    assert snapshot(tmp_path / "run") is None
+    assert snapshot(run) is None
 
 
 def _blocks(name: str, tensor: str) -> tuple[np.ndarray, np.ndarray]:
