@@ -46,7 +46,7 @@ def grouped_attention(q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask
     """softmax(q·kᵀ·scale under the mask)·v (scale None: 1/√K) with G key/value heads
     shared by H/G query heads each: `jax.nn.dot_product_attention`'s numbers (its "xla"
     implementation), with the batch and group axes leading every dot. XLA:CPU runs batched
-    dots fast only in that layout: 2× on the attention of a SmolLM2-shaped model
+    dots fast only in that layout: 1.7–2× on the attention of a SmolLM2-shaped model
     (bench/results/pretrained_speed*)."""
     B, T, H, K = q_BxTxHxK.shape
     S, G = k_BxSxGxK.shape[1], k_BxSxGxK.shape[2]
@@ -191,11 +191,12 @@ class Attention(nnx.Module):
     def attend(self, q_BxTxHxK: Array, k_BxSxGxK: Array, v_BxSxGxK: Array, mask_Bx1xTxS: Array) -> Array:
         """Softmax attention of T queries over S keys under a bool mask, projected to (B, T, d)."""
         scale = self.query_scalar ** -0.5 if self.query_scalar else None
-        if jax.default_backend() == "cpu":
-            out_BxTxHxK = grouped_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xTxS, scale)
-        else:  # GPU: JAX may pick cuDNN's fused kernel
-            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS,
-                                                       scale=scale)
+        # chosen by the platform the step is lowered for (a TPU compile on this CPU host
+        # keeps jax's own): XLA:CPU the grouped layout, elsewhere jax's (cuDNN's on GPU)
+        out_BxTxHxK = jax.lax.platform_dependent(
+            q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xTxS,
+            cpu=lambda q, k, v, m: grouped_attention(q, k, v, m, scale),
+            default=lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale))
         return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.wo[...].astype(self.dtype))
 
     def __call__(self, x_BxTxD: Array, segment_ids_BxT: Array, positions_BxT: Array, local: Array | None = None
