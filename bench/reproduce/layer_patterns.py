@@ -16,7 +16,7 @@ MLP init, ReLU, AdamW, cosine schedule with warm-up to 3e-3 as in W&A §2.2; 200
 32768) becomes F = 1024 / 2048 / 4096 at the same N (F/N = 2 / 4 / 8). Masking (§4.1:
 at step 50k of 1M, the units unused in the current batch) is at step 50 of 200 with a
 window of one batch; the control masks as many random units per layer.
-What the paper's regime still needs that 240 steps cannot give: its layer-0 collapse
+What the paper's regime still needs that 200 steps cannot give: its layer-0 collapse
 (13.3% per batch) comes from units turning off after the high-LR phase (Fig. 1, after
 ~8000 steps); the output prints per-batch use against F/N and the random-use expectation.
 """
