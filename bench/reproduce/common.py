@@ -212,25 +212,37 @@ def save(fig, out: Output, name: str) -> None:
 
 
 # ---------------------------------------------------------------- paper scale
-def paper_scale(out: Output, runs: list[tuple[str, str, dict]], after: list[str], topology: str) -> None:
-    """Dry-runs every paper config on `topology` (`train --dry-run --topology`, libtpu on this
-    CPU) and prints the launch/tpu_pod.sh lines that would train (`runs`: (name, config,
-    overrides)) and then analyse (`after`: sparsity-jax command lines, BUCKET = the runs'
-    gs:// root) them on that slice."""
-    env = dict(JAX_PLATFORMS="cpu")
-    os.environ.update(env)
+# scanned blocks, full remat, FSDP over the whole slice: how bench/tpu_compile.py fits every
+# paper config on v5p-8 (bench/results/tpu_compile_configs.txt)
+POD = {"model.scan_layers": "True", "model.remat": "full", "mesh.data": "1", "mesh.fsdp": "-1", "mesh.tensor": "1"}
+
+
+def paper_scale(out: Output, runs: list[tuple[str, str, dict]], after: list[str], topology: str,
+                dry: Sequence[str] | None = None) -> None:
+    """Dry-runs the paper configs (`runs`: (name, config, overrides); only the names in
+    `dry`, default all: runs sharing a compiled shape need one) on `topology` with
+    `train --dry-run --topology` (libtpu compiling on this CPU), then prints the
+    launch/tpu_pod.sh lines that would train them and run `after` (sparsity-jax command
+    lines; BUCKET_RUNS = the runs' gs:// root) on that slice."""
     bucket = f"gs://BUCKET/reproduce/{out.paper}"
+    passed = {}
     for name, config, ov in runs:
+        if dry is not None and name not in dry:
+            continue
         out.print(f"== dry run {name}: {config} on {topology}")
-        text = out.sh(["train", "--config", config, "--dry-run", "--topology", topology, *flags(ov)], check=False)
-        ok = "fits" in text.lower() and "NO" not in text.split("fits")[-1][:20]
-        out.print(f"  -> {'passes' if ok else 'check the output above'}")
-    lines = [f"export TPU_NAME=sj-{out.paper.replace('_', '-')} ZONE=<zone> ACCELERATOR={topology} "
-             f"RUNTIME={'v2-alpha-tpuv5' if topology.startswith('v5p') else 'v2-alpha-tpuv5-lite'}",
+        text = out.sh(["train", "--config", config, "--dry-run", "--topology", topology, *flags({**POD, **ov})],
+                      check=False)
+        fit = [ln for ln in text.splitlines() if ln.strip().startswith("fits")]
+        passed[name] = bool(fit) and ": yes" in fit[-1]
+        out.print(f"  -> dry run {'PASSES' if passed[name] else 'FAILS'}: {fit[-1].strip() if fit else 'no fit line'}")
+    runtime = "v2-alpha-tpuv5" if topology.startswith("v5p") else "v2-alpha-tpuv5-lite"
+    lines = [f"export TPU_NAME=sj-{out.paper.replace('_', '-')} ZONE=<zone> ACCELERATOR={topology} RUNTIME={runtime}",
              "launch/tpu_pod.sh create", "launch/tpu_pod.sh setup"]
     for name, config, ov in runs:
         lines.append("launch/tpu_pod.sh run train " + " ".join(
-            shlex.quote(a) for a in ["--config", config, "--workdir", f"{bucket}/{name}", *flags(ov)]))
+            shlex.quote(a) for a in ["--config", config, "--workdir", f"{bucket}/{name}", *flags({**POD, **ov})]))
     lines += ["launch/tpu_pod.sh run " + a.replace("BUCKET_RUNS", bucket) for a in after]
     lines.append("launch/tpu_pod.sh delete")
-    out.print("\n== launch lines (run from the repository root):\n" + "\n".join(lines))
+    out.print(f"\n== dry runs on {topology}: " + ", ".join(f"{k} {'passes' if v else 'FAILS'}" for k, v in passed.items()))
+    out.print("== launch lines (from the repository root; every run resumes from its checkpoints if re-run):\n"
+              + "\n".join(lines))
