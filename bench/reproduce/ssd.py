@@ -7,9 +7,9 @@ and whole-run FLOPs of dense, SSD and the baselines SMoE, MoE-Dropout, PLD) and 
 
 Why this CPU config. configs/ssd/tiny.py (4 × 128, F = 1024, N = 32 experts, K = 6 — the
 paper's K/N —, r = 0.5, l = 0.1, τ = 0.9) is the paper's GPT recipe shrunk: the clustering
-is monitored every 10 steps (the paper: 3000 of 200k, 1.5% of training; here 4%). The ARI
+is monitored every 10 steps (the paper: 3000 of 200k, 1.5% of training; here 5%). The ARI
 of consecutive clusterings passes 0.9 after ~50 steps at this size (SSD §3: the pattern
-stabilises), so 250 steps of 16 × 128 tokens (half the batch, 5/12 of the steps of the
+stabilises), so 200 steps of 16 × 128 tokens (half the batch, 1/3 of the steps of the
 single-seed README run) leave room for several dense→sparse cycles; 5 methods × 3 seeds
 then train in ~15 min. The FLOPs speed-up is the trainer's own count (XLA cost analysis of
 the compiled dense and sparse steps, `bench/ssd_run.py`). Its ceiling at this shape is
@@ -42,7 +42,7 @@ def overrides(seed: int, steps: int) -> dict:
 
 
 def cpu(out: C.Output, args) -> None:
-    steps, seeds = args.steps or 250, args.seeds
+    steps, seeds = args.steps or 200, args.seeds
     res = {m: {} for m in METHODS}
     infer = {}
     for s in seeds:
