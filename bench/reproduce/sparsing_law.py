@@ -8,10 +8,11 @@ the gap between ReLU and SiLU at the same PPL-1% (§4.1, Table 2's A0).
 Why this CPU config. The width-depth finding is at fixed non-embedding parameters, so the
 family is configs/sparsing_law/width_depth.py (≈ 0.59M non-embedding parameters, F = 2.5·d
 as in App. F), four ratios d/L = 13.7, 32, 88 (below the paper's 0.1B bottleneck ≈ 114) and
-256 (above it), 3 seeds. 150 steps of 16 × 128 tokens (≈ 2.5M tokens, 4 tokens per
+256 (above it), 3 seeds. 150 steps of 8 × 128 tokens (≈ 1.2M tokens, 2 tokens per
 non-embedding parameter; the paper trains far past its data-scale ratio bend) keep the
-twelve models and their PPL-1% searches in ~10 minutes. The d/L = 32 ReLU model of each
-seed (d 128, L 4) is also the ReLU curve over training (a checkpoint every 25 steps) and a
+twelve models and their PPL-1% searches affordable on a shared 2-core machine. The d/L = 32
+ReLU model of each seed (d 128, L 4) is also the ReLU curve over training (a checkpoint
+every 30 steps) and a
 SiLU model of the same shape gives the SiLU curve; `evaluate --ppl-p 1` measures the
 activation ratio at PPL-1% at every checkpoint (CETT searched jointly over the last
 checkpoints, App. B) and `sparsity_jax.scaling.fit_activation_curve` fits Eq. 4 / Eq. 5.
@@ -34,8 +35,8 @@ TABLE2 = {"relu": "A0 6.14% (0.1B) … 7.82% (1.2B), decreasing in D", "silu": "
 
 
 def overrides(seed: int, steps: int) -> dict:
-    return {"seed": seed, "data.seed": seed, "train.global_batch_size": 16, "train.steps": steps,
-            "train.eval_every": steps, "train.checkpoint_every": max(1, steps // 6), "train.keep_checkpoints": 6,
+    return {"seed": seed, "data.seed": seed, "train.global_batch_size": 8, "train.steps": steps,
+            "train.eval_every": steps, "train.checkpoint_every": max(1, steps // 5), "train.keep_checkpoints": 5,
             "train.eval_batches": 4, "optimizer.warmup_steps": max(1, steps // 10)}
 
 
@@ -48,7 +49,7 @@ def cpu(out: C.Output, args) -> None:
     for s in seeds:
         root = out.runs / f"width_depth_s{s}"
         out.sh(["compare", "--workdir", root, "--config", WD, "--variants", ",".join(VARIANTS), "--predictor-steps", "0",
-                "--cetts", "0,0.05,0.1,0.2", *C.flags(overrides(s, steps))], skip_if=root / "compare.json")
+                "--cetts", "0,0.1,0.2", *C.flags(overrides(s, steps))], skip_if=root / "compare.json")
         wd[s] = json.loads((root / "compare.json").read_text())["models"]
         silu = out.runs / f"silu_d128_l4_s{s}"
         out.train(f"{WD}:d128_l4", silu, {**overrides(s, steps), "model.activation": "silu"})
