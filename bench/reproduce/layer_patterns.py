@@ -159,14 +159,18 @@ def figures(out, runs, seeds, use, wid, L) -> None:
         n = min(len(c) for c in curves)
         C.errorbars(ax, steps[:n], [c[:n] for c in curves], {"none": "no mask", "dead": "dead-unit mask",
                                                               "random": "random mask"}[kind])
-    ax.set(title="dead-unit vs random masking (W&A §4.1)", xlabel="step", ylabel="training loss")
+    ax.axvline(MASK_AT, color="gray", ls=":", label=f"mask applied (step {MASK_AT})")
+    ax.set(title=f"dead-unit vs random masking (W&A §4.1), mean ± std of {len(seeds)} seeds", xlabel="step",
+           ylabel="training loss")
     ax.legend()
     C.save(fig, out, "masking_loss.png")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, _ in USE:
         C.errorbars(ax, WIDTHS, [[wid[name][f][i] for f in WIDTHS] for i in range(len(seeds))], name)
-    ax.set(xscale="log", title="use vs FFN width (W&A Fig. 3), mean over layers", xlabel="F", ylabel="% of F")
+    ax.set_xscale("log", base=2)
+    ax.set(title="use vs FFN width (W&A Fig. 3), mean over layers", xlabel="F (tokens per batch: 512)", ylabel="% of F")
     ax.set_xticks(WIDTHS, [str(f) for f in WIDTHS])
+    ax.minorticks_off()
     ax.legend()
     C.save(fig, out, "width_sweep.png")
 

@@ -43,10 +43,11 @@ def overrides(seed: int, steps: int) -> dict:
 
 def cpu(out: C.Output, args) -> None:
     steps, seeds = args.steps or 200, args.seeds
-    res = {m: {} for m in METHODS}
+    methods = [m for m in METHODS if m in args.methods.split(",")]
+    res = {m: {} for m in methods}
     infer = {}
     for s in seeds:
-        for m in METHODS:
+        for m in methods:
             wd = out.runs / f"{m}_s{s}"
             out.train(f"{TINY}:{m}", wd, overrides(s, steps))
             r = whole_run(str(wd))
@@ -57,8 +58,8 @@ def cpu(out: C.Output, args) -> None:
         out.sh(["ssd", "--workdir", ssd_dir, "--compare", out.runs / f"dense_s{s}", "--k", "1,6,32", "--drop-share", "",
                 "--output", report], skip_if=report / "ssd.json", quiet=True)
         infer[s] = json.loads((report / "ssd.json").read_text())
-    ppl = {m: [res[m][s]["ppl"] for s in seeds] for m in METHODS}
-    sp = {m: [res[m][s]["speedup"] for s in seeds] for m in METHODS}
+    ppl = {m: [res[m][s]["ppl"] for s in seeds] for m in methods}
+    sp = {m: [res[m][s]["speedup"] for s in seeds] for m in methods}
     cmd = "python bench/reproduce/ssd.py --scale cpu"
     d_std = C.mean_std(ppl["dense"])[1]
     tol = [max(0.01 * d, 2 * d_std) for d in ppl["dense"]]
@@ -82,19 +83,21 @@ def cpu(out: C.Output, args) -> None:
                                              f"model (the paper's 12 × 768, F = 6144: `bench/ssd_ceiling.py` gives 1.39×)"),
         cmd, f"rule: speed-up ≥ {PAPER_SPEEDUP:.2f}× in every seed; ceiling per seed {[round(c, 3) for c in ceiling]}",
         len(seeds)))
-    base = ("smoe", "moe_dropout", "pld")
-    F.append(C.Finding(
-        "SSD Fig. 3: SSD has the best cost–perplexity trade-off (lower PPL than SMoE, MoE-Dropout and PLD)",
-        "SSD bottom-left; SMoE consistently worse than dense",
-        ", ".join(f"{NAMES[m]} PPL {C.pm(ppl[m])} at {C.pm(sp[m])}×" for m in METHODS),
-        C.verdict([res["ssd"][s]["ppl"] < min(res[m][s]["ppl"] for m in base) for s in seeds],
-                  [res["ssd"][s]["ppl"] > max(res[m][s]["ppl"] for m in base) for s in seeds]), cmd,
-        "rule: SSD's PPL below every baseline's in every seed", len(seeds)))
-    F.append(C.Finding(
-        "SSD Fig. 3 (1): SMoE trained from scratch has a higher perplexity than dense", "SMoE consistently above dense",
-        f"SMoE {C.pm(ppl['smoe'])} vs dense {C.pm(ppl['dense'])}",
-        C.verdict([res["smoe"][s]["ppl"] > res["dense"][s]["ppl"] for s in seeds],
-                  [res["smoe"][s]["ppl"] < res["dense"][s]["ppl"] for s in seeds]), cmd, "", len(seeds)))
+    base = [m for m in ("smoe", "moe_dropout", "pld") if m in methods]
+    if base:
+        F.append(C.Finding(
+            f"SSD Fig. 3: SSD has the best cost–perplexity trade-off (lower PPL than {', '.join(NAMES[m] for m in base)})",
+            "SSD bottom-left; SMoE consistently worse than dense",
+            ", ".join(f"{NAMES[m]} PPL {C.pm(ppl[m])} at {C.pm(sp[m])}×" for m in methods),
+            C.verdict([res["ssd"][s]["ppl"] < min(res[m][s]["ppl"] for m in base) for s in seeds],
+                      [res["ssd"][s]["ppl"] > max(res[m][s]["ppl"] for m in base) for s in seeds]), cmd,
+            "rule: SSD's PPL below every baseline's in every seed", len(seeds)))
+    if "smoe" in methods:
+        F.append(C.Finding(
+            "SSD Fig. 3 (1): SMoE trained from scratch has a higher perplexity than dense", "SMoE consistently above dense",
+            f"SMoE {C.pm(ppl['smoe'])} vs dense {C.pm(ppl['dense'])}",
+            C.verdict([res["smoe"][s]["ppl"] > res["dense"][s]["ppl"] for s in seeds],
+                      [res["smoe"][s]["ppl"] < res["dense"][s]["ppl"] for s in seeds]), cmd, "", len(seeds)))
     own = [kpp(infer[s], "SSD", 6) for s in seeds]
     moefied = [kpp(infer[s], "dense, MoEfied", 6) for s in seeds]
     if all(v is not None for v in own + moefied):
@@ -106,10 +109,10 @@ def cpu(out: C.Output, args) -> None:
             "from `sparsity-jax ssd --compare` (report/ssd.json)", len(seeds)))
     table = C.md_table(["method", "val PPL", "whole-run FLOPs speed-up", "sparse share of steps"],
                        [[NAMES[m], C.pm(ppl[m]), C.pm(sp[m]), C.pm([res[m][s]["sparse_share"] for s in seeds])]
-                        for m in METHODS])
+                        for m in methods])
     out.write(F, {"Methods (Fig. 3), mean ± std over seeds": table}, {"per_seed": res, "seeds": seeds,
                                                                       "inference": {s: infer[s] for s in seeds}})
-    figures(out, ppl, sp, seeds)
+    figures(out, ppl, sp, seeds, methods)
 
 
 def kpp(report: dict, which: str, k: int):
@@ -119,11 +122,11 @@ def kpp(report: dict, which: str, k: int):
     return next((r["perplexity"] for r in rows if r["k"] == k and not r.get("drop_share")), None)
 
 
-def figures(out, ppl, sp, seeds) -> None:
+def figures(out, ppl, sp, seeds, methods) -> None:
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     offsets = {"dense": (8, 6), "ssd": (8, -12), "smoe": (8, 6), "moe_dropout": (8, 6), "pld": (-40, 8)}
-    for m in METHODS:
+    for m in methods:
         x, y = C.mean_std(sp[m]), C.mean_std(ppl[m])
         ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", capsize=3, label=NAMES[m])
         ax.annotate(NAMES[m], (x[0], y[0]), textcoords="offset points", xytext=offsets[m], fontsize=9)
@@ -140,7 +143,8 @@ def paper(out: C.Output, args) -> None:
                   dry=["ssd", "dense"])
 
 if __name__ == "__main__":
-    a = C.parse(__doc__)
+    a = C.parse(__doc__, lambda p: p.add_argument("--methods", default=",".join(METHODS),
+                                                  help="methods to train (dense and ssd always needed)"))
     o = C.Output("ssd", a)
     (cpu if a.scale == "cpu" else paper)(o, a)
     o.done()
