@@ -138,7 +138,8 @@ def figures(out, ppl, sp, seeds, methods) -> None:
 
 def paper(out: C.Output, args) -> None:
     runs = [(m, f"{PAPER_CFG}:{m}", {}) for m in METHODS]
-    # ssd compiles its dense and its MoE step; the baselines train the same model (tests/tpu compiles each method)
+    # the dry run compiles the first (dense) step; the baselines share the model (tests/tpu compiles each
+    # method's step, SSD's MoE step included, at a small shape)
     C.paper_scale(out, runs, ["ssd --workdir BUCKET_RUNS/ssd --compare BUCKET_RUNS/dense"], args.topology,
                   dry=["ssd"])
 
