@@ -185,6 +185,7 @@ def paper(out: C.Output, args) -> None:
                               "report --workdir BUCKET_RUNS/mask_dead --compare BUCKET_RUNS/mask_random"],
                   args.topology, dry=["table1"])
 
+
 if __name__ == "__main__":
     a = C.parse(__doc__)
     o = C.Output("layer_patterns", a)

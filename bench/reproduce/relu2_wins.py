@@ -145,6 +145,7 @@ def paper(out: C.Output, args) -> None:
     # relu and silu share relu2's shape (F 8192); swiglu is parameter-matched (F 5376)
     C.paper_scale(out, runs, after, args.topology, dry=["relu2"])
 
+
 if __name__ == "__main__":
     a = C.parse(__doc__)
     o = C.Output("relu2_wins", a)

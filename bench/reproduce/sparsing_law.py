@@ -150,6 +150,7 @@ def paper(out: C.Output, args) -> None:
     out.print("The width-depth family at 0.1B (Fig. 6–7) is width_depth.py's d/L values at 0.1B non-embedding "
               "parameters; it has no config of its own yet (`compare --config` with such a file would run it).")
 
+
 if __name__ == "__main__":
     a = C.parse(__doc__)
     o = C.Output("sparsing_law", a)

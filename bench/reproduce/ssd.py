@@ -143,6 +143,7 @@ def paper(out: C.Output, args) -> None:
     C.paper_scale(out, runs, ["ssd --workdir BUCKET_RUNS/ssd --compare BUCKET_RUNS/dense"], args.topology,
                   dry=["ssd"])
 
+
 if __name__ == "__main__":
     a = C.parse(__doc__, lambda p: p.add_argument("--methods", default=",".join(METHODS),
                                                   help="methods to train (dense and ssd always needed)"))
