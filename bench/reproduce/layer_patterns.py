@@ -76,13 +76,19 @@ def cpu(out: C.Output, args) -> None:
     findings, cmd = [], "python bench/reproduce/layer_patterns.py --scale cpu"
     min_pb = min(min(p) for p in pb)
     regime = min_pb < 90.0
-    why = (f"per-batch use is ≥ {min_pb:.1f}% in every layer and seed (F/N = {F_MAIN}/{n_tok} = {F_MAIN // n_tok}; "
-           f"random firing at the measured per-token use would give {min(min(r) for r in rand):.1f}%+): the paper's "
-           f"layer-0 collapse comes from units turning off after ~8k steps at high LR (W&A Fig. 1), this run has {steps}")
+    tok = [min(p) for p in use["per-token"]], [max(p) for p in use["per-token"]]
+    why = (f"per-batch use is ≥ {min_pb:.1f}% in every layer and seed although F/N = {F_MAIN}/{n_tok} = "
+           f"{F_MAIN // n_tok}: per-token use is {min(tok[0]):.0f}–{max(tok[1]):.0f}% here vs the paper's 2.6–7.1%, and a "
+           f"unit firing on a share a of tokens misses a whole {n_tok}-token batch with probability (1 − a)^N ≈ 0 (the "
+           f"'if units fired at random' column: {min(min(r) for r in rand):.1f}%). Per-batch use falls only when units "
+           f"die for every token, which W&A see after ~8k steps at LR 3e-3 (Fig. 1, Table 2 'turned off'); this run has "
+           f"{steps} steps, so it would need ~10⁴ steps at this width (and F ≫ N, which it has)")
     findings.append(C.Finding(
         "W&A Table 1: layer 0 uses fewer units per batch than the last layer", "13.3% vs 95.6%",
         f"{C.pm([p[0] for p in pb], 1)}% vs {C.pm([p[-1] for p in pb], 1)}% (d 64, F {F_MAIN}, {n_tok}-token batches)",
-        C.verdict([p[0] < p[-1] for p in pb], [p[0] > p[-1] for p in pb], regime, why), cmd,
+        C.verdict([p[0] < p[-1] for p in pb], [p[0] > p[-1] for p in pb], regime,
+                  f"per-batch use ≥ {min_pb:.1f}% in every layer: no unit has died in {steps} steps (per-token use "
+                  f"{min(tok[0]):.0f}–{max(tok[1]):.0f}% vs the paper's 2.6–7.1%); needs ~10⁴ steps"), cmd,
         f"per-batch use per layer {[[round(v, 1) for v in p] for p in pb]} (one list per seed); argmin layer "
         f"{[p.index(min(p)) for p in pb]}, argmax layer {[p.index(max(p)) for p in pb]}; " + why, len(seeds)))
     findings.append(C.Finding(
@@ -95,18 +101,18 @@ def cpu(out: C.Output, args) -> None:
     loss = {k: [C.metrics(runs[(k, F_MAIN, s)])["eval"][-1]["loss"] for s in seeds] for k in ("none", "dead", "random")}
     masked = [100 * sum(last_units(runs[("dead", F_MAIN, s)]).get("masked_fraction", [0])) /
               L for s in seeds]
-    spread = C.mean_std(loss["none"])[1]
-    holds = [r - d > max(0.01, 2 * spread) and d - n < max(0.01, 2 * spread)
-             for n, d, r in zip(loss["none"], loss["dead"], loss["random"])]
-    mregime = min(masked) >= 5.0
+    tol = [0.01 * n for n in loss["none"]]  # 1% of the seed's own unmasked loss (seeds differ in data too)
+    holds = [r - d > t and abs(d - n) < t for n, d, r, t in zip(loss["none"], loss["dead"], loss["random"], tol)]
+    mregime = min(masked) >= 20.0  # the paper masked ~30%; a random mask of a few % cannot collapse anything
     findings.append(C.Finding(
         "W&A §4.1: masking the units dead in a batch costs nothing; a random mask of the same size collapses",
         "~30% of units masked at step 50k: no difference vs unmasked; random: collapse",
         f"val loss none {C.pm(loss['none'])}, dead {C.pm(loss['dead'])}, random {C.pm(loss['random'])}; "
         f"masked {C.pm(masked, 1)}% of units",
         C.verdict(holds, [r <= d for d, r in zip(loss["dead"], loss["random"])], mregime,
-                  f"the dead-unit rule finds only {C.pm(masked, 1)}% of units unused in the batch at step {mask_at}"),
-        cmd, f"rule: random − dead > max(0.01, 2·seed std {spread:.4f}) and dead − none below it, per seed; "
+                  f"only {C.pm(masked, 1)}% of units are unused in the batch at step {mask_at} (paper ~30%)"),
+        cmd, "units have not died yet (Table 1 row), so both masks remove too little to matter; rule, per seed (paired: same data and init): random − dead > 1% of the unmasked loss and "
+             "|dead − none| < 1%; the regime needs ≥ 20% of units masked; "
              f"masked share per seed {[round(m, 1) for m in masked]}%", len(seeds)))
     # width (§5.2, Fig. 3): mean over layers, per F
     wid = {name: {f: [sum(last_units(runs[('none', f, s)])[key]) / L * 100 for s in seeds] for f in WIDTHS}
