@@ -70,10 +70,15 @@ def cpu(out: C.Output, args) -> None:
     vals = {a: {k: [res[s][a][k] for s in seeds] for k in keys} for a in ACTS}
     table = C.md_table(["activation", *keys], [[NAMES[a], *(C.pm(vals[a][k]) for k in keys)] for a in ACTS])
     cmd = "python bench/reproduce/relu2_wins.py --scale cpu"
-    ranking = lambda k, low=False: " > ".join(  # noqa: E731
+    ranking = lambda k, low=False: (" < " if low else " > ").join(  # noqa: E731
         NAMES[a] for a in sorted(ACTS, key=lambda a: C.mean_std(vals[a][k])[0], reverse=not low))
     F = []
     order = ("relu2", "relu", "swiglu", "silu")
+    F.append(C.Finding(
+        "ReLU² §5.1 Fig. 3a: ReLU² is the sparsest at PPL-1%", "ReLU² highest sparsity of the four",
+        f"{ranking('sparsity')}: ReLU² {C.pm(vals['relu2']['sparsity'])}",
+        C.verdict([first(res[s], "sparsity") for s in seeds], [not first(res[s], "sparsity") for s in seeds]), cmd,
+        "rule: ReLU²'s sparsity at PPL-1% is the highest of the four in every seed", len(seeds)))
     F.append(C.Finding(
         "ReLU² Fig. 3a / Sparsing Law Fig. 3: sparsity at PPL-1% ranks ReLU² > ReLU > SwiGLU ≫ SiLU",
         "ReLU² > ReLU > SwiGLU ≫ SiLU (SiLU activation ratio ≈ 40%, ReLU ≈ 6–8%: Sparsing Law Table 2 A0)",
@@ -96,7 +101,8 @@ def cpu(out: C.Output, args) -> None:
             C.verdict(holds, [not h for h in holds]), cmd,
             f"best other per seed: {[NAMES[r] for r in rivals]}; ReLU² minus it per seed: "
             f"{[round(res[s]['relu2'][key] - res[s][r][key], 4) for s, r in zip(seeds, rivals)]}; activation ratio at "
-            f"PPL-1%: " + ", ".join(f"{NAMES[a]} {C.pm([1 - v for v in vals[a]['sparsity']])}" for a in order), len(seeds)))
+            f"PPL-1%: " + ", ".join(f"{NAMES[a]} {C.pm([1 - v for v in vals[a]['sparsity']])}" for a in order)
+            + "; predictor recall: " + ", ".join(f"{NAMES[a]} {C.pm(vals[a]['recall'])}" for a in order), len(seeds)))
     F.append(C.Finding(
         "ReLU² §5.3 Fig. 7: ReLU variants have a larger co-activation gap than SwiGLU", "≈ 0.5–0.6 vs lower for SwiGLU",
         f"min(ReLU, ReLU²) {C.pm([min(res[s]['relu']['coactivation_gap'], res[s]['relu2']['coactivation_gap']) for s in seeds])}"
@@ -105,7 +111,7 @@ def cpu(out: C.Output, args) -> None:
                    res[s]["swiglu"]["coactivation_gap"] for s in seeds]), cmd, "", len(seeds)))
     F.append(C.Finding(
         "ReLU² §5.4: SwiGLU has the best dense performance (ReLU² close)", "SwiGLU best; ReLU² within the margin",
-        f"dense PPL {ranking('dense_ppl', low=True)} (lowest first): "
+        f"dense PPL {ranking('dense_ppl', low=True)}: "
         + ", ".join(f"{NAMES[a]} {C.pm(vals[a]['dense_ppl'])}" for a in order),
         C.verdict([first(res[s], "dense_ppl", "swiglu", low=True) for s in seeds]), cmd,
         "rule: SwiGLU's dense validation PPL is the lowest in every seed", len(seeds)))
