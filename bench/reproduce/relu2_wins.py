@@ -30,6 +30,7 @@ import common as C  # noqa: E402
 CONFIG, PAPER_CFG = "configs/relu2/tiny.py", "configs/relu2/1p3b.py"
 ACTS = ("relu", "relu2", "swiglu", "silu")
 NAMES = {"relu": "ReLU", "relu2": "ReLU²", "swiglu": "SwiGLU", "silu": "SiLU"}
+COLORS = {"relu": "tab:blue", "relu2": "tab:red", "swiglu": "tab:green", "silu": "tab:gray"}
 CETTS = "0,0.05,0.1,0.2,0.4"
 
 
@@ -127,7 +128,7 @@ def figures(out, vals, seeds, res) -> None:
     for ax, (k, title) in zip(axes, keys):
         ms = [C.mean_std(vals[a][k]) for a in ACTS]
         ax.bar(range(4), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=4,
-               color=["tab:blue", "tab:red", "tab:green", "tab:gray"])
+               color=[COLORS[a] for a in ACTS])
         for i, a in enumerate(ACTS):
             ax.plot([i] * len(seeds), vals[a][k], "k.", ms=4)
         ax.set_xticks(range(4), [NAMES[a] for a in ACTS])
@@ -137,7 +138,7 @@ def figures(out, vals, seeds, res) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for a in ACTS:
         curves = [json.loads((out.runs / f"seed{s}" / "compare.json").read_text())["models"][a]["curve"] for s in seeds]
-        C.errorbars(ax, curves[0]["target_cett"], [c["sparsity"] for c in curves], NAMES[a])
+        C.errorbars(ax, curves[0]["target_cett"], [c["sparsity"] for c in curves], NAMES[a], color=COLORS[a])
     ax.set(xlabel="CETT", ylabel="sparsity", title="sparsity vs CETT (ReLU² Fig. 3a)")
     ax.legend()
     C.save(fig, out, "cett_vs_sparsity.png")
