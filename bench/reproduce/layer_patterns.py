@@ -182,11 +182,14 @@ def figures(out, runs, seeds, use, wid, L) -> None:
 
 
 def paper(out: C.Output, args) -> None:
-    # the 1M-step config as written; masking adds unit_mask (at 50k of 1M steps, one batch)
-    dead = {"unit_mask.at_step": 50_000, "unit_mask.window": 1}
-    runs = [("table1", PAPER_CFG, {}), ("mask_dead", PAPER_CFG, dead),
+    # the 1M-step config as written, with the use metrics every 500 steps over batches of 16 × 512 =
+    # 8192 tokens (W&A's per-device batch: 128 sequences in 8 groups); masking adds unit_mask
+    # (at 50k of 1M steps, one batch)
+    use = {"train.metrics_every": 500, "train.metrics_batch_groups": 8}
+    dead = {**use, "unit_mask.at_step": 50_000, "unit_mask.window": 1}
+    runs = [("table1", PAPER_CFG, use), ("mask_dead", PAPER_CFG, dead),
             ("mask_random", PAPER_CFG, {**dead, "unit_mask.random": "true"}),
-            *((f"width_F{f}", PAPER_CFG, {"model.d_ff": f}) for f in (8192, 16384))]
+            *((f"width_F{f}", PAPER_CFG, {**use, "model.d_ff": f}) for f in (8192, 16384))]
     C.paper_scale(out, runs, ["report --workdir BUCKET_RUNS/table1",
                               "report --workdir BUCKET_RUNS/mask_dead --compare BUCKET_RUNS/mask_random"],
                   args.topology, dry=["table1"])
