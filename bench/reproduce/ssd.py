@@ -25,7 +25,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after: bench/common.py ≠ common
 import common as C  # noqa: E402
 from ssd_run import whole_run  # noqa: E402  (bench/ssd_run.py: the trainer's FLOPs records)
 
