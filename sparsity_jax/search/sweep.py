@@ -118,9 +118,9 @@ def pareto(graphdef, params, batches: Sequence[Batch], dense_loss: float, ppl_po
     """PPL vs activation ratio (mask-measured, mean over layers) per method (Figure 3).
 
     Methods: PPL-p% (each p, `ppl_points`), top-k (each k, `Sparsify(mode="topk")`) and
-    FAT-ε (each ε); empty `topk` and `fat_eps` draw no curve and run no pass. For all three the activation ratio here is measured from the sparse
-    pass's recorded mask (a ≠ 0 after dropping), so the methods are compared on one
-    footing.
+    FAT-ε (each ε); empty `topk` and `fat_eps` draw no curve and run no pass. For all
+    three the activation ratio here is measured from the sparse pass's recorded mask
+    (a ≠ 0 after dropping), so the methods are compared on one footing.
     """
     def point(sp: Sparsify, **key):
         ev = sparse_pass(graphdef, params, batches, sp)
