@@ -83,7 +83,8 @@ class Timings:
         return out
 
     def line(self) -> str:
-        """`time: 41.2 s = compile 9.1 s + dense pass 6.0 s + sparse evaluations (7×) 20.3 s + … + other 5.8 s`."""
+        """`time: 41.2 s = compile 9.1 s + dense pass 6.0 s + sparse evaluations (7×) 20.3 s + … + start-up,
+        loading and the rest 5.8 s` (the rest is `split()`'s "other")."""
         s = self.split()
         parts = [f"compile {s['compile']:.1f} s"]
         parts += [f"{k}{f' ({self.calls[k]}×)' if self.calls[k] > 1 else ''} {self.net[k]:.1f} s" for k in self.net]
