@@ -127,6 +127,9 @@ def figures(out, dl, act, ppl, curves, seeds) -> None:
     a2.axvspan(74, 282, color="green", alpha=0.1, label="paper's best-loss range (74–282)")
     a2.set(xscale="log", xlabel="width / depth d/L", ylabel="PPL", title="Sparsing Law Fig. 7")
     a2.legend(fontsize=8)
+    for ax in (a1, a2):  # the family's own d/L as the only ticks: log minor labels overlap
+        ax.set_xticks(dl, [f"{x:.3g}" for x in dl])
+        ax.minorticks_off()
     C.save(fig, out, "width_depth.png")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for a, color in (("relu", "tab:blue"), ("silu", "tab:orange")):
