@@ -196,8 +196,9 @@ class Sparsify:
 
     `mode` is one mode for all layers or a tuple with one mode per layer. `threshold`
     is a scalar or (L,) array; `unit_mask` is (F,) or (L, F) (0/1 or bool); `k` and `eps`
-    serve `topk` and `fat` (arrays, traced: a new k or ε never recompiles). `record_threshold` (None, scalar or (L,)) defines the
-    recorded hidden-unit mask for activations without exact zeros (None: `a != 0`).
+    serve `topk` and `fat` (arrays, traced: a new k or ε never recompiles).
+    `record_threshold` (None, scalar or (L,)) defines the recorded hidden-unit mask for
+    activations without exact zeros (None: `a != 0`).
     `moe` serves the moe mode, `predictor` (stacked per layer) the predicted mode.
     """
 
