@@ -61,18 +61,19 @@ def cpu(out: C.Output, args) -> None:
     ppl = {m: [res[m][s]["ppl"] for s in seeds] for m in methods}
     sp = {m: [res[m][s]["speedup"] for s in seeds] for m in methods}
     cmd = "python bench/reproduce/ssd.py --scale cpu"
-    d_std = C.mean_std(ppl["dense"])[1]
-    tol = [max(0.01 * d, 2 * d_std) for d in ppl["dense"]]
-    rel = [100 * (a / b - 1) for a, b in zip(ppl["ssd"], ppl["dense"])]
+    # paired per seed: data.seed orders the validation files, so each seed evaluates other text
+    # (dense PPL 4.8–17 across seeds); only SSD / dense of the same seed compares like with like
+    ratio = [a / b for a, b in zip(ppl["ssd"], ppl["dense"])]
     s_ratio = [res["ssd"][s]["step_flops_ratio"] for s in seeds if res["ssd"][s]["step_flops_ratio"]] or [1.0]
     ceiling = [1 / (1 - 0.5 * (1 - x)) for x in s_ratio]
     F = [C.Finding(
         "SSD Fig. 3: SSD reaches the dense model's perplexity", "slightly lower or equal PPL than dense",
-        f"SSD {C.pm(ppl['ssd'])} vs dense {C.pm(ppl['dense'])} ({C.pm(rel, 1)}%)",
-        C.verdict([a - b <= t for a, b, t in zip(ppl["ssd"], ppl["dense"], tol)],
-                  [a - b > t for a, b, t in zip(ppl["ssd"], ppl["dense"], tol)]), cmd,
-        f"rule: SSD − dense ≤ max(1% of dense, 2 × dense seed std {d_std:.3f}) per seed; sparse share of steps "
-        f"{C.pm([res['ssd'][s]['sparse_share'] for s in seeds])}, switches {[res['ssd'][s]['switches'] for s in seeds]}",
+        f"SSD / dense PPL of the same seed {C.pm(ratio)} (SSD {C.pm(ppl['ssd'])}, dense {C.pm(ppl['dense'])})",
+        C.verdict([r <= 1.01 for r in ratio], [r > 1.01 for r in ratio]), cmd,
+        f"rule: SSD / dense ≤ 1.01 in every seed (per seed {[round(r, 3) for r in ratio]}); sparse share of steps "
+        f"{C.pm([res['ssd'][s]['sparse_share'] for s in seeds])}, switches {[res['ssd'][s]['switches'] for s in seeds]}; "
+        f"the final dense phase is l × steps = {round(0.1 * steps)} steps here, 20,000 in the paper, whose App. D "
+        "shows SSD's PPL above dense until that phase catches it up",
         len(seeds))]
     F.append(C.Finding(
         "SSD Table 4: whole-run FLOPs speed-up over dense at r = 0.5", f"237T → 178T = {PAPER_SPEEDUP:.2f}× (text: 1.44×)",
@@ -126,11 +127,11 @@ def figures(out, ppl, sp, seeds, methods) -> None:
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     offsets = {"dense": (8, 6), "ssd": (8, -12), "smoe": (8, 6), "moe_dropout": (8, 6), "pld": (-40, 8)}
-    for m in methods:
-        x, y = C.mean_std(sp[m]), C.mean_std(ppl[m])
+    for m in methods:  # PPL over the same seed's dense PPL: each seed evaluates other text (see cpu)
+        x, y = C.mean_std(sp[m]), C.mean_std([a / b for a, b in zip(ppl[m], ppl["dense"])])
         ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", capsize=3, label=NAMES[m])
         ax.annotate(NAMES[m], (x[0], y[0]), textcoords="offset points", xytext=offsets[m], fontsize=9)
-    ax.set(xlabel="whole-run FLOPs speed-up over dense (×)", ylabel="validation PPL",
+    ax.set(xlabel="whole-run FLOPs speed-up over dense (×)", ylabel="validation PPL / dense PPL (same seed)",
            title=f"SSD Fig. 3 at CPU scale (mean ± std, {len(seeds)} seeds)")
     ax.legend(fontsize=8, loc="upper left")
     C.save(fig, out, "ppl_vs_speedup.png")
