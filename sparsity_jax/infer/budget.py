@@ -50,7 +50,7 @@ def measured_candidates(decoder, batches, max_tokens: int = 8192) -> list[np.nda
     per_layer: list[list[np.ndarray]] = []
     n = 0
     for batch in batches:
-        _, cand_LxBxTxF = decoder.candidates(batch)
+        _, cand_LxBxTxF = decoder.candidates(batch, logits=False)  # the (B, T, V) logits never made
         real_M = np.asarray(jax.device_get(batch["loss_weights"])).reshape(-1) > 0
         cand = np.asarray(jax.device_get(cand_LxBxTxF))
         cand = cand.reshape(cand.shape[0], -1, cand.shape[-1])[:, real_M][:, : max_tokens - n]

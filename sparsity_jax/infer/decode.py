@@ -90,7 +90,8 @@ def _next(logits_BxV, key, temperature, top_p, greedy: bool) -> Array:
 
 
 def _prefill(st, params, tables, arrays, cache, tokens_BxP, key, temperature, top_p, *, greedy):
-    logits_BxPxV, cache, _ = _cached_forward(st, params, tables, arrays, cache, tokens_BxP, jnp.int32(0), False)
+    out = _cached_forward(st, params, tables, arrays, cache, tokens_BxP, jnp.int32(0), False)
+    logits_BxPxV, cache = out.logits, out.cache
     return _next(logits_BxPxV[:, -1], key, temperature, top_p, greedy), logits_BxPxV, cache
 
 
@@ -111,7 +112,8 @@ def _step_stats(records: dict[str, Array], b: int, f: int, sparse: bool) -> dict
 
 def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top_p, totals, *, greedy):
     sparse = st.budgets is not None
-    logits_Bx1xV, cache, records = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
+    out = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
+    logits_Bx1xV, cache, records = out.logits, out.cache, out.records
     b = tok_B.shape[0]
     add = dict(_step_stats(records, b, st.d_ff, sparse), tokens=jnp.float32(b))
     totals = {k: totals[k] + add[k] for k in STATS}
@@ -120,13 +122,14 @@ def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top
 
 
 def masked_forward(graphdef, params, tables, arrays, tokens_BxT, segment_ids_BxT, positions_BxT, *, chooser,
-                   mesh=None, axis=None):
+                   mesh=None, axis=None, logits: bool = True):
     """Full sequences (packed segments allowed) through the chooser's masked FFN, no cache:
-    (logits (B, T, V), candidates (L, B, T, F) bool). The reference of the sparse forms and
-    the source of `infer.budget`'s statistics (call under jit)."""
+    (logits (B, T, V), or None without `logits`, candidates (L, B, T, F) bool). The
+    reference of the sparse forms and the source of `infer.budget`'s statistics (call
+    under jit)."""
     st = _Static(graphdef, chooser, mesh, axis, None, 0, 0)
     model = nnx.merge(graphdef, params)
-    out = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False))
+    out = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False), head=logits)
     return out.logits, out.records["candidates"]
 
 
@@ -188,7 +191,7 @@ class Decoder:
         arr_sh = {k: NamedSharding(mesh, P(None, *s)) for k, s in chooser.specs(self.axis).items() if k in arrays}
         self.arrays = {k: jax.device_put(jnp.asarray(v), arr_sh.get(k, repl)) for k, v in arrays.items()}
         self._candidates = jax.jit(functools.partial(masked_forward, graphdef, chooser=chooser, mesh=mesh,
-                                                     axis=self.axis))
+                                                     axis=self.axis), static_argnames="logits")
         self.set_budgets(budgets)
 
     @property
@@ -216,11 +219,11 @@ class Decoder:
         self._step = jax.jit(functools.partial(_step, self.static), donate_argnums=(3, 9), static_argnames="greedy")
         self._steps: dict[tuple, Any] = {}
 
-    def candidates(self, batch: dict[str, Array]) -> tuple[Array, Array]:
-        """(logits (B, T, V), candidates (L, B, T, F)) of a packed batch (inputs, segment_ids,
-        positions) through the chooser's masked FFN."""
+    def candidates(self, batch: dict[str, Array], logits: bool = True) -> tuple[Array | None, Array]:
+        """(logits (B, T, V) or None without `logits`, candidates (L, B, T, F)) of a packed
+        batch (inputs, segment_ids, positions) through the chooser's masked FFN."""
         return self._candidates(self.params, self.tables, self.arrays, batch["inputs"], batch["segment_ids"],
-                                batch["positions"])
+                                batch["positions"], logits=logits)
 
     def _new_cache(self, pad_B: Array, length: int) -> KVCache:
         sh = cache_spec(self.cfg, pad_B.shape[0], length, self.mesh)

@@ -48,9 +48,10 @@ class FFNHook(NamedTuple):
 class Output(NamedTuple):
     """What `LM.forward` returns."""
 
-    logits: Array  # (B, T, V) float32
+    logits: Array | None  # (B, T, V) float32; None with head=False
     cache: KVCache | None  # the updated cache when decoding
     records: dict[str, Array]  # stacked over layers (L, ...): what the FFNs sowed and the ffn hook returned
+    hidden: Array | None = None  # with head=False: the last block's output (B, T, d), before the final norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +255,7 @@ class LM(nnx.Module):
         cache: KVCache | None = None,
         start: Array | None = None,
         ffn: FFNHook | None = None,
+        head: bool = True,
     ) -> Output:
         """The one forward of training, evaluation, recording, prefill and KV-cache decoding:
         `Output(logits (B, T, V) float32, the updated cache or None, records)`.
@@ -271,7 +273,8 @@ class LM(nnx.Module):
         [start, start + T), their positions and attention mask come from the cache's left
         padding (`cache_positions`, `decode_mask`; segment ids and positions must then be
         None). `ffn` (`FFNHook`) replaces every block's FFN call (the gathered sparse FFNs
-        of `infer/`).
+        of `infer/`). `head=False` returns the last block's output as `hidden` instead of
+        the logits, for a caller that runs the head (`logits`) itself, e.g. in chunks.
 
         `layer_keep` (L,) bool skips whole blocks (progressive layer dropping, Zhang & He
         2020): a dropped block is the identity `x ↦ x`, run under `lax.cond` so its FLOPs
@@ -321,7 +324,10 @@ class LM(nnx.Module):
         settings = [(sparsify.for_layer(i, n), stack.Static(statics[i])) for i in range(n)]
         x_BxTxD, (records, kv) = stack.run(self.blocks, self.embed_tokens(tokens_BxT), one, settings, xs,
                                            remat=self.cfg.remat)
-        return Output(self.logits(x_BxTxD), None if cache is None else KVCache(*kv, cache.pad_B), records)
+        cache = None if cache is None else KVCache(*kv, cache.pad_B)
+        if not head:
+            return Output(None, cache, records, x_BxTxD)
+        return Output(self.logits(x_BxTxD), cache, records)
 
     @staticmethod
     def _segments(tokens_BxT, segment_ids_BxT, positions_BxT) -> tuple[Array, Array]:

@@ -46,7 +46,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method, grad_acc
 
     def micro(params, batch, state, sparsify, variant):
         def loss_fn(p):
-            out, records = forward(graphdef, p, batch, *method.options(p, state, sparsify, variant))
+            out, records = forward(graphdef, p, batch, *method.options(p, state, sparsify, variant), logits_bytes=None)
             return out["loss_sum"], (out, {k: v for k, v in records.items() if k not in MODEL_RECORDS})
 
         grads, (sums, records) = jax.grad(loss_fn, has_aux=True)(params)
