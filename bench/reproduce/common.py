@@ -141,10 +141,13 @@ class Output:
         summary = Path(workdir) / "summary.json"
         self.sh(["train", "--config", config, "--workdir", workdir, *flags(overrides)], skip_if=summary, quiet=True)
 
-    def write(self, findings: list[Finding], tables: dict[str, str], data: dict) -> None:
-        """findings.md (the verdict table, then the named tables) and results.json."""
-        lines = [f"# Does {self.paper} reproduce? ({self.scale} scale)", "",
-                 "| finding | paper | ours (mean ± std over seeds) | verdict | seeds | command |", "|---|---|---|---|---|---|"]
+    def write(self, findings: list[Finding], tables: dict[str, str], data: dict, *, title: str | None = None,
+              unit: str = "seeds") -> None:
+        """findings.md (the verdict table, then the named tables) and results.json; `unit`:
+        what the verdicts repeat over (seeds; the sequences of one pretrained model)."""
+        lines = [title or f"# Does {self.paper} reproduce? ({self.scale} scale)", "",
+                 f"| finding | paper | ours (mean ± std over {unit}) | verdict | {unit} | command |",
+                 "|---|---|---|---|---|---|"]
         lines += [f"| {f.name} | {f.paper} | {f.ours} | {f.verdict} | {f.seeds} | `{f.command}` |" for f in findings]
         expl = [f"* **{f.name}**: {f.explain}" for f in findings if f.explain]
         if expl:
