@@ -13,7 +13,7 @@ from __future__ import annotations
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.predict.affinity import MAX_NEURONS
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.at_cett import affinity_at_cett
 
 TAKES_CONFIG = True
@@ -44,7 +44,7 @@ def run(args) -> int:
     # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.predictivity import affinity_summary, write_affinity_report
 
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     windows = check_windows(args.windows)
 
     def check(settings, steps):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.runtime.timing import TIMINGS
-from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
+from sparsity_jax.search.thresholds import check_target_cett, thresholds_for_cett
 
 TAKES_CONFIG = True
 
@@ -24,14 +24,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     wd, step, params = common.trained_params(args)
     res = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)
     out = {"workdir": str(wd.workdir), "step": step, "target_cett": args.cett,
-           "threshold": res.threshold.tolist(), "realised_cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
+           "threshold": res.threshold.tolist(), "realised_cett": res.realised_cett.tolist(), "sparsity": res.sparsity.tolist(),
            "activation_ratio": float(1 - res.sparsity.mean())}
     common.log(f"step {step}, target CETT {args.cett:g}\nlayer  threshold    CETT      sparsity")
-    for i, (t, c, s) in enumerate(zip(res.threshold, res.cett, res.sparsity)):
+    for i, (t, c, s) in enumerate(zip(res.threshold, res.realised_cett, res.sparsity)):
         common.log(f"{i:5d}  {t:9.5f}  {c:8.5f}  {s:8.4f}")
     common.log(f"overall sparsity {res.sparsity.mean():.4f}, activation ratio {out['activation_ratio']:.4f}")
     common.log(TIMINGS.line())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.generation import FFNS, LAYOUTS, generate, predictor_path
 
 TAKES_CONFIG = True
@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
 
 
 def check_args(args) -> None:
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     if args.max_new <= 0:
         raise UserError(f"Pass --max-new ≥ 1 (tokens to generate); got {args.max_new}.")
     if args.batch is not None and args.batch <= 0:

@@ -59,7 +59,7 @@ class ThresholdResult(NamedTuple):
     """Result of `find_threshold`; every field has the output shape (see there)."""
 
     threshold: Array  # float32: drop neurons with ‖n_i‖ < threshold
-    cett: Array  # float32: realised CETT at threshold
+    realised_cett: Array  # float32: realised CETT at threshold
     sparsity: Array  # float32: fraction of real token×neuron pairs with ‖n_i‖ < threshold
     evaluations: Array  # int32: truncated (N, F) x (F, d) products used by the search
 
@@ -248,7 +248,7 @@ def _real(token_mask: Array | None, token_shape: tuple, layout: Layout) -> Array
     return (jax.jit(make) if sharding is None else jax.jit(make, out_shardings=sharding))(token_mask)
 
 
-def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, max_evaluations: int = 64,
+def find_prepared(prep: PreparedSearch, target_cett, *, window: int | None = None, max_evaluations: int = 64,
                   check: bool = True) -> ThresholdResult:
     """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
     shared targets, or (L, K) → fields (L, K). Unlike `find_threshold`, where a 1-D target
@@ -257,11 +257,11 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, ma
     checked the target at its boundary (`check_target_cett`); a target outside [0, 1]
     then gives NaN fields."""
     if check:
-        check_target_cett(target)
+        check_target_cett(target_cett)
     L, F = prep.w_out_LxFxD.shape[:2]
-    target = jnp.asarray(target, jnp.float32)
+    target = jnp.asarray(target_cett, jnp.float32)
     if target.ndim > 2 or (target.ndim == 2 and target.shape[0] not in (1, L)):
-        raise UserError(f"Pass target as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
+        raise UserError(f"Pass target_cett as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
     k = target.shape[-1] if target.ndim else 1
     target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))
     n_tokens = int(np.prod(prep.real.shape))
@@ -269,21 +269,21 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, ma
     return jax.tree.map(lambda x: x[:, 0], res) if target.ndim == 0 else res
 
 
-def check_target_cett(target) -> None:
+def check_target_cett(target_cett) -> None:
     """The one check of a target CETT: UserError for a concrete value (scalar or array)
     outside [0, 1] or NaN; traced targets pass (they give NaN results)."""
     try:
-        t = np.asarray(target, dtype=np.float64)
+        t = np.asarray(target_cett, dtype=np.float64)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return
     if not np.all((t >= 0) & (t <= 1)):
-        raise UserError(f"Pass a target CETT between 0 and 1; got {target!r}.")
+        raise UserError(f"Pass a target CETT between 0 and 1; got {target_cett!r}.")
 
 
 def find_threshold(
     a: Array,
     w_out: Array,
-    target: Array | float,
+    target_cett: Array | float,
     token_mask: Array | None = None,
     *,
     window: int | None = None,
@@ -335,7 +335,7 @@ def find_threshold(
     Args:
       a: activation scores (tokens..., F), or (L, tokens..., F) with a layer axis.
       w_out: output kernel (F, d), or (L, F, d).
-      target: CETT upper bound(s) in [0, 1]. Without a layer axis: a scalar or (K,)
+      target_cett: CETT upper bound(s) in [0, 1]. Without a layer axis: a scalar or (K,)
         targets. With one: a scalar, (L,) one per layer, or (L, K) / (1, K) for K
         targets per layer.
       token_mask: bool (tokens...), True for real tokens; None = all real.
@@ -348,17 +348,17 @@ def find_threshold(
     Raises:
       UserError: bad shapes, or a concrete target outside [0, 1].
     """
-    check_target_cett(target)
+    check_target_cett(target_cett)
     check_shapes(jnp.shape(a), jnp.shape(w_out))
     layered = jnp.ndim(w_out) == 3
     L = jnp.shape(w_out)[0] if layered else 1
-    target = jnp.asarray(target, jnp.float32)
+    target = jnp.asarray(target_cett, jnp.float32)
     if layered and target.ndim == 1 and target.shape[0] != L:
         raise UserError(
             f"Pass one target per layer as (L,) = ({L},), or K shared targets as (1, K); got {target.shape}."
         )
     if target.ndim > (2 if layered else 1) or (target.ndim == 2 and target.shape[0] not in (1, L)):
-        raise UserError(f"Pass target as a scalar, (L,) or (L, K) with L = {L}; got shape {target.shape}.")
+        raise UserError(f"Pass target_cett as a scalar, (L,) or (L, K) with L = {L}; got shape {target.shape}.")
     has_k = target.ndim == (2 if layered else 1)
     k = target.shape[-1] if has_k else 1
     target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))

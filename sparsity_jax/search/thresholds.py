@@ -53,7 +53,7 @@ class CettThresholds(NamedTuple):
     """Per-layer result of `thresholds_for_cett`; every array field (L,) float64 (numpy)."""
 
     threshold: np.ndarray  # skip neuron i where |a_i|·‖W_out,i‖ < threshold
-    cett: np.ndarray  # realised CETT over all real validation tokens
+    realised_cett: np.ndarray  # realised CETT over all real validation tokens
     sparsity: np.ndarray  # fraction of real token×neuron pairs below the threshold
     mode: str = "cache"  # how the scores were held: "cache" | "stream"
 
@@ -238,25 +238,20 @@ def threshold_sparsify(threshold_L) -> Sparsify:
     return Sparsify(mode="threshold", threshold=np.asarray(threshold_L, np.float32))
 
 
-# The one check of a target CETT, at the boundary (commands, `thresholds_for_cett`); the
-# functions below it trust their input.
-check_cett = check_target_cett
-
-
 @timed("threshold search")
-def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
+def cache_thresholds(cache: DenseCache, target_cett, prepared: PreparedSearch | None = None) -> CettThresholds:
     """Exact per-layer thresholds for CETT value(s) on a dense pass.
 
-    `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
-    passes shared by the K targets), in [0, 1] (checked by the caller, `check_cett`;
+    `target_cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
+    passes shared by the K targets), in [0, 1] (checked by the caller, `check_target_cett`;
     outside it the fields are NaN). `prepared`: another set-up to search instead of the
     cache's own (default).
     """
-    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(cett, np.float32), check=False)
-    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)), cache.mode)
+    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(target_cett, np.float32), check=False)
+    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.realised_cett, res.sparsity)), cache.mode)
 
 
-def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: float, *, mesh=None,
+def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], target_cett: float, *, mesh=None,
                         mode: str = "auto", dtype=jnp.float32, memory_budget: int | None = None) -> CettThresholds:
     """Per-layer thresholds of the dense model for a target CETT over all real tokens.
 
@@ -274,13 +269,13 @@ def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: floa
       model_or_pair: an `LM`, or (graphdef, params) as in `train.step.forward`.
       batches: validation batches (dicts with inputs, targets, segment_ids, positions,
         loss_weights); tokens with loss weight 0 are padding and never count.
-      cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
+      target_cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
     Returns:
-      CettThresholds(threshold, cett, sparsity, mode), each array (L,).
+      CettThresholds(threshold, realised_cett, sparsity, mode), each array (L,).
     Raises:
       UserError: CETT outside [0, 1], bad mode, or no batch / no real token.
     """
-    check_cett(cett)
+    check_target_cett(target_cett)
     graphdef, params = as_graph_params(model_or_pair)
     cache = dense_pass(graphdef, params, batches, mesh=mesh, mode=mode, dtype=dtype, memory_budget=memory_budget)
-    return cache_thresholds(cache, cett)
+    return cache_thresholds(cache, target_cett)

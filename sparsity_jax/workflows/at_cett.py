@@ -25,7 +25,7 @@ def predictivity_of_checkpoint(run, params, val, target_cett: float | None, cfg:
     log(f"step {step}: thresholds at CETT {target_cett:g}: " + " ".join(f"{t:.5f}" for t in thr.threshold)
         + f" (sparsity {thr.sparsity.mean():.4f})")
     result = predictivity(run, params, val, thr.threshold, target_cett, cfg, ks, workdir=workdir, step=step, log=log)
-    return dataclasses.replace(result, realised_cett=thr.cett.round(6).tolist(),
+    return dataclasses.replace(result, realised_cett=thr.realised_cett.round(6).tolist(),
                                cett_sparsity=thr.sparsity.round(6).tolist(), workdir=str(workdir))
 
 
@@ -36,4 +36,4 @@ def affinity_at_cett(graphdef, params, batches, target_cett: float, windows: Seq
     thr = thresholds_for_cett((graphdef, params), batches, target_cett)
     return dataclasses.replace(
         affinity_of(graphdef, params, batches, thr.threshold, windows, neurons), step=step, target_cett=target_cett,
-        thresholds=thr.threshold.tolist(), realised_cett=thr.cett.round(6).tolist(), workdir=workdir)
+        thresholds=thr.threshold.tolist(), realised_cett=thr.realised_cett.round(6).tolist(), workdir=workdir)
