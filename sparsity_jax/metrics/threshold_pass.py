@@ -26,12 +26,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from sparsity_jax.metrics.cett import (
     PRECISION, Axes, count_words, layer_magnitudes, prepare_layer, psum, psum_words, truncated,
 )
-from sparsity_jax.metrics.threshold_prep import Totals
 from sparsity_jax.nn.sparsify import active_at, threshold_keep
 
 Array = jax.Array
 
 _FINISH_FLOATS = 1 << 18  # floats per (chunk × d) array of the exact finish
+
+
+class Totals(NamedTuple):
+    """Per-layer sums of the set-up pass (`setup_block`) over every real token, replicated."""
+
+    n_valid: Array  # (L,) int32: counted tokens (real, FFN output ≠ 0)
+    n_real: Array  # () int32: real tokens
+    n_pos: Array  # (L, 2) words: real pairs with a positive finite magnitude
+    n_zero: Array  # (L, 2) words: real pairs with a zero magnitude
+    pos_min: Array  # (L,) smallest positive real magnitude
+    pos_max: Array  # (L,) largest finite real magnitude
+    proxy_LxPxF: Array  # the proxy tokens' activation scores, float32, all F
 
 
 class Layout(NamedTuple):
@@ -144,7 +155,7 @@ def setup_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, pos_P
     """The set-up pass on one block: (inv_norm (L, B, T...) 1/‖FFN(x)‖ per token, Totals).
 
     `pos_P`, `here_P`: the proxy tokens' positions in the block and whether each is in
-    this block (`threshold_prep.proxy_tokens`)."""
+    this block (`threshold_setup.proxy_tokens`)."""
     return run_sharded(layout, setup_kernel, ("scores", "w_out", "tokens", "rep", "rep"),
                        (layout.spec("layer_tokens", real.ndim + 1), P()), a, w_out_LxFxD, real, pos_P, here_P)
 

@@ -6,30 +6,32 @@ products with an exact finish; `find_threshold` states the contract and the algo
 `prepare_search` / `find_prepared` reuse the set-up (`threshold_setup.py`) across targets;
 the passes over the (possibly sharded, possibly recomputed) scores are `threshold_pass.py`.
 
-The search over six files, in the order it runs (L layers, nb blocks of tokens, M tokens
+The search over five files, in the order it runs (L layers, nb blocks of tokens, M tokens
 per block, F neurons, d model width, K targets, P proxy tokens, W ≤ window candidates):
-  metrics/cett.py            the definition: CETT(t) of one layer from scores a (M, F) and
-                             W_out (F, d) — the truncated product Σ_{‖n_i‖<t} a_i·W_out,i
-                             over ‖FFN(x)‖ — and exact pair counts in two int32 words.
-  search/thresholds.py       the model's side: `dense_pass` runs the dense model once over
-                             the validation batches, caching the scores (nb, L, B, T, F) on
-                             the mesh (or recomputing them per pass) and calling
-                             1. set-up, per block (`threshold_setup.setup_search_block`,
-                             `threshold_pass.setup_block`): dense-output norms (L, M), pair
-                             counts, the magnitude range, the rows of P proxy tokens;
-                             then `threshold_setup.finish_setup` → `PreparedSearch`.
-  metrics/threshold_prep.py  2. the proxies (`build_context`, per layer): a proxy CETT curve
-                             from the P rows and a quantile table, which propose thresholds.
+  metrics/cett.py             the definition: CETT(t) of one layer from scores a (M, F) and
+                              W_out (F, d) — the truncated product Σ_{‖n_i‖<t} a_i·W_out,i
+                              over ‖FFN(x)‖ — and exact pair counts in two int32 words.
+  search/thresholds.py        the model's side: `dense_pass` runs the dense model once over
+                              the validation batches, caching the scores (nb, L, B, T, F) on
+                              the mesh (or recomputing them per pass), and drives step 1.
+  metrics/threshold_setup.py  1. set-up, per block (`setup_search_block`, which runs
+                              `threshold_pass.setup_block`): dense-output norms (L, M), pair
+                              counts (`threshold_pass.Totals`), the magnitude range, the rows
+                              of P proxy tokens; then `finish_setup` → `PreparedSearch`, whose
+                              `SearchContext` holds, per layer, 2. the proxies
+                              (`build_context`): a proxy CETT curve from the P rows and a
+                              quantile table, which propose thresholds.
   metrics/threshold_search.py 3. the bracket (`_search`, every layer and target at once):
-                             per loop step one proposal t (L, K) (the proxy curve first, then
-                             secant / Illinois on the dropped-pair count), one pass over the
-                             blocks (`threshold_pass.eval_block`: CETT numerator and dropped
-                             pairs per (layer, target)); ≤ 8 passes on trained models.
-  metrics/threshold_pass.py  4. the exact finish (`finish_block`): once ≤ W positive pairs
-                             lie in [t_lo, t_hi), their magnitudes and CETT increments are
-                             gathered (W per block, merged), and `_pick` takes the largest t
-                             with CETT(t) ≤ target exactly. Every pass is a shard_map kernel
-                             with explicit collectives (tokens × neurons on the mesh).
+                              per loop step one proposal t (L, K) (the proxy curve first, then
+                              secant / Illinois on the dropped-pair count), one pass over the
+                              blocks (`threshold_pass.eval_block`: CETT numerator and dropped
+                              pairs per (layer, target)); ≤ 8 passes on trained models.
+  metrics/threshold_pass.py   the passes of steps 1, 3 and 4, and 4. the exact finish
+                              (`finish_block`): once ≤ W positive pairs lie in [t_lo, t_hi),
+                              their magnitudes and CETT increments are gathered (W per block,
+                              merged), and `_pick` takes the largest t with CETT(t) ≤ target
+                              exactly. Every pass is a shard_map kernel with explicit
+                              collectives (tokens × neurons on the mesh).
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
     Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks,
 )
-from sparsity_jax.metrics.threshold_prep import SearchContext, proxy_cett, proxy_inverse, rank_of, value_at
-from sparsity_jax.metrics.threshold_setup import PreparedSearch, setup
+from sparsity_jax.metrics.threshold_setup import (
+    PreparedSearch, SearchContext, proxy_cett, proxy_inverse, rank_of, setup, value_at,
+)
 
 Array = jax.Array
 
@@ -299,7 +302,7 @@ def find_threshold(
     boundary CETT(t) ≤ c < CETT(next). Pair counts are exact int32 words (N·F up to 2⁴⁷).
 
     Algorithm — one jitted `lax.while_loop` for all layers and targets, no host round trip:
-      1. Set-up pass (`threshold_pass.setup_block`, `threshold_prep.build_context`): the
+      1. Set-up pass (`threshold_pass.setup_block`, `threshold_setup.build_context`): the
          dense product per token (for ‖FFN(x)‖), pair counts and the magnitude range, and
          a proxy — P ≈ 2¹⁶/F real tokens whose CETT curves are computed exactly at 64
          knots (P·F·d multiply-adds, vs N·F·d per evaluation), tabulated at 2048
