@@ -7,7 +7,7 @@ a step and the budget overflows.
 
 `--layout coactivation` first permutes each layer's neurons so that the ones the chooser
 picks together on validation tokens sit in contiguous blocks of `--block` (issue 22,
-`infer.layout`; the model's function is unchanged), then decodes with block gathers;
+`infer.neuron_order`; the model's function is unchanged), then decodes with block gathers;
 `--block` alone gathers blocks of the unpermuted layout.
 
   sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]

@@ -15,8 +15,8 @@ from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.predict import store
-from sparsity_jax.predict.evaluate import default_ks
-from sparsity_jax.predict.model import LABELS, PredictorConfig, ffn_matrices, resolve_rank
+from sparsity_jax.predict.predictor_quality import default_ks
+from sparsity_jax.predict.lowrank import LABELS, PredictorConfig, ffn_matrices, resolve_rank
 from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.at_cett import predictivity_of_checkpoint
 

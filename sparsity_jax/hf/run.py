@@ -98,12 +98,12 @@ def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; export into a new directory (nothing is ever overwritten).")
-    from sparsity_jax.runtime.layout import convert_blocks
+    from sparsity_jax.runtime.block_stacking import convert_blocks
 
     config = hf_config(cfg, cfg.param_dtype)
     params = convert_blocks(params, stacked=False)  # a scanned model's blocks, one per layer
     tensors = {}
-    for path, (name, how) in weights.layout(cfg).items():
+    for path, (name, how) in weights.hf_names(cfg).items():
         x = params
         for k in path:
             x = x[k]

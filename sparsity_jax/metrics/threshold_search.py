@@ -47,7 +47,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import check_shapes, normalise_words, run_auto, sub_words, words_float, words_min
 from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
-    Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks,
+    Candidates, ScorePlacement, Scores, auto_view, eval_block, finish_block, placement_of, merge_candidates, over_blocks,
 )
 from sparsity_jax.metrics.threshold_setup import (
     PreparedSearch, SearchContext, proxy_cett, proxy_inverse, rank_of, setup, value_at,
@@ -207,7 +207,7 @@ def _per_layer(fn):
 def _search(prep: PreparedSearch, target_LxK: Array, window: int, max_evaluations: int) -> ThresholdResult:
     """Every layer and target at once: each loop step is one pass over the blocks."""
     scores, ctx = prep.scores, prep.ctx
-    block_args = lambda i: (scores.layout, scores.block(i), prep.w_out_LxFxD, prep.real[i], prep.inv_norm[i])  # noqa
+    block_args = lambda i: (scores.placement, scores.block(i), prep.w_out_LxFxD, prep.real[i], prep.inv_norm[i])  # noqa
     active = lambda s: _per_layer(lambda c, s, t: _active(c, s, t, window, max_evaluations))(ctx, s, target_LxK)  # noqa
 
     def body(s):
@@ -238,16 +238,16 @@ def prepare_search(a: Array, w_out: Array, token_mask: Array | None = None) -> P
     if token_mask is not None:
         check_per_token(token_mask, jnp.shape(a)[1:-1], f"a {jnp.shape(a)}")
     a, w_out, token_mask = (auto_view(x) for x in (a, w_out, token_mask))
-    layout = layout_of(a)
-    real = _real(token_mask, jnp.shape(a)[1:-1], layout)
-    scores = Scores(a, None, layout, 1, stacked=False)
+    placement = placement_of(a)
+    real = _real(token_mask, jnp.shape(a)[1:-1], placement)
+    scores = Scores(a, None, placement, 1, stacked=False)
     return PreparedSearch(scores, w_out, real, *setup(scores, w_out, real))
 
 
-def _real(token_mask: Array | None, token_shape: tuple, layout: Layout) -> Array:
-    """(1, tokens...) bool real-token mask, on the layout's mesh."""
+def _real(token_mask: Array | None, token_shape: tuple, placement: ScorePlacement) -> Array:
+    """(1, tokens...) bool real-token mask, on the placement's mesh."""
     make = lambda m: (jnp.ones(token_shape, bool) if m is None else m.astype(bool))[None]  # noqa: E731
-    sharding = layout.sharding("layer_tokens", len(token_shape) + 1)
+    sharding = placement.sharding("layer_tokens", len(token_shape) + 1)
     return (jax.jit(make) if sharding is None else jax.jit(make, out_shardings=sharding))(token_mask)
 
 
@@ -330,7 +330,7 @@ def find_threshold(
 
     Sharding: a concrete `a` with a NamedSharding is searched on its mesh: tokens split
     over the axes of its first token axis, neurons over those of its F axis
-    (`threshold_pass.layout_of`), every pass a `shard_map` kernel with psums over those
+    (`threshold_pass.placement_of`), every pass a `shard_map` kernel with psums over those
     axes; the scores never leave their devices. Results equal the one-device ones up to
     float32 reduction order. Traced inside the caller's jit, the one-device code runs
     and GSPMD partitions it (on an explicit mesh in auto mode, `cett.run_auto`).

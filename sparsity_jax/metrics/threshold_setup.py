@@ -13,8 +13,8 @@ and the rows of a few proxy tokens (`proxy_tokens`). `find_prepared` then search
     blocks or recomputes them at every pass (`Scores`):
 
         proxies = search_proxies(real, d_ff)        # once: real (nb, B, T...) bool
-        # per block i, inside the caller's jit, on the block's mesh (`Layout`):
-        inv_i, totals_i = setup_search_block(layout, a_i, w_out, real[i], proxies, i)
+        # per block i, inside the caller's jit, on the block's mesh (`ScorePlacement`):
+        inv_i, totals_i = setup_search_block(placement, a_i, w_out, real[i], proxies, i)
         prepared = finish_setup(scores, w_out, real, inv_norm, totals)  # stacked per block
 
 Both ways run the same code (`setup` is the first way's jitted loop over the blocks).
@@ -30,7 +30,7 @@ from jax import lax
 
 from sparsity_jax.metrics.cett import PRECISION, normalise_words
 from sparsity_jax.metrics.reduce import safe_div
-from sparsity_jax.metrics.threshold_pass import Layout, Scores, Totals, over_blocks, setup_block
+from sparsity_jax.metrics.threshold_pass import ScorePlacement, Scores, Totals, over_blocks, setup_block
 from sparsity_jax.nn.sparsify import magnitudes, out_norms
 
 Array = jax.Array
@@ -220,12 +220,12 @@ def search_proxies(real: Array, d_ff: int) -> Proxies:
     return Proxies(*proxy_tokens(real.reshape(real.shape[0], -1), proxy_count(d_ff)))
 
 
-def setup_search_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, proxies: Proxies,
+def setup_search_block(placement: ScorePlacement, a: Array, w_out_LxFxD: Array, real: Array, proxies: Proxies,
                        i: Array) -> tuple[Array, Totals]:
     """The set-up pass on block i: (1/‖FFN(x)‖ per token (L, B, T...), the block's totals).
 
-    a: the block's scores (L, B, T..., F) on `layout`; real: its real tokens (B, T...)."""
-    return setup_block(layout, a, w_out_LxFxD, real, proxies.pos_P, proxies.block_P == i)
+    a: the block's scores (L, B, T..., F) on `placement`; real: its real tokens (B, T...)."""
+    return setup_block(placement, a, w_out_LxFxD, real, proxies.pos_P, proxies.block_P == i)
 
 
 def context(totals_nb: Totals, w_out_LxFxD: Array) -> tuple[SearchContext, Array]:
@@ -260,5 +260,5 @@ def setup(scores: Scores, w_out_LxFxD: Array, real: Array) -> tuple[Array, Searc
     (not the scores themselves: a jit would copy them). `real`: (nb, B, T...) bool."""
     proxies = search_proxies(real, w_out_LxFxD.shape[1])
     inv_norm, totals_nb = over_blocks(scores, lambda i: setup_search_block(
-        scores.layout, scores.block(i), w_out_LxFxD, real[i], proxies, i))
+        scores.placement, scores.block(i), w_out_LxFxD, real[i], proxies, i))
     return (inv_norm,) + context(totals_nb, w_out_LxFxD)

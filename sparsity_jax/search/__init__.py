@@ -5,7 +5,7 @@ trained workdir return typed results with `to_json()`: `evaluate.evaluate_run` (
 checkpoint, `Evaluation`), `sweep.sweep_trained` (PPL-p% over the last checkpoints,
 `PplSweep`) and `compare.model_sparsity` (compare's per-model analysis, `ModelSparsity`)."""
 from sparsity_jax.search.compare import ModelSparsity, model_sparsity
-from sparsity_jax.search.evaluate import Evaluation, evaluate_checkpoints, evaluate_run
+from sparsity_jax.search.evaluate_run import Evaluation, evaluate_checkpoints, evaluate_run
 from sparsity_jax.search.ppl import PplResult, PplSearch, find_crossing, ppl_p_sparsity
 from sparsity_jax.search.sweep import PplSweep, stabilised_sweep, sweep_trained
 from sparsity_jax.search.thresholds import (

@@ -42,7 +42,7 @@ class ModelSparsity:
 
 
 def model_sparsity(run, params, val, step: int, p: float, target_cetts: Sequence[float], tol: float) -> ModelSparsity:
-    """PPL-p% search and CETT curve of `params` (a `runtime.model.ModelRun`'s) on `val`."""
+    """PPL-p% search and CETT curve of `params` (a `runtime.model_run.ModelRun`'s) on `val`."""
     search = PplSearch(run.graphdef, [params], val)
     cache = search.caches[0]
     t0 = time.perf_counter()

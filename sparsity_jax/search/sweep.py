@@ -58,7 +58,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
     """Over all blocks: per layer and neuron the real tokens where it is active at t_l (L, F),
     per layer and input id the summed active counts (L, V), per id its real tokens (V,),
     and the real tokens — all replicated."""
-    layout = prep.scores.layout
+    placement = prep.scores.placement
 
     def kernel(axes, a, w_out_LxFxD, real, ids, t_L):
         F = a.shape[-1]
@@ -78,7 +78,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
                 psum(jnp.sum(real_M, dtype=jnp.int32), axes.tokens))
 
     def one_block(i):
-        return run_sharded(layout, kernel, ("scores", "w_out", "tokens", "tokens", "rep"), P(), prep.scores.block(i),
+        return run_sharded(placement, kernel, ("scores", "w_out", "tokens", "tokens", "rep"), P(), prep.scores.block(i),
                            prep.w_out_LxFxD, prep.real[i], ids[i], threshold_L)
 
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), over_blocks(prep.scores, one_block))

@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from sparsity_jax.predict.affinity import Affinity, affinity_of
+from sparsity_jax.predict.checkpoint_affinity import Affinity, affinity_of
 from sparsity_jax.predict.analysis import Log, Predictivity, predictivity
-from sparsity_jax.predict.model import PredictorConfig
+from sparsity_jax.predict.lowrank import PredictorConfig
 from sparsity_jax.search.thresholds import thresholds_for_cett
 
 

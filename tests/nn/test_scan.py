@@ -21,7 +21,7 @@ from sparsity_jax.nn.sparsify import MoESpec, Sparsify
 from sparsity_jax.runtime import sharding as shd
 import optax
 
-from sparsity_jax.runtime.layout import convert_blocks
+from sparsity_jax.runtime.block_stacking import convert_blocks
 from sparsity_jax.ssd.convert import centres_from_params, permute_state
 from tests.train.helpers import synthetic_batch
 
