@@ -45,7 +45,7 @@ from sparsity_jax.infer.choosers import Act  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, layer_ffn  # noqa: E402
 from sparsity_jax.infer.neuron_order import coactivation_layout, permute_arrays, permute_params  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
-from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
+from sparsity_jax.devices.sharding import make_mesh  # noqa: E402
 
 RANK, PROMPT, NEW, HIDDEN = 64, 16, 32, 32
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)  # budgets: finer buckets than the default, so K stays near the union

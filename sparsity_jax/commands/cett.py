@@ -6,7 +6,7 @@ realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
 from __future__ import annotations
 
 from sparsity_jax.commands import common
-from sparsity_jax.runtime.timing import TIMINGS
+from sparsity_jax.devices.timing import TIMINGS
 from sparsity_jax.search.thresholds import check_target_cett, thresholds_for_cett
 
 TAKES_CONFIG = True

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from sparsity_jax.commands import common
-from sparsity_jax.runtime.hardware import CHIPS
+from sparsity_jax.devices.hardware import CHIPS
 
 TAKES_CONFIG = True
 

@@ -25,7 +25,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.hf import weights
 from sparsity_jax.hf.config import hf_config
 from sparsity_jax.hf.load import inspect, load_params
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.workdir import Workdir, write_json, write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",

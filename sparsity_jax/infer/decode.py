@@ -29,7 +29,7 @@ from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.model import FFNHook
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 Array = jax.Array
 STATS = ("kept", "rows", "union", "read", "over", "dense", "tokens")

@@ -22,7 +22,7 @@ from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
 from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
-from sparsity_jax.runtime.timing import timed
+from sparsity_jax.devices.timing import timed
 from sparsity_jax.runtime.trained import real_tokens
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (

@@ -27,10 +27,10 @@ from sparsity_jax.metrics import (
     setup_search_block,
 )
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime.sharding import logical_to_spec
+from sparsity_jax.devices.sharding import logical_to_spec
 from sparsity_jax.runtime.forward import forward
-from sparsity_jax.runtime.memory import min_free_bytes
-from sparsity_jax.runtime.timing import timed
+from sparsity_jax.devices.memory import min_free_bytes
+from sparsity_jax.devices.timing import timed
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -77,7 +77,7 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
 def search_placement(batches: Sequence[Batch], d_ff: int, mesh=None) -> ScorePlacement:
     """Where the scores live: `mesh` (default: the batches' mesh), tokens over the mesh
     axes of the logical 'activation_batch' axis, F over those of 'activation_mlp'
-    (`runtime.sharding` rules; an axis that does not divide stays replicated). One
+    (`devices.sharding` rules; an axis that does not divide stays replicated). One
     device: `ScorePlacement()`."""
     inputs = batches[0]["inputs"]
     mesh = mesh if mesh is not None else getattr(getattr(inputs, "sharding", None), "mesh", None)
@@ -99,7 +99,7 @@ def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, placement: S
 def choose_mode(mode: str, need_bytes: int, memory_budget: int | None = None) -> str:
     """"cache" or "stream": as asked, or for "auto" cache when `need_bytes` per device
     take at most half of the bytes free on the most loaded device
-    (`runtime.memory.min_free_bytes`, or `memory_budget`), leaving room for the forward
+    (`devices.memory.min_free_bytes`, or `memory_budget`), leaving room for the forward
     pass and the search's per-block temporaries."""
     if mode not in MODES:
         raise UserError(f"Pass the search mode as one of {', '.join(MODES)}; got {mode!r}.")
@@ -173,7 +173,7 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
         them with the dense model, one batch at a time) or "auto" (`choose_mode`).
       dtype: storage dtype of the scores (the searches compute in float32).
       memory_budget: bytes per device `auto` may assume free (default: what
-        `runtime.memory` reads).
+        `devices.memory` reads).
       caches: how many such caches will be held at once (the joint PPL-p% search), for
         `auto`.
     Returns:

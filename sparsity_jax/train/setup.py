@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from sparsity_jax.nn.model import LM
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.checkpoint import abstract_with_shardings
 from sparsity_jax.runtime.block_stacking import convert_blocks
 from sparsity_jax.runtime.model_run import ModelRun, model_parts

@@ -16,7 +16,7 @@ from sparsity_jax.predict import store
 from sparsity_jax.predict.data import TokenSet, active_labels
 from sparsity_jax.predict.predictor_quality import _merge, _weights
 from sparsity_jax.predict.train import positive_weight, train_predictors
-from sparsity_jax.runtime.sharding import make_mesh
+from sparsity_jax.devices.sharding import make_mesh
 from tests.nn.test_ffn import numpy_topk
 
 

@@ -16,7 +16,7 @@ from sparsity_jax.metrics.threshold_search import _default_window, _search
 from sparsity_jax.metrics.threshold_setup import search_proxies
 from sparsity_jax.nn.model import LM
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.forward import make_eval_step
 from sparsity_jax.runtime.model_run import build_model
 from sparsity_jax.search import thresholds as th
