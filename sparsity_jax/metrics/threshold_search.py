@@ -47,7 +47,8 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import check_shapes, normalise_words, run_auto, sub_words, words_float, words_min
 from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
-    Candidates, ScorePlacement, Scores, auto_view, eval_block, finish_block, placement_of, merge_candidates, over_blocks,
+    Candidates, ScorePlacement, Scores, auto_view, eval_block, finish_block, merge_candidates, over_blocks,
+    placement_of,
 )
 from sparsity_jax.metrics.threshold_setup import (
     PreparedSearch, SearchContext, proxy_cett, proxy_inverse, rank_of, setup, value_at,

@@ -61,6 +61,7 @@ def model_sparsity(run, params, val, step: int, p: float, target_cetts: Sequence
                "activation_ratio": 1 - r.overall_sparsity, "layer_sparsity": r.sparsity[0].round(6).tolist(),
                "threshold": r.threshold[0].tolist(), "evaluations": r.evaluations, "converged": r.converged,
                "search_seconds": round(t_search, 3)},
-        curve={"target_cett": list(map(float, target_cetts)), "realised_cett": thr.realised_cett.mean(axis=0).round(6).tolist(),
+        curve={"target_cett": list(map(float, target_cetts)),
+               "realised_cett": thr.realised_cett.mean(axis=0).round(6).tolist(),
                "sparsity": thr.sparsity.mean(axis=0).round(6).tolist(),
                "layer_sparsity": thr.sparsity.T.round(6).tolist(), "ppl_ratio": np.round(ratios, 6).tolist()})

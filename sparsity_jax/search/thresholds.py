@@ -89,9 +89,11 @@ def search_placement(batches: Sequence[Batch], d_ff: int, mesh=None) -> ScorePla
     return ScorePlacement(mesh, tokens, neurons)
 
 
-def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, placement: ScorePlacement, dtype=jnp.float32) -> int:
+def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, placement: ScorePlacement,
+                dtype=jnp.float32) -> int:
     """Bytes per device of one checkpoint's cached scores (nb, L, B, T, F)."""
-    shards = 1 if placement.mesh is None else math.prod(placement.mesh.shape[a] for a in placement.tokens + placement.neurons)
+    mesh = placement.mesh
+    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in placement.tokens + placement.neurons)
     tokens = sum(math.prod(b["inputs"].shape) for b in batches)
     return tokens * n_layers * d_ff * np.dtype(dtype).itemsize // shards
 
@@ -247,8 +249,10 @@ def cache_thresholds(cache: DenseCache, target_cett, prepared: PreparedSearch | 
     outside it the fields are NaN). `prepared`: another set-up to search instead of the
     cache's own (default).
     """
-    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(target_cett, np.float32), check=False)
-    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.realised_cett, res.sparsity)), cache.mode)
+    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(target_cett, np.float32),
+                        check=False)
+    fields = (res.threshold, res.realised_cett, res.sparsity)
+    return CettThresholds(*(np.asarray(x, np.float64) for x in fields), cache.mode)
 
 
 def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], target_cett: float, *, mesh=None,
