@@ -71,7 +71,7 @@ $(TPU_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,tpu]'
 	touch $(TPU_STAMP)
 
-# libtpu compiles for TPU slices with no TPU attached; runtime.hardware keeps it off the
+# libtpu compiles for TPU slices with no TPU attached; devices.hardware keeps it off the
 # network (TPU_SKIP_MDS_QUERY and friends, set when sparsity_jax is imported)
 tpu-check: $(TPU_STAMP)
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 -m tpu_compile tests/tpu

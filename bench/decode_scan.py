@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sparsity_jax.infer import Decoder, place  # noqa: E402
 from sparsity_jax.infer.cache import left_pad  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
-from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
+from sparsity_jax.devices.sharding import make_mesh  # noqa: E402
 
 TOY = ModelConfig(vocab_size=259, d_model=128, num_layers=24, num_heads=4, d_ff=512, activation="relu")
 SMOL = ModelConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, d_ff=1536,

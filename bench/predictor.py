@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparsity_jax.metrics.affinity import coactivation  # noqa: E402
 from sparsity_jax.nn.ffn import FFN  # noqa: E402
-from sparsity_jax.predict import model as pm  # noqa: E402
+from sparsity_jax.predict import lowrank as pm  # noqa: E402
 from sparsity_jax.predict.data import TokenSet  # noqa: E402
 from sparsity_jax.predict.train import train_predictors  # noqa: E402
-from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
+from sparsity_jax.devices.sharding import make_mesh  # noqa: E402
 
 # name: (d, F, activation, layers)
 SHAPES = {

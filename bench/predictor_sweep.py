@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparsity_jax import settings  # noqa: E402
 from sparsity_jax.metrics.predictivity import predictor_metrics  # noqa: E402
-from sparsity_jax.predict import model as pm  # noqa: E402
+from sparsity_jax.predict import lowrank as pm  # noqa: E402
 from sparsity_jax.predict.data import token_set, training_batches  # noqa: E402
 from sparsity_jax.predict.train import train_predictors  # noqa: E402
 from sparsity_jax.search.thresholds import thresholds_for_cett  # noqa: E402

@@ -37,7 +37,7 @@ from sparsity_jax.metrics.threshold_search import PreparedSearch, _default_windo
 from sparsity_jax.nn.sparsify import Sparsify  # noqa: E402
 from sparsity_jax.search.ppl import PplSearch  # noqa: E402
 from sparsity_jax.search.thresholds import (  # noqa: E402
-    _StreamScores, _dense_step, _sparse_step, cache_thresholds, dense_pass, search_layout, threshold_sparsify,
+    _StreamScores, _dense_step, _sparse_step, cache_thresholds, dense_pass, search_placement, threshold_sparsify,
 )
 from sparsity_jax.settings import load  # noqa: E402
 from sparsity_jax.methods import make_method  # noqa: E402
@@ -67,20 +67,20 @@ def abstract_programs(run, nb: int, mode: str, dtype=jnp.float32) -> dict:
     """Per-device peak bytes of the dense step, the search and the sparse step (compile only)."""
     L, F, d = run.model_cfg.num_layers, run.model_cfg.d_ff, run.model_cfg.d_model
     batch = run.abstract_batch()
-    layout = search_layout([batch], F, run.mesh if run.mesh.size > 1 else None)
-    sh = lambda kind, ndim: None if layout.mesh is None else NamedSharding(  # noqa: E731
-        layout.mesh, P(None, *layout.spec(kind, ndim)))
+    placement = search_placement([batch], F, run.mesh if run.mesh.size > 1 else None)
+    sh = lambda kind, ndim: None if placement.mesh is None else NamedSharding(  # noqa: E731
+        placement.mesh, P(None, *placement.spec(kind, ndim)))
     B, T = batch["inputs"].shape
     params = run.abstract_state["params"]
-    w_out = sds((L, F, d), jnp.float32, None if layout.mesh is None else layout.sharding("w_out", 3))
+    w_out = sds((L, F, d), jnp.float32, None if placement.mesh is None else placement.sharding("w_out", 3))
     real = sds((nb, B, T), jnp.bool_, sh("tokens", 2))
     inv_norm = sds((nb, L, B, T), jnp.float32, sh("layer_tokens", 3))
     cache = sds((nb, L, B, T, F), dtype, sh("scores", 4)) if mode == "cache" else None
     if mode == "cache":
-        scores = Scores(cache, None, layout, nb)
+        scores = Scores(cache, None, placement, nb)
     else:
         stacked = {k: sds((nb,) + v.shape, v.dtype, sh("tokens", 2)) for k, v in batch.items()}
-        scores = Scores(None, (params, stacked), layout, nb, compute=_StreamScores(run.graphdef, np.dtype(dtype)))
+        scores = Scores(None, (params, stacked), placement, nb, compute=_StreamScores(run.graphdef, np.dtype(dtype)))
     _, ctx, proxy = jax.eval_shape(setup, scores, w_out, real)
     prep = PreparedSearch(scores, w_out, real, inv_norm, ctx, proxy)
     target = jnp.zeros((L, 1), jnp.float32)
@@ -89,7 +89,7 @@ def abstract_programs(run, nb: int, mode: str, dtype=jnp.float32) -> dict:
     P_ = proxy.shape[1]
     proxy_ids = (jnp.zeros((P_,), jnp.int32), jnp.zeros((P_,), jnp.int32))
     out["dense step"] = peak(_dense_step.lower(run.graphdef, params, batch, jnp.int32(0), cache, inv_norm, proxy_ids,
-                                               layout, np.dtype(dtype)).compile())
+                                               placement, np.dtype(dtype)).compile())
     sparse = peak(_sparse_step.lower(run.graphdef, params, batch, threshold_sparsify(np.zeros(L))).compile())
     out["sparse step (+cache)"] = sparse + (0 if cache is None else _bytes(cache))
     return out

@@ -14,7 +14,7 @@ with a PLANTED 0.15 share whose active sets are unions of hidden blocks of 32 ne
 scattered by a random permutation: the W_in columns of a hidden block are equal (so its
 neurons cross any threshold together) and so are the synthetic predictor's W2 columns
 and biases; thresholds / biases at the 0.85-quantile of Gaussian inputs. The layout
-(`infer.layout`, computed from candidates on calibration tokens) must find the blocks.
+(`infer.neuron_order`, computed from candidates on calibration tokens) must find the blocks.
 "FFN" is all layers' FFNs for one decode step on Gaussian inputs; "step" is the whole
 jitted decode step. Variants are timed in alternating rounds (medians).
 
@@ -39,13 +39,13 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.infer import Decoder, Dense, Predicted, Threshold, place  # noqa: E402
+from sparsity_jax.infer import AllNeurons, Decoder, Predicted, Threshold, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate, measured_candidates  # noqa: E402
 from sparsity_jax.infer.choosers import Act  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, layer_ffn  # noqa: E402
-from sparsity_jax.infer.layout import coactivation_layout, permute_arrays, permute_params  # noqa: E402
+from sparsity_jax.infer.neuron_order import coactivation_layout, permute_arrays, permute_params  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
-from sparsity_jax.runtime.sharding import make_mesh  # noqa: E402
+from sparsity_jax.devices.sharding import make_mesh  # noqa: E402
 
 RANK, PROMPT, NEW, HIDDEN = 64, 16, 32, 32
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)  # budgets: finer buckets than the default, so K stays near the union
@@ -123,7 +123,7 @@ def row(label: str, layout: str, dec: Decoder, gen, med: dict, gated: bool, rank
 def compare(graphdef, params, mesh, choosers, calib, x_LxNxD, prompts, rows: int, block: int, args, *,
             gated: bool, rank: int, layout_tokens: int = 512, run: str = "synthetic") -> None:
     """Rows for each chooser: neuron gathers, then the co-activation layout with block gathers."""
-    dense = Decoder(graphdef, params, mesh, Dense())
+    dense = Decoder(graphdef, params, mesh, AllNeurons())
     dense.generate(prompts, NEW)
     print(HEAD)
     for label, chooser, arrays in choosers:

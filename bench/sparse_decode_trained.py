@@ -11,7 +11,7 @@ own FFN inputs at random validation tokens, prompts are cut from validation rows
 `--layout-table W1,W2,...` prints the co-activation layout table instead (ReLU² Wins §4
 hardware affinity as block shares): per run, per layer and on average, the neuron-active
 share of the threshold mode at its PPL-1% CETT and the block-active share at b = 8 … 128
-before and after a layout computed at each b (`infer.layout.affinity_table`).
+before and after a layout computed at each b (`infer.neuron_order.affinity_table`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sparsity_jax.infer import Decoder, Predicted, Threshold
-from sparsity_jax.infer.layout import affinity_table, format_table
+from sparsity_jax.infer.neuron_order import affinity_table, format_table
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.search.thresholds import sparse_pass, thresholds_for_cett, threshold_sparsify
 

@@ -22,7 +22,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.infer.kernels import tpu as kernels
 from sparsity_jax.methods import make_method
 from sparsity_jax import settings
-from sparsity_jax.runtime import hardware
+from sparsity_jax.devices import hardware
 from sparsity_jax.train import dry_run as dr
 from sparsity_jax.train.tune import tune, tune_table
 

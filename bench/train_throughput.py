@@ -8,7 +8,7 @@ import sys
 import jax
 
 from common import compiled_stats, make, time_steps
-from sparsity_jax.runtime.hardware import peak_flops_per_device
+from sparsity_jax.devices.hardware import peak_flops_per_device
 
 
 def main(argv):

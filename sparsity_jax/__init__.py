@@ -34,9 +34,9 @@ a package imports only packages on lower floors, `FLOORS` in tests/test_imports.
             holds the table and exit codes.
 """
 
-from sparsity_jax.runtime.hardware import no_tpu_environment
+from sparsity_jax.devices.hardware import no_tpu_environment
 
 __version__ = "0.1.0"
 # libtpu (the `tpu` extra) must not look for a TPU nor a metadata server on a machine with
-# none: before anything here lets JAX start its backends (`runtime.hardware`)
+# none: before anything here lets JAX start its backends (`devices.hardware`)
 no_tpu_environment()

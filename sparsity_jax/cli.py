@@ -37,8 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from sparsity_jax.commands import (  # noqa: E402
     affinity, cett, common, compare, evaluate, export_hf, generate, import_hf, ppl, predictor, report, scaling, ssd,
     train)
-from sparsity_jax.runtime.memory import return_freed_memory  # noqa: E402
-from sparsity_jax.runtime.timing import TIMINGS  # noqa: E402
+from sparsity_jax.devices.memory import return_freed_memory  # noqa: E402
+from sparsity_jax.devices.timing import TIMINGS  # noqa: E402
 
 COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling,
                                                        predictor, affinity, generate)}

@@ -28,7 +28,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # libtpu (the tpu extra, tests/tpu) must neither look for a TPU nor ask a metadata server
-from sparsity_jax.runtime.hardware import no_tpu_environment  # noqa: E402
+from sparsity_jax.devices.hardware import no_tpu_environment  # noqa: E402
 
 no_tpu_environment()
 

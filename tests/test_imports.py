@@ -8,15 +8,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sparsity_jax"
 
 # Each top-level package (or module) of sparsity_jax and its floor. The data flow runs up
 # the floors: tokens (data) → the model (nn) → its records → metrics → the shared runtime
-# (mesh, forward, trained workdirs) → the capabilities built on it → the renderers of their
+# (the forward, trained workdirs) → the capabilities built on it → the renderers of their
 # results → the workflows that compose them → the commands → the command table.
 FLOORS = {
     "errors": 0,  # the one exception type a user sees, and its helpers
     "nn": 1,  # Flax modules and sparsity rules: nothing of the package but errors
     "settings": 2, "metrics": 2,  # typed config (names the nn modes); pure functions over arrays
     "ssd": 2,  # MoEfication algorithms over nn parameters: k-means, ARI, conversion, schedule, MoE sweeps
+    "devices": 2,  # the machine: mesh and logical-axis rules, processes, hardware table, memory, timing
     "data": 3,  # seqio tasks and batches, from the data settings
-    "runtime": 4,  # what every capability shares: mesh, the forward, workdirs, checkpoints, trained runs
+    "runtime": 4,  # what every capability shares of a run: the forward, workdirs, checkpoints, trained runs
     # the capabilities: each composes the floors below and none imports another
     "methods": 5, "train": 5, "search": 5, "predict": 5, "infer": 5, "scaling": 5, "hf": 5,
     "report": 6,  # renders the capabilities' results (predict's aspects, scaling's curves)
@@ -105,7 +106,7 @@ def test_only_cli_imports_the_commands():
 # a workdir path goes through epath (`runtime.workdir`): builtin `open()` and `os.path` are
 # left to the modules that read what is not a workdir (the corpus, config files, the
 # package's own data, /proc/meminfo) and to runtime/workdir.py, which makes local paths absolute.
-NOT_WORKDIR = ("data/", "settings/", "scaling/data", "runtime/memory.py", "runtime/workdir.py")
+NOT_WORKDIR = ("data/", "settings/", "scaling/data", "devices/memory.py", "runtime/workdir.py")
 
 
 def _below_commands():

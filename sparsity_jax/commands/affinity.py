@@ -3,7 +3,7 @@ Wins §4 (3), §5.3, App. D): with neurons active where ‖n_i‖ ≥ t_l > 0 (t
 threshold) on the validation batches, the reuse ratio of a sliding window of w previous
 tokens of the same sequence against each layer's activation ratio (Fig. 6), the
 top-average co-activation gap per layer (Fig. 7) and the hot-neuron CDF (computed by
-`workflows.at_cett` with `predict.affinity`). Writes WORKDIR/report/affinity.json + PNGs.
+`workflows.at_cett` with `predict.checkpoint_affinity`). Writes WORKDIR/report/affinity.json + PNGs.
 
   sparsity-jax affinity --workdir RUN --cett 0.2 [--windows 1,2,4,8] [--step S]
       [--eval-batches N] [--neurons N]
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.predict.affinity import MAX_NEURONS
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.predict.checkpoint_affinity import MAX_NEURONS
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.at_cett import affinity_at_cett
 
 TAKES_CONFIG = True
@@ -44,7 +44,7 @@ def run(args) -> int:
     # local: report loads matplotlib, which the CLI's start-up does without
     from sparsity_jax.report.predictivity import affinity_summary, write_affinity_report
 
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     windows = check_windows(args.windows)
 
     def check(settings, steps):

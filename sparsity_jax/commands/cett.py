@@ -5,9 +5,12 @@ realised CETT and sparsity over all real validation tokens (ReLU² Wins §3).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from sparsity_jax.commands import common
-from sparsity_jax.runtime.timing import TIMINGS
-from sparsity_jax.search.thresholds import check_cett, thresholds_for_cett
+from sparsity_jax.devices.timing import TIMINGS
+from sparsity_jax.search.thresholds import check_target_cett
+from sparsity_jax.workflows.at_cett import thresholds_at_cett
 
 TAKES_CONFIG = True
 
@@ -24,18 +27,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     wd, step, params = common.trained_params(args)
-    res = thresholds_for_cett((wd.run.graphdef, params), wd.val, args.cett)
-    out = {"workdir": str(wd.workdir), "step": step, "target_cett": args.cett,
-           "threshold": res.threshold.tolist(), "realised_cett": res.cett.tolist(), "sparsity": res.sparsity.tolist(),
-           "activation_ratio": float(1 - res.sparsity.mean())}
+    res = thresholds_at_cett(wd.run, params, wd.val, args.cett, workdir=wd.workdir, step=step)
     common.log(f"step {step}, target CETT {args.cett:g}\nlayer  threshold    CETT      sparsity")
-    for i, (t, c, s) in enumerate(zip(res.threshold, res.cett, res.sparsity)):
+    for i, (t, c, s) in enumerate(zip(res.threshold, res.realised_cett, res.sparsity)):
         common.log(f"{i:5d}  {t:9.5f}  {c:8.5f}  {s:8.4f}")
-    common.log(f"overall sparsity {res.sparsity.mean():.4f}, activation ratio {out['activation_ratio']:.4f}")
+    common.log(f"overall sparsity {np.mean(res.sparsity):.4f}, activation ratio {res.activation_ratio:.4f}")
     common.log(TIMINGS.line())
-    out["seconds"] = {k: round(v, 2) for k, v in TIMINGS.split().items()}  # the `time:` split
+    out = res.to_json() | {"seconds": {k: round(v, 2) for k, v in TIMINGS.split().items()}}  # the `time:` split
     output = args.output or wd.workdir.cett_json
     common.write_json(output, out)
     common.log(f"wrote {output}")

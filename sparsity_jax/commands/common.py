@@ -7,8 +7,9 @@ import argparse
 import jax
 
 from sparsity_jax import settings
+from sparsity_jax.devices import distributed
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.runtime import distributed, trained
+from sparsity_jax.runtime import trained
 from sparsity_jax.runtime.workdir import write_json as write_workdir_json
 from sparsity_jax.search.ppl import check_p
 

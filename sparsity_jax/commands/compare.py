@@ -22,7 +22,7 @@ from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.runtime.workdir import as_path
 from sparsity_jax.search.ppl import check_p
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.comparison import compare
 
 TAKES_CONFIG = True
@@ -55,8 +55,8 @@ def run(args) -> int:
     check_p(args.p)
     if args.predictor_steps < 0:
         raise UserError(f"Pass --predictor-steps ≥ 0 (0: no predictivity / affinity); got {args.predictor_steps}.")
-    cetts = sorted(set(comma_list(args.cetts, float, "--cetts")))
-    check_cett(cetts)
+    target_cetts = sorted(set(comma_list(args.cetts, float, "--cetts")))
+    check_target_cett(target_cetts)
     config = args.config.partition(":")[0]
     names = comma_list(args.variants, str, "--variants") if args.variants else list(settings.variants(config))
     if not names:
@@ -65,7 +65,7 @@ def run(args) -> int:
     models = {v: settings.load(f"{config}:{v}", overrides) for v in names}  # every name checked before training
     common.init_distributed(args)
     root = as_path(args.workdir)
-    results = compare(models, root, args.p, cetts, args.tol, args.predictor_steps, log=common.log)
+    results = compare(models, root, args.p, target_cetts, args.tol, args.predictor_steps, log=common.log)
     out = {"config": config, "overrides": overrides, "p": args.p, "tol": args.tol, "models": results}
     if common.is_main():
         paths = write_compare_report(out, root)

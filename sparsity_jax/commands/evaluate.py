@@ -2,15 +2,14 @@
 validation loss, perplexity, per-layer activation ratio (a ≠ 0: CETT 0), training tokens
 passed, and the activation ratio at PPL-p% (default p = 1, the stabilised CETT of Sparsing
 Law App. B, from the PPL-p% sweep of `sparsity-jax ppl` on the same validation batches):
-the points `sparsity-jax scaling` fits (`search.evaluate`).
+the points `sparsity-jax scaling` fits (`workflows.evaluate_run`).
 
   sparsity-jax evaluate --workdir DIR [--eval-batches N | --text FILE] [--ppl-p 1,5 | --ppl-p ''] [--output FILE]
 """
 from __future__ import annotations
 
 from sparsity_jax.commands import common
-from sparsity_jax.runtime.trained import real_tokens
-from sparsity_jax.search.evaluate import evaluate_run
+from sparsity_jax.workflows.evaluation import evaluate_run
 
 TAKES_CONFIG = True
 

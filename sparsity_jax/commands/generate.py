@@ -7,7 +7,7 @@ a step and the budget overflows.
 
 `--layout coactivation` first permutes each layer's neurons so that the ones the chooser
 picks together on validation tokens sit in contiguous blocks of `--block` (issue 22,
-`infer.layout`; the model's function is unchanged), then decodes with block gathers;
+`infer.neuron_order`; the model's function is unchanged), then decodes with block gathers;
 `--block` alone gathers blocks of the unpermuted layout.
 
   sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.generation import FFNS, LAYOUTS, generate, predictor_path
 
 TAKES_CONFIG = True
@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
 
 
 def check_args(args) -> None:
-    check_cett(args.cett)
+    check_target_cett(args.cett)
     if args.max_new <= 0:
         raise UserError(f"Pass --max-new ≥ 1 (tokens to generate); got {args.max_new}.")
     if args.batch is not None and args.batch <= 0:

@@ -11,8 +11,10 @@ to evaluate on, batch sizes, the mesh); --text FILE makes all of FILE its evalua
 """
 from __future__ import annotations
 
+from sparsity_jax import settings
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
+from sparsity_jax.hf.run import import_run
 
 TAKES_CONFIG = True
 
@@ -32,9 +34,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sparsity_jax import settings
-    from sparsity_jax.hf.run import import_run
-
     over = common.overrides(args)
     model_keys = sorted(k for k in over if k.startswith("model.") and k != "model.scan_layers")
     if model_keys:

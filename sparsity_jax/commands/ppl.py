@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
-from sparsity_jax.runtime.timing import TIMINGS
+from sparsity_jax.devices.timing import TIMINGS
 from sparsity_jax.search.sweep import PARETO_METHODS, sweep_trained
 
 TAKES_CONFIG = True

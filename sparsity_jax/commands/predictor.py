@@ -15,9 +15,9 @@ from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.predict import store
-from sparsity_jax.predict.evaluate import default_ks
-from sparsity_jax.predict.model import LABELS, PredictorConfig, ffn_matrices, resolve_rank
-from sparsity_jax.search.thresholds import check_cett
+from sparsity_jax.predict.predictor_quality import default_ks
+from sparsity_jax.predict.lowrank import LABELS, PredictorConfig, ffn_matrices, resolve_rank
+from sparsity_jax.search.thresholds import check_target_cett
 from sparsity_jax.workflows.at_cett import predictivity_of_checkpoint
 
 TAKES_CONFIG = True
@@ -55,7 +55,7 @@ def run(args) -> int:
     if args.labels == "cett":
         if args.cett is None:
             raise UserError("Pass --cett C (the CETT of the labels' thresholds, e.g. 0.2) or --labels zero.")
-        check_cett(args.cett)
+        check_target_cett(args.cett)
     elif args.cett is not None:
         raise UserError("Drop --cett with --labels zero (its labels are a_i != 0).")
     cfg = PredictorConfig(rank=args.rank, share=args.share, bias=not args.no_bias, labels=args.labels,

@@ -17,8 +17,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sparsity_jax import settings
 from sparsity_jax.commands import common
-from sparsity_jax.runtime.hardware import CHIPS
+from sparsity_jax.devices.hardware import CHIPS
+from sparsity_jax.methods import make_method
+from sparsity_jax.report.summary import print_summary
+from sparsity_jax.train.dry_run import run_dry
+from sparsity_jax.train.init_from import check_init_shapes, init_settings
+from sparsity_jax.train.trainer import train
+from sparsity_jax.train.tune import run_tune
 
 TAKES_CONFIG = True
 
@@ -43,26 +50,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sparsity_jax import settings
-    from sparsity_jax.methods import make_method
-    from sparsity_jax.report.summary import print_summary
-    from sparsity_jax.train.trainer import train
-
     path = args.config or settings.DEFAULT_CONFIG
     if getattr(args, "init_from", None):  # RUN's model (and tokenizer), the command's overrides on top
-        from sparsity_jax.train.init_from import check_init_shapes, init_settings
-
         st = init_settings(path, common.overrides(args), args.init_from)
         check_init_shapes(st, args.init_from)
     else:
         st = settings.load(path, common.overrides(args))  # bad input fails before any process waits for peers
     if args.tune:
-        from sparsity_jax.train.tune import run_tune
-
         return run_tune(st, make_method, path, device=args.dry_run_device, topology=args.topology)
     if args.dry_run or args.dry_run_device or args.topology:
-        from sparsity_jax.train.dry_run import run_dry
-
         return run_dry(st, make_method, path, device=args.dry_run_device, topology=args.topology)
     common.init_distributed(args)
     summary = train(st, args.workdir or os.path.join("workdirs", Path(path.partition(":")[0]).stem), make_method,

@@ -6,7 +6,7 @@
 
 The parameters are created abstractly (nothing allocated), then each tensor is read once
 from the memory-mapped file (`weights.Source`) and placed straight onto its training
-sharding (`runtime.sharding.param_shardings`: the same logical-axis rules as training).
+sharding (`devices.sharding.param_shardings`: the same logical-axis rules as training).
 Imported models scan their layers (`model.scan_layers`) unless told otherwise: the
 per-layer tensors are placed first, then stacked on the devices one parameter at a time.
 """
@@ -25,7 +25,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.hf import weights
 from sparsity_jax.hf.config import model_config
 from sparsity_jax.nn.model import DTYPES, LM, ModelConfig
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 
 def read_config(path) -> dict:

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from safetensors.numpy import save_file
 
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.errors import UserError
 from sparsity_jax.hf import weights
 from sparsity_jax.hf.config import hf_config
 from sparsity_jax.hf.load import inspect, load_params
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.runtime.block_stacking import convert_blocks
+from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.runtime.workdir import Workdir, write_json, write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -54,8 +57,6 @@ def import_run(src, workdir, base_settings, *, dtype: str | None = None, scan_la
     with the settings `base_settings` (their model replaced by the checkpoint's, its blocks
     scanned unless `scan_layers` is False); returns a summary. Everything is read and
     checked before anything is written."""
-    from sparsity_jax.runtime.checkpoint import Checkpointer
-
     src, wd = Path(src), Workdir(workdir)
     if wd.root.exists():
         raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
@@ -93,17 +94,13 @@ def import_run(src, workdir, base_settings, *, dtype: str | None = None, scan_la
 
 def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path:
     """Writes `params` (a pure dict, our layout) of model `cfg` as an HF directory `out`."""
-    from safetensors.numpy import save_file
-
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; export into a new directory (nothing is ever overwritten).")
-    from sparsity_jax.runtime.layout import convert_blocks
-
     config = hf_config(cfg, cfg.param_dtype)
     params = convert_blocks(params, stacked=False)  # a scanned model's blocks, one per layer
     tensors = {}
-    for path, (name, how) in weights.layout(cfg).items():
+    for path, (name, how) in weights.hf_names(cfg).items():
         x = params
         for k in path:
             x = x[k]

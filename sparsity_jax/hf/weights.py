@@ -27,7 +27,7 @@ SINGLE = "model.safetensors"
 STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
-def layout(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
+def hf_names(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
     """{our parameter path: (HF tensor name, transform)}; transforms: copy, T (transpose),
     q / kv (out, in) → (d, heads, K), o (d, H·K) → (H, K, d), bias_q / bias_kv (heads·K,) → (heads, K)."""
     out = {("embed",): ("model.embed_tokens.weight", "copy"), ("final_norm", "scale"): ("model.norm.weight", "copy")}
@@ -178,7 +178,7 @@ def check_tensors(source: Source, cfg: ModelConfig, shapes: dict[tuple, tuple]) 
     """Every tensor the model needs exists with the right shape (names the first that does
     not), from the source's headers only."""
     found = source.shapes()
-    for ours, (name, how) in layout(cfg).items():
+    for ours, (name, how) in hf_names(cfg).items():
         if name not in found:
             raise UserError(f"tensor {source.stored(name)!r} is missing from {source.path}; the checkpoint does not "
                             f"match its {source.config}.")
@@ -191,7 +191,7 @@ def check_tensors(source: Source, cfg: ModelConfig, shapes: dict[tuple, tuple]) 
 def read(source: Source, cfg: ModelConfig, place: Callable[[tuple, np.ndarray], None]) -> None:
     """Reads each tensor once (one at a time), converts it to our layout and passes it to
     `place(our path, array)`, which puts it on the devices."""
-    ours = {name: (path, how) for path, (name, how) in layout(cfg).items()}
+    ours = {name: (path, how) for path, (name, how) in hf_names(cfg).items()}
     for name, x in source.tensors(list(ours)):
         path, how = ours[name]
         place(path, to_ours(x, how, cfg))

@@ -8,7 +8,7 @@ per-token neuron budgets from measured activations; layout.py permutes each laye
 neurons so co-active ones share blocks (function unchanged); kernels/ holds the block
 gathers (XLA, Pallas TPU, Pallas GPU); sampling.py draws tokens.
 """
-from sparsity_jax.infer.choosers import CHOOSERS, Dense, Predicted, Threshold
+from sparsity_jax.infer.choosers import CHOOSERS, AllNeurons, Predicted, Threshold
 from sparsity_jax.infer.decode import Decoder, Generation, masked_forward, place
 
-__all__ = ["CHOOSERS", "Decoder", "Dense", "Generation", "Predicted", "Threshold", "masked_forward", "place"]
+__all__ = ["CHOOSERS", "AllNeurons", "Decoder", "Generation", "Predicted", "Threshold", "masked_forward", "place"]

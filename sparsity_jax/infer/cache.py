@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from sparsity_jax.nn.attention import KVCache, cache_positions, decode_mask
 from sparsity_jax.nn.model import DTYPES, ModelConfig
-from sparsity_jax.runtime.sharding import logical_sharding
+from sparsity_jax.devices.sharding import logical_sharding
 
 Array = jax.Array
 __all__ = ["KVCache", "cache_positions", "decode_mask", "cache_spec", "init_cache", "left_pad"]

@@ -9,7 +9,7 @@ neuron computed, the rule applied as a mask) is what `infer.ffn.full_ffn` runs; 
 sparse form computes only the candidates' rows (`infer.ffn.sparse_ffn`). Both give the
 same numbers.
 
-  Dense      every neuron (the reference and the dense baseline).
+  AllNeurons every neuron (the reference and the dense baseline).
   Threshold  keep |a_i|·‖W_out,i‖ ≥ t_l (`nn.sparsify.threshold_keep`, the masked
              `threshold` mode). Non-gated: a = σ(W_in x) is computed in full, the
              candidates are exactly the neurons active at t_l (`active_at`: kept, a ≠ 0).
@@ -62,7 +62,7 @@ def project(w_FxD: Array, x_NxD: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dense:
+class AllNeurons:
     """Every neuron."""
 
     name: str = "dense"
@@ -128,7 +128,7 @@ class Predicted:
         return None
 
 
-CHOOSERS = {"dense": Dense, "threshold": Threshold, "predicted": Predicted}
+CHOOSERS = {"dense": AllNeurons, "threshold": Threshold, "predicted": Predicted}
 
 
 def check_predictor(arrays: dict[str, Any], num_layers: int, d_model: int, d_ff: int) -> None:

@@ -24,12 +24,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.infer.cache import KVCache, cache_spec, init_cache, left_pad
-from sparsity_jax.infer.choosers import Act, Dense
+from sparsity_jax.infer.choosers import Act, AllNeurons
 from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.model import FFNHook
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 Array = jax.Array
 STATS = ("kept", "rows", "union", "read", "over", "dense", "tokens")
@@ -171,7 +171,7 @@ class Decoder:
     `kernel`: their implementation (`infer.kernels.KERNELS`, "auto" = the backend's).
     """
 
-    def __init__(self, graphdef, params, mesh, chooser=Dense(), arrays: dict | None = None, *,
+    def __init__(self, graphdef, params, mesh, chooser=AllNeurons(), arrays: dict | None = None, *,
                  budgets: tuple | None = None, chunk: int = CHUNK, block: int = 0, kernel: str = "auto"):
         model = nnx.merge(graphdef, params)
         self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser

@@ -25,7 +25,7 @@ b neurons (a block counts if any of its neurons is a candidate), the budgets cou
 neurons in whole blocks (multiples of b), and the products read whole b×d slabs of
 the (F/b, b, d) views of the tables (`infer.kernels`: XLA, Pallas TPU or Pallas GPU,
 `kernel`). The non-candidate neurons of a chosen block are computed and masked out, so
-the result is the same; a co-activation layout (`infer.layout`) makes the blocks full.
+the result is the same; a co-activation layout (`infer.neuron_order`) makes the blocks full.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from sparsity_jax.infer import kernels
-from sparsity_jax.infer.choosers import Act, Dense, project
+from sparsity_jax.infer.choosers import Act, AllNeurons, project
 
 Array = jax.Array
 Tables = dict[str, Array]
@@ -149,7 +149,7 @@ def _chosen_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array,
 
 def _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre) -> tuple[Array, Array]:
     a_NxF = _full_scores(tab, x_NxD, act, pre)
-    if isinstance(chooser, Dense):
+    if isinstance(chooser, AllNeurons):
         return jnp.einsum("df,nf->nd", tab["out_t"], a_NxF), cand_NxF
     keep = chooser.keep(arr, a_NxF, tab.get("out_norm"))
     keep_NxF = cand_NxF if keep is None else cand_NxF & keep

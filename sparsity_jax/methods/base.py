@@ -21,7 +21,7 @@ from typing import Any, Callable, Hashable, NamedTuple, Protocol
 import jax
 
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 Array = jax.Array
 State = dict[str, Any]

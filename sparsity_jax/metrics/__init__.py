@@ -15,7 +15,7 @@ from sparsity_jax.metrics.hidden_units import (
 )
 from sparsity_jax.metrics.predictivity import predicted_active, predictor_metrics
 from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf, neuron_frequency, per_token_id_activation_ratio
-from sparsity_jax.metrics.threshold_pass import Layout, Scores
+from sparsity_jax.metrics.threshold_pass import ScorePlacement, Scores
 from sparsity_jax.metrics.threshold_search import (
     ThresholdResult, check_target_cett, find_prepared, find_threshold, prepare_search,
 )
@@ -24,7 +24,7 @@ from sparsity_jax.metrics.threshold_setup import (
 )
 
 __all__ = [
-    "Layout", "PreparedSearch", "Proxies", "Scores", "ThresholdResult", "check_target_cett", "finish_setup",
+    "ScorePlacement", "PreparedSearch", "Proxies", "Scores", "ThresholdResult", "check_target_cett", "finish_setup",
     "find_prepared", "prepare_search", "search_proxies", "setup_search_block",
     "activation_ratio", "cett", "cett_curve", "coactivation", "coactivation_from_counts", "coactivation_gap",
     "dead_ratio", "fat_mask", "find_threshold", "hidden_unit_use", "hot_neuron_cdf", "init_unit_tracking",

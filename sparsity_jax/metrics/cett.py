@@ -38,7 +38,7 @@ _CHUNK = 1 << 15  # low parts (< 2¹⁶) summed per int32 partial sum: < 2³¹
 class CettCurve(NamedTuple):
     """CETT and sparsity at each threshold; shape (T,) or (L, T)."""
 
-    cett: Array
+    realised_cett: Array
     sparsity: Array
 
 
@@ -309,7 +309,7 @@ def cett_curve(
       a, w_out, token_mask, axis_name: as in `cett`.
       thresholds: (T,) magnitude thresholds, or (L, T) per layer.
     Returns:
-      CettCurve(cett, sparsity), each (T,) or (L, T); sparsity = fraction of real
+      CettCurve(realised_cett, sparsity), each (T,) or (L, T); sparsity = fraction of real
       token×neuron pairs with ‖n_i‖ < t.
     """
     thresholds = jnp.asarray(thresholds, jnp.float32)
@@ -335,4 +335,4 @@ def _cett_curve(a, w_out, thresholds, token_mask, axis_name: AxisName) -> CettCu
     dropped_LxT = words_float(normalise_words(dropped_LxTx2))
     pairs = psum(jnp.sum(mask_N, dtype=jnp.int32), axis_name).astype(jnp.float32) * F
     curve = CettCurve(safe_div(sum_LxT, n_L[:, None].astype(jnp.float32)), safe_div(dropped_LxT, pairs))
-    return curve if layered else CettCurve(curve.cett[0], curve.sparsity[0])
+    return curve if layered else CettCurve(curve.realised_cett[0], curve.sparsity[0])

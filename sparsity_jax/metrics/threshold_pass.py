@@ -3,7 +3,7 @@
 The search (`threshold_search.py`) reads the activation scores block by block (`Scores`:
 a cached array, or recomputed per pass, e.g. by the dense model on one validation batch).
 Every pass runs one local kernel per block under `jax.shard_map` — tokens split over
-`Layout.tokens`, neurons (F) over `Layout.neurons` — with explicit collectives: products
+`ScorePlacement.tokens`, neurons (F) over `ScorePlacement.neurons` — with explicit collectives: products
 are psum'd over the neuron axes, sums over the token axes, pair counts (exact int32 words,
 `cett.count_words`) over both; only per-layer scalars, proxy rows and ≤ window
 candidates leave a device. Without a mesh the same kernels run as plain jitted code.
@@ -26,7 +26,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from sparsity_jax.metrics.cett import (
     PRECISION, Axes, count_words, layer_magnitudes, prepare_layer, psum, psum_words, truncated,
 )
-from sparsity_jax.metrics.threshold_prep import Totals
 from sparsity_jax.nn.sparsify import active_at, threshold_keep
 
 Array = jax.Array
@@ -34,7 +33,19 @@ Array = jax.Array
 _FINISH_FLOATS = 1 << 18  # floats per (chunk × d) array of the exact finish
 
 
-class Layout(NamedTuple):
+class Totals(NamedTuple):
+    """Per-layer sums of the set-up pass (`setup_block`) over every real token, replicated."""
+
+    n_valid: Array  # (L,) int32: counted tokens (real, FFN output ≠ 0)
+    n_real: Array  # () int32: real tokens
+    n_pos: Array  # (L, 2) words: real pairs with a positive finite magnitude
+    n_zero: Array  # (L, 2) words: real pairs with a zero magnitude
+    pos_min: Array  # (L,) smallest positive real magnitude
+    pos_max: Array  # (L,) largest finite real magnitude
+    proxy_LxPxF: Array  # the proxy tokens' activation scores, float32, all F
+
+
+class ScorePlacement(NamedTuple):
     """How the scores (L, B, T..., F) lie on a mesh: the leading token axis split over the
     mesh axes `tokens`, F over `neurons`; mesh None: one device, no shard_map."""
 
@@ -69,17 +80,17 @@ def auto_view(x):
     return jax.device_put(x, NamedSharding(Mesh(sharding.mesh.devices, sharding.mesh.axis_names), sharding.spec))
 
 
-def layout_of(a: Array) -> Layout:
-    """The layout of concrete scores `a` (L, B, T..., F) from their NamedSharding (on an
-    Auto mesh: `auto_view`); one device, traced, or no NamedSharding: `Layout()` (under
+def placement_of(a: Array) -> ScorePlacement:
+    """The placement of concrete scores `a` (L, B, T..., F) from their NamedSharding (on an
+    Auto mesh: `auto_view`); one device, traced, or no NamedSharding: `ScorePlacement()` (under
     the caller's jit, GSPMD then partitions the one-device code)."""
     sharding = None if isinstance(a, jax.core.Tracer) else getattr(a, "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if not isinstance(sharding, NamedSharding) or math.prod(mesh.shape.values()) == 1:
-        return Layout()
+        return ScorePlacement()
     spec = tuple(sharding.spec) + (None,) * (a.ndim - len(sharding.spec))
     names = lambda e: tuple(n for n in ((e,) if isinstance(e, str) else e or ()) if mesh.shape[n] > 1)  # noqa: E731
-    return Layout(mesh, names(spec[1]), names(spec[-1]))
+    return ScorePlacement(mesh, names(spec[1]), names(spec[-1]))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -87,12 +98,12 @@ def layout_of(a: Array) -> Layout:
 class Scores:
     """Where a search reads its activation scores, one block (L, B, T..., F) at a time:
     `cached` holds them ((nb, L, ...) when `stacked`, else one block), or `compute(args, i)`
-    recomputes block i (streaming: no cache, one block in memory). `layout`, `compute`,
+    recomputes block i (streaming: no cache, one block in memory). `placement`, `compute`,
     `n_blocks` and `stacked` are static (part of the compiled function)."""
 
     cached: Array | None
     args: Any
-    layout: Layout
+    placement: ScorePlacement
     n_blocks: int
     stacked: bool = True
     compute: Callable | None = None
@@ -103,7 +114,7 @@ class Scores:
         return lax.dynamic_index_in_dim(self.cached, i, keepdims=False) if self.stacked else self.cached
 
     def tree_flatten(self):
-        return (self.cached, self.args), (self.layout, self.n_blocks, self.stacked, self.compute)
+        return (self.cached, self.args), (self.placement, self.n_blocks, self.stacked, self.compute)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -115,12 +126,12 @@ def over_blocks(scores: Scores, fn: Callable[[Array], Any]) -> Any:
     return lax.scan(lambda _, i: (None, fn(i)), None, jnp.arange(scores.n_blocks))[1]
 
 
-def run_sharded(layout: Layout, kernel: Callable, in_kinds: tuple, out_specs, *args):
-    """kernel(axes, *args) — under shard_map on the layout's mesh, or plainly without one."""
-    if layout.mesh is None:
+def run_sharded(placement: ScorePlacement, kernel: Callable, in_kinds: tuple, out_specs, *args):
+    """kernel(axes, *args) — under shard_map on the placement's mesh, or plainly without one."""
+    if placement.mesh is None:
         return kernel(Axes(), *args)
-    in_specs = tuple(layout.spec(kind, jnp.ndim(x)) for kind, x in zip(in_kinds, args))
-    return jax.shard_map(functools.partial(kernel, layout.axes), mesh=layout.mesh, in_specs=in_specs,
+    in_specs = tuple(placement.spec(kind, jnp.ndim(x)) for kind, x in zip(in_kinds, args))
+    return jax.shard_map(functools.partial(kernel, placement.axes), mesh=placement.mesh, in_specs=in_specs,
                          out_specs=out_specs)(*args)
 
 
@@ -139,14 +150,14 @@ def _flat(a: Array, real: Array, inv: Array | None = None):
     return a.reshape(L, -1, F), real.reshape(-1), None if inv is None else inv.reshape(L, -1)
 
 
-def setup_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, pos_P: Array,
+def setup_block(placement: ScorePlacement, a: Array, w_out_LxFxD: Array, real: Array, pos_P: Array,
                 here_P: Array) -> tuple[Array, Totals]:
     """The set-up pass on one block: (inv_norm (L, B, T...) 1/‖FFN(x)‖ per token, Totals).
 
     `pos_P`, `here_P`: the proxy tokens' positions in the block and whether each is in
-    this block (`threshold_prep.proxy_tokens`)."""
-    return run_sharded(layout, setup_kernel, ("scores", "w_out", "tokens", "rep", "rep"),
-                       (layout.spec("layer_tokens", real.ndim + 1), P()), a, w_out_LxFxD, real, pos_P, here_P)
+    this block (`threshold_setup.proxy_tokens`)."""
+    return run_sharded(placement, setup_kernel, ("scores", "w_out", "tokens", "rep", "rep"),
+                       (placement.spec("layer_tokens", real.ndim + 1), P()), a, w_out_LxFxD, real, pos_P, here_P)
 
 
 def setup_kernel(axes: Axes, a, w_out_LxFxD, real, pos_P, here_P) -> tuple[Array, Totals]:
@@ -181,11 +192,11 @@ def _layers(a_LxMxF, w_out_LxFxD, inv_LxM):
     return a_LxMxF, w_out_LxFxD.astype(jnp.float32), inv_LxM
 
 
-def eval_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, inv: Array, t_LxK: Array,
+def eval_block(placement: ScorePlacement, a: Array, w_out_LxFxD: Array, real: Array, inv: Array, t_LxK: Array,
                active_LxK: Array) -> tuple[Array, Array]:
     """One truncated product per active (layer, target) on one block: (Σ_tokens CETT
     numerator (L, K) float32, dropped real pairs (L, K, 2) words); 0 where inactive."""
-    return run_sharded(layout, eval_kernel, ("scores", "w_out", "tokens", "layer_tokens", "rep", "rep"), P(),
+    return run_sharded(placement, eval_kernel, ("scores", "w_out", "tokens", "layer_tokens", "rep", "rep"), P(),
                        a, w_out_LxFxD, real, inv, t_LxK, active_LxK)
 
 
@@ -284,7 +295,7 @@ def _token_deltas(row_W, ok_W, a_W, col_W, inv_W, w_full_FxD, base_of: Callable,
     return jnp.zeros((W,), jnp.float32).at[order].set(delta_g)
 
 
-def finish_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, inv: Array, t_lo_LxK: Array,
+def finish_block(placement: ScorePlacement, a: Array, w_out_LxFxD: Array, real: Array, inv: Array, t_lo_LxK: Array,
                  t_hi_LxK: Array, closed_LxK: Array, window: int) -> Candidates:
     """The exact finish on one block, per (layer, target): where the bracket closed, the
     ≤ window positive magnitudes in [t_lo, t_hi) — extracted per device, merged over the
@@ -328,7 +339,7 @@ def finish_block(layout: Layout, a: Array, w_out_LxFxD: Array, real: Array, inv:
 
         return lax.map(one_layer, (*_layers(a_LxMxF, w_out_LxFxD, inv_LxM), t_lo_LxK, t_hi_LxK, closed_LxK))
 
-    return run_sharded(layout, kernel, ("scores", "w_out", "tokens", "layer_tokens", "rep", "rep", "rep"), P(),
+    return run_sharded(placement, kernel, ("scores", "w_out", "tokens", "layer_tokens", "rep", "rep", "rep"), P(),
                     a, w_out_LxFxD, real, inv, t_lo_LxK, t_hi_LxK, closed_LxK)
 
 

@@ -6,30 +6,32 @@ products with an exact finish; `find_threshold` states the contract and the algo
 `prepare_search` / `find_prepared` reuse the set-up (`threshold_setup.py`) across targets;
 the passes over the (possibly sharded, possibly recomputed) scores are `threshold_pass.py`.
 
-The search over six files, in the order it runs (L layers, nb blocks of tokens, M tokens
+The search over five files, in the order it runs (L layers, nb blocks of tokens, M tokens
 per block, F neurons, d model width, K targets, P proxy tokens, W ≤ window candidates):
-  metrics/cett.py            the definition: CETT(t) of one layer from scores a (M, F) and
-                             W_out (F, d) — the truncated product Σ_{‖n_i‖<t} a_i·W_out,i
-                             over ‖FFN(x)‖ — and exact pair counts in two int32 words.
-  search/thresholds.py       the model's side: `dense_pass` runs the dense model once over
-                             the validation batches, caching the scores (nb, L, B, T, F) on
-                             the mesh (or recomputing them per pass) and calling
-                             1. set-up, per block (`threshold_setup.setup_search_block`,
-                             `threshold_pass.setup_block`): dense-output norms (L, M), pair
-                             counts, the magnitude range, the rows of P proxy tokens;
-                             then `threshold_setup.finish_setup` → `PreparedSearch`.
-  metrics/threshold_prep.py  2. the proxies (`build_context`, per layer): a proxy CETT curve
-                             from the P rows and a quantile table, which propose thresholds.
+  metrics/cett.py             the definition: CETT(t) of one layer from scores a (M, F) and
+                              W_out (F, d) — the truncated product Σ_{‖n_i‖<t} a_i·W_out,i
+                              over ‖FFN(x)‖ — and exact pair counts in two int32 words.
+  search/thresholds.py        the model's side: `dense_pass` runs the dense model once over
+                              the validation batches, caching the scores (nb, L, B, T, F) on
+                              the mesh (or recomputing them per pass), and drives step 1.
+  metrics/threshold_setup.py  1. set-up, per block (`setup_search_block`, which runs
+                              `threshold_pass.setup_block`): dense-output norms (L, M), pair
+                              counts (`threshold_pass.Totals`), the magnitude range, the rows
+                              of P proxy tokens; then `finish_setup` → `PreparedSearch`, whose
+                              `SearchContext` holds, per layer, 2. the proxies
+                              (`build_context`): a proxy CETT curve from the P rows and a
+                              quantile table, which propose thresholds.
   metrics/threshold_search.py 3. the bracket (`_search`, every layer and target at once):
-                             per loop step one proposal t (L, K) (the proxy curve first, then
-                             secant / Illinois on the dropped-pair count), one pass over the
-                             blocks (`threshold_pass.eval_block`: CETT numerator and dropped
-                             pairs per (layer, target)); ≤ 8 passes on trained models.
-  metrics/threshold_pass.py  4. the exact finish (`finish_block`): once ≤ W positive pairs
-                             lie in [t_lo, t_hi), their magnitudes and CETT increments are
-                             gathered (W per block, merged), and `_pick` takes the largest t
-                             with CETT(t) ≤ target exactly. Every pass is a shard_map kernel
-                             with explicit collectives (tokens × neurons on the mesh).
+                              per loop step one proposal t (L, K) (the proxy curve first, then
+                              secant / Illinois on the dropped-pair count), one pass over the
+                              blocks (`threshold_pass.eval_block`: CETT numerator and dropped
+                              pairs per (layer, target)); ≤ 8 passes on trained models.
+  metrics/threshold_pass.py   the passes of steps 1, 3 and 4, and 4. the exact finish
+                              (`finish_block`): once ≤ W positive pairs lie in [t_lo, t_hi),
+                              their magnitudes and CETT increments are gathered (W per block,
+                              merged), and `_pick` takes the largest t with CETT(t) ≤ target
+                              exactly. Every pass is a shard_map kernel with explicit
+                              collectives (tokens × neurons on the mesh).
 """
 from __future__ import annotations
 
@@ -45,10 +47,12 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.metrics.cett import check_shapes, normalise_words, run_auto, sub_words, words_float, words_min
 from sparsity_jax.metrics.reduce import check_per_token, safe_div
 from sparsity_jax.metrics.threshold_pass import (
-    Candidates, Layout, Scores, auto_view, eval_block, finish_block, layout_of, merge_candidates, over_blocks,
+    Candidates, ScorePlacement, Scores, auto_view, eval_block, finish_block, merge_candidates, over_blocks,
+    placement_of,
 )
-from sparsity_jax.metrics.threshold_prep import SearchContext, proxy_cett, proxy_inverse, rank_of, value_at
-from sparsity_jax.metrics.threshold_setup import PreparedSearch, setup
+from sparsity_jax.metrics.threshold_setup import (
+    PreparedSearch, SearchContext, proxy_cett, proxy_inverse, rank_of, setup, value_at,
+)
 
 Array = jax.Array
 
@@ -59,7 +63,7 @@ class ThresholdResult(NamedTuple):
     """Result of `find_threshold`; every field has the output shape (see there)."""
 
     threshold: Array  # float32: drop neurons with ‖n_i‖ < threshold
-    cett: Array  # float32: realised CETT at threshold
+    realised_cett: Array  # float32: realised CETT at threshold
     sparsity: Array  # float32: fraction of real token×neuron pairs with ‖n_i‖ < threshold
     evaluations: Array  # int32: truncated (N, F) x (F, d) products used by the search
 
@@ -204,7 +208,7 @@ def _per_layer(fn):
 def _search(prep: PreparedSearch, target_LxK: Array, window: int, max_evaluations: int) -> ThresholdResult:
     """Every layer and target at once: each loop step is one pass over the blocks."""
     scores, ctx = prep.scores, prep.ctx
-    block_args = lambda i: (scores.layout, scores.block(i), prep.w_out_LxFxD, prep.real[i], prep.inv_norm[i])  # noqa
+    block_args = lambda i: (scores.placement, scores.block(i), prep.w_out_LxFxD, prep.real[i], prep.inv_norm[i])  # noqa
     active = lambda s: _per_layer(lambda c, s, t: _active(c, s, t, window, max_evaluations))(ctx, s, target_LxK)  # noqa
 
     def body(s):
@@ -235,20 +239,20 @@ def prepare_search(a: Array, w_out: Array, token_mask: Array | None = None) -> P
     if token_mask is not None:
         check_per_token(token_mask, jnp.shape(a)[1:-1], f"a {jnp.shape(a)}")
     a, w_out, token_mask = (auto_view(x) for x in (a, w_out, token_mask))
-    layout = layout_of(a)
-    real = _real(token_mask, jnp.shape(a)[1:-1], layout)
-    scores = Scores(a, None, layout, 1, stacked=False)
+    placement = placement_of(a)
+    real = _real(token_mask, jnp.shape(a)[1:-1], placement)
+    scores = Scores(a, None, placement, 1, stacked=False)
     return PreparedSearch(scores, w_out, real, *setup(scores, w_out, real))
 
 
-def _real(token_mask: Array | None, token_shape: tuple, layout: Layout) -> Array:
-    """(1, tokens...) bool real-token mask, on the layout's mesh."""
+def _real(token_mask: Array | None, token_shape: tuple, placement: ScorePlacement) -> Array:
+    """(1, tokens...) bool real-token mask, on the placement's mesh."""
     make = lambda m: (jnp.ones(token_shape, bool) if m is None else m.astype(bool))[None]  # noqa: E731
-    sharding = layout.sharding("layer_tokens", len(token_shape) + 1)
+    sharding = placement.sharding("layer_tokens", len(token_shape) + 1)
     return (jax.jit(make) if sharding is None else jax.jit(make, out_shardings=sharding))(token_mask)
 
 
-def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, max_evaluations: int = 64,
+def find_prepared(prep: PreparedSearch, target_cett, *, window: int | None = None, max_evaluations: int = 64,
                   check: bool = True) -> ThresholdResult:
     """`find_threshold` on prepared layers: target a scalar → fields (L,); (K,) or (1, K)
     shared targets, or (L, K) → fields (L, K). Unlike `find_threshold`, where a 1-D target
@@ -257,11 +261,11 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, ma
     checked the target at its boundary (`check_target_cett`); a target outside [0, 1]
     then gives NaN fields."""
     if check:
-        check_target_cett(target)
+        check_target_cett(target_cett)
     L, F = prep.w_out_LxFxD.shape[:2]
-    target = jnp.asarray(target, jnp.float32)
+    target = jnp.asarray(target_cett, jnp.float32)
     if target.ndim > 2 or (target.ndim == 2 and target.shape[0] not in (1, L)):
-        raise UserError(f"Pass target as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
+        raise UserError(f"Pass target_cett as a scalar, (K,) or (L, K) with L = {L}; got shape {target.shape}.")
     k = target.shape[-1] if target.ndim else 1
     target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))
     n_tokens = int(np.prod(prep.real.shape))
@@ -269,21 +273,21 @@ def find_prepared(prep: PreparedSearch, target, *, window: int | None = None, ma
     return jax.tree.map(lambda x: x[:, 0], res) if target.ndim == 0 else res
 
 
-def check_target_cett(target) -> None:
+def check_target_cett(target_cett) -> None:
     """The one check of a target CETT: UserError for a concrete value (scalar or array)
     outside [0, 1] or NaN; traced targets pass (they give NaN results)."""
     try:
-        t = np.asarray(target, dtype=np.float64)
+        t = np.asarray(target_cett, dtype=np.float64)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return
     if not np.all((t >= 0) & (t <= 1)):
-        raise UserError(f"Pass a target CETT between 0 and 1; got {target!r}.")
+        raise UserError(f"Pass a target CETT between 0 and 1; got {target_cett!r}.")
 
 
 def find_threshold(
     a: Array,
     w_out: Array,
-    target: Array | float,
+    target_cett: Array | float,
     token_mask: Array | None = None,
     *,
     window: int | None = None,
@@ -299,7 +303,7 @@ def find_threshold(
     boundary CETT(t) ≤ c < CETT(next). Pair counts are exact int32 words (N·F up to 2⁴⁷).
 
     Algorithm — one jitted `lax.while_loop` for all layers and targets, no host round trip:
-      1. Set-up pass (`threshold_pass.setup_block`, `threshold_prep.build_context`): the
+      1. Set-up pass (`threshold_pass.setup_block`, `threshold_setup.build_context`): the
          dense product per token (for ‖FFN(x)‖), pair counts and the magnitude range, and
          a proxy — P ≈ 2¹⁶/F real tokens whose CETT curves are computed exactly at 64
          knots (P·F·d multiply-adds, vs N·F·d per evaluation), tabulated at 2048
@@ -327,7 +331,7 @@ def find_threshold(
 
     Sharding: a concrete `a` with a NamedSharding is searched on its mesh: tokens split
     over the axes of its first token axis, neurons over those of its F axis
-    (`threshold_pass.layout_of`), every pass a `shard_map` kernel with psums over those
+    (`threshold_pass.placement_of`), every pass a `shard_map` kernel with psums over those
     axes; the scores never leave their devices. Results equal the one-device ones up to
     float32 reduction order. Traced inside the caller's jit, the one-device code runs
     and GSPMD partitions it (on an explicit mesh in auto mode, `cett.run_auto`).
@@ -335,7 +339,7 @@ def find_threshold(
     Args:
       a: activation scores (tokens..., F), or (L, tokens..., F) with a layer axis.
       w_out: output kernel (F, d), or (L, F, d).
-      target: CETT upper bound(s) in [0, 1]. Without a layer axis: a scalar or (K,)
+      target_cett: CETT upper bound(s) in [0, 1]. Without a layer axis: a scalar or (K,)
         targets. With one: a scalar, (L,) one per layer, or (L, K) / (1, K) for K
         targets per layer.
       token_mask: bool (tokens...), True for real tokens; None = all real.
@@ -348,17 +352,17 @@ def find_threshold(
     Raises:
       UserError: bad shapes, or a concrete target outside [0, 1].
     """
-    check_target_cett(target)
+    check_target_cett(target_cett)
     check_shapes(jnp.shape(a), jnp.shape(w_out))
     layered = jnp.ndim(w_out) == 3
     L = jnp.shape(w_out)[0] if layered else 1
-    target = jnp.asarray(target, jnp.float32)
+    target = jnp.asarray(target_cett, jnp.float32)
     if layered and target.ndim == 1 and target.shape[0] != L:
         raise UserError(
             f"Pass one target per layer as (L,) = ({L},), or K shared targets as (1, K); got {target.shape}."
         )
     if target.ndim > (2 if layered else 1) or (target.ndim == 2 and target.shape[0] not in (1, L)):
-        raise UserError(f"Pass target as a scalar, (L,) or (L, K) with L = {L}; got shape {target.shape}.")
+        raise UserError(f"Pass target_cett as a scalar, (L,) or (L, K) with L = {L}; got shape {target.shape}.")
     has_k = target.ndim == (2 if layered else 1)
     k = target.shape[-1] if has_k else 1
     target_LxK = jnp.broadcast_to(target.reshape((-1, k)), (L, k))

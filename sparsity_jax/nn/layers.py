@@ -1,10 +1,10 @@
 """Small building blocks: logically-annotated parameters, RMSNorm, RoPE.
 
 Every parameter carries its logical axis names as the variable metadata `axes`
-(e.g. ('embed', 'mlp')); `sparsity_jax.runtime.sharding` maps them to mesh axes with one
+(e.g. ('embed', 'mlp')); `sparsity_jax.devices.sharding` maps them to mesh axes with one
 rule table. The names are plain metadata so that creating a model never needs a mesh.
 Activations are constrained to logical axes with `constrain`, a no-op unless a caller
-(`runtime.sharding.activation_sharding`) installed a mesh's rules for the trace.
+(`devices.sharding.activation_sharding`) installed a mesh's rules for the trace.
 """
 from __future__ import annotations
 

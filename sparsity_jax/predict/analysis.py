@@ -11,12 +11,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sparsity_jax.predict import evaluate as ev
-from sparsity_jax.predict import model as pm
+from sparsity_jax.predict import predictor_quality as ev
+from sparsity_jax.predict import lowrank as pm
 from sparsity_jax.predict import store
-from sparsity_jax.predict.affinity import Affinity, affinity_of
+from sparsity_jax.predict.checkpoint_affinity import Affinity, affinity_of
 from sparsity_jax.predict.data import token_set, training_batches
-from sparsity_jax.predict.model import PredictorConfig
+from sparsity_jax.predict.lowrank import PredictorConfig
 from sparsity_jax.predict.train import train_predictors
 from sparsity_jax.runtime.trained import real_tokens
 
@@ -27,7 +27,7 @@ ASPECTS = ("recall", "prediction_sparsity", "predictor_ppl_ratio", "reuse_w1", "
 @dataclasses.dataclass
 class Predictivity:
     """The predictors of one checkpoint and their quality; `quality` and `ppl` as
-    `predict.evaluate.quality` / `perplexities` return them."""
+    `predict.predictor_quality.quality` / `perplexities` return them."""
 
     step: int
     labels: str  # "cett" (active at t_l: ‖n_i‖ ≥ t_l > 0, `nn.sparsify.active_at`) or "zero" (a_i != 0)
@@ -61,7 +61,7 @@ class Predictivity:
 
 def predictivity(run, params, val, threshold_L, target_cett: float | None, cfg: PredictorConfig, ks: Sequence[int], *,
                  workdir, step: int, save: bool = True, log: Log = lambda msg: None) -> Predictivity:
-    """Trains the predictors of `params` (a `runtime.model.ModelRun`'s) with labels at the
+    """Trains the predictors of `params` (a `runtime.model_run.ModelRun`'s) with labels at the
     per-layer thresholds (those of `target_cett`; None: labels a_i != 0, thresholds 0),
     evaluates them on `val` (threshold strategy, then top-k for each k in `ks`) and, with
     `save`, saves them in WORKDIR/predictors/ (`predict.store`)."""

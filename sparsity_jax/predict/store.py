@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.predict.model import Params
+from sparsity_jax.predict.lowrank import Params
 from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, write_json
 
 META = "predictor.json"

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.predict.data import TokenSet
-from sparsity_jax.predict.model import Params, PredictorConfig, bce_loss, init_params
+from sparsity_jax.predict.lowrank import Params, PredictorConfig, bce_loss, init_params
 
 
 class TrainInfo(NamedTuple):

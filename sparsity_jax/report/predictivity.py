@@ -152,7 +152,7 @@ def _hot(result: dict, path) -> None:
 
 
 def affinity_summary(r: dict) -> list[str]:
-    """The report's text lines of a `predict.affinity.Affinity` (as JSON)."""
+    """The report's text lines of a `predict.checkpoint_affinity.Affinity` (as JSON)."""
     ratio = np.asarray(r["activation_ratio"])
     reuse = " ".join(f"w={w}: {np.mean(v):.4f}" for w, v in r["reuse_ratio"].items())
     sub = f" (a fixed random subsample of {r['coactivation_neurons']} neurons)" if r["coactivation_subsampled"] else ""

@@ -9,6 +9,7 @@ import numpy as np
 from etils import epath
 
 from sparsity_jax.errors import UserError
+from sparsity_jax.report.layer_patterns import layer_patterns_report
 from sparsity_jax.report.layers import layer_curves
 from sparsity_jax.report.render import Section, markdown, page
 from sparsity_jax.runtime import names
@@ -93,7 +94,6 @@ def activation(wd: Workdir, logs: dict, out: epath.Path) -> Section:
 
 def unit_use(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     """W&A per-token / per-sequence / per-batch use and turn-on / turn-off."""
-    from sparsity_jax.report.layer_patterns import layer_patterns_report
 
     s = Section("Hidden-unit use per token, sequence and batch (W&A)")
     if not logs.get(names.UNITS):
@@ -131,6 +131,7 @@ def sparsity_search(wd: Workdir, out: epath.Path) -> Section:
 
 def scaling(wd: Workdir, out: epath.Path) -> Section:
     """Activation ratio over checkpoints and its scaling-law fit (Sparsing Law §4.2)."""
+    # local: scaling loads scipy and matplotlib, which a report without checkpoints does without
     from sparsity_jax.scaling.plots import plot_activation_curves
     from sparsity_jax.scaling.runs import fit_run
 
@@ -187,6 +188,7 @@ def optional(title: str, out: epath.Path, file: str, command: str, images: tuple
 def run_report(workdir: PathLike, out_dir: PathLike | None = None) -> tuple[list[Section], list[str]]:
     """Writes index.html and report.md of the run in `workdir` (default: into its report
     directory); returns (sections, written paths)."""
+    # local: ssd_report loads matplotlib at import; this module loads it only to draw (`_plt`)
     from sparsity_jax.report.ssd_report import run_method
 
     wd = Workdir(workdir)

@@ -30,6 +30,7 @@ from sparsity_jax.errors import UserError  # noqa: E402
 from sparsity_jax.runtime import names  # noqa: E402
 from sparsity_jax.runtime.logs import read_metrics  # noqa: E402
 from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, save_figure, write_json  # noqa: E402
+from sparsity_jax.settings import from_saved  # noqa: E402
 
 FILES = ("ssd.json", "ppl_over_training.png", "ari.png", "speedup.png", "ppl_vs_k.png")
 
@@ -39,8 +40,6 @@ def run_method(workdir: PathLike) -> str | None:
     config = Workdir(workdir).config
     if not config.is_file():
         return None
-    from sparsity_jax.settings import from_saved
-
     return from_saved(read_json(config)).method.name
 
 

@@ -11,7 +11,7 @@ ones. Restoring takes an abstract target whose leaves carry the *current* mesh's
 shardings, which is how a checkpoint written on one mesh restores onto another;
 `restore_items` reads only some subtrees (evaluation: the parameters, no optimizer state).
 Both restore a checkpoint saved with per-layer blocks into a scanned model's stacked
-ones and vice versa (`runtime.layout`), so `model.scan_layers` may change between runs.
+ones and vice versa (`runtime.block_stacking`), so `model.scan_layers` may change between runs.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.runtime.layout import convert_blocks, placed, stacked_layout
+from sparsity_jax.runtime.block_stacking import convert_blocks, placed, stacked_layout
 from sparsity_jax.runtime.workdir import PathLike, Workdir
 
 

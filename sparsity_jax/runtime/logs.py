@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sparsity_jax.errors import UserError
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, is_remote
 
@@ -84,8 +85,6 @@ def read_metrics(workdir: PathLike | Workdir) -> dict[str, dict[int, dict[str, A
     (older logs' names mapped by `names.canonical`). A line cut short by a killed
     writer is skipped (the last line, or a record without its closing brace that a
     resumed writer ended, see `_end_line`); any other unreadable line is a UserError."""
-    from sparsity_jax.errors import UserError
-
     path = _workdir(workdir).metrics
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass the workdir of a training run")

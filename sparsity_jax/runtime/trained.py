@@ -15,7 +15,7 @@ import numpy as np
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.runtime.checkpoint import Checkpointer
-from sparsity_jax.runtime.model import ModelRun, build_model
+from sparsity_jax.runtime.model_run import ModelRun, build_model
 from sparsity_jax.runtime.workdir import PathLike, Workdir
 from sparsity_jax.settings import Settings
 

@@ -41,26 +41,27 @@ class ModelSparsity:
         return dataclasses.asdict(self)
 
 
-def model_sparsity(run, params, val, step: int, p: float, cetts: Sequence[float], tol: float) -> ModelSparsity:
-    """PPL-p% search and CETT curve of `params` (a `runtime.model.ModelRun`'s) on `val`."""
+def model_sparsity(run, params, val, step: int, p: float, target_cetts: Sequence[float], tol: float) -> ModelSparsity:
+    """PPL-p% search and CETT curve of `params` (a `runtime.model_run.ModelRun`'s) on `val`."""
     search = PplSearch(run.graphdef, [params], val)
     cache = search.caches[0]
     t0 = time.perf_counter()
     r = search.search(p, tol)
     t_search = time.perf_counter() - t0
-    thr = cache_thresholds(cache, list(cetts), search.prepared[0])  # fields (L, K); set-up reused
+    thr = cache_thresholds(cache, list(target_cetts), search.prepared[0])  # fields (L, K); set-up reused
     ratios = [math.exp(sparse_pass(run.graphdef, params, val, threshold_sparsify(thr.threshold[:, k])).loss - cache.loss)
-              for k in range(len(cetts))]
+              for k in range(len(target_cetts))]
     m = run.model_cfg
     return ModelSparsity(
         step=int(step), d_model=m.d_model, num_layers=m.num_layers, d_ff=m.d_ff,
         parameters=int(sum(np.size(x) for x in jax.tree.leaves(params))), validation_tokens=int(cache.tokens),
         dense_loss=cache.loss, dense_ppl=math.exp(cache.loss),
-        ppl_p={"p": p, "target_cett": r.cett, "target_cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
+        ppl_p={"p": p, "target_cett": r.target_cett, "target_cett_upper": r.target_cett_upper, "ppl_ratio": r.ratio,
                "ppl_ratio_upper": r.ratio_upper, "sparsity": r.overall_sparsity,
                "activation_ratio": 1 - r.overall_sparsity, "layer_sparsity": r.sparsity[0].round(6).tolist(),
                "threshold": r.threshold[0].tolist(), "evaluations": r.evaluations, "converged": r.converged,
                "search_seconds": round(t_search, 3)},
-        curve={"target_cett": list(map(float, cetts)), "realised_cett": thr.cett.mean(axis=0).round(6).tolist(),
+        curve={"target_cett": list(map(float, target_cetts)),
+               "realised_cett": thr.realised_cett.mean(axis=0).round(6).tolist(),
                "sparsity": thr.sparsity.mean(axis=0).round(6).tolist(),
                "layer_sparsity": thr.sparsity.T.round(6).tolist(), "ppl_ratio": np.round(ratios, 6).tolist()})

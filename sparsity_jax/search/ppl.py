@@ -153,8 +153,8 @@ class CheckpointPoint(NamedTuple):
 
 class PplResult(NamedTuple):
     p: float
-    cett: float  # CETT_p (the feasible bracket end)
-    cett_upper: float | None  # evaluated CETT above it with ratio > 1 + p/100 (≤ tol away)
+    target_cett: float  # CETT_p (the feasible bracket end)
+    target_cett_upper: float | None  # evaluated CETT above it with ratio > 1 + p/100 (≤ tol away)
     ratio: float  # mean PPL ratio over the checkpoints at CETT_p
     ratio_upper: float | None
     threshold: np.ndarray  # (C, L) per checkpoint and layer

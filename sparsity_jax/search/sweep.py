@@ -22,7 +22,7 @@ from sparsity_jax.metrics.stats import dead_ratio, hot_neuron_cdf
 from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
-from sparsity_jax.runtime.timing import timed
+from sparsity_jax.devices.timing import timed
 from sparsity_jax.runtime.trained import real_tokens
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
@@ -58,7 +58,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
     """Over all blocks: per layer and neuron the real tokens where it is active at t_l (L, F),
     per layer and input id the summed active counts (L, V), per id its real tokens (V,),
     and the real tokens — all replicated."""
-    layout = prep.scores.layout
+    placement = prep.scores.placement
 
     def kernel(axes, a, w_out_LxFxD, real, ids, t_L):
         F = a.shape[-1]
@@ -78,7 +78,7 @@ def _activity(prep: PreparedSearch, ids: jax.Array, threshold_L: jax.Array, voca
                 psum(jnp.sum(real_M, dtype=jnp.int32), axes.tokens))
 
     def one_block(i):
-        return run_sharded(layout, kernel, ("scores", "w_out", "tokens", "tokens", "rep"), P(), prep.scores.block(i),
+        return run_sharded(placement, kernel, ("scores", "w_out", "tokens", "tokens", "rep"), P(), prep.scores.block(i),
                            prep.w_out_LxFxD, prep.real[i], ids[i], threshold_L)
 
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), over_blocks(prep.scores, one_block))
@@ -210,25 +210,25 @@ def stabilised_sweep(
     for p in ps:
         log(f"searching CETT for PPL-{p:g}% over steps {joint}")
         r = search.search(p, tol)
-        log(f"PPL-{p:g}%: CETT {r.cett:.5f} (PPL ratio {r.ratio:.5f}), "
+        log(f"PPL-{p:g}%: CETT {r.target_cett:.5f} (PPL ratio {r.ratio:.5f}), "
             f"sparsity {r.overall_sparsity:.4f}, {r.evaluations} sparse evaluations")
         results.append(r)
-    cetts = [r.cett for r in results]
+    target_cetts = [r.target_cett for r in results]
     rows = {}
     for s in joint[::-1] + [s for s in steps if s not in params]:  # the joint ones first, releasing each
         prm = params.pop(s) if s in params else load_params(s)
         cache = search.release(joint.index(s)) if s in joint else dense_pass(graphdef, prm, batches, **dense)
-        thr = cache_thresholds(cache, cetts)  # fields (L, K)
+        thr = cache_thresholds(cache, target_cetts)  # fields (L, K)
         row = {"step": int(s), "tokens": int(s) * int(tokens_per_step), "warmup": bool(s <= warmup_steps),
                "dense_loss": cache.loss, "ppl_p": []}
         for j, p in enumerate(ps):
             if s in joint:  # the search evaluated this checkpoint at CETT_p already
-                ev = search.points[cetts[j]][joint.index(s)]
+                ev = search.points[target_cetts[j]][joint.index(s)]
             else:
                 ev = sparse_pass(graphdef, prm, batches, threshold_sparsify(thr.threshold[:, j]))
             row["ppl_p"].append({
-                "p": p, "target_cett": cetts[j], "threshold": _tolist(thr.threshold[:, j]),
-                "realised_cett": _tolist(thr.cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
+                "p": p, "target_cett": target_cetts[j], "threshold": _tolist(thr.threshold[:, j]),
+                "realised_cett": _tolist(thr.realised_cett[:, j]), "sparsity": _tolist(thr.sparsity[:, j]),
                 "activation_ratio": float(1 - thr.sparsity[:, j].mean()), "ppl_ratio": float(np.exp(ev.loss - cache.loss)),
                 "sparse_run_activation_ratio": _tolist(ev.activation_ratio),
             })
@@ -248,8 +248,8 @@ def stabilised_sweep(
     log(f"Pareto curves on step {steps[-1]}")
     front = pareto(graphdef, last_params, batches, last_loss, ppl_points,
                    [] if "topk" not in pareto_methods else default_topk(d_ff) if topk is None else topk, eps, log)
-    search_json = [{"p": r.p, "target_cett": r.cett, "target_cett_upper": r.cett_upper, "ppl_ratio": r.ratio,
-                    "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
+    search_json = [{"p": r.p, "target_cett": r.target_cett, "target_cett_upper": r.target_cett_upper,
+                    "ppl_ratio": r.ratio, "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
                     "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
                     "evaluations": r.evaluations, "converged": r.converged, "steps": joint} for r in results]
     arrays = {"neuron_frequency": stats_last["neuron_frequency"], "hot_cdf": stats_last["hot_cdf"]}

@@ -23,14 +23,14 @@ from jax import lax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.metrics import (
-    Layout, PreparedSearch, Proxies, Scores, check_target_cett, find_prepared, finish_setup, search_proxies,
+    ScorePlacement, PreparedSearch, Proxies, Scores, check_target_cett, find_prepared, finish_setup, search_proxies,
     setup_search_block,
 )
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime.sharding import logical_to_spec
+from sparsity_jax.devices.sharding import logical_to_spec
 from sparsity_jax.runtime.forward import forward
-from sparsity_jax.runtime.memory import min_free_bytes
-from sparsity_jax.runtime.timing import timed
+from sparsity_jax.devices.memory import min_free_bytes
+from sparsity_jax.devices.timing import timed
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -53,7 +53,7 @@ class CettThresholds(NamedTuple):
     """Per-layer result of `thresholds_for_cett`; every array field (L,) float64 (numpy)."""
 
     threshold: np.ndarray  # skip neuron i where |a_i|·‖W_out,i‖ < threshold
-    cett: np.ndarray  # realised CETT over all real validation tokens
+    realised_cett: np.ndarray  # realised CETT over all real validation tokens
     sparsity: np.ndarray  # fraction of real token×neuron pairs below the threshold
     mode: str = "cache"  # how the scores were held: "cache" | "stream"
 
@@ -74,24 +74,26 @@ def as_graph_params(model_or_pair: Any) -> tuple[Any, Any]:
     raise UserError("Pass the model as an LM instance or a (graphdef, params) pair.")
 
 
-def search_layout(batches: Sequence[Batch], d_ff: int, mesh=None) -> Layout:
+def search_placement(batches: Sequence[Batch], d_ff: int, mesh=None) -> ScorePlacement:
     """Where the scores live: `mesh` (default: the batches' mesh), tokens over the mesh
     axes of the logical 'activation_batch' axis, F over those of 'activation_mlp'
-    (`runtime.sharding` rules; an axis that does not divide stays replicated). One
-    device: `Layout()`."""
+    (`devices.sharding` rules; an axis that does not divide stays replicated). One
+    device: `ScorePlacement()`."""
     inputs = batches[0]["inputs"]
     mesh = mesh if mesh is not None else getattr(getattr(inputs, "sharding", None), "mesh", None)
     if mesh is None or math.prod(mesh.shape.values()) == 1:
-        return Layout()
+        return ScorePlacement()
     names = lambda e: () if e is None else ((e,) if isinstance(e, str) else tuple(e))  # noqa: E731
     tokens = names(logical_to_spec(("activation_batch",), inputs.shape[:1], mesh)[0])
     neurons = names(logical_to_spec(("activation_mlp",), (d_ff,), mesh)[0])
-    return Layout(mesh, tokens, neurons)
+    return ScorePlacement(mesh, tokens, neurons)
 
 
-def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, layout: Layout, dtype=jnp.float32) -> int:
+def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, placement: ScorePlacement,
+                dtype=jnp.float32) -> int:
     """Bytes per device of one checkpoint's cached scores (nb, L, B, T, F)."""
-    shards = 1 if layout.mesh is None else math.prod(layout.mesh.shape[a] for a in layout.tokens + layout.neurons)
+    mesh = placement.mesh
+    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in placement.tokens + placement.neurons)
     tokens = sum(math.prod(b["inputs"].shape) for b in batches)
     return tokens * n_layers * d_ff * np.dtype(dtype).itemsize // shards
 
@@ -99,7 +101,7 @@ def cache_bytes(batches: Sequence[Batch], n_layers: int, d_ff: int, layout: Layo
 def choose_mode(mode: str, need_bytes: int, memory_budget: int | None = None) -> str:
     """"cache" or "stream": as asked, or for "auto" cache when `need_bytes` per device
     take at most half of the bytes free on the most loaded device
-    (`runtime.memory.min_free_bytes`, or `memory_budget`), leaving room for the forward
+    (`devices.memory.min_free_bytes`, or `memory_budget`), leaving room for the forward
     pass and the search's per-block temporaries."""
     if mode not in MODES:
         raise UserError(f"Pass the search mode as one of {', '.join(MODES)}; got {mode!r}.")
@@ -121,37 +123,37 @@ class _StreamScores:
         return forward(self.graphdef, params, batch, Sparsify(), "scores")[1]["scores"].astype(self.dtype)
 
 
-def _constrain(x: Array, layout: Layout, kind: str) -> Array:
-    sharding = layout.sharding(kind, x.ndim - 1)
+def _constrain(x: Array, placement: ScorePlacement, kind: str) -> Array:
+    sharding = placement.sharding(kind, x.ndim - 1)
     if sharding is None:
         return x
     spec = jax.sharding.PartitionSpec(None, *sharding.spec)
-    return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(layout.mesh, spec))
+    return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(placement.mesh, spec))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layout", "dtype"), donate_argnames=("cache", "inv_norm"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "placement", "dtype"), donate_argnames=("cache", "inv_norm"))
 def _dense_step(graphdef, params, batch: Batch, i: Array, cache: Array | None, inv_norm: Array, proxies: Proxies,
-                layout: Layout, dtype):
+                placement: ScorePlacement, dtype):
     """One batch of the dense pass: its loss sums, its scores stored at block i (cache
     mode), its set-up outputs (`metrics.setup_search_block`)."""
     out, records = forward(graphdef, params, batch, Sparsify(), "scores")
     s_LxBxTxF = records["scores"].astype(dtype)
     w_out = nnx.merge(graphdef, params).w_out()
-    inv_LxBxT, totals = setup_search_block(layout, s_LxBxTxF, w_out, batch["loss_weights"] > 0, proxies, i)
-    inv_norm = _constrain(lax.dynamic_update_index_in_dim(inv_norm, inv_LxBxT, i, 0), layout, "layer_tokens")
+    inv_LxBxT, totals = setup_search_block(placement, s_LxBxTxF, w_out, batch["loss_weights"] > 0, proxies, i)
+    inv_norm = _constrain(lax.dynamic_update_index_in_dim(inv_norm, inv_LxBxT, i, 0), placement, "layer_tokens")
     if cache is not None:
-        cache = _constrain(lax.dynamic_update_index_in_dim(cache, s_LxBxTxF, i, 0), layout, "scores")
+        cache = _constrain(lax.dynamic_update_index_in_dim(cache, s_LxBxTxF, i, 0), placement, "scores")
     return cache, inv_norm, totals, (out["loss_sum"], out["weight"]), w_out
 
 
-@functools.partial(jax.jit, static_argnames=("layout",))
-def _stack(batches: Sequence[Batch], layout: Layout) -> Batch:
+@functools.partial(jax.jit, static_argnames=("placement",))
+def _stack(batches: Sequence[Batch], placement: ScorePlacement) -> Batch:
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
-    return jax.tree.map(lambda x: _constrain(x, layout, "tokens"), stacked)
+    return jax.tree.map(lambda x: _constrain(x, placement, "tokens"), stacked)
 
 
-def _zeros(shape: tuple, dtype, layout: Layout, kind: str) -> Array:
-    make = lambda: _constrain(jnp.zeros(shape, dtype), layout, kind)  # noqa: E731
+def _zeros(shape: tuple, dtype, placement: ScorePlacement, kind: str) -> Array:
+    make = lambda: _constrain(jnp.zeros(shape, dtype), placement, kind)  # noqa: E731
     return jax.jit(make)()
 
 
@@ -165,7 +167,7 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
     in cache mode, the batch's scores written into the cache (nb, L, B, T, F) in `dtype`
     (float32 or bfloat16). Real tokens are those with loss weight > 0, used as weights
     (no boolean indexing: no host round trip, no per-batch recompile). Scores stay on
-    the mesh (`search_layout`), never on one device or the host.
+    the mesh (`search_placement`), never on one device or the host.
 
     Args:
       mesh: the run's mesh (`Workdir.run.mesh`); None: the batches' mesh.
@@ -173,7 +175,7 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
         them with the dense model, one batch at a time) or "auto" (`choose_mode`).
       dtype: storage dtype of the scores (the searches compute in float32).
       memory_budget: bytes per device `auto` may assume free (default: what
-        `runtime.memory` reads).
+        `devices.memory` reads).
       caches: how many such caches will be held at once (the joint PPL-p% search), for
         `auto`.
     Returns:
@@ -181,28 +183,28 @@ def dense_pass(graphdef, params, batches: Sequence[Batch], *, mesh=None, mode: s
     """
     _check_batches(batches)
     L, F = (int(x) for x in jax.eval_shape(lambda p: nnx.merge(graphdef, p).w_out(), params).shape[:2])
-    layout = search_layout(batches, F, mesh)
+    placement = search_placement(batches, F, mesh)
     dtype = np.dtype(dtype)
-    mode = choose_mode(mode, caches * cache_bytes(batches, L, F, layout, dtype), memory_budget)
-    stacked = _stack(list(batches), layout)
+    mode = choose_mode(mode, caches * cache_bytes(batches, L, F, placement, dtype), memory_budget)
+    stacked = _stack(list(batches), placement)
     real = stacked["loss_weights"] > 0
     proxies = search_proxies(real, F)
     shape = (len(batches), L) + tuple(batches[0]["inputs"].shape)
-    cache = _zeros(shape + (F,), dtype, layout, "scores") if mode == "cache" else None
-    inv_norm = _zeros(shape, jnp.float32, layout, "layer_tokens")
+    cache = _zeros(shape + (F,), dtype, placement, "scores") if mode == "cache" else None
+    inv_norm = _zeros(shape, jnp.float32, placement, "layer_tokens")
     totals, sums = [], []
     for i, batch in enumerate(batches):
         cache, inv_norm, block_totals, block_sums, w_out = _dense_step(
-            graphdef, params, batch, jnp.int32(i), cache, inv_norm, proxies, layout, dtype)
+            graphdef, params, batch, jnp.int32(i), cache, inv_norm, proxies, placement, dtype)
         totals.append(block_totals)
         sums.append(block_sums)
     loss_sum, weight = (float(x) for x in np.sum(jax.device_get(sums), axis=0))  # one host sync, replicated
     if weight <= 0:
         raise UserError("The validation batches hold no real tokens; use a larger validation split.")
     if mode == "cache":
-        scores = Scores(cache, None, layout, len(batches))
+        scores = Scores(cache, None, placement, len(batches))
     else:
-        scores = Scores(None, (params, stacked), layout, len(batches), compute=_StreamScores(graphdef, dtype))
+        scores = Scores(None, (params, stacked), placement, len(batches), compute=_StreamScores(graphdef, dtype))
     prepared = finish_setup(scores, w_out, real, inv_norm, jax.tree.map(lambda *x: jnp.stack(x), *totals))
     return DenseCache(prepared, stacked["inputs"], loss_sum / weight, weight, mode)
 
@@ -238,25 +240,22 @@ def threshold_sparsify(threshold_L) -> Sparsify:
     return Sparsify(mode="threshold", threshold=np.asarray(threshold_L, np.float32))
 
 
-# The one check of a target CETT, at the boundary (commands, `thresholds_for_cett`); the
-# functions below it trust their input.
-check_cett = check_target_cett
-
-
 @timed("threshold search")
-def cache_thresholds(cache: DenseCache, cett, prepared: PreparedSearch | None = None) -> CettThresholds:
+def cache_thresholds(cache: DenseCache, target_cett, prepared: PreparedSearch | None = None) -> CettThresholds:
     """Exact per-layer thresholds for CETT value(s) on a dense pass.
 
-    `cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
-    passes shared by the K targets), in [0, 1] (checked by the caller, `check_cett`;
+    `target_cett`: a scalar → fields (L,); a list of K values → fields (L, K) (one search, the
+    passes shared by the K targets), in [0, 1] (checked by the caller, `check_target_cett`;
     outside it the fields are NaN). `prepared`: another set-up to search instead of the
     cache's own (default).
     """
-    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(cett, np.float32), check=False)
-    return CettThresholds(*(np.asarray(x, np.float64) for x in (res.threshold, res.cett, res.sparsity)), cache.mode)
+    res = find_prepared(cache.prepared if prepared is None else prepared, np.asarray(target_cett, np.float32),
+                        check=False)
+    fields = (res.threshold, res.realised_cett, res.sparsity)
+    return CettThresholds(*(np.asarray(x, np.float64) for x in fields), cache.mode)
 
 
-def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: float, *, mesh=None,
+def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], target_cett: float, *, mesh=None,
                         mode: str = "auto", dtype=jnp.float32, memory_budget: int | None = None) -> CettThresholds:
     """Per-layer thresholds of the dense model for a target CETT over all real tokens.
 
@@ -274,13 +273,13 @@ def thresholds_for_cett(model_or_pair: Any, batches: Sequence[Batch], cett: floa
       model_or_pair: an `LM`, or (graphdef, params) as in `train.step.forward`.
       batches: validation batches (dicts with inputs, targets, segment_ids, positions,
         loss_weights); tokens with loss weight 0 are padding and never count.
-      cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
+      target_cett: target CETT in [0, 1] (or a list of K targets → (L, K) fields).
     Returns:
-      CettThresholds(threshold, cett, sparsity, mode), each array (L,).
+      CettThresholds(threshold, realised_cett, sparsity, mode), each array (L,).
     Raises:
       UserError: CETT outside [0, 1], bad mode, or no batch / no real token.
     """
-    check_cett(cett)
+    check_target_cett(target_cett)
     graphdef, params = as_graph_params(model_or_pair)
     cache = dense_pass(graphdef, params, batches, mesh=mesh, mode=mode, dtype=dtype, memory_budget=memory_budget)
-    return cache_thresholds(cache, cett)
+    return cache_thresholds(cache, target_cett)

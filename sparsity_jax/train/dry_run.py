@@ -7,7 +7,7 @@ compile time and whether it fits.
 
 On a CPU machine fake devices stand in for the accelerators
 (`XLA_FLAGS=--xla_force_host_platform_device_count=N`); with libtpu installed, a TPU slice
-(`--topology v5p-8`, `runtime.hardware`) is compiled for with no TPU attached. The TPU
+(`--topology v5p-8`, `devices.hardware`) is compiled for with no TPU attached. The TPU
 compiler then also estimates the step time (its cost analysis' `optimal_seconds`), from
 which tokens/s and MFU follow: compiler estimates, never measurements. Where it gives a
 negative "unknown" instead (seen on v5e, and wherever libtpu's own ConcatBitcast or the
@@ -29,7 +29,7 @@ import jax
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime import hardware
+from sparsity_jax.devices import hardware
 from sparsity_jax.settings import Settings
 from sparsity_jax.train.setup import build, cost_of
 
@@ -207,7 +207,7 @@ def dry_run(settings: Settings, method: Callable, *, device: str | None = None, 
             estimate: bool = True) -> DryRun:
     """Compiles the first train step of `settings` (the method's plain variant) for this
     machine's devices or a TPU slice `topology`, checked against `device`'s memory (a
-    `runtime.hardware` chip name; None: the devices' own)."""
+    `devices.hardware` chip name; None: the devices' own)."""
     devices, hosts = target_devices(topology)
     capacity, capacity_of = device_capacity(device, devices)
     run, compiled, seconds = compile_step(settings, method, devices)

@@ -17,7 +17,7 @@ from sparsity_jax.settings import Settings, from_saved
 from sparsity_jax.train.setup import TrainRun
 
 # model fields that may change on resume: the compute dtype, the init (used at step 0 only)
-# and how the blocks run (the checkpoint restores into either layout, `runtime.layout`)
+# and how the blocks run (the checkpoint restores into either layout, `runtime.block_stacking`)
 _RESUMABLE = ("dtype", "mlp_init", "init_std", "remat", "scan_layers")
 
 

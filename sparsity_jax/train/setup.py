@@ -1,4 +1,4 @@
-"""Builds what training needs on top of the model run (`runtime.model`): the optimizer,
+"""Builds what training needs on top of the model run (`runtime.model_run`): the optimizer,
 the train state with its shardings (the method's entries included) and the jitted train
 step.
 
@@ -16,10 +16,10 @@ import optax
 from flax import nnx
 
 from sparsity_jax.nn.model import LM
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.checkpoint import abstract_with_shardings
-from sparsity_jax.runtime.layout import convert_blocks
-from sparsity_jax.runtime.model import ModelRun, model_parts
+from sparsity_jax.runtime.block_stacking import convert_blocks
+from sparsity_jax.runtime.model_run import ModelRun, model_parts
 from sparsity_jax.runtime.trained import vocab_size
 from sparsity_jax.settings import Settings
 from sparsity_jax.train.optimizer import make_optimizer

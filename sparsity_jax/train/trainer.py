@@ -26,7 +26,7 @@ from sparsity_jax.settings import Settings
 from sparsity_jax.runtime import names
 from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.runtime.logs import MetricsWriter, StepTimer, log_print, progress_line
-from sparsity_jax.runtime.hardware import peak_flops_per_device
+from sparsity_jax.devices.hardware import peak_flops_per_device
 from sparsity_jax.runtime.trained import data_module, real_tokens, validation_batches
 from sparsity_jax.runtime.workdir import PathLike, Workdir, write_json
 from sparsity_jax.train.init_from import restore_params

@@ -3,8 +3,11 @@ these, and each command parses its arguments, calls one and prints.
 
   generation        KV-cache decoding of a checkpoint with a dense / threshold / predicted
                     FFN (`generate` → `Generated`)
+  evaluation        every checkpoint of a run: loss, perplexity, activation ratio, and at
+                    PPL-p% (`evaluate_run` → `Evaluation`; `sparsity-jax evaluate`)
   comparison        train a family of models and compare their sparsity (`compare`)
-  at_cett           predictors and affinity at the thresholds of a target CETT
+  at_cett           a checkpoint's thresholds for a target CETT (`thresholds_at_cett` →
+                    `CheckpointThresholds`), predictors and affinity at them
                     (`predictivity_of_checkpoint` → `predict.Predictivity`,
                     `affinity_at_cett` → `predict.Affinity`)
   export            a run's checkpoint restored for `export --hf` (`saved_model`)
@@ -14,10 +17,14 @@ these, and each command parses its arguments, calls one and prints.
 A workflow composes the capability packages below it (search, predict, infer, methods,
 train, ssd); they never import a workflow.
 """
-from sparsity_jax.workflows.at_cett import affinity_at_cett, predictivity_of_checkpoint
+from sparsity_jax.workflows.at_cett import (
+    CheckpointThresholds, affinity_at_cett, predictivity_of_checkpoint, thresholds_at_cett,
+)
 from sparsity_jax.workflows.comparison import compare
+from sparsity_jax.workflows.evaluation import Evaluation, evaluate_checkpoints, evaluate_run
 from sparsity_jax.workflows.generation import Generated, generate
 from sparsity_jax.workflows.ssd_inference import SparseInference, sparse_inference
 
-__all__ = ["Generated", "SparseInference", "affinity_at_cett", "compare", "generate", "predictivity_of_checkpoint",
-           "sparse_inference"]
+__all__ = ["CheckpointThresholds", "Evaluation", "Generated", "SparseInference", "affinity_at_cett", "compare",
+           "evaluate_checkpoints", "evaluate_run", "generate", "predictivity_of_checkpoint", "sparse_inference",
+           "thresholds_at_cett"]

@@ -45,7 +45,7 @@ def train_model(settings, variant: str, workdir: Workdir, *, log: Log = print) -
     return time.perf_counter() - t0
 
 
-def analyse(settings, workdir: Workdir, p: float, cetts: Sequence[float], tol: float, predictor_steps: int, *,
+def analyse(settings, workdir: Workdir, p: float, target_cetts: Sequence[float], tol: float, predictor_steps: int, *,
             log: Log = print) -> dict:
     """The sparsity of the final checkpoint of `workdir` and, with `predictor_steps`, its
     predictivity and affinity at the PPL-p% thresholds (JSON-able)."""
@@ -55,7 +55,7 @@ def analyse(settings, workdir: Workdir, p: float, cetts: Sequence[float], tol: f
         params = wd.restore(step)[0]["params"]
     finally:
         wd.close()
-    r = model_sparsity(wd.run, params, wd.val, step, p, cetts, tol)
+    r = model_sparsity(wd.run, params, wd.val, step, p, target_cetts, tol)
     out = r.to_json()
     if predictor_steps:
         q = r.ppl_p
@@ -65,7 +65,7 @@ def analyse(settings, workdir: Workdir, p: float, cetts: Sequence[float], tol: f
     return out
 
 
-def compare(models: dict, root, p: float, cetts: Sequence[float], tol: float, predictor_steps: int, *,
+def compare(models: dict, root, p: float, target_cetts: Sequence[float], tol: float, predictor_steps: int, *,
             log: Log = print) -> dict[str, dict]:
     """Trains what is missing of `models` ({variant: settings}, each in ROOT/<variant>), then
     analyses each final checkpoint (`analyse`, with its training seconds); {variant: JSON}."""
@@ -74,7 +74,7 @@ def compare(models: dict, root, p: float, cetts: Sequence[float], tol: float, pr
     results = {}
     for v, st in models.items():
         log(f"[{v}] PPL-{p:g}% search and CETT curve")
-        results[v] = analyse(st, Workdir(root / v), p, cetts, tol, predictor_steps, log=log)
+        results[v] = analyse(st, Workdir(root / v), p, target_cetts, tol, predictor_steps, log=log)
         results[v]["train_seconds"] = round(train_seconds[v], 1)
         q = results[v]["ppl_p"]
         log(f"[{v}] PPL-{p:g}%: CETT {q['target_cett']:.4f}, sparsity {q['sparsity']:.4f} "

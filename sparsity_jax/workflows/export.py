@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from sparsity_jax.hf.load import abstract, one_device_mesh
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.workdir import Workdir
 from sparsity_jax.train.init_from import restore_params, saved_run
 

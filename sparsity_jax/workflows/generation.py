@@ -1,7 +1,7 @@
 """Generation: KV-cache decoding of one trained checkpoint with a dense or sparse FFN
 (`infer/`) on the run's mesh. The chooser's arrays come from the search (threshold: the
 thresholds of a target CETT) or from the saved predictors; `layout="coactivation"` first
-permutes each layer's neurons so co-chosen ones share blocks (`infer.layout`; the model's
+permutes each layer's neurons so co-chosen ones share blocks (`infer.neuron_order`; the model's
 function is unchanged). Returns `Generated`: each row's prompt and new text, the
 `infer.Generation` (tokens, timings, per-layer statistics) and the `Decoder`."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ import dataclasses
 import jax
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.infer import Decoder, Dense, Generation, Predicted, Threshold
+from sparsity_jax.infer import AllNeurons, Decoder, Generation, Predicted, Threshold
 from sparsity_jax.infer.budget import calibrate, measured_candidates
 from sparsity_jax.infer.choosers import check_predictor
-from sparsity_jax.infer.layout import coactivation_layout, permute_arrays, permute_params
+from sparsity_jax.infer.neuron_order import coactivation_layout, permute_arrays, permute_params
 from sparsity_jax.predict import store
 from sparsity_jax.runtime.workdir import Workdir
 from sparsity_jax.search.thresholds import thresholds_for_cett
@@ -36,7 +36,7 @@ def chooser_of(ffn: str, target_cett: float, trained, params, step: int):
     """(chooser, its arrays, a one-line description) of the FFN `ffn` (one of FFNS) for
     checkpoint `step` of `trained` (a `runtime.trained.Trained`)."""
     if ffn == "dense":
-        return Dense(), {}, "dense FFN"
+        return AllNeurons(), {}, "dense FFN"
     if ffn == "threshold":
         res = thresholds_for_cett((trained.run.graphdef, params), trained.val, target_cett)
         return Threshold(), {"threshold": res.threshold}, (

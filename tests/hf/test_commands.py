@@ -75,7 +75,7 @@ def test_import_scans_unless_told_otherwise_with_the_same_logits(imported, impor
     both runs give the same logits (1e-6 of scale)."""
     from flax import nnx
 
-    from sparsity_jax.runtime.layout import stacked_layout
+    from sparsity_jax.runtime.block_stacking import stacked_layout
     from sparsity_jax.runtime.checkpoint import Checkpointer
     from sparsity_jax.nn.model import LM
 
@@ -272,7 +272,7 @@ def test_import_refuses_model_overrides(tmp_path):
 
 def test_init_from_restores_an_imported_model_into_stacked_blocks(imported_unrolled):
     """`train --init-from` with `model.scan_layers=True` from a per-layer run: the shapes
-    are checked and the parameters restored in the stacked layout (runtime.layout)."""
+    are checked and the parameters restored in the stacked layout (runtime.block_stacking)."""
     import dataclasses
 
     import jax

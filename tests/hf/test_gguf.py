@@ -20,7 +20,7 @@ gguf = pytest.importorskip("gguf", reason="the optional gguf extra is not instal
 from sparsity_jax.hf import load_pretrained  # noqa: E402
 from sparsity_jax.hf.gguf import open_gguf, unpermute  # noqa: E402
 from sparsity_jax.infer.decode import Decoder  # noqa: E402
-from sparsity_jax.runtime import sharding as shd  # noqa: E402
+from sparsity_jax.devices import sharding as shd  # noqa: E402
 from tests.commands.test_bad_input import snapshot  # noqa: E402
 from tests.hf.test_commands import run_cli  # noqa: E402
 

@@ -46,7 +46,7 @@ def test_smollm2_greedy_tokens_and_tokenizer_match_transformers(smollm2, tmp_pat
     from sparsity_jax.data.hf_vocab import HFTokenizerVocabulary
     from sparsity_jax.hf.gguf import open_gguf
     from sparsity_jax.infer.decode import Decoder
-    from sparsity_jax.runtime import sharding as shd
+    from sparsity_jax.devices import sharding as shd
 
     for name, data in open_gguf(FILE)[1].tokenizer_files().items():
         (tmp_path / name).write_bytes(data)

@@ -18,7 +18,7 @@ from flax import nnx
 from sparsity_jax.hf import FAMILIES, load_pretrained
 from sparsity_jax.infer.decode import Decoder
 from sparsity_jax.nn.model import LM
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
 NAMES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

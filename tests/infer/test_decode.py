@@ -14,7 +14,7 @@ from sparsity_jax.infer import Decoder, place
 from sparsity_jax.infer.cache import cache_positions as positions, decode_mask, init_cache, left_pad
 from sparsity_jax.infer.sampling import sample, top_p_mask
 from sparsity_jax.nn.model import LM, ModelConfig
-from sparsity_jax.runtime.sharding import make_mesh
+from sparsity_jax.devices.sharding import make_mesh
 
 PROMPTS = [[5, 1, 2, 3, 4, 9], [7, 8, 9]]  # unequal lengths: the second row is left-padded
 

@@ -23,7 +23,7 @@ NEW = 7
 
 
 def mesh_tp():
-    from sparsity_jax.runtime.sharding import make_mesh
+    from sparsity_jax.devices.sharding import make_mesh
 
     return make_mesh(data=4, fsdp=1, tensor=2)
 

@@ -71,7 +71,7 @@ def test_magnitudes_and_cett_match_numpy(data):
     thresholds = np.quantile(mag, [0.1, 0.5, 0.8, 0.95]).astype(np.float32)
     curve = cett_curve(a, w_out, thresholds)
     want = [np_cett(a, w_out, mag, t) for t in thresholds]
-    np.testing.assert_allclose(curve.cett, want, atol=1e-5)
+    np.testing.assert_allclose(curve.realised_cett, want, atol=1e-5)
     np.testing.assert_allclose(curve.sparsity, [np.mean(mag < t) for t in thresholds], atol=1e-6)
     assert float(cett(a, w_out, thresholds[1])) == pytest.approx(want[1], abs=1e-5)
 
@@ -101,27 +101,27 @@ def test_find_threshold_exact_monotone_and_budget(data, searched):
     r = jax.tree.map(lambda x: np.asarray(x)[0], searched)
     mag = np.asarray(neuron_magnitudes(a, w_out))
     values = np.unique(mag)
-    assert np.all(np.diff(r.threshold) >= 0) and np.all(np.diff(r.cett) >= 0)
+    assert np.all(np.diff(r.threshold) >= 0) and np.all(np.diff(r.realised_cett) >= 0)
     np.testing.assert_allclose(r.sparsity, [np.mean(mag < t) for t in r.threshold], atol=1e-6)
     for i, c in enumerate(TARGETS[:-1]):
         t = float(r.threshold[i])
         assert t in values
         at_t, at_next = np_cett(a, w_out, mag, t), np_cett(a, w_out, mag, values[values > t][0])
         assert at_t <= c + 1e-6 and at_next > c - 1e-6, (c, at_t, at_next)
-        assert float(r.cett[i]) == pytest.approx(at_t, abs=1e-6)
-        assert abs(float(r.cett[i]) - c) <= 1e-4
+        assert float(r.realised_cett[i]) == pytest.approx(at_t, abs=1e-6)
+        assert abs(float(r.realised_cett[i]) - c) <= 1e-4
         assert int(r.evaluations[i]) <= 8
-    assert float(r.cett[0]) == 0.0  # target 0: only exact zeros (no contribution) dropped
-    assert float(r.threshold[-1]) > mag.max() and float(r.sparsity[-1]) == 1.0 and float(r.cett[-1]) == 1.0
+    assert float(r.realised_cett[0]) == 0.0  # target 0: only exact zeros (no contribution) dropped
+    assert float(r.threshold[-1]) > mag.max() and float(r.sparsity[-1]) == 1.0 and float(r.realised_cett[-1]) == 1.0
     # Layer 1 has the same magnitudes and CETTs: the same answer from another search path.
     np.testing.assert_allclose(searched.threshold[1], r.threshold, rtol=1e-5)
-    np.testing.assert_allclose(searched.cett[1], r.cett, atol=1e-6)
+    np.testing.assert_allclose(searched.realised_cett[1], r.realised_cett, atol=1e-6)
 
 
 def test_find_threshold_all_zero_padding_and_bad_targets(data, searched):
     a2, w2 = two_layers(*data)
     zero = find_threshold(np.zeros_like(a2), w2, TARGETS[None])
-    np.testing.assert_array_equal(zero.cett, 0.0)
+    np.testing.assert_array_equal(zero.realised_cett, 0.0)
     np.testing.assert_array_equal(zero.sparsity, 1.0)
     assert np.all(np.asarray(zero.threshold) > 0)
     # Padding tokens (garbage values) must not influence the result.
@@ -164,7 +164,7 @@ def test_sharded_equals_unsharded(data, searched):
     w_s = jax.device_put(w_out, NamedSharding(mesh, P("tensor", None)))
     got = jax.jit(find_threshold)(a_s, w_s, TARGETS)
     np.testing.assert_allclose(got.threshold, searched.threshold[0], rtol=1e-6)
-    np.testing.assert_allclose(got.cett, searched.cett[0], atol=1e-6)
+    np.testing.assert_allclose(got.realised_cett, searched.realised_cett[0], atol=1e-6)
     np.testing.assert_allclose(got.sparsity, searched.sparsity[0], atol=1e-6)
     t = searched.threshold[0, 3]
     want = float(cett(a, w_out, t))

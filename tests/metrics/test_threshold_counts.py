@@ -73,7 +73,7 @@ def test_chunked_finish_equals_one_chunk(monkeypatch):
     monkeypatch.setattr(threshold_pass, "_FINISH_FLOATS", 16 * 32)  # the minimum chunk: 64 candidates
     got = find_threshold(a, w, targets, window=2048)  # another static window: a fresh trace
     np.testing.assert_array_equal(np.asarray(got.threshold), np.asarray(want.threshold))
-    np.testing.assert_allclose(np.asarray(got.cett), np.asarray(want.cett), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.realised_cett), np.asarray(want.realised_cett), atol=1e-6)
 
 
 def four_ways(fn, args, split):
@@ -118,7 +118,7 @@ def test_cett_and_curve_four_ways_match_numpy(layers):
     want_sparsity = [[np.mean(mag[i][real] < g) for g in grid[i]] for i in range(2)]
     for style in cett_ways:
         np.testing.assert_allclose(cett_ways[style], want, atol=1e-5, err_msg=style)
-        np.testing.assert_allclose(curve_ways[style].cett, want_curve, atol=1e-5, err_msg=style)
+        np.testing.assert_allclose(curve_ways[style].realised_cett, want_curve, atol=1e-5, err_msg=style)
         np.testing.assert_allclose(curve_ways[style].sparsity, want_sparsity, atol=1e-6, err_msg=style)
 
 

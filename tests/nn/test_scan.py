@@ -18,10 +18,10 @@ from flax import nnx
 from sparsity_jax.infer.cache import init_cache
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.sparsify import MoESpec, Sparsify
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 import optax
 
-from sparsity_jax.runtime.layout import convert_blocks
+from sparsity_jax.runtime.block_stacking import convert_blocks
 from sparsity_jax.ssd.convert import centres_from_params, permute_state
 from tests.train.helpers import synthetic_batch
 

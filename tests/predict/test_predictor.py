@@ -11,12 +11,12 @@ from sparsity_jax.metrics.predictivity import predictor_metrics
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify
-from sparsity_jax.predict import model as pm
+from sparsity_jax.predict import lowrank as pm
 from sparsity_jax.predict import store
 from sparsity_jax.predict.data import TokenSet, active_labels
-from sparsity_jax.predict.evaluate import _merge, _weights
+from sparsity_jax.predict.predictor_quality import _merge, _weights
 from sparsity_jax.predict.train import positive_weight, train_predictors
-from sparsity_jax.runtime.sharding import make_mesh
+from sparsity_jax.devices.sharding import make_mesh
 from tests.nn.test_ffn import numpy_topk
 
 

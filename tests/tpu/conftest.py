@@ -33,7 +33,7 @@ def _no_persistent_cache():
 @pytest.fixture(scope="session")
 def tpu():
     """topology name → its compile-only devices (each slice built once)."""
-    from sparsity_jax.runtime import hardware
+    from sparsity_jax.devices import hardware
 
     cache = {}
 

@@ -3,16 +3,16 @@ mesh of the same shape (each array with its own partition spec), to compile it f
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sparsity_jax.metrics.threshold_pass import Layout, Scores
+from sparsity_jax.metrics.threshold_pass import ScorePlacement, Scores
 
 
 def on_mesh(x, mesh):
-    """`x` (a pytree of arrays, a search layout or `Scores`) as abstract values on `mesh`,
+    """`x` (a pytree of arrays, a search placement or `Scores`) as abstract values on `mesh`,
     each array with its own partition spec."""
-    if isinstance(x, Layout):
+    if isinstance(x, ScorePlacement):
         return x._replace(mesh=mesh) if x.mesh is not None else x
     if isinstance(x, Scores):
-        return Scores(on_mesh(x.cached, mesh), on_mesh(x.args, mesh), on_mesh(x.layout, mesh), x.n_blocks,
+        return Scores(on_mesh(x.cached, mesh), on_mesh(x.args, mesh), on_mesh(x.placement, mesh), x.n_blocks,
                       x.stacked, x.compute)
     if isinstance(x, jax.Array):
         spec = x.sharding.spec if isinstance(x.sharding, NamedSharding) else P()

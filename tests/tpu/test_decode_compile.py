@@ -14,7 +14,7 @@ from flax import nnx
 from sparsity_jax.infer import Decoder, Predicted, Threshold, place
 from sparsity_jax.infer.decode import _step
 from sparsity_jax.nn.model import LM, ModelConfig
-from sparsity_jax.runtime.sharding import make_mesh
+from sparsity_jax.devices.sharding import make_mesh
 from tests.tpu.retarget import on_mesh
 
 L, D, F, R = 2, 128, 512, 16

@@ -16,9 +16,9 @@ from sparsity_jax.metrics.threshold_search import _default_window, _search
 from sparsity_jax.metrics.threshold_setup import search_proxies
 from sparsity_jax.nn.model import LM
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.forward import make_eval_step
-from sparsity_jax.runtime.model import build_model
+from sparsity_jax.runtime.model_run import build_model
 from sparsity_jax.search import thresholds as th
 from tests.tpu.retarget import on_mesh
 
@@ -66,16 +66,16 @@ def test_dense_evaluation_and_the_ppl_sparse_step_compile_for_tpu(cpu_run, tpu_m
 def test_the_cett_search_compiles_for_tpu(cpu_run, tpu_mesh):
     run, params, batches = cpu_run
     cache = th.dense_pass(run.graphdef, params, batches, mesh=run.mesh, mode="cache")
-    layout = th.search_layout(batches, run.model_cfg.d_ff, run.mesh)
-    assert layout.tokens and layout.neurons  # tokens and neurons both split: the sharded search
-    stacked = th._stack(batches, layout)
+    placement = th.search_placement(batches, run.model_cfg.d_ff, run.mesh)
+    assert placement.tokens and placement.neurons  # tokens and neurons both split: the sharded search
+    stacked = th._stack(batches, placement)
     proxies = search_proxies(stacked["loss_weights"] > 0, run.model_cfg.d_ff)
     L, F = run.model_cfg.num_layers, run.model_cfg.d_ff
     shape = (len(batches), L, 8, 64)
-    scores = th._zeros(shape + (F,), jnp.float32, layout, "scores")
-    inv_norm = th._zeros(shape, jnp.float32, layout, "layer_tokens")
+    scores = th._zeros(shape + (F,), jnp.float32, placement, "scores")
+    inv_norm = th._zeros(shape, jnp.float32, placement, "layer_tokens")
     args = on_mesh((params, batches[0], jnp.int32(0), scores, inv_norm, proxies), tpu_mesh)
-    th._dense_step.lower(run.graphdef, *args, layout=on_mesh(layout, tpu_mesh), dtype=np.dtype(np.float32)).compile()
+    th._dense_step.lower(run.graphdef, *args, placement=on_mesh(placement, tpu_mesh), dtype=np.dtype(np.float32)).compile()
     target_LxK = jnp.full((L, 1), 0.2, jnp.float32)
     window = _default_window(int(np.prod(cache.prepared.real.shape)), F)
     text = compiled_text(_search, on_mesh(cache.prepared, tpu_mesh), on_mesh(target_LxK, tpu_mesh), window=window,

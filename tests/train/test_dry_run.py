@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sparsity_jax import cli
-from sparsity_jax.runtime import hardware
+from sparsity_jax.devices import hardware
 from sparsity_jax.train import dry_run
 
 ARGS = ["train", "--config", "configs/default.py", "--config.model.num_layers=2", "--config.train.global_batch_size=16",

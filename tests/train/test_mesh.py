@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from sparsity_jax.methods import make_method
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.train.optimizer import make_schedule
 from sparsity_jax.train.setup import build
 
@@ -57,7 +57,7 @@ def test_logical_rules_skip_axes_that_do_not_divide():
     assert shd.logical_to_spec(("embed", "mlp"), (32, 64), mesh) == P("fsdp", "tensor")
     assert shd.logical_to_spec(("vocab", "embed"), (259, 32), mesh) == P(None, "fsdp")
     assert shd.logical_to_spec(("activation_batch", None), (16, 8), mesh) == P(("data", "fsdp"), None)
-    with pytest.raises(ValueError, match="not in runtime.sharding.LOGICAL_RULES"):
+    with pytest.raises(ValueError, match="not in devices.sharding.LOGICAL_RULES"):
         shd.logical_to_spec(("batch", None), (16, 8), mesh)
     with pytest.raises(ValueError, match="devices"):
         shd.make_mesh(3, 1, 1)

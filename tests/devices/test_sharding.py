@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 
 
 def test_activation_and_cache_axes_follow_the_rule_table():

@@ -16,7 +16,7 @@ import numpy as np
 
 from sparsity_jax.metrics.predictivity import PredictorMetrics, predicted_active, predictor_metrics
 from sparsity_jax.nn.sparsify import Sparsify
-from sparsity_jax.predict import model as pm
+from sparsity_jax.predict import lowrank as pm
 from sparsity_jax.predict.data import Batch, record_active
 
 Strategy = tuple[str, int | None]

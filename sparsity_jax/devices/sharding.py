@@ -71,7 +71,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     otherwise replicate silently)."""
     unknown = [name for name in axes if name is not None and name not in LOGICAL_RULES]
     if unknown:
-        raise ValueError(f"logical axes {unknown} are not in runtime.sharding.LOGICAL_RULES")
+        raise ValueError(f"logical axes {unknown} are not in devices.sharding.LOGICAL_RULES")
     used: set[str] = set()
     spec = []
     for name, dim in zip(axes, shape):

@@ -17,7 +17,7 @@ from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import LM, ModelConfig
 from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.runtime import names
-from sparsity_jax.runtime import sharding as shd
+from sparsity_jax.devices import sharding as shd
 from sparsity_jax.runtime.forward import make_eval_step, summarize
 from sparsity_jax.settings import Settings
 

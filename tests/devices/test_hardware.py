@@ -1,4 +1,4 @@
-"""`runtime.hardware`: Cloud TPU slice names against the Cloud TPU documentation's
+"""`devices.hardware`: Cloud TPU slice names against the Cloud TPU documentation's
 shapes and host counts, libtpu's own form, bad names and a missing libtpu as one
 sentence with exit 2, and the environment that keeps libtpu off the network."""
 import importlib.util
@@ -7,7 +7,7 @@ import pytest
 
 from sparsity_jax import cli
 from sparsity_jax.errors import UserError
-from sparsity_jax.runtime import hardware
+from sparsity_jax.devices import hardware
 
 # (name, libtpu topology, chips, hosts): from the Cloud TPU documentation's tables of
 # v4, v5p, v5e and v6e slices (TensorCores for v4 / v5p names, chips for v5e / v6e)

@@ -1,9 +1,9 @@
-"""runtime.memory: free bytes per device from the device's report or the host's memory,
+"""devices.memory: free bytes per device from the device's report or the host's memory,
 and the search's cache/stream choice that asks it."""
 import jax
 import pytest
 
-from sparsity_jax.runtime import memory
+from sparsity_jax.devices import memory
 from sparsity_jax.search.thresholds import choose_mode
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from sparsity_jax.methods import make_method
 from sparsity_jax.runtime.checkpoint import Checkpointer
-from sparsity_jax.runtime.layout import convert_blocks, stacked_layout
+from sparsity_jax.runtime.block_stacking import convert_blocks, stacked_layout
 from sparsity_jax.train.setup import build
 from tests.train.helpers import synthetic_batch, tiny_config
 

@@ -1,5 +1,5 @@
-"""The commands' `time:` split (`runtime.timing`) and the host memory that freed buffers
-give back (`runtime.memory.return_freed_memory`)."""
+"""The commands' `time:` split (`devices.timing`) and the host memory that freed buffers
+give back (`devices.memory.return_freed_memory`)."""
 import sys
 
 import jax
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsity_jax.runtime.memory import return_freed_memory
-from sparsity_jax.runtime.timing import Timings, compile_seconds
+from sparsity_jax.devices.memory import return_freed_memory
+from sparsity_jax.devices.timing import Timings, compile_seconds
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 """Every checkpoint of a trained workdir evaluated (`sparsity-jax evaluate`): validation
 loss, perplexity, per-layer activation ratio (a ≠ 0: CETT 0), training tokens passed, and
 the activation ratio at PPL-p% (the stabilised CETT of Sparsing Law App. B from
-`sweep.sweep_trained` on the same validation batches): the points `scaling` fits."""
+`search.sweep_trained` on the same validation batches): the points `scaling` fits."""
 from __future__ import annotations
 
 import dataclasses
