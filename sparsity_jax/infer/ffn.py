@@ -12,10 +12,10 @@ their UNION over the rows is compacted into a static budget K (`budgets`, ascend
 few buckets chosen by `infer.budget`); `lax.switch` runs the smallest budget that holds
 the union, gathering K rows of each kernel read after the choice, or, when the union
 overflows every budget, the masked dense form — the result is never changed, only the
-time. Unused budget slots point at row 0 with a zero score. The K rows are gathered in
-blocks of `CHUNK` inside a scan: one K×d gather per kernel writes a fresh buffer to
-memory, which on XLA:CPU costs about as much as the product it saves
-(bench/sparse_decode.py, "why"). `full_ffn` is the masked form (prefill, calibration,
+time. Unused budget slots point at row 0 with a zero score. Single neurons are blocks of
+b = 1 (below): the K rows are gathered `CHUNK` at a time inside a scan
+(`infer.kernels.xla`), since one K×d gather per kernel writes a fresh buffer to memory,
+which on XLA:CPU costs about as much as the product it saves (bench/sparse_decode.py, "why"). `full_ffn` is the masked form (prefill, calibration,
 the reference). With a tensor axis the F axis of the tables is
 sharded, each shard chooses and gathers its own neurons with its own budget, and the
 outputs are summed (`layer_ffn`, shard_map).
@@ -71,41 +71,6 @@ def compact(union_F: Array, k: int) -> Array:
     return jnp.flatnonzero(union_F, size=k, fill_value=0).astype(jnp.int32)
 
 
-def _rows(w_FxD: Array, idx_K: Array) -> Array:
-    return w_FxD.at[idx_K].get(mode="promise_in_bounds")
-
-
-def _blocks(idx_K: Array, chunk: int) -> Array:
-    """`idx_K` padded with row 0 to a multiple of `chunk`, as (C, chunk) blocks."""
-    return jnp.pad(idx_K, (0, -idx_K.shape[0] % chunk)).reshape(-1, chunk)
-
-
-def gather_project(w_FxD: Array, idx_K: Array, x_NxD: Array, chunk: int) -> Array:
-    """x @ W[idx]ᵀ, (N, K). With `chunk` > 0 the K rows are gathered `chunk` at a time (a
-    scan; the last block padded with row 0, its columns dropped), so each block is
-    multiplied while it sits in cache and no K×d copy is ever written to memory."""
-    k = idx_K.shape[0]
-    if chunk <= 0 or k <= chunk:
-        return project(_rows(w_FxD, idx_K), x_NxD)
-    _, h_CxNxc = jax.lax.scan(lambda _, i: (None, project(_rows(w_FxD, i), x_NxD)), None, _blocks(idx_K, chunk))
-    return jnp.moveaxis(h_CxNxc, 0, 1).reshape(x_NxD.shape[0], -1)[:, :k]
-
-
-def gather_combine(a_NxK: Array, w_FxD: Array, idx_K: Array, chunk: int) -> Array:
-    """a @ W[idx], (N, d), accumulated over `chunk`-row blocks like `gather_project` (the
-    padded slots weigh 0)."""
-    n, k = a_NxK.shape
-    if chunk <= 0 or k <= chunk:
-        return a_NxK @ _rows(w_FxD, idx_K)
-    a_CxNxc = jnp.moveaxis(jnp.pad(a_NxK, ((0, 0), (0, -k % chunk))).reshape(n, -1, chunk), 1, 0)
-
-    def body(y_NxD, ia):
-        return y_NxD + ia[1] @ _rows(w_FxD, ia[0]), None
-
-    y_NxD, _ = jax.lax.scan(body, jnp.zeros((n, w_FxD.shape[1]), a_NxK.dtype), (_blocks(idx_K, chunk), a_CxNxc))
-    return y_NxD
-
-
 def _products(rows, fn, gate: bool) -> Array:
     """fn(W_in x, W_gate x) of the computed neurons (`gate`), fn(W_in x), or W_in x (fn None);
     `rows(name)` is x times the rows of table `name`, (N, K)."""
@@ -136,14 +101,12 @@ def _full_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict) -> Array:
 
 def _chosen_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array, bidx, block: int, chunk: int,
                    kernel: str) -> Array:
-    """Scores of the K chosen neurons `idx_K`: single-row gathers, or with `block` the
-    blocks `bidx` through a block kernel."""
-    if block:
-        def up(fn, gate):
-            return kernels.block_up(x_NxD, _view(tab["up"], block), bidx, gate_GxBxD=_view(tab["gate"], block)
-                                    if gate else None, act=fn, kernel=kernel, chunk=chunk)
-    else:
-        up = functools.partial(_products, lambda n: gather_project(tab[n], idx_K, x_NxD, chunk))
+    """Scores of the K chosen neurons `idx_K`, the blocks `bidx` of `block` neurons, through
+    a block kernel (single neurons: blocks of 1)."""
+    def up(fn, gate):
+        return kernels.block_up(x_NxD, _view(tab["up"], block), bidx, gate_GxBxD=_view(tab["gate"], block)
+                                if gate else None, act=fn, kernel=kernel, chunk=chunk)
+
     return _scores(act, pre, up, lambda v: jnp.take(v, idx_K, axis=1))
 
 
@@ -174,25 +137,20 @@ def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple
     cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
     union_F = jnp.any(cand_NxF, axis=0)
     count = jnp.sum(union_F, dtype=jnp.int32)
-    if block:
-        union_G = jnp.any(union_F.reshape(-1, block), axis=-1)
-        need = jnp.sum(union_G, dtype=jnp.int32) * block
-    else:
-        need = count
+    # single neurons are blocks of b = 1, read by XLA's row gather (the Pallas kernels tile b × d slabs)
+    b, kernel = (block, kernel) if block else (1, "xla")
+    union_G = jnp.any(union_F.reshape(-1, b), axis=-1)
+    need = jnp.sum(union_G, dtype=jnp.int32) * b
 
     def at_budget(k: int):
-        if block:
-            bidx = compact(union_G, k // block)
-            idx_K = (bidx[:, None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(-1)
-        else:
-            bidx, idx_K = None, compact(union_F, k)
-        a_NxK = _chosen_scores(tab, x_NxD, act, pre, idx_K, bidx, block, chunk, kernel)
+        bidx = compact(union_G, k // b)
+        idx_K = (bidx[:, None] * b + jnp.arange(b, dtype=jnp.int32)).reshape(-1)
+        a_NxK = _chosen_scores(tab, x_NxD, act, pre, idx_K, bidx, b, chunk, kernel)
         live_NxK = (jnp.arange(k) < need)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
         keep = chooser.keep(arr, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
         keep_NxK = live_NxK if keep is None else live_NxK & keep
         a_NxK = jnp.where(keep_NxK, a_NxK, jnp.zeros_like(a_NxK))
-        y_NxD = (kernels.block_down(a_NxK, _view(tab["out"], block), bidx, kernel=kernel, chunk=chunk) if block
-                 else gather_combine(a_NxK, tab["out"], idx_K, chunk))
+        y_NxD = kernels.block_down(a_NxK, _view(tab["out"], b), bidx, kernel=kernel, chunk=chunk)
         return y_NxD, jnp.sum(keep_NxK, -1, dtype=jnp.int32)
 
     def dense():

@@ -39,6 +39,17 @@ def greedy(model, prompts, new: int) -> np.ndarray:
     return np.asarray(dec.generate([list(map(int, p)) for p in prompts], new).tokens)
 
 
+def assert_matches_reference(model, ref, name: str, label: str) -> None:
+    """Logits within 1e-4 of their scale and the same greedy tokens as the transformers
+    reference `ref` (`NAME/tokens`, `/logits`, `/prompts`, `/generated`) of fixture `name`."""
+    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(ref[f"{name}/tokens"]))
+    err = rel_err(logits, ref[f"{name}/logits"])
+    print(f"{label}: max |Δlogits| / scale = {err:.1e}")
+    assert err < 1e-4, label
+    want = ref[f"{name}/generated"]
+    np.testing.assert_array_equal(greedy(model, ref[f"{name}/prompts"], want.shape[1]), want, err_msg=label)
+
+
 def test_every_weight_type_has_a_fixture():
     types = {t.tensor_type.name for n in NAMES for t in gguf.GGUFReader(FIXTURES / n).tensors}
     assert types == {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
@@ -49,12 +60,7 @@ def test_every_weight_type_has_a_fixture():
 def test_logits_and_greedy_tokens_match_transformers(name):
     model, cfg = load_pretrained(FIXTURES / name)
     assert cfg.param_dtype == "float32" and cfg.rope_theta == 500.0 and cfg.num_kv_heads == 2
-    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(REF[f"{name}/tokens"]))
-    err = rel_err(logits, REF[f"{name}/logits"])
-    print(f"{name}: max |Δlogits| / scale = {err:.1e}")
-    assert err < 1e-4, name
-    want = REF[f"{name}/generated"]
-    np.testing.assert_array_equal(greedy(model, REF[f"{name}/prompts"], want.shape[1]), want, err_msg=name)
+    assert_matches_reference(model, REF, name, name)
 
 
 @pytest.mark.parametrize("name", ["f32.gguf", "f16_spm.gguf"])  # byte-level BPE (gpt2), SentencePiece (llama)

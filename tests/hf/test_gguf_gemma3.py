@@ -18,7 +18,7 @@ from flax import nnx
 gguf = pytest.importorskip("gguf", reason="the optional gguf extra is not installed")
 
 from sparsity_jax.hf import load_pretrained  # noqa: E402
-from tests.hf.test_gguf import check_refused, greedy, rel_err  # noqa: E402
+from tests.hf.test_gguf import assert_matches_reference, check_refused, greedy  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
 TINY = FIXTURES / "gemma3"
@@ -36,12 +36,7 @@ def test_tiny_gemma3_logits_and_greedy_tokens_match_transformers(name, scan):
     assert (cfg.layer_types, cfg.sliding_window, cfg.rope_theta, cfg.rope_local_theta, cfg.query_scalar) == (
         "LLLLLG", 4, 1000.0, 10000.0, 256.0)
     assert cfg.qk_norm and cfg.post_norms and cfg.norm_offset == 1.0 and cfg.activation == "geglu"
-    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(REF[f"{name}/tokens"]))
-    err = rel_err(logits, REF[f"{name}/logits"])
-    print(f"gemma3/{name} ({'scanned' if scan else 'unrolled'}): max |Δlogits| / scale = {err:.1e}")
-    assert err < 1e-4, name
-    want = REF[f"{name}/generated"]
-    np.testing.assert_array_equal(greedy(model, REF[f"{name}/prompts"], want.shape[1]), want, err_msg=name)
+    assert_matches_reference(model, REF, name, f"gemma3/{name} ({'scanned' if scan else 'unrolled'})")
 
 
 def test_tiny_gemma3_norms_are_stored_as_one_plus_w():

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsity_jax.infer import Decoder, Predicted, Threshold, place
+from sparsity_jax.infer import Decoder, Predicted, Threshold, kernels, place
 from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
 from sparsity_jax.infer.choosers import Act, check_predictor
-from sparsity_jax.infer.ffn import build_tables, gather_combine, gather_project, layer_ffn
+from sparsity_jax.infer.ffn import build_tables, layer_ffn
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.sparsify import Sparsify
 from tests.infer.test_decode import full_logits, tiny
@@ -162,13 +162,16 @@ def test_predictor_decoding_equals_its_masked_form(scan):
 
 
 @pytest.mark.parametrize("chunk", [0, 5, 16, 37, 64])
-def test_blocked_gathers_equal_numpy(chunk):
+def test_single_neuron_gathers_are_the_block_kernels_at_b1_and_equal_numpy(chunk):
+    """The decode FFN's single-neuron path reads blocks of b = 1 (`sparse_ffn`), gathered
+    `chunk` rows at a time (the last group padded)."""
     rng = np.random.default_rng(chunk)
     w, x, a = rng.normal(size=(50, 12)), rng.normal(size=(3, 12)), rng.normal(size=(3, 37))
     idx = np.sort(rng.choice(50, 37, replace=False))
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    h = jax.jit(gather_project, static_argnums=3)(f32(w), jnp.asarray(idx, jnp.int32), f32(x), chunk)
-    y = jax.jit(gather_combine, static_argnums=3)(f32(a), f32(w), jnp.asarray(idx, jnp.int32), chunk)
+    w_Fx1xD, idx_K = f32(w)[:, None, :], jnp.asarray(idx, jnp.int32)
+    h = jax.jit(functools.partial(kernels.block_up, kernel="xla", chunk=chunk))(f32(x), w_Fx1xD, idx_K)
+    y = jax.jit(functools.partial(kernels.block_down, kernel="xla", chunk=chunk))(f32(a), w_Fx1xD, idx_K)
     np.testing.assert_allclose(np.asarray(h), x @ w[idx].T, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(y), a @ w[idx], atol=1e-5, rtol=1e-5)
 

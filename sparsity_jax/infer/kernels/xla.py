@@ -1,9 +1,10 @@
 """The XLA block gathers: `W[bidx]` reads K contiguous b×d slabs of a (F/b, b, d) table.
 
 With `chunk` > 0 (neurons) the blocks are read `chunk // b` at a time inside a scan, so a
-slab group is multiplied while it sits in cache and no K·b×d copy is written (the same
-reason as `infer.ffn.gather_project`). The slabs are multiplied as one (P·b, d) matrix:
-on XLA:CPU a batched "kbd,nd->nkb" contraction of the same numbers is ~15× slower.
+slab group is multiplied while it sits in cache and no K·b×d copy is written; at b = 1
+these are the decode FFN's single-neuron gathers (`infer.ffn.sparse_ffn`). The slabs are
+multiplied as one (P·b, d) matrix: on XLA:CPU a batched "kbd,nd->nkb" contraction of the
+same numbers is ~15× slower.
 """
 from __future__ import annotations
 
