@@ -82,7 +82,7 @@ def ffn_timer(dec: Decoder, x_LxNxD, sparse: bool):
 
     @jax.jit
     def run(tables, arrays, x_LxNxD):
-        at = lambda tree, i: jax.tree.map(lambda v: v[i], tree)  # noqa: E731
+        at = lambda tree, i: tree[i] if isinstance(tree, tuple) else jax.tree.map(lambda v: v[i], tree)  # noqa: E731
         return jnp.stack([layer_ffn(dec.chooser, at(arrays, i), at(tables, i), x_LxNxD[i], act, mesh=dec.mesh,
                                     axis=dec.axis, budgets=None if budgets is None else budgets[i], chunk=dec.chunk,
                                     block=dec.block, kernel=dec.kernel)[0] for i, act in enumerate(acts)])

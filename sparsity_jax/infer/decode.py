@@ -29,6 +29,7 @@ from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.model import FFNHook
+from sparsity_jax.nn.stack import PerLayer
 from sparsity_jax.devices import sharding as shd
 
 Array = jax.Array
@@ -64,7 +65,7 @@ class _Static:
         """The `LM.forward` FFN hook over the stacked chooser arrays and tables (scanned with
         the layers): records {kept_N (L, N), rows, union, read, over, dense (L,)} in the
         sparse form (layer i under budgets[i]); {kept, candidates (L, B, T, F)} in the masked form."""
-        n = jax.tree.leaves(tables)[0].shape[0]
+        n = len(tables) if isinstance(tables, tuple) else jax.tree.leaves(tables)[0].shape[0]
 
         def run(ffn_module, h_BxTxD, xs_i, static_i):
             arr, tab = xs_i
@@ -76,6 +77,7 @@ class _Static:
                 return y_BxTxD, out[1]
             return y_BxTxD, {"kept": out[1].reshape(b, t, -1), "candidates": out[2].reshape(b, t, -1)}
 
+        tables = PerLayer(tables) if isinstance(tables, tuple) else tables
         return FFNHook(run, (arrays, tables), self.budgets if sparse else (None,) * n)
 
 
@@ -180,12 +182,17 @@ class Decoder:
             raise ValueError(f"block {block} must divide the per-shard F {self.cfg.d_ff // self.shards}")
         keys = chooser.table_keys(ACTIVATIONS[self.cfg.activation].gated)
 
-        def tables(params):  # stacked (L, ...) like the blocks: the forward scans them with the layers
-            return build_tables(nnx.merge(graphdef, params).ffns(), keys)
+        def tables(params):  # like the blocks: stacked (L, ...) to scan, else one dict per layer (`stack.PerLayer`)
+            model = nnx.merge(graphdef, params)
+            if model.cfg.scan_layers:
+                return build_tables(model.ffns(), keys)
+            return tuple(build_tables(blk.ffn, keys) for blk in model.blocks)
 
-        specs = table_specs(jax.eval_shape(tables, params), self.axis)
-        self.tables = jax.jit(tables, out_shardings={k: NamedSharding(mesh, P(None, *s)) for k, s in specs.items()})(
-            params)
+        shapes = jax.eval_shape(tables, params)
+        specs = table_specs(shapes[0] if isinstance(shapes, tuple) else shapes, self.axis)
+        lead = () if isinstance(shapes, tuple) else (None,)
+        sh = {k: NamedSharding(mesh, P(*lead, *s)) for k, s in specs.items()}
+        self.tables = jax.jit(tables, out_shardings=(sh,) * len(shapes) if isinstance(shapes, tuple) else sh)(params)
         repl = NamedSharding(mesh, P())
         arrays = arrays or {}
         arr_sh = {k: NamedSharding(mesh, P(None, *s)) for k, s in chooser.specs(self.axis).items() if k in arrays}

@@ -44,6 +44,26 @@ class Static:
     value: Any = struct.field(pytree_node=False)
 
 
+class PerLayer:
+    """A per-layer input held as L separate pytrees (`run` gives layer i `items[i]`), not
+    stacked: an unrolled model's layers then read their own buffers, where slicing a
+    stacked (L, ...) array copies the slice on XLA:CPU (the decode FFN's tables: 7× slower
+    decode steps, `bench/results/sparse_decode_per_layer_tables.txt`). A scan stacks them."""
+
+    def __init__(self, items: Sequence[Any]):
+        self.items = tuple(items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+    def stacked(self) -> Any:
+        return jax.tree.map(lambda *a: jnp.stack(a), *self.items)
+
+
+def _is_per_layer(x) -> bool:
+    return isinstance(x, PerLayer)
+
+
 def _is_var(x) -> bool:
     return isinstance(x, nnx.Variable)
 
@@ -90,7 +110,7 @@ def run(blocks, x, fn: LayerFn, settings: list, xs: Any = None, *, remat: str = 
     used, e.g. inside a `lax.cond` branch: NNX modules belong to the trace that made them).
     Per-layer inputs come two ways: `xs`, a pytree of arrays stacked on a leading L axis
     (the KV cache, the decode FFN's tables, PLD draws), of which layer i gets slice i
-    (the scan's xs, or `[i]` unrolled); `settings`, a list of L small pytrees (sparsity
+    (the scan's xs, or `[i]` unrolled), or of `PerLayer` sequences (item i); `settings`, a list of L small pytrees (sparsity
     settings, `Static` values), stacked into the scan when they share one tree structure.
 
     `blocks`: a list (unrolled) or a stacked module (one `lax.scan`; when the settings
@@ -104,12 +124,13 @@ def run(blocks, x, fn: LayerFn, settings: list, xs: Any = None, *, remat: str = 
         graphdef, state = nnx.split(blocks)
         step = _checkpointed(lambda st, x, xs_i, set_i: body(st, x, xs_i, set_i, graphdef), remat, scanned=True)
         stacked = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *settings)
+        xs = jax.tree.map(lambda a: a.stacked() if _is_per_layer(a) else a, xs, is_leaf=_is_per_layer)
         return jax.lax.scan(lambda x, inp: step(inp[0], x, inp[1], inp[2]), x, (state, xs, stacked))
     views = blocks if isinstance(blocks, (list, nnx.List)) else [_layer(blocks, i) for i in range(len(settings))]
     outs = []
     for i, (blk, set_i) in enumerate(zip(views, settings)):
         graphdef, state = nnx.split(blk)
-        xs_i = jax.tree.map(lambda a: a[i], xs)
+        xs_i = jax.tree.map(lambda a: a[i], xs, is_leaf=_is_per_layer)
         x, out = _checkpointed(lambda st, x, xs_i, set_i, g=graphdef: body(st, x, xs_i, set_i, g), remat,
                                scanned=False)(state, x, xs_i, set_i)
         outs.append(out)
