@@ -65,7 +65,8 @@ def per_sequence(wd, thresholds) -> dict:
     from sparsity_jax.runtime.forward import forward
 
     ckpt, steps = trained.checkpoints(str(wd))
-    run = trained.open_trained(str(wd), settings.from_saved(trained.saved_config(ckpt, steps[-1]), OVERRIDES), ckpt, steps)
+    st = settings.from_saved(trained.saved_config(ckpt, steps[-1]), OVERRIDES)
+    run = trained.open_trained(str(wd), st, ckpt, steps)
     try:
         params = run.restore(steps[-1])[0]["params"]
     finally:
@@ -111,13 +112,16 @@ def cpu(out: C.Output, args) -> None:
                   "sequence, F/N = 6; used = active at CETT 0.2)", "13.3% vs 95.6% (ReLU, F 32768)",
                   f"layer 0 {C.pm([s[0] for s in sq], 3)} vs layer {n_layers - 1} {C.pm([s[-1] for s in sq], 3)}",
                   C.verdict([s[0] < s[-1] for s in sq], [s[0] > s[-1] for s in sq]), CMD,
-                  "per-batch use by layer: " + ", ".join(f"{sum(s[i] for s in sq) / len(sq):.2f}" for i in range(n_layers)),
+                  "per-batch use by layer: "
+                  + ", ".join(f"{sum(s[i] for s in sq) / len(sq):.2f}" for i in range(n_layers)),
                   len(sq)),
         C.Finding("W&A Table 1: a token uses far fewer units than its sequence (per-token use < ½ per-sequence "
                   "use in every layer)", "2.6–7.1% per token, 13–96% per batch",
-                  f"per-token / per-sequence use, mean over layers {C.pm([sum(t) / sum(s) for t, s in zip(tok, sq)], 3)}",
+                  "per-token / per-sequence use, mean over layers "
+                  + C.pm([sum(t) / sum(s) for t, s in zip(tok, sq)], 3),
                   C.verdict([all(a < 0.5 * b for a, b in zip(t, s)) for t, s in zip(tok, sq)]), CMD, "", len(sq)),
-        C.Finding("ReLU² Wins §5.1: PPL is flat (≤ 1.05×) up to CETT ≈ 0.2", "flat to CETT ≈ 0.2 (1.3B models)",
+        C.Finding("ReLU² Wins §5.1: PPL is flat (≤ 1.05×) up to CETT ≈ 0.2",
+                  "flat to CETT ≈ 0.2 (1.3B models)",
                   f"PPL ratio at CETT 0.2 per sequence {C.pm(ratio_ppl, 3)}",
                   C.verdict([r <= 1.05 for r in ratio_ppl], [r > 1.05 for r in ratio_ppl]), CMD,
                   "a gated SiLU model trained on 2T tokens loses more to the same CETT than the paper's 1.3B "
@@ -148,7 +152,8 @@ def cpu(out: C.Output, args) -> None:
     C.errorbars(ax[1], x, tok, "per token")
     C.errorbars(ax[1], x, sq, "per sequence (256 tokens)")
     ax[1].plot(x, seq["per_batch_2048"], marker="^", label="per batch (2,048 tokens)")
-    ax[1].set(xlabel="layer", ylabel="hidden units used (active at CETT 0.2)", title="W&A use (mean ± std over 8 sequences)",
+    ax[1].set(xlabel="layer", ylabel="hidden units used (active at CETT 0.2)",
+              title="W&A use (mean ± std over 8 sequences)",
               ylim=(0, 1.05))
     for a in ax:
         C.integer_axis(a)

@@ -47,8 +47,8 @@ class Static:
 class PerLayer:
     """A per-layer input held as L separate pytrees (`run` gives layer i `items[i]`), not
     stacked: an unrolled model's layers then read their own buffers, where slicing a
-    stacked (L, ...) array copies the slice on XLA:CPU (the decode FFN's tables: 7× slower
-    decode steps, `bench/results/sparse_decode_per_layer_tables.txt`). A scan stacks them."""
+    stacked (L, ...) array copies the slice on XLA:CPU (the decode FFN's tables: 6× slower
+    decode steps, `bench/results/sparse_decode_issue26.txt`). A scan stacks them."""
 
     def __init__(self, items: Sequence[Any]):
         self.items = tuple(items)
@@ -110,8 +110,9 @@ def run(blocks, x, fn: LayerFn, settings: list, xs: Any = None, *, remat: str = 
     used, e.g. inside a `lax.cond` branch: NNX modules belong to the trace that made them).
     Per-layer inputs come two ways: `xs`, a pytree of arrays stacked on a leading L axis
     (the KV cache, the decode FFN's tables, PLD draws), of which layer i gets slice i
-    (the scan's xs, or `[i]` unrolled), or of `PerLayer` sequences (item i); `settings`, a list of L small pytrees (sparsity
-    settings, `Static` values), stacked into the scan when they share one tree structure.
+    (the scan's xs, or `[i]` unrolled), or of `PerLayer` sequences (item i); `settings`,
+    a list of L small pytrees (sparsity settings, `Static` values), stacked into the scan
+    when they share one tree structure.
 
     `blocks`: a list (unrolled) or a stacked module (one `lax.scan`; when the settings
     differ in structure, e.g. one sparsity mode or decode budget per layer, the slices of

@@ -57,7 +57,8 @@ def token_sums(model, x_BxTxD: Array, targets_BxT: Array, w_BxT: Array, chunks: 
     def split(a):  # (B, T, ...) -> (chunks, B, T / chunks, ...)
         return jnp.moveaxis(a.reshape(b, chunks, t // chunks, *a.shape[2:]), 1, 0)
 
-    loss_n, correct_n = jax.lax.map(jax.checkpoint(lambda xs: sums(*xs)), (split(x_BxTxD), split(targets_BxT), split(w_BxT)))
+    loss_n, correct_n = jax.lax.map(jax.checkpoint(lambda xs: sums(*xs)),
+                                    (split(x_BxTxD), split(targets_BxT), split(w_BxT)))
     return jnp.sum(loss_n), jnp.sum(correct_n)
 
 

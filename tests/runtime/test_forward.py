@@ -19,7 +19,8 @@ def _batch(b=2, t=12, seed=0):
     tokens = rng.integers(0, CFG.vocab_size, (b, t + 1))
     w = (rng.random((b, t)) < 0.8).astype(np.float32)
     return {"inputs": jnp.asarray(tokens[:, :-1], jnp.int32), "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
-            "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+            "segment_ids": jnp.ones((b, t), jnp.int32),
+            "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
             "loss_weights": jnp.asarray(w)}
 
 
