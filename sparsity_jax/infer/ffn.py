@@ -15,10 +15,10 @@ overflows every budget, the masked dense form — the result is never changed, o
 time. Unused budget slots point at row 0 with a zero score. Single neurons are blocks of
 b = 1 (below): the K rows are gathered `CHUNK` at a time inside a scan
 (`infer.kernels.xla`), since one K×d gather per kernel writes a fresh buffer to memory,
-which on XLA:CPU costs about as much as the product it saves (bench/sparse_decode.py, "why"). `full_ffn` is the masked form (prefill, calibration,
-the reference). With a tensor axis the F axis of the tables is
-sharded, each shard chooses and gathers its own neurons with its own budget, and the
-outputs are summed (`layer_ffn`, shard_map).
+which on XLA:CPU costs about as much as the product it saves (bench/sparse_decode.py,
+"why"). `full_ffn` is the masked form (prefill, calibration, the reference). With a
+tensor axis the F axis of the tables is sharded, each shard chooses and gathers its own
+neurons with its own budget, and the outputs are summed (`layer_ffn`, shard_map).
 
 Block gathers (`block` = b > 0, issue 22): the union is taken over contiguous blocks of
 b neurons (a block counts if any of its neurons is a candidate), the budgets count

@@ -94,7 +94,6 @@ def activation(wd: Workdir, logs: dict, out: epath.Path) -> Section:
 
 def unit_use(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     """W&A per-token / per-sequence / per-batch use and turn-on / turn-off."""
-
     s = Section("Hidden-unit use per token, sequence and batch (W&A)")
     if not logs.get(names.UNITS):
         s.missing = "train with train.metrics_every > 0, e.g. sparsity-jax train --config.train.metrics_every=50"

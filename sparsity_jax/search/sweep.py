@@ -249,7 +249,8 @@ def stabilised_sweep(
     front = pareto(graphdef, last_params, batches, last_loss, ppl_points,
                    [] if "topk" not in pareto_methods else default_topk(d_ff) if topk is None else topk, eps, log)
     search_json = [{"p": r.p, "target_cett": r.target_cett, "target_cett_upper": r.target_cett_upper,
-                    "ppl_ratio": r.ratio, "ppl_ratio_upper": r.ratio_upper, "sparsity": _tolist(r.sparsity.mean(axis=0)),
+                    "ppl_ratio": r.ratio, "ppl_ratio_upper": r.ratio_upper,
+                    "sparsity": _tolist(r.sparsity.mean(axis=0)),
                     "overall_sparsity": r.overall_sparsity, "activation_ratio": 1 - r.overall_sparsity,
                     "evaluations": r.evaluations, "converged": r.converged, "steps": joint} for r in results]
     arrays = {"neuron_frequency": stats_last["neuron_frequency"], "hot_cdf": stats_last["hot_cdf"]}

@@ -13,8 +13,9 @@ from flax import nnx
 
 from sparsity_jax.infer import Decoder, Predicted, Threshold, place
 from sparsity_jax.infer.budget import calibrate, measured_candidates, union_counts
-from sparsity_jax.infer.neuron_order import (block_shares, coactivation_layout, coactivation_permutation, permute_arrays,
-                                       permute_params)
+from sparsity_jax.infer.neuron_order import (
+    block_shares, coactivation_layout, coactivation_permutation, permute_arrays, permute_params,
+)
 from sparsity_jax.nn.sparsify import Sparsify
 from tests.infer.test_decode import full_logits, tiny
 from tests.infer.test_sparse import NEW, PROMPTS, batch_of, mesh_tp, thresholds

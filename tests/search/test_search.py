@@ -155,8 +155,8 @@ def test_ppl_search_brackets_the_target_ratio(loaded):
     assert r.evaluations <= 8  # reference bisection: 10 (measured here: 7 on today's tiny model, see the print)
     assert 0.05 < r.target_cett < 0.6 and 0.3 < r.overall_sparsity < 0.99
     # Independent recomputation: thresholds from scratch, the loss by hand from the logits.
-    np.testing.assert_allclose(r.threshold[1], thresholds_for_cett((run.graphdef, chosen[1]), val, r.target_cett).threshold,
-                               rtol=1e-6)
+    fresh = thresholds_for_cett((run.graphdef, chosen[1]), val, r.target_cett)
+    np.testing.assert_allclose(r.threshold[1], fresh.threshold, rtol=1e-6)
     dense = [_loss(run.graphdef, prm, val, Sparsify()) for prm in chosen]
     for c, want_ratio in ((r.target_cett, r.ratio), (r.target_cett_upper, r.ratio_upper)):
         ratios = [math.exp(_loss(run.graphdef, prm, val, threshold_sparsify(pt.thresholds.threshold)) - d)

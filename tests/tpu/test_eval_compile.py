@@ -75,7 +75,8 @@ def test_the_cett_search_compiles_for_tpu(cpu_run, tpu_mesh):
     scores = th._zeros(shape + (F,), jnp.float32, placement, "scores")
     inv_norm = th._zeros(shape, jnp.float32, placement, "layer_tokens")
     args = on_mesh((params, batches[0], jnp.int32(0), scores, inv_norm, proxies), tpu_mesh)
-    th._dense_step.lower(run.graphdef, *args, placement=on_mesh(placement, tpu_mesh), dtype=np.dtype(np.float32)).compile()
+    th._dense_step.lower(run.graphdef, *args, placement=on_mesh(placement, tpu_mesh),
+                         dtype=np.dtype(np.float32)).compile()
     target_LxK = jnp.full((L, 1), 0.2, jnp.float32)
     window = _default_window(int(np.prod(cache.prepared.real.shape)), F)
     text = compiled_text(_search, on_mesh(cache.prepared, tpu_mesh), on_mesh(target_LxK, tpu_mesh), window=window,
