@@ -55,7 +55,7 @@ def step_compile_s(cfg: ModelConfig, mesh, batch: int, length: int) -> float:
     dec = Decoder(*place(LM(cfg, rngs=nnx.Rngs(0)), mesh), mesh)
     pad_B = jnp.zeros((batch,), jnp.int32)
     t0 = time.perf_counter()
-    dec._step.lower(dec.params, dec.tables, dec.arrays, dec._new_cache(pad_B, length), pad_B, jnp.int32(0),
+    dec._step.lower(dec.params, dec.tables, dec.sparsify, dec._new_cache(pad_B, length), pad_B, jnp.int32(0),
                     jax.random.key(0), jnp.float32(0), jnp.float32(1), dec._zeros(), greedy=True).compile()
     return time.perf_counter() - t0
 

@@ -39,17 +39,18 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparsity_jax.infer import AllNeurons, Decoder, Predicted, Threshold, place  # noqa: E402
+from sparsity_jax.infer import Decoder, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate, measured_candidates  # noqa: E402
-from sparsity_jax.infer.choosers import Act  # noqa: E402
+from sparsity_jax.infer.gathered import Act  # noqa: E402
 from sparsity_jax.infer.ffn import CHUNK, layer_ffn  # noqa: E402
-from sparsity_jax.infer.neuron_order import coactivation_layout, permute_arrays, permute_params  # noqa: E402
+from sparsity_jax.infer.neuron_order import coactivation_order, permute_params, permute_sparsify  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
+from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify  # noqa: E402
 from sparsity_jax.devices.sharding import make_mesh  # noqa: E402
 
 RANK, PROMPT, NEW, HIDDEN = 64, 16, 32, 32
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)  # budgets: finer buckets than the default, so K stays near the union
-LAYOUTS: dict = {}  # (run, chooser) -> per-layer permutations, computed once for every batch size
+ORDERS: dict = {}  # (run, mode label, b) -> per-layer permutations, computed once for every batch size
 HEAD = (f"{'chooser':9s} {'layout':>6s} {'b':>3s} {'neuron':>6s} {'union':>6s} {'block':>6s} {'comp.':>6s} "
         f"{'dense':>5s} {'FFN ms':>7s} {'dense':>7s} {'speedup':>7s} {'bound':>6s} {'meas/bnd':>8s} {'effic.':>6s} "
         f"{'step ms':>7s} {'dense':>7s} {'speedup':>7s}")
@@ -81,13 +82,13 @@ def ffn_timer(dec: Decoder, x_LxNxD, sparse: bool):
     budgets = dec.budgets if sparse else None
 
     @jax.jit
-    def run(tables, arrays, x_LxNxD):
+    def run(tables, sparsify, x_LxNxD):
         at = lambda tree, i: tree[i] if isinstance(tree, tuple) else jax.tree.map(lambda v: v[i], tree)  # noqa: E731
-        return jnp.stack([layer_ffn(dec.chooser, at(arrays, i), at(tables, i), x_LxNxD[i], act, mesh=dec.mesh,
+        return jnp.stack([layer_ffn(at(sparsify, i), at(tables, i), x_LxNxD[i], act, mesh=dec.mesh,
                                     axis=dec.axis, budgets=None if budgets is None else budgets[i], chunk=dec.chunk,
                                     block=dec.block, kernel=dec.kernel)[0] for i, act in enumerate(acts)])
 
-    return functools.partial(timed, run, dec.tables, dec.arrays, x_LxNxD)
+    return functools.partial(timed, run, dec.tables, dec.sparsify, x_LxNxD)
 
 
 def step_timer(dec: Decoder, prompts):
@@ -120,21 +121,22 @@ def row(label: str, layout: str, dec: Decoder, gen, med: dict, gated: bool, rank
             f"{med['step'] * 1e3:7.2f} {med['step_dense'] * 1e3:7.2f} {med['step_dense'] / med['step']:6.2f}x")
 
 
-def compare(graphdef, params, mesh, choosers, calib, x_LxNxD, prompts, rows: int, block: int, args, *,
+def compare(graphdef, params, mesh, modes, calib, x_LxNxD, prompts, rows: int, block: int, args, *,
             gated: bool, rank: int, layout_tokens: int = 512, run: str = "synthetic") -> None:
-    """Rows for each chooser: neuron gathers, then the co-activation layout with block gathers."""
-    dense = Decoder(graphdef, params, mesh, AllNeurons())
+    """Rows for each (label, Sparsify) of `modes`: neuron gathers, then the co-activation
+    layout with block gathers."""
+    dense = Decoder(graphdef, params, mesh)
     dense.generate(prompts, NEW)
     print(HEAD)
-    for label, chooser, arrays in choosers:
-        plain = Decoder(graphdef, params, mesh, chooser, arrays, chunk=args.chunk)
+    for label, sparsify in modes:
+        plain = Decoder(graphdef, params, mesh, sparsify, chunk=args.chunk)
         t0 = time.perf_counter()
-        if (run, label, block) not in LAYOUTS:
-            LAYOUTS[run, label, block] = coactivation_layout(measured_candidates(plain, calib, max_tokens=layout_tokens),
+        if (run, label, block) not in ORDERS:
+            ORDERS[run, label, block] = coactivation_order(measured_candidates(plain, calib, max_tokens=layout_tokens),
                                                              block)
-        perms = LAYOUTS[run, label, block]
+        perms = ORDERS[run, label, block]
         t_layout = time.perf_counter() - t0
-        blocked = Decoder(graphdef, permute_params(params, perms), mesh, chooser, permute_arrays(arrays, perms),
+        blocked = Decoder(graphdef, permute_params(params, perms), mesh, permute_sparsify(plain.sparsify, perms),
                           chunk=args.chunk, block=block)
         for layout, dec in (("none", plain), ("coact", blocked)):
             dec.set_budgets(calibrate(dec, calib, rows=rows, quantiles=QUANTILES, margin=0.05))
@@ -171,8 +173,8 @@ def planted_model(args):
         w1s.append(w1)
         w2s.append(jnp.repeat(w2, HIDDEN, axis=1)[:, perm])
         bs.append(jnp.repeat(b, HIDDEN)[perm])
-    thr = {"threshold": jnp.stack(ts)}
-    pred = {"w1": jnp.stack(w1s), "w2": jnp.stack(w2s), "b": jnp.stack(bs)}
+    thr = Sparsify(mode="threshold", threshold=jnp.stack(ts))
+    pred = Sparsify(mode="predicted", predictor=PredictorSpec(jnp.stack(w1s), jnp.stack(w2s), jnp.stack(bs)))
     return model, cfg, thr, pred
 
 
@@ -191,7 +193,7 @@ def synthetic(args) -> None:
         calib = [{"inputs": toks, "segment_ids": jnp.ones_like(toks), "loss_weights": jnp.ones(toks.shape),
                   "positions": jnp.broadcast_to(jnp.arange(64, dtype=jnp.int32), toks.shape)}]
         print(f"\n-- batch {b}")
-        compare(graphdef, params, mesh, (("threshold", Threshold(), thr), ("predicted", Predicted(), pred)),
+        compare(graphdef, params, mesh, (("threshold", thr), ("predicted", pred)),
                 calib, x_LxNxD, prompts, b, args.block, args, gated=False, rank=RANK)
 
 

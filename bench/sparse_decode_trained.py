@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparsity_jax.infer import Decoder, Predicted, Threshold
+from sparsity_jax.infer import Decoder
 from sparsity_jax.infer.neuron_order import affinity_table, format_table
-from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify
 from sparsity_jax.search.thresholds import sparse_pass, thresholds_for_cett, threshold_sparsify
 
 PROMPT = 16
@@ -98,8 +98,7 @@ def trained(args, compare) -> None:
           f"sparsity {np.round(thr.sparsity, 4).tolist()}")
     print(f"validation PPL: dense {np.exp(dense_loss):.4f}, threshold mode {np.exp(sparse_loss):.4f} "
           f"(ratio {np.exp(sparse_loss - dense_loss):.5f})")
-    t_arr = {"threshold": np.asarray(thr.threshold, np.float32)}
-    choosers = [("threshold", Threshold(), t_arr)]
+    modes = [("threshold", Sparsify(mode="threshold", threshold=np.asarray(thr.threshold, np.float32)))]
     pred, path = predictor_arrays(args.workdir, step, cett)
     rank = 0
     if pred is None:
@@ -108,7 +107,8 @@ def trained(args, compare) -> None:
     else:
         rank = int(pred["w1"].shape[-1])
         kept = records(graphdef, params, wd.val, threshold_sparsify(thr.threshold), "mask")
-        cand = [c.reshape(-1, m.d_ff) for c in Decoder(graphdef, params, mesh, Predicted(), pred).candidates(
+        pred = Sparsify(mode="predicted", predictor=PredictorSpec(pred["w1"], pred["w2"], pred.get("b")))
+        cand = [c.reshape(-1, m.d_ff) for c in Decoder(graphdef, params, mesh, pred).candidates(
             wd.val[0])[1]]
         kept0 = records(graphdef, params, wd.val[:1], threshold_sparsify(thr.threshold), "mask", 10 ** 9)
         real = np.asarray(wd.val[0]["loss_weights"]).reshape(-1) > 0
@@ -116,14 +116,14 @@ def trained(args, compare) -> None:
         print(f"predictors {path} (rank {rank}): recall of the kept neurons {np.round(rec, 4).tolist()}, predicted "
               f"share {np.round([c[real].mean() for c in cand], 4).tolist()}, kept share "
               f"{np.round([k.mean() for k in kept], 4).tolist()}")
-        choosers.append(("predicted", Predicted(), pred))
+        modes.append(("predicted", pred))
     inputs = records(graphdef, params, wd.val, Sparsify(), "inputs")
     rng = np.random.default_rng(0)
     for b in args.batches:
         pick = rng.choice(inputs[0].shape[0], b, replace=False)
         x_LxNxD = jnp.asarray(np.stack([x[pick] for x in inputs]))
         print(f"\n-- batch {b}")
-        compare(graphdef, params, mesh, choosers, wd.val, x_LxNxD, prompts_of(wd.val, b), b, args.block, args,
+        compare(graphdef, params, mesh, modes, wd.val, x_LxNxD, prompts_of(wd.val, b), b, args.block, args,
                 gated=m.activation == "swiglu", rank=max(rank, 1), run=args.workdir)
 
 

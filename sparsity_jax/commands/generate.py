@@ -5,22 +5,23 @@ and the new tokens' text (up to an EOS among them, however the prompt ends), the
 decode tokens/s, per layer the active-neuron share, the union and block-active shares of
 a step and the budget overflows.
 
-`--layout coactivation` first permutes each layer's neurons so that the ones the chooser
-picks together on validation tokens sit in contiguous blocks of `--block` (issue 22,
+`--neuron-order coactivation` first permutes each layer's neurons so that the ones the
+sparse FFN keeps together on validation tokens sit in contiguous blocks of `--block` (issue 22,
 `infer.neuron_order`; the model's function is unchanged), then decodes with block gathers;
-`--block` alone gathers blocks of the unpermuted layout.
+`--block` alone gathers blocks of the unpermuted neurons. (`--layout` is the old name of
+`--neuron-order`, still taken.)
 
   sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]
       [--ffn dense|threshold|predicted] [--cett 0.2] [--batch B] [--temperature 0]
       [--top-p 1] [--seed 0] [--step S] [--margin 0.1] [--eval-batches N]
-      [--layout none|coactivation] [--block 32] [--kernel auto|xla|tpu|gpu]
+      [--neuron-order none|coactivation] [--block 32] [--kernel auto|xla|tpu|gpu]
 """
 from __future__ import annotations
 
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
 from sparsity_jax.search.thresholds import check_target_cett
-from sparsity_jax.workflows.generation import FFNS, LAYOUTS, generate, predictor_path
+from sparsity_jax.workflows.generation import FFNS, NEURON_ORDERS, generate, predictor_path
 
 TAKES_CONFIG = True
 
@@ -39,10 +40,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--margin", type=float, default=0.1, help="neuron budgets: measured quantiles × (1 + margin)")
-    p.add_argument("--layout", choices=LAYOUTS, default="none",
+    p.add_argument("--neuron-order", "--layout", dest="neuron_order", choices=NEURON_ORDERS, default="none",
                    help="coactivation: permute neurons so co-chosen ones share blocks of --block (function unchanged)")
     p.add_argument("--block", type=int, default=None,
-                   help="gather whole blocks of this many neurons (default: 32 with --layout coactivation, else 0)")
+                   help="gather whole blocks of this many neurons (default: 32 with --neuron-order coactivation, else 0)")
     p.add_argument("--kernel", choices=("auto", "xla", "tpu", "gpu"), default="auto",
                    help="block-gather implementation (auto: Pallas on TPU / GPU, XLA on CPU)")
     common.add_config(p, what="config file instead of the run's own")
@@ -63,13 +64,13 @@ def check_args(args) -> None:
         raise UserError("Pass non-empty --prompt texts.")
     if args.block is not None and args.block < 0:
         raise UserError(f"Pass --block ≥ 0 (neurons per gathered block; 0 = single neurons); got {args.block}.")
-    if args.layout != "none" and args.ffn == "dense":
-        raise UserError("--layout coactivation needs a sparse FFN; pass --ffn threshold or --ffn predicted.")
+    if args.neuron_order != "none" and args.ffn == "dense":
+        raise UserError("--neuron-order coactivation needs a sparse FFN; pass --ffn threshold or --ffn predicted.")
 
 
 def block_of(args) -> int:
     """Neurons per gathered block: --block, else 32 with a layout, else 0 (single neurons)."""
-    return args.block if args.block is not None else (32 if args.layout != "none" else 0)
+    return args.block if args.block is not None else (32 if args.neuron_order != "none" else 0)
 
 
 def report(gen, dec, rows: int) -> None:
@@ -104,7 +105,7 @@ def run(args) -> int:
 
     wd, step, params = common.trained_params(args, check)
     g = generate(wd, step, params, args.prompt, args.max_new, ffn=args.ffn, target_cett=args.cett, rows=args.batch,
-                 block=block_of(args), layout=args.layout, margin=args.margin, kernel=args.kernel, seed=args.seed,
+                 block=block_of(args), neuron_order=args.neuron_order, margin=args.margin, kernel=args.kernel, seed=args.seed,
                  temperature=args.temperature, top_p=args.top_p)
     common.log(f"step {step}, {g.what}, mesh {dict(wd.run.mesh.shape)}")
     for b, (prompt, text) in enumerate(zip(g.prompts, g.texts)):

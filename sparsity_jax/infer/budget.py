@@ -46,7 +46,7 @@ def budgets_for(counts: np.ndarray, f_local: int, quantiles: Sequence[float] = Q
 
 
 def measured_candidates(decoder, batches, max_tokens: int = 8192) -> list[np.ndarray]:
-    """Per layer, the chooser's candidates (N, F) bool of up to `max_tokens` real tokens of `batches`."""
+    """Per layer, the decoder's candidates (N, F) bool of up to `max_tokens` real tokens of `batches`."""
     per_layer: list[list[np.ndarray]] = []
     n = 0
     for batch in batches:
@@ -67,7 +67,7 @@ def measured_candidates(decoder, batches, max_tokens: int = 8192) -> list[np.nda
 
 def calibrate(decoder, batches, rows: int, *, quantiles: Sequence[float] = QUANTILES, margin: float = 0.1,
               align: int = 32, max_tokens: int = 8192, seed: int = 0) -> tuple[tuple[int, ...], ...]:
-    """Per-layer budgets of `decoder` (its chooser and shards) for steps of `rows` rows."""
+    """Per-layer budgets of `decoder` (its sparsity mode and shards) for steps of `rows` rows."""
     f_local = decoder.cfg.d_ff // decoder.shards
     block = getattr(decoder, "block", 0)
     align = int(np.lcm(align, block)) if block else align

@@ -2,10 +2,10 @@
 
 Every call is the model's own forward (`LM.forward` with its KV cache) rebuilt from
 (graphdef, params) inside pure jitted functions, so a `scan_layers` model decodes under
-its scan; the FFN hook runs `infer.ffn` tables (stacked (L, ...) like the blocks and
-scanned with them) with a chooser (`infer.choosers`). Prefill
-runs the prompt (left-padded, see `infer.cache`) through the masked form of the chooser's
-FFN in one call; every later step feeds one token per row through the sparse form when
+its scan; the FFN hook runs `infer.ffn` tables and the `Sparsify` arrays (stacked (L, ...)
+like the blocks and scanned with them) in the gathered form of the mode
+(`infer.gathered`). Prefill runs the prompt (left-padded, see `infer.cache`) through the
+masked form of the mode in one call; every later step feeds one token per row through the sparse form when
 `budgets` are given (else the masked form: the reference). Each function compiles once
 per (batch, prompt length, cache length); the cache and the running statistics are
 donated, so steps update them in place.
@@ -24,11 +24,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.infer.cache import KVCache, cache_spec, init_cache, left_pad
-from sparsity_jax.infer.choosers import Act, AllNeurons
+from sparsity_jax.infer.gathered import TABLE_KEYS, Act, decode_sparsify, specs
 from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.model import FFNHook
+from sparsity_jax.nn.sparsify import Sparsify
 from sparsity_jax.nn.stack import PerLayer
 from sparsity_jax.devices import sharding as shd
 
@@ -52,7 +53,6 @@ def tensor_axis(mesh, d_ff: int) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class _Static:
     graphdef: Any
-    chooser: Any
     mesh: Any
     axis: str | None
     budgets: tuple | None
@@ -61,29 +61,45 @@ class _Static:
     block: int = 0
     kernel: str = "auto"
 
-    def ffn(self, arrays, tables, sparse: bool) -> FFNHook:
-        """The `LM.forward` FFN hook over the stacked chooser arrays and tables (scanned with
-        the layers): records {kept_N (L, N), rows, union, read, over, dense (L,)} in the
-        sparse form (layer i under budgets[i]); {kept, candidates (L, B, T, F)} in the masked form."""
+    def layer_budgets(self, n: int, scanned: bool) -> tuple[tuple, Any]:
+        """(each layer's static budgets, its `allowed` flags (L, S) or None). Unrolled, layer
+        i gets budgets[i]; scanned, every layer gets the sorted union of all layers' budgets
+        and flags marking its own, so the layers share one static and decode under one scan
+        (each still uses only its own budgets)."""
+        if self.budgets is None:
+            return (None,) * n, None
+        if not scanned:
+            return self.budgets, None
+        sizes = tuple(sorted({k for b in self.budgets for k in b}))
+        return (sizes,) * n, jnp.asarray([[k in b for k in sizes] for b in self.budgets], bool).reshape(n, -1)
+
+    def ffn(self, sparsify: Sparsify, tables, sparse: bool) -> FFNHook:
+        """The `LM.forward` FFN hook over the stacked `Sparsify` arrays and tables (scanned
+        with the layers): records {kept_N (L, N), rows, union, read, over, dense (L,)} in the
+        sparse form (layer i under its budgets); {kept, candidates (L, B, T, F)} in the masked form."""
         n = len(tables) if isinstance(tables, tuple) else jax.tree.leaves(tables)[0].shape[0]
+        statics, allowed = (None,) * n, None
+        if sparse:
+            statics, allowed = self.layer_budgets(n, scanned=not isinstance(tables, tuple))
 
         def run(ffn_module, h_BxTxD, xs_i, static_i):
-            arr, tab = xs_i
+            sp, tab, allowed_S = xs_i
             b, t, d = h_BxTxD.shape
-            out = layer_ffn(self.chooser, arr, tab, h_BxTxD.reshape(b * t, d), Act.of(ffn_module), mesh=self.mesh,
-                            axis=self.axis, budgets=static_i, chunk=self.chunk, block=self.block, kernel=self.kernel)
+            out = layer_ffn(sp, tab, h_BxTxD.reshape(b * t, d), Act.of(ffn_module), mesh=self.mesh, axis=self.axis,
+                            budgets=static_i, allowed_S=allowed_S, chunk=self.chunk, block=self.block,
+                            kernel=self.kernel)
             y_BxTxD = out[0].reshape(b, t, d)
             if static_i is not None:
                 return y_BxTxD, out[1]
             return y_BxTxD, {"kept": out[1].reshape(b, t, -1), "candidates": out[2].reshape(b, t, -1)}
 
         tables = PerLayer(tables) if isinstance(tables, tuple) else tables
-        return FFNHook(run, (arrays, tables), self.budgets if sparse else (None,) * n)
+        return FFNHook(run, (sparsify, tables, allowed), statics)
 
 
-def _cached_forward(st: _Static, params, tables, arrays, cache: KVCache, tokens_BxT, start, sparse: bool):
+def _cached_forward(st: _Static, params, tables, sparsify, cache: KVCache, tokens_BxT, start, sparse: bool):
     model = nnx.merge(st.graphdef, params)
-    return model.forward(tokens_BxT, cache=cache, start=start, ffn=st.ffn(arrays, tables, sparse))
+    return model.forward(tokens_BxT, cache=cache, start=start, ffn=st.ffn(sparsify, tables, sparse))
 
 
 def _next(logits_BxV, key, temperature, top_p, greedy: bool) -> Array:
@@ -91,8 +107,8 @@ def _next(logits_BxV, key, temperature, top_p, greedy: bool) -> Array:
     return jnp.argmax(logits_BxV, -1).astype(jnp.int32) if greedy else sample(logits_BxV, key, temperature, top_p)
 
 
-def _prefill(st, params, tables, arrays, cache, tokens_BxP, key, temperature, top_p, *, greedy):
-    out = _cached_forward(st, params, tables, arrays, cache, tokens_BxP, jnp.int32(0), False)
+def _prefill(st, params, tables, sparsify, cache, tokens_BxP, key, temperature, top_p, *, greedy):
+    out = _cached_forward(st, params, tables, sparsify, cache, tokens_BxP, jnp.int32(0), False)
     logits_BxPxV, cache = out.logits, out.cache
     return _next(logits_BxPxV[:, -1], key, temperature, top_p, greedy), logits_BxPxV, cache
 
@@ -112,9 +128,9 @@ def _step_stats(records: dict[str, Array], b: int, f: int, sparse: bool) -> dict
     return {k: v.astype(jnp.float32) for k, v in add.items()}
 
 
-def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top_p, totals, *, greedy):
+def _step(st, params, tables, sparsify, cache, tok_B, start, key, temperature, top_p, totals, *, greedy):
     sparse = st.budgets is not None
-    out = _cached_forward(st, params, tables, arrays, cache, tok_B[:, None], start, sparse)
+    out = _cached_forward(st, params, tables, sparsify, cache, tok_B[:, None], start, sparse)
     logits_Bx1xV, cache, records = out.logits, out.cache, out.records
     b = tok_B.shape[0]
     add = dict(_step_stats(records, b, st.d_ff, sparse), tokens=jnp.float32(b))
@@ -123,15 +139,15 @@ def _step(st, params, tables, arrays, cache, tok_B, start, key, temperature, top
     return _next(logits_BxV, key, temperature, top_p, greedy), logits_BxV, cache, totals
 
 
-def masked_forward(graphdef, params, tables, arrays, tokens_BxT, segment_ids_BxT, positions_BxT, *, chooser,
-                   mesh=None, axis=None, logits: bool = True):
-    """Full sequences (packed segments allowed) through the chooser's masked FFN, no cache:
+def masked_forward(graphdef, params, tables, sparsify, tokens_BxT, segment_ids_BxT, positions_BxT, *, mesh=None,
+                   axis=None, logits: bool = True):
+    """Full sequences (packed segments allowed) through the mode's masked FFN, no cache:
     (logits (B, T, V), or None without `logits`, candidates (L, B, T, F) bool). The
     reference of the sparse forms and the source of `infer.budget`'s statistics (call
     under jit)."""
-    st = _Static(graphdef, chooser, mesh, axis, None, 0, 0)
+    st = _Static(graphdef, mesh, axis, None, 0, 0)
     model = nnx.merge(graphdef, params)
-    out = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(arrays, tables, False), head=logits)
+    out = model.forward(tokens_BxT, segment_ids_BxT, positions_BxT, ffn=st.ffn(sparsify, tables, False), head=logits)
     return out.logits, out.records["candidates"]
 
 
@@ -164,8 +180,11 @@ class Generation:
 
 
 class Decoder:
-    """Jitted KV-cache decoding of one model on a mesh with one chooser.
+    """Jitted KV-cache decoding of one model on a mesh with one sparsity mode.
 
+    `sparsify`: the FFN's `Sparsify`, as the masked forward takes it, in one of
+    `infer.gathered.MODES`: dense, threshold (scalar or (L,) `threshold`) or predicted
+    (a stacked `PredictorSpec`, score > 0.5); decoding gathers what the mode keeps.
     `budgets`: per layer, an ascending tuple of per-shard neuron budgets for the sparse
     form (`infer.budget.budgets_for`); None decodes with the masked form (dense work).
     `chunk`: rows gathered per block in the sparse products (0 = one gather; `infer.ffn.CHUNK`).
@@ -173,14 +192,15 @@ class Decoder:
     `kernel`: their implementation (`infer.kernels.KERNELS`, "auto" = the backend's).
     """
 
-    def __init__(self, graphdef, params, mesh, chooser=AllNeurons(), arrays: dict | None = None, *,
-                 budgets: tuple | None = None, chunk: int = CHUNK, block: int = 0, kernel: str = "auto"):
+    def __init__(self, graphdef, params, mesh, sparsify: Sparsify = Sparsify(), *, budgets: tuple | None = None,
+                 chunk: int = CHUNK, block: int = 0, kernel: str = "auto"):
         model = nnx.merge(graphdef, params)
-        self.cfg, self.mesh, self.params, self.graphdef, self.chooser = model.cfg, mesh, params, graphdef, chooser
+        self.cfg, self.mesh, self.params, self.graphdef = model.cfg, mesh, params, graphdef
         self.axis, self.chunk, self.block, self.kernel = tensor_axis(mesh, self.cfg.d_ff), chunk, block, kernel
         if block and (self.cfg.d_ff // self.shards) % block:
             raise ValueError(f"block {block} must divide the per-shard F {self.cfg.d_ff // self.shards}")
-        keys = chooser.table_keys(ACTIVATIONS[self.cfg.activation].gated)
+        sparsify = decode_sparsify(sparsify, self.cfg.num_layers, self.cfg.d_model, self.cfg.d_ff)
+        keys = TABLE_KEYS[sparsify.mode][ACTIVATIONS[self.cfg.activation].gated]
 
         def tables(params):  # like the blocks: stacked (L, ...) to scan, else one dict per layer (`stack.PerLayer`)
             model = nnx.merge(graphdef, params)
@@ -189,16 +209,14 @@ class Decoder:
             return tuple(build_tables(blk.ffn, keys) for blk in model.blocks)
 
         shapes = jax.eval_shape(tables, params)
-        specs = table_specs(shapes[0] if isinstance(shapes, tuple) else shapes, self.axis)
+        tab_specs = table_specs(shapes[0] if isinstance(shapes, tuple) else shapes, self.axis)
         lead = () if isinstance(shapes, tuple) else (None,)
-        sh = {k: NamedSharding(mesh, P(*lead, *s)) for k, s in specs.items()}
+        sh = {k: NamedSharding(mesh, P(*lead, *s)) for k, s in tab_specs.items()}
         self.tables = jax.jit(tables, out_shardings=(sh,) * len(shapes) if isinstance(shapes, tuple) else sh)(params)
-        repl = NamedSharding(mesh, P())
-        arrays = arrays or {}
-        arr_sh = {k: NamedSharding(mesh, P(None, *s)) for k, s in chooser.specs(self.axis).items() if k in arrays}
-        self.arrays = {k: jax.device_put(jnp.asarray(v), arr_sh.get(k, repl)) for k, v in arrays.items()}
-        self._candidates = jax.jit(functools.partial(masked_forward, graphdef, chooser=chooser, mesh=mesh,
-                                                     axis=self.axis), static_argnames="logits")
+        sp_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs(sparsify, self.axis, lead=(None,)))
+        self.sparsify = jax.device_put(sparsify, sp_sh)  # its arrays stacked (L, ...), scanned with the layers
+        self._candidates = jax.jit(functools.partial(masked_forward, graphdef, mesh=mesh, axis=self.axis),
+                                   static_argnames="logits")
         self.set_budgets(budgets)
 
     @property
@@ -217,8 +235,8 @@ class Decoder:
                 raise ValueError(f"budgets need one ascending tuple of sizes in [1, {f_local}] (multiples of the "
                                  f"block {self.block}) per layer ({self.cfg.num_layers}), got {budgets}")
         self.budgets = budgets
-        self.static = _Static(self.graphdef, self.chooser, self.mesh, self.axis, budgets, self.chunk, self.cfg.d_ff,
-                              self.block, self.kernel)
+        self.static = _Static(self.graphdef, self.mesh, self.axis, budgets, self.chunk, self.cfg.d_ff, self.block,
+                              self.kernel)
         if not hasattr(self, "_prefill"):  # prefill runs the masked form: it never depends on budgets
             self._prefill = jax.jit(functools.partial(_prefill, dataclasses.replace(self.static, budgets=None)),
                                     donate_argnums=(3,), static_argnames="greedy")
@@ -228,8 +246,8 @@ class Decoder:
 
     def candidates(self, batch: dict[str, Array], logits: bool = True) -> tuple[Array | None, Array]:
         """(logits (B, T, V) or None without `logits`, candidates (L, B, T, F)) of a packed
-        batch (inputs, segment_ids, positions) through the chooser's masked FFN."""
-        return self._candidates(self.params, self.tables, self.arrays, batch["inputs"], batch["segment_ids"],
+        batch (inputs, segment_ids, positions) through the mode's masked FFN."""
+        return self._candidates(self.params, self.tables, self.sparsify, batch["inputs"], batch["segment_ids"],
                                 batch["positions"], logits=logits)
 
     def _new_cache(self, pad_B: Array, length: int) -> KVCache:
@@ -247,10 +265,10 @@ class Decoder:
         pre_key = (tokens_BxP.shape, cache.length, greedy)
         step_key = (tokens_BxP.shape[0], cache.length, greedy)
         if pre_key not in self._prefills:
-            self._prefills[pre_key] = self._prefill.lower(self.params, self.tables, self.arrays, cache, tokens_BxP,
+            self._prefills[pre_key] = self._prefill.lower(self.params, self.tables, self.sparsify, cache, tokens_BxP,
                                                           key, *scal, greedy=greedy).compile()
         if step_key not in self._steps:
-            self._steps[step_key] = self._step.lower(self.params, self.tables, self.arrays, cache, tokens_BxP[:, 0],
+            self._steps[step_key] = self._step.lower(self.params, self.tables, self.sparsify, cache, tokens_BxP[:, 0],
                                                      jnp.int32(0), key, *scal, self._zeros(), greedy=greedy).compile()
         return self._prefills[pre_key], self._steps[step_key]
 
@@ -266,13 +284,13 @@ class Decoder:
         cache = self._new_cache(pad_B, p + max_new)
         prefill, step = self._functions(cache, tokens_BxP, key, scal)
         t0 = time.perf_counter()
-        tok_B, logits_BxPxV, cache = prefill(self.params, self.tables, self.arrays, cache, tokens_BxP,
+        tok_B, logits_BxPxV, cache = prefill(self.params, self.tables, self.sparsify, cache, tokens_BxP,
                                              jax.random.fold_in(key, 0), *scal)
         jax.block_until_ready(tok_B)
         t1 = time.perf_counter()
         toks, logits, totals = [tok_B], [logits_BxPxV[:, -1]], self._zeros()
         for i in range(max_new - 1):
-            tok_B, logits_BxV, cache, totals = step(self.params, self.tables, self.arrays, cache, tok_B,
+            tok_B, logits_BxV, cache, totals = step(self.params, self.tables, self.sparsify, cache, tok_B,
                                                     jnp.int32(p + i), jax.random.fold_in(key, i + 1), *scal, totals)
             toks.append(tok_B)
             if keep_logits:

@@ -7,10 +7,11 @@ reads K contiguous rows; `out_t` = W_outᵀ (d, F) serves the dense mode, whose 
 product x·W_out is ~2× faster in that layout on XLA:CPU (bench/sparse_decode.py), so the
 dense baseline is the best dense we have. Norms ‖W_out,i‖ and ‖W_in,i‖ for the rules.
 
-`sparse_ffn` (one decode step, N = batch rows): the chooser gives each row's candidates;
-their UNION over the rows is compacted into a static budget K (`budgets`, ascending, a
-few buckets chosen by `infer.budget`); `lax.switch` runs the smallest budget that holds
-the union, gathering K rows of each kernel read after the choice, or, when the union
+`sparse_ffn` (one decode step, N = batch rows): the layer's `Sparsify` mode gives each
+row's candidates (`infer.gathered`); their UNION over the rows is compacted into a
+static budget K (`budgets`, ascending, a few buckets chosen by `infer.budget`; `allowed`
+marks this layer's own when layers share one tuple under a scan); `lax.switch` runs the
+smallest budget that holds the union, gathering K rows of each kernel read after the choice, or, when the union
 overflows every budget, the masked dense form — the result is never changed, only the
 time. Unused budget slots point at row 0 with a zero score. Single neurons are blocks of
 b = 1 (below): the K rows are gathered `CHUNK` at a time inside a scan
@@ -36,7 +37,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from sparsity_jax.infer import kernels
-from sparsity_jax.infer.choosers import Act, AllNeurons, project
+from sparsity_jax.infer import gathered
+from sparsity_jax.infer.gathered import Act, project
+from sparsity_jax.nn.sparsify import Sparsify
 
 Array = jax.Array
 Tables = dict[str, Array]
@@ -82,8 +85,8 @@ def _products(rows, fn, gate: bool) -> Array:
 
 def _scores(act: Act, pre: dict, up, take) -> Array:
     """Activation scores (N, K) of the computed neurons, by the FFN's own maths (`Act`):
-    the chooser's full scores `a` or gate scores `s` when it computed them (`take` picks
-    the K neurons), else from the products `up(fn, gate)` (`_products`, a block kernel)."""
+    the full scores `a` or gate scores `s` when `gathered.candidates` computed them (`take`
+    picks the K neurons), else from the products `up(fn, gate)` (`_products`, a block kernel)."""
     if "a" in pre:
         return take(pre["a"])
     if "s" in pre:
@@ -110,31 +113,33 @@ def _chosen_scores(tab: Tables, x_NxD: Array, act: Act, pre: dict, idx_K: Array,
     return _scores(act, pre, up, lambda v: jnp.take(v, idx_K, axis=1))
 
 
-def _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre) -> tuple[Array, Array]:
+def _masked(sp: Sparsify, tab, x_NxD, act, cand_NxF, pre) -> tuple[Array, Array]:
     a_NxF = _full_scores(tab, x_NxD, act, pre)
-    if isinstance(chooser, AllNeurons):
+    if sp.mode == "dense":
         return jnp.einsum("df,nf->nd", tab["out_t"], a_NxF), cand_NxF
-    keep = chooser.keep(arr, a_NxF, tab.get("out_norm"))
+    keep = gathered.keep(sp, a_NxF, tab.get("out_norm"))
     keep_NxF = cand_NxF if keep is None else cand_NxF & keep
     a_NxF = jnp.where(keep_NxF, a_NxF, jnp.zeros_like(a_NxF))
     return (jnp.einsum("df,nf->nd", tab["out_t"], a_NxF) if "out_t" in tab else a_NxF @ tab["out"]), keep_NxF
 
 
-def full_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act) -> tuple[Array, Array, Array]:
+def full_ffn(sp: Sparsify, tab: Tables, x_NxD: Array, act: Act) -> tuple[Array, Array, Array]:
     """Masked form: (y (N, d), kept (N, F), candidates (N, F)); every neuron computed."""
-    cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
-    y_NxD, keep_NxF = _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre)
+    cand_NxF, pre = gathered.candidates(sp, tab, x_NxD, act)
+    y_NxD, keep_NxF = _masked(sp, tab, x_NxD, act, cand_NxF, pre)
     return y_NxD, keep_NxF, cand_NxF
 
 
-def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple[int, ...],
-               chunk: int = 0, block: int = 0, kernel: str = "auto") -> tuple[Array, dict[str, Array]]:
+def sparse_ffn(sp: Sparsify, tab: Tables, x_NxD: Array, act: Act, budgets: tuple[int, ...],
+               allowed_S: Array | None = None, chunk: int = 0, block: int = 0,
+               kernel: str = "auto") -> tuple[Array, dict[str, Array]]:
     """Sparse form: y (N, d) and stats {kept_N: kept neurons per row, rows: neurons
     computed, union: neurons in the union of the rows' candidates, read: neurons in the
     union's blocks (= union without blocks), over: the union exceeded the first budget,
-    dense: it exceeded every budget}. With `block` the budgets are multiples of it."""
+    dense: it exceeded every budget}. With `block` the budgets are multiples of it.
+    `allowed_S` (bool, one per budget; None: all) limits the layer to some of `budgets`."""
     f = tab["out"].shape[0]
-    cand_NxF, pre = chooser.candidates(arr, tab, x_NxD, act)
+    cand_NxF, pre = gathered.candidates(sp, tab, x_NxD, act)
     union_F = jnp.any(cand_NxF, axis=0)
     count = jnp.sum(union_F, dtype=jnp.int32)
     # single neurons are blocks of b = 1, read by XLA's row gather (the Pallas kernels tile b × d slabs)
@@ -147,34 +152,40 @@ def sparse_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, budgets: tuple
         idx_K = (bidx[:, None] * b + jnp.arange(b, dtype=jnp.int32)).reshape(-1)
         a_NxK = _chosen_scores(tab, x_NxD, act, pre, idx_K, bidx, b, chunk, kernel)
         live_NxK = (jnp.arange(k) < need)[None, :] & jnp.take(cand_NxF, idx_K, axis=1)
-        keep = chooser.keep(arr, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
+        keep = gathered.keep(sp, a_NxK, jnp.take(tab["out_norm"], idx_K) if "out_norm" in tab else None)
         keep_NxK = live_NxK if keep is None else live_NxK & keep
         a_NxK = jnp.where(keep_NxK, a_NxK, jnp.zeros_like(a_NxK))
         y_NxD = kernels.block_down(a_NxK, _view(tab["out"], b), bidx, kernel=kernel, chunk=chunk)
         return y_NxD, jnp.sum(keep_NxK, -1, dtype=jnp.int32)
 
     def dense():
-        y_NxD, keep_NxF = _masked(chooser, arr, tab, x_NxD, act, cand_NxF, pre)
+        y_NxD, keep_NxF = _masked(sp, tab, x_NxD, act, cand_NxF, pre)
         return y_NxD, jnp.sum(keep_NxF, -1, dtype=jnp.int32)
 
-    branch = sum((need > k).astype(jnp.int32) for k in budgets) if budgets else jnp.int32(0)
+    sizes_S = jnp.asarray(budgets, jnp.int32)
+    allowed_S = jnp.ones(len(budgets), bool) if allowed_S is None else allowed_S
+    fits_S = allowed_S & (need <= sizes_S)  # the smallest allowed budget that holds the union, else dense
+    branch = jnp.where(jnp.any(fits_S), jnp.argmax(fits_S), len(budgets)) if budgets else jnp.int32(0)
     y_NxD, kept_N = jax.lax.switch(branch, [functools.partial(at_budget, k) for k in budgets] + [dense])
     rows = jnp.asarray(tuple(budgets) + (f,), jnp.int32)[branch]
-    over = need > budgets[0] if budgets else jnp.bool_(False)  # no budget: a dense layer by choice
+    # no allowed budget: a dense layer by choice, never "over"
+    over = (jnp.any(allowed_S) & (need > sizes_S[jnp.argmax(allowed_S)])) if budgets else jnp.bool_(False)
     return y_NxD, {"kept_N": kept_N, "rows": rows, "union": count, "read": need, "over": over,
                    "dense": branch == len(budgets)}
 
 
-def layer_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, axis: str | None = None,
-              budgets: tuple[int, ...] | None = None, chunk: int = 0, block: int = 0, kernel: str = "auto"):
-    """One layer's FFN on (possibly tensor-sharded) tables: `sparse_ffn` with `budgets`
-    (per shard), else `full_ffn`. With `axis`, a shard_map over it: x replicated, each
-    shard its neurons, outputs and counts summed; masks come back (N, F) sharded on F."""
-    def local(arr, tab, x_NxD):
+def layer_ffn(sp: Sparsify, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, axis: str | None = None,
+              budgets: tuple[int, ...] | None = None, allowed_S: Array | None = None, chunk: int = 0,
+              block: int = 0, kernel: str = "auto"):
+    """One layer's FFN with its settings `sp` (a mode of `infer.gathered.MODES`) on
+    (possibly tensor-sharded) tables: `sparse_ffn` with `budgets` (per shard; `allowed_S`
+    the layer's own), else `full_ffn`. With `axis`, a shard_map over it: x replicated,
+    each shard its neurons, outputs and counts summed; masks come back (N, F) sharded on F."""
+    def local(sp, tab, x_NxD, allowed_S):
         if budgets is None:
-            y, keep, cand = full_ffn(chooser, arr, tab, x_NxD, act)
+            y, keep, cand = full_ffn(sp, tab, x_NxD, act)
             return (jax.lax.psum(y, axis) if axis else y), keep, cand
-        y, st = sparse_ffn(chooser, arr, tab, x_NxD, act, budgets, chunk, block, kernel)
+        y, st = sparse_ffn(sp, tab, x_NxD, act, budgets, allowed_S, chunk, block, kernel)
         if axis:
             y = jax.lax.psum(y, axis)
             st = {"kept_N": jax.lax.psum(st["kept_N"], axis), "rows": jax.lax.psum(st["rows"], axis),
@@ -184,8 +195,8 @@ def layer_ffn(chooser, arr, tab: Tables, x_NxD: Array, act: Act, *, mesh=None, a
         return y, st
 
     if axis is None:
-        return local(arr, tab, x_NxD)
+        return local(sp, tab, x_NxD, allowed_S)
     out_specs = (P(), P(None, axis), P(None, axis)) if budgets is None else (P(), P())
-    arr_specs = {k: v for k, v in chooser.specs(axis).items() if k in arr}
-    return jax.shard_map(local, mesh=mesh, in_specs=(arr_specs, table_specs(tab, axis), P()),
-                         out_specs=out_specs, check_vma=False)(arr, tab, x_NxD)
+    in_specs = (gathered.specs(sp, axis), table_specs(tab, axis), P(), P())
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)(sp, tab, x_NxD, allowed_S)

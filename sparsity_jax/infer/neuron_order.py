@@ -1,15 +1,15 @@
-"""Co-activation-aware neuron layout: a function-preserving permutation of each FFN's F
+"""Co-activation neuron order: a function-preserving permutation of each FFN's F
 axis that stores neurons which fire together in contiguous blocks of b (issue 22).
 
 ReLU² Wins §4 (3) measures hardware affinity (reuse, co-activation) without turning it
 into a layout; here it becomes one. For each layer the neurons' activation patterns on
-calibration tokens (one boolean vector over M tokens per neuron: the chooser's
+calibration tokens (one boolean vector over M tokens per neuron: the decoder's
 candidates, i.e. what sparse decoding reads) are clustered by balanced k-means into F/b
 groups of exactly b (`ssd.kmeans.balanced_kmeans`, rows L2-normalised, so the distance
 is 2 − 2·cosine of the patterns: co-activation); the permutation lists group 0, then
 group 1, … . The FFN is f(x) = Σ_i a_i(x) W_out[i], a sum over neurons, so permuting
 W_in / W_gate columns, W_out rows and every per-neuron array (the predictor's W2
-columns and bias) together leaves it unchanged (`permute_params`, `permute_arrays`).
+columns and bias) together leaves it unchanged (`permute_params`, `permute_sparsify`).
 
 `block_shares` is the number a block-gather kernel pays for: the neuron-active share and
 the block-active share (a block counts if any of its neurons is active) per token.
@@ -47,7 +47,7 @@ def coactivation_permutation(active_MxF: np.ndarray, block: int, *, seed: int = 
     return np.asarray(permutation_from_labels(labels_F, f // block))
 
 
-def coactivation_layout(active_per_layer: Sequence[np.ndarray], block: int, *, seed: int = 0,
+def coactivation_order(active_per_layer: Sequence[np.ndarray], block: int, *, seed: int = 0,
                         n_iter: int = 30) -> list[np.ndarray]:
     """One permutation per layer (`coactivation_permutation`)."""
     return [coactivation_permutation(a, block, seed=seed + i, n_iter=n_iter) for i, a in enumerate(active_per_layer)]
@@ -84,16 +84,19 @@ def permute_params(params: dict, perms: Sequence[np.ndarray]) -> dict:
     return out
 
 
-def permute_arrays(arrays: dict, perms: Sequence[np.ndarray]) -> dict:
-    """A chooser's stacked arrays with every per-neuron axis permuted: the predictor's W2
-    (L, r, F) columns and bias b (L, F); per-layer scalars (thresholds) unchanged."""
-    axes = {"w2": 1, "b": 0}
-    out = dict(arrays)
-    for name, axis in axes.items():
-        if name in arrays:
-            out[name] = jnp.stack([jnp.take(jnp.asarray(arrays[name][i]), jnp.asarray(p), axis=axis)
-                                   for i, p in enumerate(perms)])
-    return out
+def permute_sparsify(sp, perms: Sequence[np.ndarray]):
+    """A decoder's `Sparsify` (`infer.gathered.decode_sparsify`: arrays stacked (L, ...)) with
+    every per-neuron axis permuted: the predictor's W2 (L, r, F) columns and bias b (L, F);
+    per-layer scalars (thresholds) unchanged."""
+    pr = sp.predictor
+    if pr is None:
+        return sp
+
+    def take(w, axis):
+        return None if w is None else jnp.stack([jnp.take(jnp.asarray(w[i]), jnp.asarray(p), axis=axis)
+                                                 for i, p in enumerate(perms)])
+
+    return sp.replace(predictor=pr.replace(w2=take(pr.w2, 1), b=take(pr.b, 0)))
 
 
 def affinity_table(active_per_layer: Sequence[np.ndarray], sizes: Sequence[int] = SIZES, *, seed: int = 0,

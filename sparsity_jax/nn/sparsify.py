@@ -11,8 +11,9 @@ mask of KEPT (active) neurons, bool with the shape of their input (…, F):
   FAT-ε      |s_i| ≥ ε (Sparsing Law §4.1);
   predicted  a low-rank predictor's score σ(W2·(W1·x) + b) > 0.5, or its k highest
              scores per token (ReLU² §4 (2), §5.2, App. A.2; `predictor_scores`,
-             `score_keep`, `PredictorSpec`: the FFN's predicted mode, decoding's
-             `infer.choosers.Predicted`, the predictor metrics and training use them).
+             `score_keep`, `PredictorSpec`: the FFN's predicted mode, the gathered
+             decode FFN (`infer.gathered`), the predictor metrics and training use them).
+Decoding takes the same `Sparsify` (`infer.Decoder`) and gathers what its mode keeps.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def threshold_keep(mag: Array, threshold: Array | float) -> Array:
 def active_at(mag: Array, threshold: Array | float) -> Array:
     """Neurons ACTIVE at threshold t: kept (‖n_i‖ ≥ t, `threshold_keep`) and ‖n_i‖ > 0.
     The one definition of "active at t": the FFN's recorded mask at a record threshold,
-    the predictor labels (`predict.data`), decoding's candidates (`infer.choosers`) and
+    the predictor labels (`predict.data`), decoding's candidates (`infer.gathered`) and
     the search's candidates (`metrics.threshold_pass`).
 
     A neuron of magnitude 0 adds nothing to the output, so it is never active: t = 0 then

@@ -39,8 +39,8 @@ def test_predictor_writes_report_and_predictors(workdir):
     assert r["saved"].endswith(os.path.join("predictors", "2_cett0.2"))
     assert params["w1"].shape == (2, 32, 1) and meta["target_cett"] == 0.2 and meta["thresholds"] == r["thresholds"]
     _generate(workdir, "predicted", "--cett", "0.2")  # the saved predictors drive decoding
-    text = _generate(workdir, "predicted", "--cett", "0.2", "--layout", "coactivation", "--block", "16")
-    assert "co-activation layout in blocks of 16" in text and "block share (b = 16)" in text, text
+    text = _generate(workdir, "predicted", "--cett", "0.2", "--neuron-order", "coactivation", "--block", "16")
+    assert "co-activation neuron order in blocks of 16" in text and "block share (b = 16)" in text, text
 
 
 def _generate(workdir, ffn, *extra, rows=2):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsity_jax.infer import Decoder, Predicted, Threshold, place
+from sparsity_jax.infer import Decoder, place
 from sparsity_jax.infer.budget import calibrate, measured_candidates, union_counts
 from sparsity_jax.infer.neuron_order import (
-    block_shares, coactivation_layout, coactivation_permutation, permute_arrays, permute_params,
+    block_shares, coactivation_order, coactivation_permutation, permute_params, permute_sparsify,
 )
-from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify
 from tests.infer.test_decode import full_logits, tiny
 from tests.infer.test_sparse import NEW, PROMPTS, batch_of, mesh_tp, thresholds
 
@@ -71,8 +71,8 @@ def threshold_setup(activation: str):
     model = tiny(activation)
     mesh = mesh_tp()
     t_L, calib = thresholds(model, 0.08)
-    ref_dec = Decoder(*place(model, mesh), mesh, Threshold(), {"threshold": t_L})
-    perms = coactivation_layout(measured_candidates(ref_dec, [calib]), 8)
+    ref_dec = Decoder(*place(model, mesh), mesh, Sparsify(mode="threshold", threshold=t_L))
+    perms = coactivation_order(measured_candidates(ref_dec, [calib]), 8)
     return model, mesh, t_L, calib, perms
 
 
@@ -87,7 +87,7 @@ def test_threshold_block_decoding_equals_the_masked_forward(activation, block, p
     graphdef, params = place(tiny(activation, scan=scan), mesh)
     if permuted:
         params = permute_params(params, perms)
-    dec = Decoder(graphdef, params, mesh, Threshold(), {"threshold": t_L}, block=block, chunk=32)
+    dec = Decoder(graphdef, params, mesh, Sparsify(mode="threshold", threshold=t_L), block=block, chunk=32)
     if activation in ("swiglu", "drelu"):  # gated: the Cauchy–Schwarz candidates take the whole shard
         budgets = ((64,),) * 2
     elif block:  # random weights and tokens: the union of 2 rows touches most blocks of 8 neurons
@@ -108,11 +108,11 @@ def test_threshold_block_decoding_equals_the_masked_forward(activation, block, p
 def test_predictor_block_decoding_permuted_equals_the_unpermuted_masked_form():
     model, mesh, _, calib, perms = threshold_setup("relu2")
     k = jax.random.split(jax.random.key(3), 2)
-    arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),
-              "b": -jnp.ones((2, 128))}
+    sp = Sparsify(mode="predicted", predictor=PredictorSpec(jax.random.normal(k[0], (2, 32, 4)) / 6,
+                                                            jax.random.normal(k[1], (2, 4, 128)), -jnp.ones((2, 128))))
     graphdef, params = place(model, mesh)
-    ref_dec = Decoder(graphdef, params, mesh, Predicted(), arrays)
-    dec = Decoder(graphdef, permute_params(params, perms), mesh, Predicted(), permute_arrays(arrays, perms),
+    ref_dec = Decoder(graphdef, params, mesh, sp)
+    dec = Decoder(graphdef, permute_params(params, perms), mesh, permute_sparsify(ref_dec.sparsify, perms),
                   budgets=((48, 64),) * 2, block=8, chunk=32)
     gen = dec.generate(PROMPTS, NEW, keep_logits=True)
     seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, gen.tokens)])

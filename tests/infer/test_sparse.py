@@ -1,6 +1,6 @@
 """Sparse decode FFNs against the masked modes, on 8 fake CPU devices with the FFN
 tensor-sharded 2 ways: threshold decoding == the LM's masked threshold mode; overflowing
-steps are counted and run dense; the predictor chooser and the blocked gathers against
+steps are counted and run dense; the gathered predicted mode and the blocked gathers against
 numpy."""
 import functools
 
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsity_jax.infer import Decoder, Predicted, Threshold, kernels, place
+from sparsity_jax.infer import Decoder, kernels, place
 from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
-from sparsity_jax.infer.choosers import Act, check_predictor
+from sparsity_jax.infer.decode import STATS
+from sparsity_jax.infer.gathered import TABLE_KEYS, Act, check_predictor, decode_sparsify
 from sparsity_jax.infer.ffn import build_tables, layer_ffn
 from sparsity_jax.nn.ffn import FFN
-from sparsity_jax.nn.sparsify import Sparsify
+from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify
 from tests.infer.test_decode import full_logits, tiny
 
 PROMPTS = [[5, 1, 2, 3, 4, 9], [7, 8, 9, 10, 11, 12]]  # equal lengths: decode steps share positions
@@ -58,15 +59,15 @@ def threshold_decoder(activation: str, scan: bool = False) -> tuple:
     mesh = mesh_tp()
     t_L, calib = thresholds(model, 0.3)
     # 24-row blocks: the calibrated budgets (multiples of 8) pad their last block
-    dec = Decoder(*place(tiny(activation, scan=scan), mesh), mesh, Threshold(), {"threshold": t_L}, chunk=24)
+    dec = Decoder(*place(tiny(activation, scan=scan), mesh), mesh, Sparsify(mode="threshold", threshold=t_L), chunk=24)
     return model, dec, t_L, calib
 
 
 @pytest.mark.parametrize("activation,scan", [("relu2", False), ("swiglu", False), ("drelu", False), ("relu2", True),
                                              ("swiglu", True)])
 def test_threshold_decoding_equals_the_masked_threshold_mode(activation, scan):
-    """Scanned: the gated FFN's equal budgets decode under the scan, relu2's per-layer
-    calibrated ones run the stacked layers one by one."""
+    """Scanned: the layers decode under the scan, with the gated FFN's equal budgets and
+    relu2's per-layer calibrated ones alike (`test_per_layer_budgets_decode_under_one_scan`)."""
     model, dec, t_L, calib = threshold_decoder(activation, scan)
     if activation in ("swiglu", "drelu"):  # the Cauchy–Schwarz candidates of a gated FFN: the whole shard here
         budgets = ((64,),) * 2
@@ -102,6 +103,25 @@ def test_overflowing_steps_are_counted_and_run_dense():
     np.testing.assert_allclose(gen.logits, np.asarray(logits_BxTxV)[:, p - 1:], atol=1e-5, rtol=1e-5)
 
 
+def test_per_layer_budgets_decode_under_one_scan():
+    """Layers whose budgets differ share their sorted union as one static under the scan,
+    each allowed only its own: the same tokens, logits and per-layer statistics (overflows,
+    dense steps, rows computed) as the unrolled model, and one switch over the budgets in
+    the compiled step where the unrolled one has a switch per layer."""
+    decs = [threshold_decoder("relu2", scan)[1] for scan in (False, True)]
+    for dec in decs:
+        dec.set_budgets(((38,), (34, 36)))
+    unrolled, scanned = (dec.generate(PROMPTS, NEW, keep_logits=True) for dec in decs)
+    np.testing.assert_array_equal(scanned.tokens, unrolled.tokens)
+    np.testing.assert_allclose(scanned.logits, unrolled.logits, atol=1e-5, rtol=1e-5)
+    for k in STATS:
+        np.testing.assert_array_equal(scanned.stats[k], unrolled.stats[k], err_msg=k)
+    assert 0 < unrolled.stats["over"][1] < 2 * (NEW - 1)  # layer 1 used both of its budgets, or ran dense
+    switches = [sum(" conditional(" in line for line in next(iter(dec._steps.values())).as_text().splitlines())
+                for dec in decs]
+    assert switches == [2, 1], switches
+
+
 def np_predicted_ffn(ffn, arr, x):
     """numpy: the FFN with only the neurons of sigmoid(W2·(W1·x) + b) > 0.5, and that mask."""
     x = np.asarray(x, np.float64)
@@ -117,26 +137,26 @@ def np_predicted_ffn(ffn, arr, x):
 
 
 @pytest.mark.parametrize("activation", ["relu2", "swiglu"])
-def test_predictor_chooser_and_ffn_equal_numpy(activation):
+def test_predicted_mode_gathered_ffn_equals_numpy(activation):
     d, f, r = 32, 128, 4
     ffn = FFN(d, f, activation, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     arr = {"w1": rng.normal(size=(d, r)) / 4, "w2": rng.normal(size=(r, f)), "b": rng.normal(size=f) - 1}
     x = rng.normal(size=(3, d))
     y_ref, keep_ref = np_predicted_ffn(ffn, arr, x)
-    check_predictor({k: v[None] for k, v in arr.items()}, 1, d, f)
+    check_predictor(arr["w1"][None], arr["w2"][None], arr["b"][None], 1, d, f)
     mesh = mesh_tp()
-    tab = build_tables(ffn, Predicted().table_keys(ffn.act.gated))
-    arr32 = {k: jnp.asarray(v, jnp.float32) for k, v in arr.items()}
+    tab = build_tables(ffn, TABLE_KEYS["predicted"][ffn.act.gated])
+    stacked = PredictorSpec(arr["w1"][None], arr["w2"][None], arr["b"][None])
+    sp = jax.tree.map(lambda v: v[0], decode_sparsify(Sparsify(mode="predicted", predictor=stacked), 1, d, f))
     x32 = jnp.asarray(x, jnp.float32)
-    run = jax.jit(functools.partial(layer_ffn, Predicted(), act=Act.of(ffn), mesh=mesh, axis="tensor"),
-                  static_argnames="budgets")
-    y_full, keep, cand = run(arr32, tab, x32)
+    run = jax.jit(functools.partial(layer_ffn, act=Act.of(ffn), mesh=mesh, axis="tensor"), static_argnames="budgets")
+    y_full, keep, cand = run(sp, tab, x32)
     np.testing.assert_array_equal(np.asarray(cand), keep_ref)
     np.testing.assert_array_equal(np.asarray(keep), keep_ref)
     np.testing.assert_allclose(np.asarray(y_full), y_ref, atol=1e-5, rtol=1e-5)
     per_shard = keep_ref.any(0).reshape(2, f // 2).sum(-1).max()
-    y_sparse, st = run(arr32, tab, x32, budgets=(int(per_shard),))
+    y_sparse, st = run(sp, tab, x32, budgets=(int(per_shard),))
     np.testing.assert_allclose(np.asarray(y_sparse), y_ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(st["kept_N"]), keep_ref.sum(-1))
     assert not bool(st["dense"]) and int(st["rows"]) == 2 * per_shard
@@ -148,9 +168,10 @@ def test_predictor_decoding_equals_its_masked_form(scan):
     model = tiny("relu2", scan=scan)
     mesh = mesh_tp()
     k = jax.random.split(jax.random.key(3), 2)
-    arrays = {"w1": jax.random.normal(k[0], (2, 32, 4)) / 6, "w2": jax.random.normal(k[1], (2, 4, 128)),
-              "b": -jnp.ones((2, 128))}
-    dec = Decoder(*place(model, mesh), mesh, Predicted(), arrays, budgets=((48,), (48,)), chunk=16)
+    predictor = PredictorSpec(jax.random.normal(k[0], (2, 32, 4)) / 6, jax.random.normal(k[1], (2, 4, 128)),
+                              -jnp.ones((2, 128)))
+    dec = Decoder(*place(model, mesh), mesh, Sparsify(mode="predicted", predictor=predictor), budgets=((48,), (48,)),
+                  chunk=16)
     sparse = dec.generate(PROMPTS, NEW, keep_logits=True)
     seqs = jnp.asarray([list(pr) + list(g[:-1]) for pr, g in zip(PROMPTS, sparse.tokens)])
     logits_BxTxV, cand_LxBxTxF = dec.candidates(batch_of(seqs))  # full sequences, masked predictor FFN

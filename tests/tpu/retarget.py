@@ -23,4 +23,4 @@ def on_mesh(x, mesh):
         return type(x)(on_mesh(v, mesh) for v in x)
     if isinstance(x, dict):
         return {k: on_mesh(v, mesh) for k, v in x.items()}
-    return x
+    return jax.tree.map(lambda v: on_mesh(v, mesh) if isinstance(v, jax.Array) else v, x)  # e.g. a `Sparsify`
