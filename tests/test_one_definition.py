@@ -17,6 +17,7 @@ ONCE = {  # what: (pattern over the space-separated code tokens, the one file th
     "the predictor's cut at 0.5": (r"SCORE_THRESHOLD =", "nn/sparsify.py"),
     "the predictor's cut applied": (r"> SCORE_THRESHOLD", "nn/sparsify.py"),
     "the gated activation s ⊙ up(W_in x)": (r"\. up \(", "nn/ffn.py"),
+    "the threshold rule ‖n_i‖ ≥ t": (r"\bmag\w* >= ", "nn/sparsify.py"),
     "the neuron magnitude |a|·‖W_out‖": (r"abs \( a\w* \) \. astype \( jnp \. float32 \) \*", "nn/sparsify.py"),
 }
 
