@@ -174,18 +174,32 @@ class Safetensors:
                     yield name, f.get_tensor(name)
 
 
+def ignored(name: str, cfg: ModelConfig) -> bool:
+    """Tensors a checkpoint may hold that the model does not read, as transformers ignores
+    them: RoPE's `inv_freq` buffers (recomputed from the config) and a tied model's stored
+    `lm_head.weight` (the embedding is the head)."""
+    return name.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and name == "lm_head.weight")
+
+
 def check_tensors(source: Source, cfg: ModelConfig, shapes: dict[tuple, tuple]) -> None:
-    """Every tensor the model needs exists with the right shape (names the first that does
-    not), from the source's headers only."""
+    """From the source's headers only: every tensor the model needs exists with the right
+    shape and the checkpoint holds no tensor it would drop (`ignored` aside); else one
+    UserError that lists every missing, mis-shaped and unexpected tensor."""
     found = source.shapes()
+    problems, used = [], set()
     for ours, (name, how) in hf_names(cfg).items():
-        if name not in found:
-            raise UserError(f"tensor {source.stored(name)!r} is missing from {source.path}; the checkpoint does not "
-                            f"match its {source.config}.")
+        used.add(name)
         want = expected_shape(shapes[ours], how)
-        if found[name] != want:
-            raise UserError(f"tensor {source.stored(name)!r} in {source.file(name)} has shape {found[name]}, but "
-                            f"{source.config} implies {want}; fix the config or the weights.")
+        if name not in found:
+            problems.append(f"tensor {source.stored(name)!r} is missing")
+        elif found[name] != want:
+            problems.append(f"tensor {source.stored(name)!r} in {source.file(name)} has shape {found[name]}, but "
+                            f"{source.config} implies {want}")
+    problems += [f"tensor {source.stored(name)!r} is not part of the model" for name in found
+                 if name not in used and not ignored(name, cfg)]
+    if problems:
+        raise UserError(f"{source.path} does not match its {source.config} ({len(problems)} "
+                        f"problem{'s' * (len(problems) > 1)}): {'; '.join(problems)}; fix the config or the weights.")
 
 
 def read(source: Source, cfg: ModelConfig, place: Callable[[tuple, np.ndarray], None]) -> None:
