@@ -69,7 +69,7 @@ def check_args(args) -> None:
 
 
 def block_of(args) -> int:
-    """Neurons per gathered block: --block, else 32 with a layout, else 0 (single neurons)."""
+    """Neurons per gathered block: --block, else 32 with a neuron order, else 0 (single neurons)."""
     return args.block if args.block is not None else (32 if args.neuron_order != "none" else 0)
 
 

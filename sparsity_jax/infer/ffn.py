@@ -26,7 +26,7 @@ b neurons (a block counts if any of its neurons is a candidate), the budgets cou
 neurons in whole blocks (multiples of b), and the products read whole b×d slabs of
 the (F/b, b, d) views of the tables (`infer.kernels`: XLA, Pallas TPU or Pallas GPU,
 `kernel`). The non-candidate neurons of a chosen block are computed and masked out, so
-the result is the same; a co-activation layout (`infer.neuron_order`) makes the blocks full.
+the result is the same; a co-activation neuron order (`infer.neuron_order`) makes the blocks full.
 """
 from __future__ import annotations
 

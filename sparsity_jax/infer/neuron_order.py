@@ -2,8 +2,8 @@
 axis that stores neurons which fire together in contiguous blocks of b (issue 22).
 
 ReLU² Wins §4 (3) measures hardware affinity (reuse, co-activation) without turning it
-into a layout; here it becomes one. For each layer the neurons' activation patterns on
-calibration tokens (one boolean vector over M tokens per neuron: the decoder's
+into a neuron order; here it becomes one. For each layer the neurons' activation patterns
+on calibration tokens (one boolean vector over M tokens per neuron: the decoder's
 candidates, i.e. what sparse decoding reads) are clustered by balanced k-means into F/b
 groups of exactly b (`ssd.kmeans.balanced_kmeans`, rows L2-normalised, so the distance
 is 2 − 2·cosine of the patterns: co-activation); the permutation lists group 0, then
@@ -101,7 +101,7 @@ def permute_sparsify(sp, perms: Sequence[np.ndarray]):
 
 def affinity_table(active_per_layer: Sequence[np.ndarray], sizes: Sequence[int] = SIZES, *, seed: int = 0,
                    n_iter: int = 30) -> list[dict]:
-    """Per layer: neuron share, block shares before, and after a layout computed at each b."""
+    """Per layer: neuron share, block shares before, and after an order computed at each b."""
     rows = []
     for i, active in enumerate(active_per_layer):
         neuron, before = block_shares(active, sizes)

@@ -25,7 +25,7 @@ def is_per_layer(blocks: Any) -> bool:
     return isinstance(blocks, dict) and bool(blocks) and all(str(k).isdigit() for k in blocks)
 
 
-def stacked_layout(tree: dict) -> bool | None:
+def blocks_stacked(tree: dict) -> bool | None:
     """Whether a state's (or parameters') `blocks` are stacked; None when it has none."""
     params = tree.get("params", tree) if isinstance(tree, dict) else None
     if not isinstance(params, dict) or "blocks" not in params:

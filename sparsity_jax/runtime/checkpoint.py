@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from sparsity_jax.errors import UserError
-from sparsity_jax.runtime.block_stacking import convert_blocks, placed, stacked_layout
+from sparsity_jax.runtime.block_stacking import blocks_stacked, convert_blocks, placed
 from sparsity_jax.runtime.workdir import PathLike, Workdir
 
 
@@ -61,11 +61,11 @@ class Checkpointer:
 
     def _saved_layout(self, step: int, abstract: Any) -> bool | None:
         """The saved blocks' layout (stacked or not) when it differs from `abstract`'s, else None."""
-        want = stacked_layout(abstract)
+        want = blocks_stacked(abstract)
         if want is None:
             return None
         try:
-            have = stacked_layout(self.saved_tree(step))
+            have = blocks_stacked(self.saved_tree(step))
         except UserError:  # unreadable metadata: the restore itself names the problem
             return None
         return None if have is None or have == want else have

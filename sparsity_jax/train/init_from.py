@@ -16,7 +16,7 @@ from flax import nnx
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.nn.model import LM
-from sparsity_jax.runtime.block_stacking import convert_blocks, stacked_layout
+from sparsity_jax.runtime.block_stacking import blocks_stacked, convert_blocks
 from sparsity_jax.runtime.trained import checkpoints, saved_config
 from sparsity_jax.runtime.workdir import Workdir, is_remote
 from sparsity_jax.settings import Settings, apply_overrides, from_saved, load_file, upgrade
@@ -50,7 +50,7 @@ def saved_run(workdir, step: int | None = None) -> tuple[Any, int, Settings, dic
 
 
 def _check_shapes(workdir, abstract_params: dict, saved: dict, what: str) -> None:
-    stacked = stacked_layout(saved)  # compared in the saved layout: scan_layers may differ (runtime.block_stacking)
+    stacked = blocks_stacked(saved)  # compared as saved (stacked or per layer): scan_layers may differ (runtime.block_stacking)
     if stacked is not None:
         abstract_params = convert_blocks(abstract_params, stacked)
     want, have = _leaves(abstract_params), _leaves(saved)

@@ -75,7 +75,7 @@ def test_import_scans_unless_told_otherwise_with_the_same_logits(imported, impor
     both runs give the same logits (1e-6 of scale)."""
     from flax import nnx
 
-    from sparsity_jax.runtime.block_stacking import stacked_layout
+    from sparsity_jax.runtime.block_stacking import blocks_stacked
     from sparsity_jax.runtime.checkpoint import Checkpointer
     from sparsity_jax.nn.model import LM
 
@@ -86,7 +86,7 @@ def test_import_scans_unless_told_otherwise_with_the_same_logits(imported, impor
         ckpt = Checkpointer(run, read_only=True)
         params = ckpt.manager.restore(0, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
         ckpt.close()
-        assert stacked_layout(params) is scan
+        assert blocks_stacked(params) is scan
         cfg = ModelConfig(**saved)
         graphdef, state = nnx.split(nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
         if not scan:

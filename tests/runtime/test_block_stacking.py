@@ -6,7 +6,7 @@ import pytest
 
 from sparsity_jax.methods import make_method
 from sparsity_jax.runtime.checkpoint import Checkpointer
-from sparsity_jax.runtime.block_stacking import convert_blocks, stacked_layout
+from sparsity_jax.runtime.block_stacking import blocks_stacked, convert_blocks
 from sparsity_jax.train.setup import build
 from tests.train.helpers import synthetic_batch, tiny_config
 
@@ -41,13 +41,13 @@ def test_checkpoint_restores_in_the_other_layout_with_the_same_eval_loss(saved_s
     ckpt.close()
 
     reader = Checkpointer(tmp_path, read_only=True)  # one reader per kind of restore (orbax binds its handler)
-    assert stacked_layout(reader.saved_tree(7)) is saved_scanned
+    assert blocks_stacked(reader.saved_tree(7)) is saved_scanned
     restored, meta = reader.restore(7, dst.abstract_state)  # the whole train state (resume)
     reader.close()
     reader = Checkpointer(tmp_path, read_only=True)
     items, _ = reader.restore_items(7, dst.eval_items(reader.saved_tree(7)))  # what evaluation reads
     reader.close()
-    assert meta["data_position"] == 7 and stacked_layout(restored) is (not saved_scanned)
+    assert meta["data_position"] == 7 and blocks_stacked(restored) is (not saved_scanned)
     expected = convert_blocks(jax.device_get(state), not saved_scanned)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
     jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s.sharding, a.ndim) or pytest.fail(str(a.sharding)),
