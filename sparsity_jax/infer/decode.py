@@ -5,10 +5,11 @@ Every call is the model's own forward (`LM.forward` with its KV cache) rebuilt f
 its scan; the FFN hook runs `infer.ffn` tables and the `Sparsify` arrays (stacked (L, ...)
 like the blocks and scanned with them) in the gathered form of the mode
 (`infer.gathered`). Prefill runs the prompt (left-padded, see `infer.cache`) through the
-masked form of the mode in one call; every later step feeds one token per row through the sparse form when
-`budgets` are given (else the masked form: the reference). Each function compiles once
-per (batch, prompt length, cache length); the cache and the running statistics are
-donated, so steps update them in place.
+masked form of the mode in one call; every later step feeds one token per row through
+the sparse form when `budgets` are given (else the masked form: the reference), a layer
+of a scan choosing among the union of all layers' budgets only its own
+(`_Static.layer_budgets`). Each function compiles once per (batch, prompt length, cache
+length); the cache and the running statistics are donated, so steps update them in place.
 """
 from __future__ import annotations
 
