@@ -8,25 +8,26 @@ product x·W_out is ~2× faster in that layout on XLA:CPU (bench/sparse_decode.p
 dense baseline is the best dense we have. Norms ‖W_out,i‖ and ‖W_in,i‖ for the rules.
 
 `sparse_ffn` (one decode step, N = batch rows): the layer's `Sparsify` mode gives each
-row's candidates (`infer.gathered`); their UNION over the rows is compacted into a
-static budget K (`budgets`, ascending, a few buckets chosen by `infer.budget`; `allowed`
-marks this layer's own when layers share one tuple under a scan); `lax.switch` runs the
-smallest budget that holds the union, gathering K rows of each kernel read after the choice, or, when the union
-overflows every budget, the masked dense form — the result is never changed, only the
-time. Unused budget slots point at row 0 with a zero score. Single neurons are blocks of
-b = 1 (below): the K rows are gathered `CHUNK` at a time inside a scan
-(`infer.kernels.xla`), since one K×d gather per kernel writes a fresh buffer to memory,
-which on XLA:CPU costs about as much as the product it saves (bench/sparse_decode.py,
-"why"). `full_ffn` is the masked form (prefill, calibration, the reference). With a
-tensor axis the F axis of the tables is sharded, each shard chooses and gathers its own
-neurons with its own budget, and the outputs are summed (`layer_ffn`, shard_map).
+row's candidates (`infer.gathered`); their UNION over the rows is compacted into a static
+budget K (`budgets`, ascending, a few buckets chosen by `infer.budget`; `allowed` marks
+this layer's own when layers share one tuple under a scan); `lax.switch` runs the smallest
+budget that holds the union, gathering K rows of each kernel read after the choice, or,
+when the union overflows every budget, the masked dense form — the result is never
+changed, only the time. Unused budget slots point at row 0 with a zero score. Single
+neurons are blocks of b = 1 (below): the K rows are gathered `CHUNK` at a time inside a
+scan (`infer.kernels.xla`), since one K×d gather per kernel writes a fresh buffer to
+memory, which on XLA:CPU costs about as much as the product it saves
+(bench/sparse_decode.py, "why"). `full_ffn` is the masked form (prefill, calibration, the
+reference). With a tensor axis the F axis of the tables is sharded, each shard chooses and
+gathers its own neurons with its own budget, and the outputs are summed (`layer_ffn`,
+shard_map).
 
-Block gathers (`block` = b > 0, issue 22): the union is taken over contiguous blocks of
-b neurons (a block counts if any of its neurons is a candidate), the budgets count
-neurons in whole blocks (multiples of b), and the products read whole b×d slabs of
-the (F/b, b, d) views of the tables (`infer.kernels`: XLA, Pallas TPU or Pallas GPU,
-`kernel`). The non-candidate neurons of a chosen block are computed and masked out, so
-the result is the same; a co-activation neuron order (`infer.neuron_order`) makes the blocks full.
+Block gathers (`block` = b > 0, issue 22): the union is taken over contiguous blocks of b
+neurons (a block counts if any of its neurons is a candidate), the budgets count neurons
+in whole blocks (multiples of b), and the products read whole b×d slabs of the (F/b, b, d)
+views of the tables (`infer.kernels`: XLA, Pallas TPU or Pallas GPU, `kernel`). The
+non-candidate neurons of a chosen block are computed and masked out, so the result is the
+same; a co-activation neuron order (`infer.neuron_order`) makes the blocks full.
 """
 from __future__ import annotations
 
