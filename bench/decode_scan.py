@@ -122,21 +122,23 @@ def main() -> None:
         smol = dataclasses.replace(SMOL, num_layers=args.smol_layers)
         print(f"(b) decode-step compile (lower + compile), SmolLM2-135M shape, {args.smol_layers} layers, "
               f"batch 1, cache 64")
-        secs = {scan: step_compile_s(Decoder(*place(LM(dataclasses.replace(smol, scan_layers=scan), rngs=nnx.Rngs(0)),
-                                                    mesh), mesh), 1, 64) for scan in (False, True)}
+        models = {scan: LM(dataclasses.replace(smol, scan_layers=scan), rngs=nnx.Rngs(0)) for scan in (False, True)}
+        secs = {scan: step_compile_s(Decoder(*place(m, mesh), mesh), 1, 64) for scan, m in models.items()}
         print(f"  unrolled {secs[False]:7.2f} s   scanned {secs[True]:7.2f} s   ratio {secs[True] / secs[False]:.3f}")
     if args.sparse:
-        print(f"(c) greedy sparse generate (threshold mode, per-layer calibrated budgets), the model of (a); wall s incl. "
-              f"calibration and compile")
+        print("(c) greedy sparse generate (threshold mode, per-layer calibrated budgets), the model of (a); "
+              "wall s incl. calibration and compile")
         out = {scan: sparse_generate(dataclasses.replace(toy, scan_layers=scan), mesh, prompts, args.new)
                for scan in (False, True)}
         for scan, (wall_s, compile_s, g, dec) in out.items():
-            print(f"  {'scanned' if scan else 'unrolled':9s} wall {wall_s:7.2f} s  sparse step compile {compile_s:6.2f} s  "
-                  f"(decode {g.decode_s * 1e3:.1f} ms; {len(set(dec.budgets))} distinct budget tuples over "
-                  f"{len(dec.budgets)} layers, {len({k for b in dec.budgets for k in b})} distinct budgets)")
+            print(f"  {'scanned' if scan else 'unrolled':9s} wall {wall_s:7.2f} s  "
+                  f"sparse step compile {compile_s:6.2f} s  (decode {g.decode_s * 1e3:.1f} ms; "
+                  f"{len(set(dec.budgets))} distinct budget tuples over {len(dec.budgets)} layers, "
+                  f"{len({k for b in dec.budgets for k in b})} distinct budgets)")
         (wu, cu, gu, _), (ws, cs, gs, _) = out[False], out[True]
         equal = np.array_equal(gu.tokens, gs.tokens) and all(np.array_equal(gu.stats[k], gs.stats[k]) for k in STATS)
-        print(f"  scanned / unrolled wall = {ws / wu:.3f}, compile = {cs / cu:.3f}; tokens and statistics equal: {equal}")
+        print(f"  scanned / unrolled wall = {ws / wu:.3f}, compile = {cs / cu:.3f}; "
+              f"tokens and statistics equal: {equal}")
         same = same and equal
     print(f"load average at the end {os.getloadavg()}")
     if not same:

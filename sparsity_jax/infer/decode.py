@@ -74,10 +74,11 @@ class _Static:
         sizes = tuple(sorted({k for b in self.budgets for k in b}))
         return (sizes,) * n, jnp.asarray([[k in b for k in sizes] for b in self.budgets], bool).reshape(n, -1)
 
-    def ffn(self, sparsify: Sparsify, tables, sparse: bool) -> FFNHook:
-        """The `LM.forward` FFN hook over the stacked `Sparsify` arrays and tables (scanned
-        with the layers): records {kept_N (L, N), rows, union, read, over, dense (L,)} in the
-        sparse form (layer i under its budgets); {kept, candidates (L, B, T, F)} in the masked form."""
+    def ffn(self, sparsify: Sparsify | tuple, tables, sparse: bool) -> FFNHook:
+        """The `LM.forward` FFN hook over the `Sparsify` arrays and the tables, stacked
+        (L, ...) and scanned with the layers, or tuples of one per layer. Records {kept_N
+        (L, N), rows, union, read, over, dense (L,)} in the sparse form (layer i under its
+        budgets); {kept, candidates (L, B, T, F)} in the masked form."""
         n = len(tables) if isinstance(tables, tuple) else jax.tree.leaves(tables)[0].shape[0]
         statics, allowed = (None,) * n, None
         if sparse:
@@ -94,8 +95,8 @@ class _Static:
                 return y_BxTxD, out[1]
             return y_BxTxD, {"kept": out[1].reshape(b, t, -1), "candidates": out[2].reshape(b, t, -1)}
 
-        tables = PerLayer(tables) if isinstance(tables, tuple) else tables
-        return FFNHook(run, (sparsify, tables, allowed), statics)
+        per_layer = lambda x: PerLayer(x) if isinstance(x, tuple) else x  # noqa: E731  (an unrolled model's)
+        return FFNHook(run, (per_layer(sparsify), per_layer(tables), allowed), statics)
 
 
 def _cached_forward(st: _Static, params, tables, sparsify, cache: KVCache, tokens_BxT, start, sparse: bool):
@@ -215,7 +216,10 @@ class Decoder:
         sh = {k: NamedSharding(mesh, P(*lead, *s)) for k, s in tab_specs.items()}
         self.tables = jax.jit(tables, out_shardings=(sh,) * len(shapes) if isinstance(shapes, tuple) else sh)(params)
         sp_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs(sparsify, self.axis, lead=(None,)))
-        self.sparsify = jax.device_put(sparsify, sp_sh)  # its arrays stacked (L, ...), scanned with the layers
+        self.sparsify = jax.device_put(sparsify, sp_sh)  # its arrays stacked (L, ...)
+        # what the layers read: the stacked arrays under a scan, else one slice per layer, like the tables
+        self.layer_sparsify = self.sparsify if not isinstance(shapes, tuple) else tuple(
+            jax.tree.map(lambda v, i=i: v[i], self.sparsify) for i in range(len(shapes)))
         self._candidates = jax.jit(functools.partial(masked_forward, graphdef, mesh=mesh, axis=self.axis),
                                    static_argnames="logits")
         self.set_budgets(budgets)
@@ -248,8 +252,8 @@ class Decoder:
     def candidates(self, batch: dict[str, Array], logits: bool = True) -> tuple[Array | None, Array]:
         """(logits (B, T, V) or None without `logits`, candidates (L, B, T, F)) of a packed
         batch (inputs, segment_ids, positions) through the mode's masked FFN."""
-        return self._candidates(self.params, self.tables, self.sparsify, batch["inputs"], batch["segment_ids"],
-                                batch["positions"], logits=logits)
+        return self._candidates(self.params, self.tables, self.layer_sparsify, batch["inputs"],
+                                batch["segment_ids"], batch["positions"], logits=logits)
 
     def _new_cache(self, pad_B: Array, length: int) -> KVCache:
         sh = cache_spec(self.cfg, pad_B.shape[0], length, self.mesh)
@@ -266,11 +270,12 @@ class Decoder:
         pre_key = (tokens_BxP.shape, cache.length, greedy)
         step_key = (tokens_BxP.shape[0], cache.length, greedy)
         if pre_key not in self._prefills:
-            self._prefills[pre_key] = self._prefill.lower(self.params, self.tables, self.sparsify, cache, tokens_BxP,
-                                                          key, *scal, greedy=greedy).compile()
+            self._prefills[pre_key] = self._prefill.lower(self.params, self.tables, self.layer_sparsify, cache,
+                                                          tokens_BxP, key, *scal, greedy=greedy).compile()
         if step_key not in self._steps:
-            self._steps[step_key] = self._step.lower(self.params, self.tables, self.sparsify, cache, tokens_BxP[:, 0],
-                                                     jnp.int32(0), key, *scal, self._zeros(), greedy=greedy).compile()
+            self._steps[step_key] = self._step.lower(self.params, self.tables, self.layer_sparsify, cache,
+                                                     tokens_BxP[:, 0], jnp.int32(0), key, *scal, self._zeros(),
+                                                     greedy=greedy).compile()
         return self._prefills[pre_key], self._steps[step_key]
 
     def generate(self, prompts: list[list[int]], max_new: int, *, key: Array | None = None,
@@ -285,13 +290,13 @@ class Decoder:
         cache = self._new_cache(pad_B, p + max_new)
         prefill, step = self._functions(cache, tokens_BxP, key, scal)
         t0 = time.perf_counter()
-        tok_B, logits_BxPxV, cache = prefill(self.params, self.tables, self.sparsify, cache, tokens_BxP,
+        tok_B, logits_BxPxV, cache = prefill(self.params, self.tables, self.layer_sparsify, cache, tokens_BxP,
                                              jax.random.fold_in(key, 0), *scal)
         jax.block_until_ready(tok_B)
         t1 = time.perf_counter()
         toks, logits, totals = [tok_B], [logits_BxPxV[:, -1]], self._zeros()
         for i in range(max_new - 1):
-            tok_B, logits_BxV, cache, totals = step(self.params, self.tables, self.sparsify, cache, tok_B,
+            tok_B, logits_BxV, cache, totals = step(self.params, self.tables, self.layer_sparsify, cache, tok_B,
                                                     jnp.int32(p + i), jax.random.fold_in(key, i + 1), *scal, totals)
             toks.append(tok_B)
             if keep_logits:
