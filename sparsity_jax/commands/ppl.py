@@ -1,6 +1,6 @@
 """`sparsity-jax ppl`: PPL-p% sparsity of every checkpoint with the stabilising strategy
 (Sparsing Law App. B, C), top-k / FAT-ε Pareto curves and neuron statistics
-(`workflows.ppl.ppl_of_run`); writes WORKDIR/report/ppl.json and PNGs.
+(`workflows.ppl_sweep.ppl_of_run`); writes WORKDIR/report/ppl.json and PNGs.
 
   sparsity-jax ppl --workdir DIR --ppl-p 1,5,10 [--last 5] [--tol 1e-3] [--topk 256,128]
                    [--fat-eps 0.1,0.2] [--pareto topk,fat|none] [--output-dir DIR] [--eval-batches N]
@@ -11,7 +11,7 @@ from sparsity_jax.commands import common
 from sparsity_jax.devices.timing import TIMINGS
 from sparsity_jax.errors import comma_list
 from sparsity_jax.search.sweep import PARETO_METHODS
-from sparsity_jax.workflows.ppl import check_sweep, ppl_of_run
+from sparsity_jax.workflows.ppl_sweep import check_sweep, ppl_of_run
 
 TAKES_CONFIG = True
 

@@ -1,7 +1,7 @@
 """Every checkpoint of a trained workdir evaluated (`sparsity-jax evaluate`): validation
 loss, perplexity, per-layer activation ratio (a ≠ 0: CETT 0), training tokens passed, and
 the activation ratio at PPL-p% (the stabilised CETT of Sparsing Law App. B from
-`workflows.ppl.ppl_of_run` on the same validation batches): the points `scaling` fits."""
+`workflows.ppl_sweep.ppl_of_run` on the same validation batches): the points `scaling` fits."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparsity_jax.runtime import names
-from sparsity_jax.workflows.ppl import PplSweep, ppl_of_run
+from sparsity_jax.workflows.ppl_sweep import PplSweep, ppl_of_run
 
 Log = Callable[[str], None]
 
