@@ -32,13 +32,18 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read by TensorFlow and XLA as they load
+
+import absl.logging  # noqa: E402
+import jax  # noqa: E402
 
 from sparsity_jax.commands import (  # noqa: E402
     affinity, cett, common, compare, evaluate, export_hf, generate, import_hf, ppl, predictor, report, scaling, ssd,
     train)
 from sparsity_jax.devices.memory import return_freed_memory  # noqa: E402
 from sparsity_jax.devices.timing import TIMINGS  # noqa: E402
+from sparsity_jax.errors import NonFiniteLoss, UserError  # noqa: E402
+from sparsity_jax.settings import user_cache_dir  # noqa: E402
 
 COMMANDS = {m.__name__.rsplit(".", 1)[-1]: m for m in (train, evaluate, report, cett, ppl, ssd, compare, scaling,
                                                        predictor, affinity, generate)}
@@ -60,10 +65,6 @@ def use_compilation_cache() -> None:
     set (JAX reads it itself), else `settings.user_cache_dir()`/xla; every program is kept,
     however short its compile (unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says
     otherwise). Set here, where the CLI starts, never on importing the library."""
-    import jax
-
-    from sparsity_jax.settings import user_cache_dir
-
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         jax.config.update("jax_compilation_cache_dir", os.path.join(user_cache_dir(), "xla"))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
@@ -71,11 +72,7 @@ def use_compilation_cache() -> None:
 
 
 def _run(argv: list[str]) -> int:
-    import absl.logging  # orbax logs routine notices (read-only options, ...) as warnings
-
-    from sparsity_jax.errors import UserError
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    absl.logging.set_verbosity(absl.logging.ERROR)  # orbax logs routine notices (read-only options, ...) as warnings
     rest, overrides = common.split_overrides(argv)
     args = parser().parse_args(rest)
     module = COMMANDS[args.command]
@@ -86,8 +83,6 @@ def _run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sparsity_jax.errors import NonFiniteLoss, UserError
-
     use_compilation_cache()
     return_freed_memory()
     TIMINGS.start()  # the command's `time:` split counts from here (imports before it are not in it)

@@ -3,10 +3,10 @@ their sparsity. By default the activations of ReLU² Wins §5 (Fig. 3a) at lapto
 (configs/relu2/tiny.py: ReLU, ReLU², SiLU and parameter-matched SwiGLU on `local_code`);
 `--config configs/sparsing_law/width_depth.py` compares width-depth ratios (Sparsing Law
 §5). On each final checkpoint's validation batches: PPL-p% sparsity and a CETT-vs-sparsity
-curve (`search.compare`), and predictivity and hardware affinity at the PPL-p% thresholds
-(ReLU² Table 1's other two aspects, `predict.analysis.deployment_aspects`: low-rank
-predictors trained briefly, `--predictor-steps`; reuse ratio at windows 1 and 8 and the
-top-average co-activation gap). Writes WORKDIR/compare.json, compare.png, compare.md and,
+curve (`search.checkpoint_sparsity`), and predictivity and hardware affinity at the PPL-p%
+thresholds (ReLU² Table 1's other two aspects, `predict.analysis.deployment_aspects`:
+low-rank predictors trained briefly, `--predictor-steps`; reuse ratio at windows 1 and 8
+and the top-average co-activation gap). Writes WORKDIR/compare.json, compare.png, compare.md and,
 when d/L differs, width_depth.png (`report.cett_report.write_compare_report`).
 
     sparsity-jax compare --workdir runs/compare [--variants relu,relu2] [--p 1]

@@ -7,14 +7,15 @@ RUN then holds checkpoints/0, config.json and tokenizer/ like a trained run, so 
 evaluation command runs on it; --config / --config.* set its other sections (the data
 to evaluate on, batch sizes, the mesh); --text FILE makes all of FILE its evaluation text
 (as --text on each evaluation command does); its layers are scanned unless
---config.model.scan_layers=False (the one model key it takes). RUN must not exist.
+--config.model.scan_layers=False (the one model key it takes). RUN must not exist
+(`workflows.importing.import_checkpoint`).
 """
 from __future__ import annotations
 
 from sparsity_jax import settings
 from sparsity_jax.commands import common
 from sparsity_jax.errors import UserError
-from sparsity_jax.hf.run import import_run
+from sparsity_jax.workflows.importing import import_checkpoint
 
 TAKES_CONFIG = True
 
@@ -42,6 +43,9 @@ def run(args) -> int:
         raise UserError(f"--gguf {args.gguf} does not end in .gguf; pass a llama.cpp GGUF file.")
     base = settings.load(args.config or settings.DEFAULT_CONFIG, over)
     scan = base.model.scan_layers if "model.scan_layers" in over else True  # imports scan unless told otherwise
-    import_run(args.gguf or args.hf, args.workdir, base, dtype=args.dtype, scan_layers=scan, log=common.log)
+    out = import_checkpoint(args.gguf or args.hf, args.workdir, base, dtype=args.dtype, scan_layers=scan)
+    common.log(f"imported {out.source} → {out.workdir}: {out.parameters:,} parameters ({out.model.param_dtype}), "
+               f"activation {out.model.activation}, tokenizer {out.to_json()['tokenizer']}, "
+               f"layers {'scanned' if out.model.scan_layers else 'unrolled'}")
     return 0
 

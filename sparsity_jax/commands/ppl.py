@@ -1,6 +1,6 @@
 """`sparsity-jax ppl`: PPL-p% sparsity of every checkpoint with the stabilising strategy
 (Sparsing Law App. B, C), top-k / FAT-ε Pareto curves and neuron statistics
-(`search.sweep.sweep_trained`); writes WORKDIR/report/ppl.json and PNGs.
+(`workflows.ppl_sweep.ppl_of_run`); writes WORKDIR/report/ppl.json and PNGs.
 
   sparsity-jax ppl --workdir DIR --ppl-p 1,5,10 [--last 5] [--tol 1e-3] [--topk 256,128]
                    [--fat-eps 0.1,0.2] [--pareto topk,fat|none] [--output-dir DIR] [--eval-batches N]
@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 from sparsity_jax.commands import common
-from sparsity_jax.errors import UserError, comma_list
 from sparsity_jax.devices.timing import TIMINGS
-from sparsity_jax.search.sweep import PARETO_METHODS, sweep_trained
+from sparsity_jax.errors import comma_list
+from sparsity_jax.search.sweep import PARETO_METHODS
+from sparsity_jax.workflows.ppl_sweep import check_sweep, ppl_of_run
 
 TAKES_CONFIG = True
 
@@ -36,23 +37,15 @@ def run(args) -> int:
     from sparsity_jax.report.cett_report import write_ppl_report
 
     ps = common.ppl_ps(args.ppl_p)
-    if args.last <= 0 or not 0 < args.tol < 1:
-        raise UserError(f"Pass --last > 0 and 0 < --tol < 1; got last={args.last}, tol={args.tol}.")
     topk = comma_list(args.topk, int, "--topk") if args.topk else None
     fat_eps = comma_list(args.fat_eps, float, "--fat-eps") if args.fat_eps else None
-    methods = [] if args.pareto == "none" else comma_list(args.pareto, str, "--pareto")
-    if not set(methods) <= set(PARETO_METHODS):
-        raise UserError(f"Pass --pareto as some of {','.join(PARETO_METHODS)} or none; got {args.pareto!r}.")
-
-    def check(settings, steps):
-        if topk is not None and not all(0 < k <= settings.model.d_ff for k in topk):
-            raise UserError(f"Pass --topk values between 1 and d_ff = {settings.model.d_ff}; got {topk}.")
+    options = dict(last=args.last, tol=args.tol, topk=topk,
+                   pareto_methods=[] if args.pareto == "none" else comma_list(args.pareto, str, "--pareto"))
 
     common.init_distributed(args)
-    wd = common.open_trained(args, check)
+    wd = common.open_trained(args, lambda settings, steps: check_sweep(settings, **options))
     try:
-        result = sweep_trained(wd, ps, last=args.last, tol=args.tol, topk=topk, fat_eps=fat_eps,
-                              pareto_methods=methods, log=common.log)
+        result = ppl_of_run(wd, ps, fat_eps=fat_eps, log=common.log, **options)
     finally:
         wd.close()
     common.log(TIMINGS.line())

@@ -1,9 +1,10 @@
-"""A Hugging Face checkpoint or GGUF file as a run directory, and a run's checkpoint back to HF.
+"""A Hugging Face checkpoint or GGUF file as a run's parts, and a run's checkpoint back to HF.
 
-`import_run` writes what a trained run holds: `checkpoints/0/` (an Orbax checkpoint of
-the parameters, its metadata carrying the settings), `config.json` (the settings), an
-empty `metrics.jsonl` (no training steps) and `tokenizer/` (the model's tokenizer files,
-or those a GGUF's metadata describes, with data.vocab = hf), so `evaluate`, `cett`, `ppl`,
+An import (`workflows.importing.import_checkpoint`) writes what a trained run holds:
+`checkpoints/0/` (an Orbax checkpoint of the parameters, its metadata carrying the
+settings), `config.json` (the settings, `import_settings`), an empty `metrics.jsonl` (no
+training steps) and `tokenizer/` (`tokenizer_files`: the model's tokenizer files, or those
+a GGUF's metadata describes, with data.vocab = hf), so `evaluate`, `cett`, `ppl`,
 `predictor`, `affinity`, `generate` and `ssd` open it as any trained run (`ssd --structure
 moefy` MoEfies it post hoc when imported with --config.method.name=ssd
 --config.method.num_experts=N).
@@ -22,14 +23,10 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from sparsity_jax.devices import sharding as shd
 from sparsity_jax.errors import UserError
 from sparsity_jax.hf import weights
 from sparsity_jax.hf.config import hf_config
-from sparsity_jax.hf.load import inspect, load_params
 from sparsity_jax.runtime.block_stacking import convert_blocks
-from sparsity_jax.runtime.checkpoint import Checkpointer
-from sparsity_jax.runtime.workdir import Workdir, write_json, write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
@@ -49,47 +46,6 @@ def tokenizer_files(src: Path, source) -> dict[str, bytes]:
     if src.suffix == ".gguf":
         return source.tokenizer_files()
     return {name: (src / name).read_bytes() for name in TOKENIZER_FILES if (src / name).is_file()}
-
-
-def import_run(src, workdir, base_settings, *, dtype: str | None = None, scan_layers: bool = True,
-               log=print) -> dict:
-    """Imports the HF directory or GGUF file `src` into the new run directory `workdir`
-    with the settings `base_settings` (their model replaced by the checkpoint's, its blocks
-    scanned unless `scan_layers` is False); returns a summary. Everything is read and
-    checked before anything is written."""
-    src, wd = Path(src), Workdir(workdir)
-    if wd.root.exists():
-        raise UserError(f"{wd} already exists; import into a new --workdir (nothing is ever overwritten).")
-    cfg, source = inspect(src, dtype)
-    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
-    tok_files = tokenizer_files(src, source)
-    tokenizer = next((n for n in ("tokenizer.json", "tokenizer.model") if n in tok_files), None)
-    st = import_settings(base_settings, cfg, tokenizer)
-    m = st.mesh
-    try:
-        mesh = shd.make_mesh(m.data, m.fsdp, m.tensor)
-    except ValueError as e:
-        raise UserError(f"{e}.") from None
-    params = load_params(source, cfg, mesh)
-    if tokenizer:
-        wd.tokenizer.mkdir(parents=True, exist_ok=False)
-        for name, data in tok_files.items():
-            (wd.tokenizer / name).write_bytes(data)
-    ckpt = Checkpointer(wd, keep=1, async_save=False)
-    try:
-        ckpt.save(0, {"params": params}, {"data_position": 0, "step": 0, "config": st.to_dict(),
-                                          "method": {"method": "dense"}, "imported_from": str(src.resolve())})
-    finally:
-        ckpt.close()
-    write_json(wd.config, st.to_dict())
-    write_text(wd.metrics, "")  # a run with no training steps (`report` and `ssd` read the curves)
-    n = sum(int(np.prod(x.shape)) for _, x in weights.flat(params))
-    summary = {"workdir": str(wd), "from": str(src), "parameters": n, "dtype": cfg.param_dtype,
-               "activation": cfg.activation, "tokenizer": tokenizer or "none (data.vocab unchanged)",
-               "scan_layers": scan_layers}
-    log(f"imported {src} → {wd}: {n:,} parameters ({cfg.param_dtype}), activation {cfg.activation}, tokenizer "
-        f"{summary['tokenizer']}, layers {'scanned' if scan_layers else 'unrolled'}")
-    return summary
 
 
 def export_run(params: dict, cfg, out, *, tokenizer_dir=None, log=print) -> Path:

@@ -1,5 +1,5 @@
-"""JSON + PNG report of a PPL-p% sweep (`search.sweep.PplSweep`), and the files of
-`sparsity-jax compare` (`search.compare` + `predict.analysis` results per model).
+"""JSON + PNG report of a PPL-p% sweep (`workflows.ppl_sweep.PplSweep`), and the files of
+`sparsity-jax compare` (`search.checkpoint_sparsity` + `predict.analysis` results per model).
 
 Files under the output directory (WORKDIR/report/ by default):
   ppl.json                   search results, per-checkpoint rows, Pareto points, and
@@ -91,7 +91,7 @@ def _frequency(arrays: dict, path) -> None:
 
 
 def write_ppl_report(result, out_dir: PathLike) -> list[str]:
-    """Writes ppl.json (`result.to_json()`) and the PNGs of a `search.sweep.PplSweep`;
+    """Writes ppl.json (`result.to_json()`) and the PNGs of a `workflows.ppl_sweep.PplSweep`;
     returns the written paths."""
     paths = [as_path(out_dir) / f for f in FILES]
     data = result.to_json()

@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sparsity_jax.errors import UserError
 from sparsity_jax.runtime.checkpoint import Checkpointer
@@ -22,7 +23,7 @@ from sparsity_jax.settings import Settings
 
 def data_module():
     """`sparsity_jax.data`, imported where data is needed (it imports TensorFlow)."""
-    from sparsity_jax import data
+    from sparsity_jax import data  # local: TensorFlow's import (seconds) only where data is read
 
     return data
 
@@ -46,8 +47,6 @@ def validation_batches(run: ModelRun, workdir: PathLike | Workdir) -> list[dict[
     local = list(it)
     real = float(sum(np.sum(b["loss_weights"]) for b in local))
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         real = float(np.sum(multihost_utils.process_allgather(np.float32(real))))
     batch, seq_len = s.train.global_batch_size, s.train.seq_len
     if s.data.all_validation and real < batch * seq_len:

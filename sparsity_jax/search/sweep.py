@@ -7,7 +7,6 @@ FAT-ε on the last one (Figure 3, `pareto`) and collects neuron statistics per c
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, Sequence
 
@@ -23,7 +22,6 @@ from sparsity_jax.metrics.threshold_pass import over_blocks, run_sharded
 from sparsity_jax.metrics.threshold_search import PreparedSearch
 from sparsity_jax.nn.sparsify import Sparsify, active_at, magnitudes, out_norms
 from sparsity_jax.devices.timing import timed
-from sparsity_jax.runtime.trained import real_tokens
 from sparsity_jax.search.ppl import PplSearch, check_p
 from sparsity_jax.search.thresholds import (
     Batch, DenseCache, cache_thresholds, dense_pass, sparse_pass, threshold_sparsify,
@@ -257,45 +255,3 @@ def stabilised_sweep(
     if "per_token_id" in stats_last:
         arrays["per_token_id"] = stats_last["per_token_id"]
     return {"search": search_json, "checkpoints": rows, "pareto": front, "mode": search.mode, "arrays": arrays}
-
-
-@dataclasses.dataclass
-class PplSweep:
-    """`stabilised_sweep` of a trained workdir: `search` (per p), `checkpoints` (per step),
-    `pareto`, the joint search's `mode`, and `arrays` of the last checkpoint (figures)."""
-
-    workdir: str
-    ppl_p: list[float]
-    tol: float
-    last: int
-    validation_tokens: int
-    search: list[dict]
-    checkpoints: list[dict]
-    pareto: dict
-    mode: str
-    arrays: dict
-
-    def to_json(self) -> dict:
-        """Everything but `arrays`, with the last checkpoint's neuron statistics as lists."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "arrays"}
-        a, r6 = self.arrays, lambda x: np.asarray(x).round(6).tolist()
-        out["last_checkpoint"] = {"neuron_frequency": r6(a["neuron_frequency"]), "hot_cdf": r6(a["hot_cdf"])}
-        if "per_token_id" in a:
-            out["last_checkpoint"]["per_token_id_activation_ratio"] = r6(a["per_token_id"]["ratio"])
-            out["last_checkpoint"]["per_token_id_count"] = np.asarray(a["per_token_id"]["count"]).tolist()
-        return out
-
-
-def sweep_trained(trained, ps: Sequence[float], *, last: int = 5, tol: float = 1e-3, topk: Sequence[int] | None = None,
-                  fat_eps: Sequence[float] | None = None, pareto_methods: Sequence[str] = PARETO_METHODS,
-                  log: Callable[[str], None] = lambda msg: None) -> PplSweep:
-    """`stabilised_sweep` over every checkpoint of a trained workdir (`runtime.trained.Trained`)
-    on its validation batches."""
-    log(f"PPL-p% for p = {list(ps)} on {len(trained.steps)} checkpoints of {trained.path}")
-    t = trained.settings.train
-    result = stabilised_sweep(
-        trained.run.graphdef, trained.steps, lambda s: trained.restore(s)[0]["params"], trained.val, ps,
-        tokens_per_step=t.global_batch_size * t.seq_len, warmup_steps=trained.settings.optimizer.warmup_steps,
-        last=last, tol=tol, topk=topk, fat_eps=fat_eps, pareto_methods=pareto_methods, vocab_size=trained.run.model_cfg.vocab_size, log=log)
-    return PplSweep(workdir=trained.path, ppl_p=[float(p) for p in ps], tol=tol, last=last,
-                    validation_tokens=real_tokens(trained.val), **result)

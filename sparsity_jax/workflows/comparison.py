@@ -1,8 +1,8 @@
 """The activation comparison: train a family of models (one settings object per variant,
 each in its own workdir, resumable) and compare their sparsity. On each final checkpoint's
-validation batches: PPL-p% sparsity and a CETT-vs-sparsity curve (`search.compare`) and,
-with predictor steps, predictivity and hardware affinity at the PPL-p% thresholds
-(`predict.analysis.deployment_aspects`). Results are the JSON `report.cett_report` renders."""
+validation batches: PPL-p% sparsity and a CETT-vs-sparsity curve
+(`search.checkpoint_sparsity`) and, with predictor steps, predictivity and hardware affinity
+at the PPL-p% thresholds (`predict.analysis.deployment_aspects`). Results are the JSON `report.cett_report` renders."""
 from __future__ import annotations
 
 import time
@@ -15,7 +15,7 @@ from sparsity_jax.predict.analysis import deployment_aspects
 from sparsity_jax.runtime.checkpoint import Checkpointer
 from sparsity_jax.runtime.trained import open_trained
 from sparsity_jax.runtime.workdir import Workdir, as_path
-from sparsity_jax.search.compare import model_sparsity
+from sparsity_jax.search.checkpoint_sparsity import model_sparsity
 from sparsity_jax.train.trainer import train
 
 Log = Callable[[str], None]

@@ -1,7 +1,7 @@
 """Every checkpoint of a trained workdir evaluated (`sparsity-jax evaluate`): validation
 loss, perplexity, per-layer activation ratio (a ≠ 0: CETT 0), training tokens passed, and
 the activation ratio at PPL-p% (the stabilised CETT of Sparsing Law App. B from
-`search.sweep_trained` on the same validation batches): the points `scaling` fits."""
+`workflows.ppl_sweep.ppl_of_run` on the same validation batches): the points `scaling` fits."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparsity_jax.runtime import names
-from sparsity_jax.search.sweep import PplSweep, sweep_trained
+from sparsity_jax.workflows.ppl_sweep import PplSweep, ppl_of_run
 
 Log = Callable[[str], None]
 
@@ -56,7 +56,7 @@ def evaluate_run(trained, ps: Sequence[float] = (), log: Log = lambda msg: None)
     rows = evaluate_checkpoints(trained, log)
     out = Evaluation(trained.path, int(rows[0][names.TOKENS]), rows)
     if ps:
-        sweep = sweep_trained(trained, ps, log=log)
+        sweep = ppl_of_run(trained, ps, log=log)
         by_step = {r["step"]: r for r in sweep.checkpoints}
         for row in rows:
             row["ppl_p"] = {f"{q['p']:g}": q["activation_ratio"] for q in by_step[row["step"]]["ppl_p"]}

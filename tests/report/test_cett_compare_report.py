@@ -1,5 +1,5 @@
-"""The activation comparison's report (search.compare / predict.analysis results → report.cett_report) on
-made-up results."""
+"""The activation comparison's report (search.checkpoint_sparsity / predict.analysis results →
+report.cett_report) on made-up results."""
 import json
 import os
 

@@ -62,7 +62,7 @@ def cdf(rng, layers: int) -> np.ndarray:
 
 
 class Sweep:
-    """The parts of a `search.sweep.PplSweep` that `write_ppl_report` reads."""
+    """The parts of a `workflows.ppl_sweep.PplSweep` that `write_ppl_report` reads."""
 
     def __init__(self, rng, layers: int):
         rows = [{"step": s, "tokens": 1000 * s, "warmup": s <= 100, "stats": {"dead_ratio": [0.01] * layers},
