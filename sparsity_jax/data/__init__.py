@@ -7,6 +7,7 @@ resumes from the number of global batches consumed. Importing this package impor
 TensorFlow, which is confined to the CPU: it never takes a GPU/TPU away from JAX.
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -16,8 +17,6 @@ def _import_tensorflow_quietly():
     """Imports TensorFlow (and tensorflow_text, which seqio loads) with the C++ start-up
     banner (oneDNN / CUDA-stub lines that TF_CPP_MIN_LOG_LEVEL no longer silences) sent
     to /dev/null; errors still propagate after stderr is restored."""
-    import sys
-
     sys.stderr.flush()
     devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
     try:

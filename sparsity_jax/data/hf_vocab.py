@@ -46,7 +46,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     """A `tokenizer.json` (Hugging Face `tokenizers`) as a seqio vocabulary."""
 
     def __init__(self, path: str):
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # local: only a pretrained model's tokenizer.json needs it
 
         self.path = path
         self.tok = Tokenizer.from_file(path)

@@ -44,7 +44,7 @@ def check_prepared(data: DataSettings) -> None:
     """UserError unless a TFDS task's dataset is prepared where `data.tfds_data_dir` says."""
     if data.task not in _TFDS:
         return
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # local: its start-up (seconds), only for the tfds tasks
 
     name = _TFDS[data.task][0]
     if not tfds.builder(name, data_dir=data.tfds_data_dir or None).is_prepared():

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 MEMINFO = "/proc/meminfo"
 UNKNOWN_FREE = 2 << 30  # bytes per device assumed free where nothing is reported
@@ -86,8 +87,6 @@ def min_free_bytes(devices: Sequence[Any] | None = None, budget: int | None = No
     when given; the minimum over processes, so that every process makes the same choice."""
     free = budget if budget is not None else min(free_bytes(d) for d in (devices or jax.local_devices()))
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         # in MiB as int32: without jax_enable_x64 an int64 would be truncated to int32
         mib = np.int32(min(free >> 20, np.iinfo(np.int32).max))
         free = int(np.min(multihost_utils.process_allgather(mib))) << 20

@@ -7,13 +7,17 @@ Reads only `metrics.jsonl`, so it works on any run's workdir.
 """
 from __future__ import annotations
 
-import numpy as np
+import matplotlib
 
-from sparsity_jax.errors import UserError
-from sparsity_jax.report.layers import layer_curves
-from sparsity_jax.runtime import names
-from sparsity_jax.runtime.logs import by_step, read_metrics
-from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, save_figure, write_json, write_text
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sparsity_jax.errors import UserError  # noqa: E402
+from sparsity_jax.report.layers import layer_curves  # noqa: E402
+from sparsity_jax.runtime import names  # noqa: E402
+from sparsity_jax.runtime.logs import by_step, read_metrics  # noqa: E402
+from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, save_figure, write_json, write_text  # noqa: E402
 
 USE = ((names.ACTIVATION_RATIO, "per-token"), (names.USE_PER_SEQUENCE, "per-sequence"),
        (names.USE_PER_BATCH, "per-batch"))
@@ -51,11 +55,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot_use(units: list[dict], path: PathLike) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in units]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4), sharex=True)
     for i, (ax, (key, title)) in enumerate(zip(axes, USE)):
@@ -67,11 +66,6 @@ def plot_use(units: list[dict], path: PathLike) -> None:
 
 
 def plot_losses(runs: dict[str, list[dict]], path: PathLike, mask_step: int | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, train in runs.items():
         ax.plot([r["step"] for r in train], [r[names.LOSS] for r in train], label=name)

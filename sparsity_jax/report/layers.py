@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 MAX_LEGEND = 8  # more layers than this: a heat map instead of one legend entry per layer
 
 
 def integer_axis(axis) -> None:
     """Integer ticks only (layers), at most ~10 of them so their labels never overlap."""
-    from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True, nbins=10))
 

@@ -5,29 +5,24 @@ command that produces it. Results written before the `target_cett` / `realised_c
 vocabulary (a bare "cett") are read through `_result`."""
 from __future__ import annotations
 
-import numpy as np
-from etils import epath
+import matplotlib
 
-from sparsity_jax.errors import UserError
-from sparsity_jax.report.layer_patterns import layer_patterns_report
-from sparsity_jax.report.layers import layer_curves
-from sparsity_jax.report.render import Section, markdown, page
-from sparsity_jax.runtime import names
-from sparsity_jax.runtime.logs import by_step, read_metrics
-from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, save_figure, write_text
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
+
+from sparsity_jax.errors import UserError  # noqa: E402
+from sparsity_jax.report.layer_patterns import layer_patterns_report  # noqa: E402
+from sparsity_jax.report.layers import layer_curves  # noqa: E402
+from sparsity_jax.report.render import Section, markdown, page  # noqa: E402
+from sparsity_jax.runtime import names  # noqa: E402
+from sparsity_jax.runtime.logs import by_step, read_metrics  # noqa: E402
+from sparsity_jax.runtime.workdir import PathLike, Workdir, as_path, read_json, save_figure, write_text  # noqa: E402
 
 # what a bare "cett" meant in the files written before the two names: cett.json held the
 # realised CETT per layer; ppl.json's search rows and points held the target (CETT_p)
 LEGACY_CETT = {"cett.json": "realised_cett", "ppl.json": "target_cett"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _renamed(obj, bare: str):
@@ -59,7 +54,7 @@ def training(wd: Workdir, logs: dict, out: epath.Path) -> Section:
     if not train and not evals:
         s.missing = f"no training logged here (an imported model has none); sparsity-jax train --workdir {wd} trains one"
         return s
-    fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot([r["step"] for r in train], [r[names.LOSS] for r in train], label="training")
     ax1.plot([r["step"] for r in evals], [r[names.LOSS] for r in evals], "o-", ms=3, label="validation")
     ax1.set(xlabel="step", ylabel="loss (nats)", title="loss")
@@ -83,7 +78,7 @@ def activation(wd: Workdir, logs: dict, out: epath.Path) -> Section:
         s.missing = "train with train.record=mask (the default) to log it"
         return s
     ratio = np.asarray([r[names.ACTIVATION_RATIO] for r in rows])
-    fig, ax = _plt().subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     layer_curves(fig, ax, [r["step"] for r in rows], ratio.T, xlabel="step", value="activation ratio",
                  title="activation ratio (training batches)")
     s.images.append(save_figure(fig, out / "activation_ratio.png", tight=True).name)

@@ -58,7 +58,7 @@ class _RewrittenFiles:
 
 def _tensorboard_writer(directory):
     """tensorboardX SummaryWriter for a local or any epath directory."""
-    from tensorboardX import SummaryWriter, record_writer
+    from tensorboardX import SummaryWriter, record_writer  # local: its protobuf start-up, only when training logs
 
     path = str(directory)
     if is_remote(path):

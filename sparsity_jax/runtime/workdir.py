@@ -101,7 +101,7 @@ def read_json(path: PathLike) -> Any:
 def save_figure(fig, path: PathLike, dpi: int = 110, tight: bool = False) -> epath.Path:
     """Saves a matplotlib figure as PNG to any epath (rendered in memory, then written) and
     closes it; `tight`: `tight_layout()` first."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib's start-up, only where a figure is saved
 
     if tight:
         fig.tight_layout()

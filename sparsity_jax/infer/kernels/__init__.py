@@ -32,6 +32,7 @@ def resolve(kernel: str) -> str:
 
 def _pallas(impl: str):
     """The Pallas kernel module of "tpu" or "gpu" (imported on first use)."""
+    # local: each loads its Pallas backend (Mosaic TPU, Triton GPU), only where it runs
     if impl == "tpu":
         from sparsity_jax.infer.kernels import tpu as mod
     else:
