@@ -41,8 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparsity_jax.infer import Decoder, place  # noqa: E402
 from sparsity_jax.infer.budget import calibrate, measured_candidates  # noqa: E402
-from sparsity_jax.infer.gathered import Act  # noqa: E402
-from sparsity_jax.infer.ffn import CHUNK, layer_ffn  # noqa: E402
+from sparsity_jax.infer.gathered import CHUNK, Act, layer_ffn  # noqa: E402
 from sparsity_jax.infer.neuron_order import coactivation_order, permute_params, permute_sparsify  # noqa: E402
 from sparsity_jax.nn.model import LM, ModelConfig  # noqa: E402
 from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify  # noqa: E402

@@ -2,7 +2,7 @@
 
 Every call is the model's own forward (`LM.forward` with its KV cache) rebuilt from
 (graphdef, params) inside pure jitted functions, so a `scan_layers` model decodes under
-its scan; the FFN hook runs `infer.ffn` tables and the `Sparsify` arrays (stacked (L, ...)
+its scan; the FFN hook runs the gather tables and the `Sparsify` arrays (stacked (L, ...)
 like the blocks and scanned with them) in the gathered form of the mode
 (`infer.gathered`). Prefill runs the prompt (left-padded, see `infer.cache`) through the
 masked form of the mode in one call; every later step feeds one token per row through
@@ -25,8 +25,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsity_jax.infer.cache import KVCache, cache_spec, init_cache, left_pad
-from sparsity_jax.infer.gathered import TABLE_KEYS, Act, decode_sparsify, specs
-from sparsity_jax.infer.ffn import CHUNK, build_tables, layer_ffn, table_specs
+from sparsity_jax.infer.gathered import (
+    CHUNK, TABLE_KEYS, Act, build_tables, decode_sparsify, layer_ffn, specs, table_specs,
+)
 from sparsity_jax.infer.sampling import sample
 from sparsity_jax.nn.activations import ACTIVATIONS
 from sparsity_jax.nn.model import FFNHook
@@ -189,7 +190,7 @@ class Decoder:
     (a stacked `PredictorSpec`, score > 0.5); decoding gathers what the mode keeps.
     `budgets`: per layer, an ascending tuple of per-shard neuron budgets for the sparse
     form (`infer.budget.budgets_for`); None decodes with the masked form (dense work).
-    `chunk`: rows gathered per block in the sparse products (0 = one gather; `infer.ffn.CHUNK`).
+    `chunk`: rows gathered per block in the sparse products (0 = one gather; `infer.gathered.CHUNK`).
     `block`: b > 0 gathers whole contiguous blocks of b neurons (budgets multiples of b);
     `kernel`: their implementation (`infer.kernels.KERNELS`, "auto" = the backend's).
     """

@@ -13,8 +13,7 @@ from flax import nnx
 from sparsity_jax.infer import Decoder, kernels, place
 from sparsity_jax.infer.budget import budgets_for, calibrate, union_counts
 from sparsity_jax.infer.decode import STATS
-from sparsity_jax.infer.gathered import TABLE_KEYS, Act, check_predictor, decode_sparsify
-from sparsity_jax.infer.ffn import build_tables, layer_ffn
+from sparsity_jax.infer.gathered import TABLE_KEYS, Act, build_tables, check_predictor, decode_sparsify, layer_ffn
 from sparsity_jax.nn.ffn import FFN
 from sparsity_jax.nn.sparsify import PredictorSpec, Sparsify
 from tests.infer.test_decode import full_logits, tiny

@@ -2,7 +2,7 @@
 
 With `chunk` > 0 (neurons) the blocks are read `chunk // b` at a time inside a scan, so a
 slab group is multiplied while it sits in cache and no K·b×d copy is written; at b = 1
-these are the decode FFN's single-neuron gathers (`infer.ffn.sparse_ffn`). The slabs are
+these are the decode FFN's single-neuron gathers (`infer.gathered.sparse_ffn`). The slabs are
 multiplied as one (P·b, d) matrix: on XLA:CPU a batched "kbd,nd->nkb" contraction of the
 same numbers is ~15× slower.
 """
