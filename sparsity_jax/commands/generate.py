@@ -6,10 +6,10 @@ decode tokens/s, per layer the active-neuron share, the union and block-active s
 a step and the budget overflows.
 
 `--neuron-order coactivation` first permutes each layer's neurons so that the ones the
-sparse FFN keeps together on validation tokens sit in contiguous blocks of `--block` (issue 22,
-`infer.neuron_order`; the model's function is unchanged), then decodes with block gathers;
-`--block` alone gathers blocks of the unpermuted neurons. (`--layout` is the old name of
-`--neuron-order`, still taken.)
+sparse FFN keeps together on validation tokens sit in contiguous blocks of `--block`
+(issue 22, `infer.neuron_order`; the model's function is unchanged), then decodes with
+block gathers; `--block` alone gathers blocks of the unpermuted neurons. (`--layout` is
+the old name of `--neuron-order`, still taken.)
 
   sparsity-jax generate --workdir RUN --prompt TEXT [--prompt TEXT ...] [--max-new 64]
       [--ffn dense|threshold|predicted] [--cett 0.2] [--batch B] [--temperature 0]
@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several rows)")
     p.add_argument("--max-new", type=int, default=64, help="tokens generated per row")
     p.add_argument("--ffn", choices=FFNS, default="dense",
-                   help="dense; threshold: skip |a_i|·‖W_out,i‖ < t_l at --cett; predicted: the trained predictors choose")
+                   help="dense; threshold: skip |a_i|·‖W_out,i‖ < t_l at --cett; predicted: the trained predictors "
+                        "choose")
     p.add_argument("--cett", type=float, default=0.2, help="CETT of the thresholds / of the predictors' labels")
     p.add_argument("--batch", type=int, default=None, help="rows (default: one per prompt; prompts are cycled)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -41,9 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--margin", type=float, default=0.1, help="neuron budgets: measured quantiles × (1 + margin)")
     p.add_argument("--neuron-order", "--layout", dest="neuron_order", choices=NEURON_ORDERS, default="none",
-                   help="coactivation: permute neurons so co-chosen ones share blocks of --block (function unchanged)")
+                   help="coactivation: permute neurons so co-kept ones share blocks of --block (function unchanged)")
     p.add_argument("--block", type=int, default=None,
-                   help="gather whole blocks of this many neurons (default: 32 with --neuron-order coactivation, else 0)")
+                   help="gather whole blocks of this many neurons (default: 32 with --neuron-order coactivation, "
+                        "else 0)")
     p.add_argument("--kernel", choices=("auto", "xla", "tpu", "gpu"), default="auto",
                    help="block-gather implementation (auto: Pallas on TPU / GPU, XLA on CPU)")
     common.add_config(p, what="config file instead of the run's own")
@@ -105,8 +107,8 @@ def run(args) -> int:
 
     wd, step, params = common.trained_params(args, check)
     g = generate(wd, step, params, args.prompt, args.max_new, ffn=args.ffn, target_cett=args.cett, rows=args.batch,
-                 block=block_of(args), neuron_order=args.neuron_order, margin=args.margin, kernel=args.kernel, seed=args.seed,
-                 temperature=args.temperature, top_p=args.top_p)
+                 block=block_of(args), neuron_order=args.neuron_order, margin=args.margin, kernel=args.kernel,
+                 seed=args.seed, temperature=args.temperature, top_p=args.top_p)
     common.log(f"step {step}, {g.what}, mesh {dict(wd.run.mesh.shape)}")
     for b, (prompt, text) in enumerate(zip(g.prompts, g.texts)):
         common.log(f"--- row {b}\n{prompt}{text}")
