@@ -115,9 +115,10 @@ def run(blocks, x, fn: LayerFn, settings: list, xs: Any = None, *, remat: str = 
     when they share one tree structure.
 
     `blocks`: a list (unrolled) or a stacked module (one `lax.scan`; when the settings
-    differ in structure, e.g. one sparsity mode or decode budget per layer, the slices of
-    the stacked blocks run one by one). `fn` must be pure in arrays, its outputs of one
-    structure for every layer; `remat` names its policy."""
+    differ in structure, e.g. one sparsity mode per layer, the slices of the stacked blocks
+    run one by one; `infer.decode` gives a scan's layers one shared budget tuple for that).
+    `fn` must be pure in arrays, its outputs of one structure for every layer; `remat`
+    names its policy."""
     def body(state, x, xs_i, set_i, graphdef):
         return fn(lambda: nnx.merge(graphdef, state), x, xs_i, set_i)
 

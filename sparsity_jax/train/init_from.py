@@ -50,7 +50,7 @@ def saved_run(workdir, step: int | None = None) -> tuple[Any, int, Settings, dic
 
 
 def _check_shapes(workdir, abstract_params: dict, saved: dict, what: str) -> None:
-    stacked = blocks_stacked(saved)  # compared as saved (stacked or per layer): scan_layers may differ (runtime.block_stacking)
+    stacked = blocks_stacked(saved)  # compared as saved: scan_layers may differ (runtime.block_stacking)
     if stacked is not None:
         abstract_params = convert_blocks(abstract_params, stacked)
     want, have = _leaves(abstract_params), _leaves(saved)

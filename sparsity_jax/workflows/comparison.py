@@ -2,7 +2,8 @@
 each in its own workdir, resumable) and compare their sparsity. On each final checkpoint's
 validation batches: PPL-p% sparsity and a CETT-vs-sparsity curve
 (`search.checkpoint_sparsity`) and, with predictor steps, predictivity and hardware affinity
-at the PPL-p% thresholds (`predict.analysis.deployment_aspects`). Results are the JSON `report.cett_report` renders."""
+at the PPL-p% thresholds (`predict.analysis.deployment_aspects`). Results are the JSON
+`report.cett_report` renders."""
 from __future__ import annotations
 
 import time
