@@ -21,6 +21,10 @@ WORKDIR ?= workdirs/demo
 # 3 on 2 cores: the long end-to-end tests spend much of their time starting subprocesses and waiting on
 # them (2 workers: 13:36 on this machine, 3: 12:00 with the same tests)
 TEST_WORKERS ?= 3
+# A crashed worker ends the run at once and names its test (--max-worker-restart=0): pytest-xdist 3.8's
+# loadfile scheduler hangs after replacing one (pytest-xdist #1323, #1327), which once held CI to its limit.
+# A test that runs past 20 minutes is stopped with every thread's stack (pytest-timeout, pyproject.toml).
+XDIST := -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0
 # six checkpoints, so the report can fit the activation ratio over training (Sparsing Law §4)
 DEMO_FLAGS ?= --config.train.checkpoint_every=50 --config.train.keep_checkpoints=6
 
@@ -65,7 +69,7 @@ demo-pretrained: $(STAMP)
 	@echo "the pretrained model's report: $(PRETRAINED)/report/index.html"
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 -m "not tpu_compile" tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest $(XDIST) --no-loadscope-reorder --durations=20 -m "not tpu_compile" tests
 
 $(TPU_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,tpu]'
@@ -74,7 +78,7 @@ $(TPU_STAMP): $(STAMP)
 # libtpu compiles for TPU slices with no TPU attached; devices.hardware keeps it off the
 # network (TPU_SKIP_MDS_QUERY and friends, set when sparsity_jax is imported)
 tpu-check: $(TPU_STAMP)
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 -m tpu_compile tests/tpu
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest $(XDIST) --durations=10 -m tpu_compile tests/tpu
 
 # a throw-away venv with no constraints: the newest versions pyproject.toml admits today
 lock:

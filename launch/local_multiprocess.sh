@@ -6,7 +6,7 @@
 #   launch/local_multiprocess.sh N [sparsity-jax args...]
 #   e.g. launch/local_multiprocess.sh 2 train --workdir /tmp/run --config.train.steps=20
 #
-# Env: TOTAL_DEVICES (default 8), PORT (default: a free one), SPARSITY_JAX (the command;
+# Env: TOTAL_DEVICES (default 8), XLA_FLAGS (kept, but for the device count), PORT (default: a free one), SPARSITY_JAX (the command;
 # default: sparsity-jax from .venv or PATH). Process 0's output goes to stdout, the
 # others' to WORKDIR-less logs under ${LOG_DIR:-/tmp}/sparsity_jax_proc_<i>.log.
 set -euo pipefail
@@ -24,7 +24,9 @@ fi
 PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 LOG_DIR=${LOG_DIR:-/tmp}
 export JAX_PLATFORMS=cpu
-export XLA_FLAGS="--xla_force_host_platform_device_count=$((TOTAL_DEVICES / N))"
+# the caller's XLA flags stay (e.g. the test suite's compile options), but for the device count
+OTHER_FLAGS=$(sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g' <<< "${XLA_FLAGS:-}")
+export XLA_FLAGS="${OTHER_FLAGS} --xla_force_host_platform_device_count=$((TOTAL_DEVICES / N))"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup INT TERM

@@ -34,9 +34,11 @@ a package imports only packages on lower floors, `FLOORS` in tests/test_imports.
             holds the table and exit codes.
 """
 
-from sparsity_jax.devices.hardware import no_tpu_environment
+from sparsity_jax.devices.hardware import no_tpu_environment, patient_host_collectives
 
 __version__ = "0.1.0"
-# libtpu (the `tpu` extra) must not look for a TPU nor a metadata server on a machine with
-# none: before anything here lets JAX start its backends (`devices.hardware`)
+# Before anything here lets JAX start its backends (`devices.hardware`): libtpu (the `tpu`
+# extra) must not look for a TPU nor a metadata server on a machine with none, and XLA:CPU
+# must not abort when a loaded machine's fake devices reach a collective far apart.
 no_tpu_environment()
+patient_host_collectives()

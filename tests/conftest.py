@@ -27,7 +27,9 @@ _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"sparsity_jax_xla_{os.getpid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# libtpu (the tpu extra, tests/tpu) must neither look for a TPU nor ask a metadata server
+# libtpu (the tpu extra, tests/tpu) must neither look for a TPU nor ask a metadata server;
+# importing sparsity_jax also lets the 8 devices of a loaded machine reach a collective far
+# apart without XLA aborting the worker (`patient_host_collectives`; subprocesses inherit it)
 from sparsity_jax.devices.hardware import no_tpu_environment  # noqa: E402
 
 no_tpu_environment()

@@ -4,12 +4,14 @@ and the compile-only devices of a TPU topology, which libtpu gives on a machine 
 TPU attached (the dry run, `--tune` and the TPU compile checks compile for them).
 
 libtpu looks for a TPU and asks a cloud metadata server when it loads; `no_tpu_environment`
-tells it not to whenever no TPU is attached, and runs when `sparsity_jax` is imported.
+tells it not to whenever no TPU is attached, and runs when `sparsity_jax` is imported, as does
+`patient_host_collectives` (XLA:CPU's collectives wait for late fake devices, not abort).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -172,6 +174,31 @@ def no_tpu_environment(accelerator_type: str = "v5p-8") -> None:
                        ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0"),
                        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
         os.environ.setdefault(key, value)
+
+
+# XLA:CPU warns when the local devices of one collective reach it more than 20 s apart
+# (--xla_cpu_collective_call_warn_stuck_timeout_seconds), then ends the process (LOG(FATAL),
+# SIGABRT) if this many seconds more pass; its default is 40.
+COLLECTIVE_WAIT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+
+
+def patient_host_collectives(seconds: int = 600) -> None:
+    """Lets the CPU devices of one collective arrive up to 20 + `seconds` s apart (XLA's
+    default: 20 + 40 s, then it aborts the process). Fake host devices
+    (`--xla_force_host_platform_device_count`) share the machine's cores and reach a collective
+    one after another: under load (a test run's workers beside multi-process runs on 2 cores)
+    they arrived 29 s apart here, and a CI run aborted. Takes effect before JAX starts its CPU
+    backend (it runs when `sparsity_jax` is imported); a value in XLA_FLAGS is kept. A real
+    deadlock still ends, after 20 + `seconds` s. Older jaxlibs, which may not know the flag
+    (XLA ends a process on an unknown one), are left alone."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if COLLECTIVE_WAIT_FLAG not in flags and _version(importlib.metadata.version("jaxlib")) >= (0, 9):
+        os.environ["XLA_FLAGS"] = f"{flags} {COLLECTIVE_WAIT_FLAG}={seconds}".strip()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version string: "0.10.2" → (0, 10)."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
 
 
 def topology_devices(topology: Topology | str) -> list:
