@@ -6,9 +6,10 @@
 #   launch/local_multiprocess.sh N [sparsity-jax args...]
 #   e.g. launch/local_multiprocess.sh 2 train --workdir /tmp/run --config.train.steps=20
 #
-# Env: TOTAL_DEVICES (default 8), XLA_FLAGS (kept, but for the device count), PORT (default: a free one), SPARSITY_JAX (the command;
-# default: sparsity-jax from .venv or PATH). Process 0's output goes to stdout, the
-# others' to WORKDIR-less logs under ${LOG_DIR:-/tmp}/sparsity_jax_proc_<i>.log.
+# Env: TOTAL_DEVICES (default 8), XLA_FLAGS (kept, but for the device count), PORT
+# (default: a free one), SPARSITY_JAX (the command; default: sparsity-jax from .venv or
+# PATH). Process 0's output goes to stdout, the others' to WORKDIR-less logs under
+# ${LOG_DIR:-/tmp}/sparsity_jax_proc_<i>.log.
 set -euo pipefail
 N=${1:?usage: local_multiprocess.sh NUM_PROCESSES [sparsity-jax args...]}
 shift
