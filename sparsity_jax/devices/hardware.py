@@ -187,7 +187,7 @@ def patient_host_collectives(seconds: int = 600) -> None:
     default: 20 + 40 s, then it aborts the process). Fake host devices
     (`--xla_force_host_platform_device_count`) share the machine's cores and reach a collective
     one after another: under load (a test run's workers beside multi-process runs on 2 cores)
-    they arrived 29 s apart here, and a CI run aborted. Takes effect before JAX starts its CPU
+    they arrived 29 s apart here, half XLA's limit. Takes effect before JAX starts its CPU
     backend (it runs when `sparsity_jax` is imported); a value in XLA_FLAGS is kept. A real
     deadlock still ends, after 20 + `seconds` s. Older jaxlibs, which may not know the flag
     (XLA ends a process on an unknown one), are left alone."""

@@ -1,5 +1,5 @@
 """`hardware.patient_host_collectives`: XLA:CPU aborts a process whose fake devices reach a
-collective more than its limit apart (the abort that ended a CI run under load); importing
+collective more than its limit apart (fake devices on a loaded machine came 29 s apart); importing
 `sparsity_jax` raises the limit, and a limit the user put in XLA_FLAGS is kept and honoured.
 Each case runs in a fresh process, where one of 8 devices reaches a psum late; XLA aborts
 after its warning (…warn_stuck_timeout_seconds, 20 s by default) plus the limit.
