@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 
 import pytest
 from tokenizers import Tokenizer
 
 from tests.hf.test_commands import LLAMA, WORDS, run_cli
+from tests.train.test_cli import CLI
 
 SMALL = {"train.global_batch_size": "8", "train.seq_len": "32"}  # one batch: 256 tokens
 
@@ -54,11 +54,10 @@ def test_every_token_of_the_text_is_evaluated(imported):
     assert want > 4 * 256  # several batches
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["val_permille"] == 1000 and saved["train"]["eval_batches"] == 0
-    proc = subprocess.run([sys.executable, "-m", "sparsity_jax.cli", "evaluate", "--workdir", str(run), "--ppl-p", "",
-                           "--output", str(run / "eval.json")], capture_output=True, text=True, timeout=900)
-    code, out, err = proc.returncode, proc.stdout, proc.stderr
-    assert code == 0, err[-3000:]
-    assert f"validation: {want:,} real tokens in {-(-want // 256)} batches of 8 × 32" in out, out
+    proc = subprocess.run(CLI + ["evaluate", "--workdir", str(run), "--ppl-p", "", "--output", str(run / "eval.json")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"validation: {want:,} real tokens in {-(-want // 256)} batches of 8 × 32" in proc.stdout, proc.stdout
     assert json.loads((run / "eval.json").read_text())["validation_tokens"] == want
 
 
